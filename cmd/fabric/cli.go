@@ -1,0 +1,459 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/fabric-project/fabric/controller/controllerapi"
+)
+
+// defaultConfigPaths are searched in order when neither --config nor
+// FABRIC_CONFIG names the client configuration.
+func defaultConfigPaths() []string {
+	var ps []string
+	if h, err := os.UserHomeDir(); err == nil {
+		ps = append(ps, filepath.Join(h, ".config", "fabric", "client.json"))
+	}
+	return append(ps, "/etc/fabric/client.json", "/var/lib/fabric/client.json")
+}
+
+// clientConfig mirrors controller.ClientConfig; the CLI does not import the
+// controller's internals.
+type clientConfig struct {
+	Controller string `json:"controller"`
+	CAFile     string `json:"ca_file"`
+	TokenFile  string `json:"token_file"`
+}
+
+// run is the whole CLI: main only wires the process to it.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	app := newApp(stdout, stderr)
+	if err := app.RunContext(ctx, flagsFirst(app, args)); err != nil {
+		var ae *controllerapi.APIError
+		if errors.As(err, &ae) {
+			fmt.Fprintf(stderr, "fabric: %s\n", ae.Message)
+		} else {
+			fmt.Fprintf(stderr, "fabric: %v\n", err)
+		}
+		return 1
+	}
+	return 0
+}
+
+var outputFlag = &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "output format: table or json"}
+
+func newApp(stdout, stderr io.Writer) *cli.App {
+	return &cli.App{
+		Name:                 "fabric",
+		Usage:                "drive a diskless cloud fabric",
+		Writer:               stdout,
+		ErrWriter:            stderr,
+		EnableBashCompletion: true,
+		HideHelpCommand:      true,
+		ExitErrHandler:       func(*cli.Context, error) {}, // run prints errors and picks the exit code
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", EnvVars: []string{"FABRIC_CONFIG"}, Usage: "client configuration file (written by the controller as client.json in its state directory)"},
+			&cli.StringFlag{Name: "controller", EnvVars: []string{"FABRIC_CONTROLLER"}, Usage: "controller API URL, e.g. https://10.233.0.1:8443"},
+			&cli.StringFlag{Name: "token", EnvVars: []string{"FABRIC_TOKEN"}, Usage: "admin credential"},
+			&cli.StringFlag{Name: "ca", EnvVars: []string{"FABRIC_CA"}, Usage: "fabric CA certificate file"},
+		},
+		Commands: []*cli.Command{
+			nodeCommand(),
+			eventsCommand(),
+			completionCommand(),
+		},
+	}
+}
+
+// client builds an API client from flags, environment and config file, in
+// that order of precedence.
+func client(c *cli.Context) (*controllerapi.Client, error) {
+	var cc clientConfig
+	path := c.String("config")
+	paths := []string{path}
+	if path == "" {
+		paths = defaultConfigPaths()
+	}
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			if path != "" {
+				return nil, fmt.Errorf("reading client config: %w", err)
+			}
+			continue
+		}
+		if err := json.Unmarshal(b, &cc); err != nil {
+			return nil, fmt.Errorf("client config %s: %w", p, err)
+		}
+		break
+	}
+	if v := c.String("controller"); v != "" {
+		cc.Controller = v
+	}
+	if v := c.String("ca"); v != "" {
+		cc.CAFile = v
+	}
+	token := c.String("token")
+	if token == "" && cc.TokenFile != "" {
+		b, err := os.ReadFile(cc.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading admin credential: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	if cc.Controller == "" {
+		return nil, errors.New("no controller configured: pass --controller URL, set FABRIC_CONTROLLER, or point --config/FABRIC_CONFIG at the controller's client.json")
+	}
+	var caPEM []byte
+	if cc.CAFile != "" {
+		b, err := os.ReadFile(cc.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading fabric CA: %w", err)
+		}
+		caPEM = b
+	}
+	return controllerapi.NewClient(strings.TrimRight(cc.Controller, "/"), token, caPEM)
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func wantJSON(c *cli.Context) (bool, error) {
+	switch o := c.String("output"); o {
+	case "json":
+		return true, nil
+	case "table", "":
+		return false, nil
+	default:
+		return false, fmt.Errorf("unknown output format %q: use table or json", o)
+	}
+}
+
+func nodeTable(w io.Writer, ns []controllerapi.Node) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tROLE\tMAC\tIP\tREGISTERED")
+	for _, n := range ns {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.Role, n.MAC, n.IP, n.Created.Local().Format(time.DateTime))
+	}
+	return tw.Flush()
+}
+
+func nodeCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "node",
+		Usage: "register, list, show, update and remove nodes",
+		Subcommands: []*cli.Command{
+			{
+				Name:      "register",
+				Usage:     "register a machine by its MAC address",
+				UsageText: "fabric node register --mac 52:54:00:12:34:56 --role hwnode --name hn1 [--ip 10.233.0.20]",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "mac", Required: true, Usage: "the node's boot NIC MAC address"},
+					&cli.StringFlag{Name: "role", Required: true, Usage: "hwnode or storage"},
+					&cli.StringFlag{Name: "name", Required: true, Usage: "a DNS-safe name"},
+					&cli.StringFlag{Name: "ip", Usage: "fixed address (default: the next free one in the boot subnet)"},
+					outputFlag,
+				},
+				Action: func(c *cli.Context) error {
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					n, err := cl.RegisterNode(c.Context, controllerapi.RegisterRequest{
+						Name: c.String("name"), MAC: c.String("mac"), Role: c.String("role"), IP: c.String("ip")})
+					if err != nil {
+						return err
+					}
+					if j, err := wantJSON(c); err != nil || j {
+						if err != nil {
+							return err
+						}
+						return printJSON(c.App.Writer, n)
+					}
+					fmt.Fprintf(c.App.Writer, "registered %s %s (%s) at %s\n", n.Role, n.Name, n.MAC, n.IP)
+					return nil
+				},
+			},
+			{
+				Name:    "list",
+				Aliases: []string{"ls"},
+				Usage:   "list registered nodes",
+				Flags:   []cli.Flag{outputFlag},
+				Action: func(c *cli.Context) error {
+					j, err := wantJSON(c)
+					if err != nil {
+						return err
+					}
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					ns, err := cl.Nodes(c.Context)
+					if err != nil {
+						return err
+					}
+					if j {
+						return printJSON(c.App.Writer, ns)
+					}
+					return nodeTable(c.App.Writer, ns)
+				},
+			},
+			{
+				Name:      "show",
+				Usage:     "show one node",
+				ArgsUsage: "NAME|MAC",
+				Flags:     []cli.Flag{outputFlag},
+				Action: func(c *cli.Context) error {
+					name, err := oneArg(c, "NAME or MAC")
+					if err != nil {
+						return err
+					}
+					j, err := wantJSON(c)
+					if err != nil {
+						return err
+					}
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					n, err := cl.Node(c.Context, name)
+					if err != nil {
+						return err
+					}
+					if j {
+						return printJSON(c.App.Writer, n)
+					}
+					tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+					fmt.Fprintf(tw, "name:\t%s\nrole:\t%s\nmac:\t%s\nip:\t%s\nregistered:\t%s\nupdated:\t%s\n",
+						n.Name, n.Role, n.MAC, n.IP, n.Created.Local().Format(time.RFC3339), n.Updated.Local().Format(time.RFC3339))
+					if !n.LastBoot.IsZero() {
+						fmt.Fprintf(tw, "last boot:\t%s (%s)\n", n.LastBoot.Local().Format(time.RFC3339), n.BootState)
+					}
+					return tw.Flush()
+				},
+			},
+			{
+				Name:      "update",
+				Usage:     "change a node's name, role or address",
+				ArgsUsage: "NAME|MAC",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "name", Usage: "new name"},
+					&cli.StringFlag{Name: "role", Usage: "new role"},
+					&cli.StringFlag{Name: "ip", Usage: "new address"},
+					outputFlag,
+				},
+				Action: func(c *cli.Context) error {
+					name, err := oneArg(c, "NAME or MAC")
+					if err != nil {
+						return err
+					}
+					var req controllerapi.UpdateRequest
+					for _, f := range []struct {
+						flag string
+						dst  **string
+					}{{"name", &req.Name}, {"role", &req.Role}, {"ip", &req.IP}} {
+						if c.IsSet(f.flag) {
+							v := c.String(f.flag)
+							*f.dst = &v
+						}
+					}
+					if req.Name == nil && req.Role == nil && req.IP == nil {
+						return errors.New("nothing to update: give --name, --role or --ip")
+					}
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					n, err := cl.UpdateNode(c.Context, name, req)
+					if err != nil {
+						return err
+					}
+					if j, _ := wantJSON(c); j {
+						return printJSON(c.App.Writer, n)
+					}
+					fmt.Fprintf(c.App.Writer, "updated %s: %s %s %s\n", n.Name, n.Role, n.MAC, n.IP)
+					return nil
+				},
+			},
+			{
+				Name:      "remove",
+				Aliases:   []string{"rm"},
+				Usage:     "remove a node from the registry",
+				ArgsUsage: "NAME|MAC",
+				Action: func(c *cli.Context) error {
+					name, err := oneArg(c, "NAME or MAC")
+					if err != nil {
+						return err
+					}
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					if err := cl.RemoveNode(c.Context, name); err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "removed %s\n", name)
+					return nil
+				},
+			},
+		},
+	}
+}
+
+func oneArg(c *cli.Context, what string) (string, error) {
+	if c.NArg() != 1 {
+		return "", fmt.Errorf("%s: expected one argument, %s", c.Command.FullName(), what)
+	}
+	return c.Args().First(), nil
+}
+
+func eventsCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "events",
+		Usage: "show the fabric's event log",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing new events"},
+			&cli.Uint64Flag{Name: "since", Usage: "first sequence number to show"},
+			outputFlag,
+		},
+		Action: func(c *cli.Context) error {
+			j, err := wantJSON(c)
+			if err != nil {
+				return err
+			}
+			cl, err := client(c)
+			if err != nil {
+				return err
+			}
+			since := c.Uint64("since")
+			follow := c.Bool("follow")
+			w := c.App.Writer
+			enc := json.NewEncoder(w)
+			for {
+				wait := time.Duration(0)
+				if follow {
+					wait = 30 * time.Second
+				}
+				r, err := cl.Events(c.Context, since, wait)
+				if err != nil {
+					if c.Context.Err() != nil {
+						return nil // Ctrl-C while following
+					}
+					return err
+				}
+				for _, ev := range r.Events {
+					if j {
+						if err := enc.Encode(ev); err != nil {
+							return err
+						}
+						continue
+					}
+					fmt.Fprintf(w, "%6d  %s  %-22s %s\n", ev.Seq, ev.Time.Local().Format("2006-01-02 15:04:05.000"), ev.Type, ev.Message)
+				}
+				since = r.Next
+				if !follow && len(r.Events) < 1000 { // the last page
+					return nil
+				}
+			}
+		},
+	}
+}
+
+const bashCompletion = `# bash completion for fabric; load with: source <(fabric completion bash)
+_fabric_complete() {
+  local cur="${COMP_WORDS[COMP_CWORD]}" opts
+  if [[ "$cur" == -* ]]; then
+    opts=$("${COMP_WORDS[@]:0:$COMP_CWORD}" "$cur" --generate-bash-completion 2>/dev/null)
+  else
+    opts=$("${COMP_WORDS[@]:0:$COMP_CWORD}" --generate-bash-completion 2>/dev/null)
+  fi
+  COMPREPLY=($(compgen -W "$opts" -- "$cur"))
+}
+complete -o bashdefault -o default -F _fabric_complete fabric
+`
+
+func completionCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "completion",
+		Usage:     "print a shell completion script (bash): source <(fabric completion bash)",
+		ArgsUsage: "bash",
+		Action: func(c *cli.Context) error {
+			if sh := c.Args().First(); sh != "bash" && sh != "" {
+				return fmt.Errorf("completion for %q is not available; use bash", sh)
+			}
+			_, err := io.WriteString(c.App.Writer, bashCompletion)
+			return err
+		},
+	}
+}
+
+// flagsFirst moves positional arguments behind the flags of the command they
+// belong to, so that `fabric node show hn1 -o json` works like
+// `fabric node show -o json hn1` (urfave/cli v2 stops parsing flags at the
+// first positional argument).
+func flagsFirst(app *cli.App, args []string) []string {
+	if len(args) == 0 {
+		return args
+	}
+	out := []string{args[0]}
+	flags, cmds := app.Flags, app.Commands
+	var pos []string
+	for i := 1; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			pos = append(pos, args[i:]...)
+			i = len(args)
+		case strings.HasPrefix(a, "-") && len(a) > 1:
+			out = append(out, a)
+			if !strings.Contains(a, "=") && takesValue(flags, strings.TrimLeft(a, "-")) && i+1 < len(args) {
+				i++
+				out = append(out, args[i])
+			}
+		default:
+			if len(pos) == 0 {
+				if cmd := findCommand(cmds, a); cmd != nil {
+					out = append(out, a)
+					flags, cmds = cmd.Flags, cmd.Subcommands
+					continue
+				}
+			}
+			pos = append(pos, a)
+		}
+	}
+	return append(out, pos...)
+}
+
+func findCommand(cmds []*cli.Command, name string) *cli.Command {
+	for _, c := range cmds {
+		if c.HasName(name) {
+			return c
+		}
+	}
+	return nil
+}
+
+func takesValue(flags []cli.Flag, name string) bool {
+	for _, f := range flags {
+		for _, n := range f.Names() {
+			if n == name {
+				dg, ok := f.(cli.DocGenerationFlag)
+				return ok && dg.TakesValue()
+			}
+		}
+	}
+	return false
+}

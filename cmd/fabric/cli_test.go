@@ -1,0 +1,202 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/fabric-project/fabric/controller"
+	"github.com/fabric-project/fabric/controller/controllerapi"
+)
+
+// startController runs a real controller on loopback and returns the path
+// of a client config pointing at it.
+func startController(t *testing.T) (cfgPath string, ctl *controller.Controller) {
+	t.Helper()
+	dir := t.TempDir()
+	ctl, err := controller.New(controller.Config{StateDir: dir, BootSubnet: netip.MustParsePrefix("10.233.0.0/24"), ServerIP: netip.MustParseAddr("10.233.0.1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ctl.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		if err := ctl.Registry().CheckInvariants(); err != nil {
+			t.Errorf("store invariants: %v", err)
+		}
+		ctl.Close()
+	})
+	cfg := clientConfig{Controller: "https://" + ln.Addr().String(), CAFile: filepath.Join(dir, "ca", "ca.crt"), TokenFile: filepath.Join(dir, controller.AdminTokenFile)}
+	b, _ := json.Marshal(cfg)
+	cfgPath = filepath.Join(dir, "client.json")
+	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return cfgPath, ctl
+}
+
+// fabric runs the CLI and returns its exit code, stdout and stderr.
+func fabric(t *testing.T, cfg string, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(context.Background(), append([]string{"fabric", "--config", cfg}, args...), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestCLINodeLifecycle(t *testing.T) {
+	t.Setenv("FABRIC_TOKEN", "")
+	cfg, _ := startController(t)
+	code, out, errs := fabric(t, cfg, "node", "register", "--mac", "52-54-00-12-34-56", "--role", "hwnode", "--name", "hn1")
+	if code != 0 || out != "registered hwnode hn1 (52:54:00:12:34:56) at 10.233.0.10\n" {
+		t.Fatalf("register: code %d out %q err %q", code, out, errs)
+	}
+	if code, _, errs = fabric(t, cfg, "node", "register", "--mac", "52:54:00:12:34:57", "--role", "storage", "--name", "st1", "--ip", "10.233.0.50"); code != 0 {
+		t.Fatalf("register st1: %s", errs)
+	}
+
+	code, out, _ = fabric(t, cfg, "node", "list")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) != 3 || !strings.HasPrefix(lines[0], "NAME") ||
+		!strings.Contains(lines[1], "hn1") || !strings.Contains(lines[1], "10.233.0.10") ||
+		!strings.Contains(lines[2], "st1") || !strings.Contains(lines[2], "storage") {
+		t.Errorf("node list: code %d\n%s", code, out)
+	}
+
+	code, out, _ = fabric(t, cfg, "node", "list", "-o", "json")
+	var ns []controllerapi.Node
+	if err := json.Unmarshal([]byte(out), &ns); err != nil || code != 0 {
+		t.Fatalf("node list -o json: %v\n%s", err, out)
+	}
+	var names []string
+	for _, n := range ns {
+		names = append(names, n.Name+"="+n.IP)
+	}
+	if d := cmp.Diff([]string{"hn1=10.233.0.10", "st1=10.233.0.50"}, names); d != "" {
+		t.Errorf("json list (-want +got):\n%s", d)
+	}
+
+	code, out, _ = fabric(t, cfg, "node", "show", "52:54:00:12:34:57", "-o", "json")
+	var n controllerapi.Node
+	if err := json.Unmarshal([]byte(out), &n); err != nil || code != 0 || n.Name != "st1" {
+		t.Errorf("show by MAC: %d %q", code, out)
+	}
+	if code, out, _ = fabric(t, cfg, "node", "update", "st1", "--name", "st2"); code != 0 || !strings.Contains(out, "updated st2") {
+		t.Errorf("update: %d %q", code, out)
+	}
+	if code, _, _ = fabric(t, cfg, "node", "remove", "hn1"); code != 0 {
+		t.Errorf("remove hn1: exit %d", code)
+	}
+	code, out, _ = fabric(t, cfg, "events", "-o", "json")
+	var types []string
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		var ev controllerapi.Event
+		if err := json.Unmarshal([]byte(l), &ev); err != nil {
+			t.Fatalf("events line %q: %v", l, err)
+		}
+		types = append(types, ev.Type)
+	}
+	if d := cmp.Diff([]string{"node.registered", "node.registered", "node.updated", "node.removed"}, types); d != "" || code != 0 {
+		t.Errorf("events (-want +got):\n%s", d)
+	}
+	code, out, _ = fabric(t, cfg, "events")
+	if code != 0 || !strings.Contains(out, "removed hwnode hn1 (52:54:00:12:34:56), 10.233.0.10 released") {
+		t.Errorf("events table: %q", out)
+	}
+}
+
+func TestCLIErrors(t *testing.T) {
+	t.Setenv("FABRIC_TOKEN", "")
+	cfg, _ := startController(t)
+	if code, _, errs := fabric(t, cfg, "node", "register", "--mac", "52:54:00:12:34:56", "--role", "hwnode", "--name", "hn1"); code != 0 {
+		t.Fatal(errs)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"node", "register", "--mac", "52:54:00:12:34:56", "--role", "hwnode", "--name", "hn2"},
+			"fabric: 52:54:00:12:34:56 is already registered as hn1; see `fabric node show hn1`\n"},
+		{[]string{"node", "register", "--mac", "01:00:5e:00:00:01", "--role", "hwnode", "--name", "hn2"},
+			"fabric: 01:00:5e:00:00:01 is a multicast address; a node's MAC is unicast (lowest bit of the first octet clear)\n"},
+		{[]string{"node", "register", "--mac", "52:54:00:12:34:99", "--role", "hwnode", "--name", "hn1"},
+			"fabric: a node named \"hn1\" is already registered; choose another name or see `fabric node show hn1`\n"},
+		{[]string{"node", "show", "nope"}, "fabric: no node named \"nope\"; see `fabric node list`\n"},
+		{[]string{"node", "list", "-o", "yaml"}, "fabric: unknown output format \"yaml\": use table or json\n"},
+		{[]string{"--token", "bad", "node", "list"}, "fabric: missing or wrong admin credential; pass --token or set FABRIC_TOKEN (the controller wrote it to its state directory as admin.token)\n"},
+		{[]string{"node", "register", "--mac", "52:54:00:12:34:99"}, "Required flags \"role, name\" not set"},
+	} {
+		code, _, errs := fabric(t, cfg, tc.args...)
+		if code == 0 || !strings.Contains(errs, tc.want) {
+			t.Errorf("fabric %s: exit %d, stderr %q; want non-zero and %q", strings.Join(tc.args, " "), code, errs, tc.want)
+		}
+	}
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"fabric", "--config", "/nonexistent", "node", "list"}, &out, &errb); code == 0 || !strings.Contains(errb.String(), "reading client config") {
+		t.Errorf("missing config: exit %d %q", code, errb.String())
+	}
+	t.Setenv("HOME", t.TempDir())
+	if code := run(context.Background(), []string{"fabric", "node", "list"}, &out, &errb); code == 0 || !strings.Contains(errb.String(), "no controller configured") {
+		t.Errorf("no config at all: exit %d %q", code, errb.String())
+	}
+}
+
+func TestMain(m *testing.M) {
+	// The completion test runs the CLI as its own process: urfave/cli reads
+	// os.Args when completing.
+	if os.Getenv("FABRIC_TEST_CLI_MAIN") == "1" {
+		main()
+	}
+	os.Exit(m.Run())
+}
+
+func TestCLICompletion(t *testing.T) {
+	code, out, _ := fabric(t, "unused", "completion", "bash")
+	if code != 0 || !strings.Contains(out, "complete -o bashdefault -o default -F _fabric_complete fabric") {
+		t.Errorf("completion: %d %q", code, out)
+	}
+	cmd := exec.Command(os.Args[0], "node", "--generate-bash-completion")
+	cmd.Env = append(os.Environ(), "FABRIC_TEST_CLI_MAIN=1")
+	b, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Fields(string(b))
+	for _, sub := range []string{"register", "list", "show", "update", "remove"} {
+		if !slices.Contains(got, sub) {
+			t.Errorf("completion of `fabric node` lacks %s: %q", sub, got)
+		}
+	}
+}
+
+func TestFlagsFirst(t *testing.T) {
+	app := newApp(nil, nil)
+	for _, tc := range []struct{ in, want string }{
+		{"fabric node show hn1 -o json", "fabric node show -o json hn1"},
+		{"fabric --token t node show hn1 --output=json", "fabric --token t node show --output=json hn1"},
+		{"fabric node register --mac m --role hwnode --name n", "fabric node register --mac m --role hwnode --name n"},
+		{"fabric events -f", "fabric events -f"},
+		{"fabric node remove hn1 -- -x", "fabric node remove hn1 -- -x"},
+	} {
+		got := strings.Join(flagsFirst(app, strings.Fields(tc.in)), " ")
+		if got != tc.want {
+			t.Errorf("flagsFirst(%q) = %q; want %q", tc.in, got, tc.want)
+		}
+	}
+}

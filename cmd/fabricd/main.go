@@ -1,0 +1,103 @@
+// Command fabricd is the fabric daemon: one subcommand per role.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/fabric-project/fabric/controller"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	app := &cli.App{
+		Name:  "fabricd",
+		Usage: "fabric daemon: run one role of the fabric",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+		},
+		Commands: []*cli.Command{controllerCommand()},
+	}
+	if err := app.RunContext(ctx, os.Args); err != nil {
+		fmt.Fprintf(os.Stderr, "fabricd: %v\n", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+func logger(c *cli.Context) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})), nil
+}
+
+func prefixFlag(c *cli.Context, name string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(c.String(name))
+	if err != nil {
+		return p, fmt.Errorf("--%s: %w", name, err)
+	}
+	return p, nil
+}
+
+func addrFlag(c *cli.Context, name string) (netip.Addr, error) {
+	if !c.IsSet(name) {
+		return netip.Addr{}, nil
+	}
+	a, err := netip.ParseAddr(c.String(name))
+	if err != nil {
+		return a, fmt.Errorf("--%s: %w", name, err)
+	}
+	return a, nil
+}
+
+func controllerCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "controller",
+		Usage: "run the config node: registry, API, CA and boot services",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "state-dir", Value: "/var/lib/fabric", Usage: "state store, CA and admin credential"},
+			&cli.StringFlag{Name: "api-addr", Value: ":8443", Usage: "HTTPS API listen address"},
+			&cli.StringSliceFlag{Name: "api-host", Usage: "name or address for the API certificate; the first is written to client.json (repeatable)"},
+			&cli.StringFlag{Name: "boot-subnet", Value: "10.233.0.0/24", Usage: "boot network; node addresses come from it"},
+			&cli.StringFlag{Name: "server-ip", Usage: "this config node's address on the boot network"},
+			&cli.StringFlag{Name: "first-ip", Usage: "lowest address assigned automatically (default: the subnet's tenth)"},
+		},
+		Action: func(c *cli.Context) error {
+			log, err := logger(c)
+			if err != nil {
+				return err
+			}
+			cfg := controller.Config{
+				StateDir: c.String("state-dir"),
+				APIAddr:  c.String("api-addr"),
+				APIHosts: c.StringSlice("api-host"),
+				Logger:   log,
+			}
+			if cfg.BootSubnet, err = prefixFlag(c, "boot-subnet"); err != nil {
+				return err
+			}
+			if cfg.ServerIP, err = addrFlag(c, "server-ip"); err != nil {
+				return err
+			}
+			if cfg.FirstIP, err = addrFlag(c, "first-ip"); err != nil {
+				return err
+			}
+			ctl, err := controller.New(cfg)
+			if err != nil {
+				return err
+			}
+			defer ctl.Close()
+			return ctl.Run(c.Context)
+		},
+	}
+}

@@ -1,0 +1,212 @@
+package controller
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fabric-project/fabric/controller/controllerapi"
+)
+
+// maxBody bounds every request body: the largest legitimate one is a few
+// hundred bytes.
+const maxBody = 64 << 10
+
+// Handler returns the API's HTTP handler.
+func (c *Controller) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.Handle("POST /v1/nodes", c.auth(c.registerNode))
+	mux.Handle("GET /v1/nodes", c.auth(c.listNodes))
+	mux.Handle("GET /v1/nodes/{name}", c.auth(c.showNode))
+	mux.Handle("PATCH /v1/nodes/{name}", c.auth(c.updateNode))
+	mux.Handle("DELETE /v1/nodes/{name}", c.auth(c.removeNode))
+	mux.Handle("GET /v1/events", c.auth(c.events))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, controllerapi.CodeNotFound, fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+// auth admits requests that carry the admin credential.
+func (c *Controller) auth(h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(tok), []byte(c.token)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="fabric"`)
+			writeError(w, http.StatusUnauthorized, controllerapi.CodeUnauthorized,
+				"missing or wrong admin credential; pass --token or set FABRIC_TOKEN (the controller wrote it to its state directory as "+AdminTokenFile+")")
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		h(w, r)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, controllerapi.ErrorResponse{Error: msg, Code: code})
+}
+
+// fail maps a registry error to its HTTP answer.
+func (c *Controller) fail(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, ErrInvalid):
+		writeError(w, http.StatusBadRequest, controllerapi.CodeInvalid, err.Error())
+	case errors.Is(err, ErrNotFound):
+		writeError(w, http.StatusNotFound, controllerapi.CodeNotFound, err.Error())
+	case errors.Is(err, ErrConflict):
+		writeError(w, http.StatusConflict, controllerapi.CodeConflict, err.Error())
+	case errors.Is(err, ErrExhausted):
+		writeError(w, http.StatusInsufficientStorage, controllerapi.CodeExhausted, err.Error())
+	default:
+		c.log.Error("API request failed", "err", err)
+		writeError(w, http.StatusInternalServerError, controllerapi.CodeInternal, "internal error: "+err.Error())
+	}
+}
+
+// decode reads a JSON body strictly: unknown fields and trailing data are
+// refused.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil && dec.More() {
+		err = errors.New("trailing data after the JSON object")
+	}
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, controllerapi.CodeTooLarge, fmt.Sprintf("request body over %d bytes", maxBody))
+			return false
+		}
+		writeError(w, http.StatusBadRequest, controllerapi.CodeInvalid, "malformed JSON body: "+err.Error())
+		return false
+	}
+	return true
+}
+
+func (c *Controller) registerNode(w http.ResponseWriter, r *http.Request) {
+	var req controllerapi.RegisterRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	n, err := c.reg.Register(req)
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	c.log.Info("node registered", "node", n.Name, "mac", n.MAC, "role", n.Role, "ip", n.IP)
+	writeJSON(w, http.StatusCreated, n)
+}
+
+func (c *Controller) listNodes(w http.ResponseWriter, r *http.Request) {
+	ns, err := c.reg.Nodes()
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, ns)
+}
+
+func (c *Controller) showNode(w http.ResponseWriter, r *http.Request) {
+	n, err := c.reg.Node(r.PathValue("name"))
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, n)
+}
+
+func (c *Controller) updateNode(w http.ResponseWriter, r *http.Request) {
+	var req controllerapi.UpdateRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	n, err := c.reg.Update(r.PathValue("name"), req)
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, n)
+}
+
+func (c *Controller) removeNode(w http.ResponseWriter, r *http.Request) {
+	n, err := c.reg.Remove(r.PathValue("name"))
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	c.log.Info("node removed", "node", n.Name, "mac", n.MAC)
+	writeJSON(w, http.StatusOK, n)
+}
+
+// events answers GET /v1/events?since=N[&wait=30s][&limit=N]. With wait, the
+// request is held until at least one event with Seq >= since exists.
+func (c *Controller) events(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var since uint64
+	if s := q.Get("since"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, controllerapi.CodeInvalid, "since must be a sequence number")
+			return
+		}
+		since = v
+	}
+	limit := 1000
+	if s := q.Get("limit"); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil || v < 1 || v > 10000 {
+			writeError(w, http.StatusBadRequest, controllerapi.CodeInvalid, "limit must be between 1 and 10000")
+			return
+		}
+		limit = v
+	}
+	var wait time.Duration
+	if s := q.Get("wait"); s != "" {
+		v, err := time.ParseDuration(s)
+		if err != nil || v < 0 || v > 5*time.Minute {
+			writeError(w, http.StatusBadRequest, controllerapi.CodeInvalid, "wait must be a duration up to 5m")
+			return
+		}
+		wait = v
+	}
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	for {
+		ch := c.changedCh()
+		evs, err := c.reg.Events(since, limit)
+		if err != nil {
+			c.fail(w, err)
+			return
+		}
+		if len(evs) > 0 || wait == 0 {
+			next := since
+			if len(evs) > 0 {
+				next = evs[len(evs)-1].Seq + 1
+			}
+			writeJSON(w, http.StatusOK, controllerapi.EventsResponse{Events: evs, Next: next})
+			return
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			wait = 0
+		case <-r.Context().Done():
+			return
+		}
+	}
+}

@@ -1,0 +1,104 @@
+// Package controllerapi holds the wire types of the controller's JSON HTTP API
+// and a client for it. The `fabric` CLI and the node agents import this
+// package, never the controller's internals.
+package controllerapi
+
+import (
+	"fmt"
+	"time"
+)
+
+// Node roles.
+const (
+	RoleHWNode  = "hwnode"
+	RoleStorage = "storage"
+)
+
+// Node is a registered machine.
+type Node struct {
+	Name      string    `json:"name"`
+	MAC       string    `json:"mac"`
+	Role      string    `json:"role"`
+	IP        string    `json:"ip"`
+	Created   time.Time `json:"created"`
+	Updated   time.Time `json:"updated"`
+	LastBoot  time.Time `json:"last_boot,omitzero"`
+	BootState string    `json:"boot_state,omitempty"`
+}
+
+// RegisterRequest is the body of POST /v1/nodes.
+type RegisterRequest struct {
+	Name string `json:"name"`
+	MAC  string `json:"mac"`
+	Role string `json:"role"`
+	IP   string `json:"ip,omitempty"` // empty: assigned from the boot subnet
+}
+
+// UpdateRequest is the body of PATCH /v1/nodes/{name}. Nil fields stay as
+// they are.
+type UpdateRequest struct {
+	Name *string `json:"name,omitempty"`
+	Role *string `json:"role,omitempty"`
+	IP   *string `json:"ip,omitempty"`
+}
+
+// Event types.
+const (
+	EventNodeRegistered = "node.registered"
+	EventNodeUpdated    = "node.updated"
+	EventNodeRemoved    = "node.removed"
+	EventUnknownMAC     = "boot.unknown_mac"
+	EventNodeBooting    = "boot.dhcp"
+	EventBootScript     = "boot.script"
+	EventAddrConflict   = "boot.address_conflict"
+	EventControllerUp   = "controller.started"
+)
+
+// Event is one entry of the append-only event log.
+type Event struct {
+	Seq     uint64    `json:"seq"`
+	Time    time.Time `json:"time"`
+	Type    string    `json:"type"`
+	Node    string    `json:"node,omitempty"`
+	MAC     string    `json:"mac,omitempty"`
+	Message string    `json:"message"`
+}
+
+// EventsResponse is the body of GET /v1/events.
+type EventsResponse struct {
+	Events []Event `json:"events"`
+	// Next is the sequence number to ask for next (since=Next).
+	Next uint64 `json:"next"`
+}
+
+// ErrorResponse is the body of every non-2xx answer.
+type ErrorResponse struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+// Error codes, matching the HTTP status classes the API uses.
+const (
+	CodeInvalid       = "invalid"        // 400
+	CodeUnauthorized  = "unauthorized"   // 401
+	CodeNotFound      = "not_found"      // 404
+	CodeConflict      = "conflict"       // 409
+	CodeTooLarge      = "too_large"      // 413
+	CodeExhausted     = "exhausted"      // 507: no address left
+	CodeInternal      = "internal"       // 500
+	CodeNotAcceptable = "not_acceptable" // 405/406
+)
+
+// APIError is an error answered by the controller.
+type APIError struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *APIError) Error() string {
+	if e.Message == "" {
+		return fmt.Sprintf("controller answered HTTP %d", e.Status)
+	}
+	return e.Message
+}

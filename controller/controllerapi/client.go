@@ -1,0 +1,125 @@
+package controllerapi
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+)
+
+// Client calls the controller API.
+type Client struct {
+	BaseURL string // https://host:port
+	Token   string // admin credential
+	HTTP    *http.Client
+}
+
+// NewClient returns a client that trusts only the fabric CA in caPEM.
+func NewClient(baseURL, token string, caPEM []byte) (*Client, error) {
+	pool := x509.NewCertPool()
+	if len(caPEM) > 0 && !pool.AppendCertsFromPEM(caPEM) {
+		return nil, errors.New("controllerapi: CA file holds no PEM certificate")
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return &Client{BaseURL: baseURL, Token: token, HTTP: &http.Client{Transport: tr}}, nil
+}
+
+// RegisterNode registers a node.
+func (c *Client) RegisterNode(ctx context.Context, r RegisterRequest) (Node, error) {
+	var n Node
+	err := c.do(ctx, http.MethodPost, "/v1/nodes", r, &n)
+	return n, err
+}
+
+// Nodes lists every node, ordered by name.
+func (c *Client) Nodes(ctx context.Context) ([]Node, error) {
+	var ns []Node
+	err := c.do(ctx, http.MethodGet, "/v1/nodes", nil, &ns)
+	return ns, err
+}
+
+// Node returns one node by name or MAC.
+func (c *Client) Node(ctx context.Context, name string) (Node, error) {
+	var n Node
+	err := c.do(ctx, http.MethodGet, "/v1/nodes/"+url.PathEscape(name), nil, &n)
+	return n, err
+}
+
+// UpdateNode changes a node's name, role or address.
+func (c *Client) UpdateNode(ctx context.Context, name string, r UpdateRequest) (Node, error) {
+	var n Node
+	err := c.do(ctx, http.MethodPatch, "/v1/nodes/"+url.PathEscape(name), r, &n)
+	return n, err
+}
+
+// RemoveNode removes a node.
+func (c *Client) RemoveNode(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/nodes/"+url.PathEscape(name), nil, nil)
+}
+
+// Events returns events with Seq >= since. With wait > 0 the controller
+// holds the request until an event arrives or wait passes.
+func (c *Client) Events(ctx context.Context, since uint64, wait time.Duration) (EventsResponse, error) {
+	q := url.Values{"since": {strconv.FormatUint(since, 10)}}
+	if wait > 0 {
+		q.Set("wait", wait.String())
+	}
+	var r EventsResponse
+	err := c.do(ctx, http.MethodGet, "/v1/events?"+q.Encode(), nil, &r)
+	return r, err
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, body)
+	if err != nil {
+		return fmt.Errorf("controller URL %q: %w", c.BaseURL, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the controller at %s: %w", c.BaseURL, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		var e ErrorResponse
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		if json.Unmarshal(b, &e) != nil || e.Error == "" {
+			e.Error = fmt.Sprintf("controller answered HTTP %d", resp.StatusCode)
+		}
+		return &APIError{Status: resp.StatusCode, Code: e.Code, Message: e.Error}
+	}
+	if out == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decoding controller answer to %s %s: %w", method, path, err)
+	}
+	return nil
+}

@@ -1,0 +1,495 @@
+package controller
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/controller/store"
+)
+
+// Buckets of the state store.
+const (
+	bucketNodes  = "nodes"  // name -> Node JSON
+	bucketMACs   = "macs"   // mac (aa:bb:..) -> name
+	bucketIPs    = "ips"    // 4-byte address -> name (sorted for allocation)
+	bucketEvents = "events" // 8-byte big-endian seq -> Event JSON
+	bucketTokens = "tokens" // name -> enrollment token
+)
+
+// Errors of the registry; the API maps them to HTTP status codes.
+var (
+	ErrInvalid   = errors.New("invalid")
+	ErrConflict  = errors.New("conflict")
+	ErrNotFound  = errors.New("not found")
+	ErrExhausted = errors.New("address pool exhausted")
+)
+
+// regError is a registry error with a message for the sysadmin.
+type regError struct {
+	kind error
+	msg  string
+}
+
+func (e *regError) Error() string        { return e.msg }
+func (e *regError) Unwrap() error        { return e.kind }
+func errorf(kind error, format string, a ...any) error {
+	return &regError{kind: kind, msg: fmt.Sprintf(format, a...)}
+}
+
+// ParseMAC parses and normalises a unicast Ethernet MAC address.
+func ParseMAC(s string) (net.HardwareAddr, error) {
+	hw, err := net.ParseMAC(strings.TrimSpace(s))
+	if err != nil || len(hw) != 6 {
+		return nil, errorf(ErrInvalid, "%q is not an Ethernet MAC address; write it as 52:54:00:12:34:56", s)
+	}
+	if hw[0]&1 == 1 {
+		return nil, errorf(ErrInvalid, "%s is a multicast address; a node's MAC is unicast (lowest bit of the first octet clear)", hw)
+	}
+	if string(hw) == "\x00\x00\x00\x00\x00\x00" {
+		return nil, errorf(ErrInvalid, "00:00:00:00:00:00 is not a usable MAC address")
+	}
+	return hw, nil
+}
+
+// checkName reports whether name is a DNS label (RFC 1123).
+func checkName(name string) error {
+	if len(name) == 0 || len(name) > 63 {
+		return errorf(ErrInvalid, "node name %q must be 1 to 63 characters", name)
+	}
+	for i, c := range name {
+		ok := c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' && i > 0 && i < len(name)-1
+		if !ok {
+			return errorf(ErrInvalid, "node name %q is not DNS-safe: use lowercase letters, digits and inner '-'", name)
+		}
+	}
+	return nil
+}
+
+func checkRole(role string) error {
+	switch role {
+	case controllerapi.RoleHWNode, controllerapi.RoleStorage:
+		return nil
+	}
+	return errorf(ErrInvalid, "role %q is not known; use %q or %q", role, controllerapi.RoleHWNode, controllerapi.RoleStorage)
+}
+
+// Registry is the node registry over the state store.
+type Registry struct {
+	st       store.Store
+	subnet   netip.Prefix
+	first    netip.Addr          // lowest address handed out automatically
+	reserved map[netip.Addr]bool // never assigned (the controller itself, gateway)
+	now      func() time.Time
+	notify   func() // called after a committed change that appended events
+}
+
+func ipKey(a netip.Addr) string { b := a.As4(); return string(b[:]) }
+
+func keyIP(k string) netip.Addr {
+	var b [4]byte
+	copy(b[:], k)
+	return netip.AddrFrom4(b)
+}
+
+func (r *Registry) checkIP(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil || !a.Is4() {
+		return netip.Addr{}, errorf(ErrInvalid, "%q is not an IPv4 address", s)
+	}
+	if !r.subnet.Contains(a) {
+		return netip.Addr{}, errorf(ErrInvalid, "%s is outside the boot subnet %s", a, r.subnet)
+	}
+	if a == r.subnet.Masked().Addr() || a == lastAddr(r.subnet) {
+		return netip.Addr{}, errorf(ErrInvalid, "%s is the network or broadcast address of %s", a, r.subnet)
+	}
+	if r.reserved[a] {
+		return netip.Addr{}, errorf(ErrInvalid, "%s is reserved for the config node", a)
+	}
+	return a, nil
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().As4()
+	v := binary.BigEndian.Uint32(b[:]) | (1<<(32-p.Bits()) - 1)
+	binary.BigEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
+}
+
+// allocate returns the lowest free address from r.first up.
+func (r *Registry) allocate(tx store.Tx) (netip.Addr, error) {
+	next := r.first
+	last := lastAddr(r.subnet)
+	var found bool
+	err := tx.ForEach(bucketIPs, ipKey(r.first), func(k string, _ []byte) error {
+		for r.reserved[next] {
+			next = next.Next()
+		}
+		if keyIP(k) != next {
+			found = true
+			return store.ErrStop
+		}
+		next = next.Next()
+		return nil
+	})
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	for !found && r.reserved[next] {
+		next = next.Next()
+	}
+	if !next.IsValid() || !r.subnet.Contains(next) || next == last {
+		return netip.Addr{}, errorf(ErrExhausted, "no free address left in the boot subnet %s; give one with --ip or widen the subnet", r.subnet)
+	}
+	return next, nil
+}
+
+func getNode(tx store.Tx, name string) (controllerapi.Node, error) {
+	var n controllerapi.Node
+	b, err := tx.Get(bucketNodes, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return n, errorf(ErrNotFound, "no node named %q; see `fabric node list`", name)
+	}
+	if err != nil {
+		return n, err
+	}
+	return n, json.Unmarshal(b, &n)
+}
+
+func putNode(tx store.Tx, n controllerapi.Node) error {
+	b, err := json.Marshal(n)
+	if err != nil {
+		return err
+	}
+	return tx.Put(bucketNodes, n.Name, b)
+}
+
+func appendEvent(tx store.Tx, ev controllerapi.Event) error {
+	seq, err := tx.NextSeq(bucketEvents)
+	if err != nil {
+		return err
+	}
+	ev.Seq = seq
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	return tx.Put(bucketEvents, seqKey(seq), b)
+}
+
+func seqKey(seq uint64) string {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], seq)
+	return string(b[:])
+}
+
+func (r *Registry) update(fn func(tx store.Tx) error) error {
+	err := r.st.Update(fn)
+	if err == nil && r.notify != nil {
+		r.notify()
+	}
+	return err
+}
+
+// Register adds a node. The returned node carries its assigned address.
+func (r *Registry) Register(req controllerapi.RegisterRequest) (controllerapi.Node, error) {
+	var n controllerapi.Node
+	hw, err := ParseMAC(req.MAC)
+	if err != nil {
+		return n, err
+	}
+	if err := checkName(req.Name); err != nil {
+		return n, err
+	}
+	if err := checkRole(req.Role); err != nil {
+		return n, err
+	}
+	var want netip.Addr
+	if req.IP != "" {
+		if want, err = r.checkIP(req.IP); err != nil {
+			return n, err
+		}
+	}
+	mac := hw.String()
+	token := newToken()
+	err = r.update(func(tx store.Tx) error {
+		if _, err := tx.Get(bucketNodes, req.Name); err == nil {
+			return errorf(ErrConflict, "a node named %q is already registered; choose another name or see `fabric node show %s`", req.Name, req.Name)
+		}
+		if holder, err := tx.Get(bucketMACs, mac); err == nil {
+			return errorf(ErrConflict, "%s is already registered as %s; see `fabric node show %s`", mac, holder, holder)
+		}
+		addr := want
+		if addr.IsValid() {
+			if holder, err := tx.Get(bucketIPs, ipKey(addr)); err == nil {
+				return errorf(ErrConflict, "%s is already assigned to %s; leave --ip out to get a free address", addr, holder)
+			}
+		} else {
+			var err error
+			if addr, err = r.allocate(tx); err != nil {
+				return err
+			}
+		}
+		now := r.now().UTC()
+		n = controllerapi.Node{Name: req.Name, MAC: mac, Role: req.Role, IP: addr.String(), Created: now, Updated: now}
+		if err := putNode(tx, n); err != nil {
+			return err
+		}
+		if err := tx.Put(bucketMACs, mac, []byte(n.Name)); err != nil {
+			return err
+		}
+		if err := tx.Put(bucketIPs, ipKey(addr), []byte(n.Name)); err != nil {
+			return err
+		}
+		if err := tx.Put(bucketTokens, n.Name, []byte(token)); err != nil {
+			return err
+		}
+		return appendEvent(tx, controllerapi.Event{Time: now, Type: controllerapi.EventNodeRegistered, Node: n.Name, MAC: mac,
+			Message: fmt.Sprintf("registered %s %s (%s) at %s", n.Role, n.Name, mac, n.IP)})
+	})
+	return n, err
+}
+
+// resolve finds a node by name or MAC.
+func resolve(tx store.Tx, nameOrMAC string) (controllerapi.Node, error) {
+	if hw, err := net.ParseMAC(nameOrMAC); err == nil {
+		if name, err := tx.Get(bucketMACs, hw.String()); err == nil {
+			return getNode(tx, string(name))
+		}
+		return controllerapi.Node{}, errorf(ErrNotFound, "no node has MAC %s; see `fabric node list`", hw)
+	}
+	return getNode(tx, nameOrMAC)
+}
+
+// Node returns a node by name or MAC.
+func (r *Registry) Node(nameOrMAC string) (controllerapi.Node, error) {
+	var n controllerapi.Node
+	err := r.st.View(func(tx store.Tx) error {
+		var err error
+		n, err = resolve(tx, nameOrMAC)
+		return err
+	})
+	return n, err
+}
+
+// NodeByMAC returns the node with the given MAC, and its enrollment token.
+func (r *Registry) NodeByMAC(hw net.HardwareAddr) (n controllerapi.Node, token string, ok bool, err error) {
+	err = r.st.View(func(tx store.Tx) error {
+		name, err := tx.Get(bucketMACs, hw.String())
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if n, err = getNode(tx, string(name)); err != nil {
+			return err
+		}
+		t, _ := tx.Get(bucketTokens, n.Name)
+		token, ok = string(t), true
+		return nil
+	})
+	return n, token, ok, err
+}
+
+// Nodes lists every node ordered by name.
+func (r *Registry) Nodes() ([]controllerapi.Node, error) {
+	ns := []controllerapi.Node{}
+	err := r.st.View(func(tx store.Tx) error {
+		return tx.ForEach(bucketNodes, "", func(_ string, v []byte) error {
+			var n controllerapi.Node
+			if err := json.Unmarshal(v, &n); err != nil {
+				return err
+			}
+			ns = append(ns, n)
+			return nil
+		})
+	})
+	return ns, err
+}
+
+// Update changes a node's name, role or address.
+func (r *Registry) Update(nameOrMAC string, req controllerapi.UpdateRequest) (controllerapi.Node, error) {
+	var n controllerapi.Node
+	if req.Name != nil {
+		if err := checkName(*req.Name); err != nil {
+			return n, err
+		}
+	}
+	if req.Role != nil {
+		if err := checkRole(*req.Role); err != nil {
+			return n, err
+		}
+	}
+	var want netip.Addr
+	if req.IP != nil {
+		var err error
+		if want, err = r.checkIP(*req.IP); err != nil {
+			return n, err
+		}
+	}
+	err := r.update(func(tx store.Tx) error {
+		old, err := resolve(tx, nameOrMAC)
+		if err != nil {
+			return err
+		}
+		n = old
+		var changes []string
+		if req.Name != nil && *req.Name != old.Name {
+			if _, err := tx.Get(bucketNodes, *req.Name); err == nil {
+				return errorf(ErrConflict, "a node named %q is already registered", *req.Name)
+			}
+			tok, _ := tx.Get(bucketTokens, old.Name)
+			for _, op := range []func() error{
+				func() error { return tx.Delete(bucketNodes, old.Name) },
+				func() error { return tx.Delete(bucketTokens, old.Name) },
+				func() error { return tx.Put(bucketTokens, *req.Name, tok) },
+				func() error { return tx.Put(bucketMACs, old.MAC, []byte(*req.Name)) },
+			} {
+				if err := op(); err != nil {
+					return err
+				}
+			}
+			n.Name = *req.Name
+			changes = append(changes, "name "+old.Name+" -> "+n.Name)
+		}
+		if req.Role != nil && *req.Role != old.Role {
+			n.Role = *req.Role
+			changes = append(changes, "role "+old.Role+" -> "+n.Role)
+		}
+		if want.IsValid() && want.String() != old.IP {
+			if holder, err := tx.Get(bucketIPs, ipKey(want)); err == nil {
+				return errorf(ErrConflict, "%s is already assigned to %s", want, holder)
+			}
+			if err := tx.Delete(bucketIPs, ipKey(netip.MustParseAddr(old.IP))); err != nil {
+				return err
+			}
+			n.IP = want.String()
+			changes = append(changes, "ip "+old.IP+" -> "+n.IP)
+		}
+		// Rewrite the address index in every case: a rename changes the holder.
+		if err := tx.Put(bucketIPs, ipKey(netip.MustParseAddr(n.IP)), []byte(n.Name)); err != nil {
+			return err
+		}
+		if len(changes) == 0 {
+			return nil
+		}
+		n.Updated = r.now().UTC()
+		if err := putNode(tx, n); err != nil {
+			return err
+		}
+		return appendEvent(tx, controllerapi.Event{Time: n.Updated, Type: controllerapi.EventNodeUpdated, Node: n.Name, MAC: n.MAC,
+			Message: "updated " + n.Name + ": " + strings.Join(changes, ", ")})
+	})
+	return n, err
+}
+
+// Remove deletes a node.
+func (r *Registry) Remove(nameOrMAC string) (controllerapi.Node, error) {
+	var n controllerapi.Node
+	err := r.update(func(tx store.Tx) error {
+		var err error
+		if n, err = resolve(tx, nameOrMAC); err != nil {
+			return err
+		}
+		for _, op := range []func() error{
+			func() error { return tx.Delete(bucketNodes, n.Name) },
+			func() error { return tx.Delete(bucketMACs, n.MAC) },
+			func() error { return tx.Delete(bucketIPs, ipKey(netip.MustParseAddr(n.IP))) },
+			func() error { return tx.Delete(bucketTokens, n.Name) },
+		} {
+			if err := op(); err != nil {
+				return err
+			}
+		}
+		return appendEvent(tx, controllerapi.Event{Time: r.now().UTC(), Type: controllerapi.EventNodeRemoved, Node: n.Name, MAC: n.MAC,
+			Message: fmt.Sprintf("removed %s %s (%s), %s released", n.Role, n.Name, n.MAC, n.IP)})
+	})
+	return n, err
+}
+
+// Record appends an event that is not tied to a registry change.
+func (r *Registry) Record(ev controllerapi.Event) error {
+	if ev.Time.IsZero() {
+		ev.Time = r.now().UTC()
+	}
+	return r.update(func(tx store.Tx) error { return appendEvent(tx, ev) })
+}
+
+// Events returns up to limit events with Seq >= since.
+func (r *Registry) Events(since uint64, limit int) ([]controllerapi.Event, error) {
+	evs := []controllerapi.Event{}
+	err := r.st.View(func(tx store.Tx) error {
+		return tx.ForEach(bucketEvents, seqKey(since), func(_ string, v []byte) error {
+			var ev controllerapi.Event
+			if err := json.Unmarshal(v, &ev); err != nil {
+				return err
+			}
+			evs = append(evs, ev)
+			if len(evs) >= limit {
+				return store.ErrStop
+			}
+			return nil
+		})
+	})
+	return evs, err
+}
+
+// CheckInvariants verifies the store's indexes agree with the node records:
+// every node has its MAC and address indexed to it, and no index entry
+// points at a missing node or disagrees with it.
+func (r *Registry) CheckInvariants() error {
+	return r.st.View(func(tx store.Tx) error {
+		nodes := map[string]controllerapi.Node{}
+		if err := tx.ForEach(bucketNodes, "", func(k string, v []byte) error {
+			var n controllerapi.Node
+			if err := json.Unmarshal(v, &n); err != nil {
+				return fmt.Errorf("node %q: undecodable record: %w", k, err)
+			}
+			if n.Name != k {
+				return fmt.Errorf("node record under %q is named %q", k, n.Name)
+			}
+			nodes[k] = n
+			return nil
+		}); err != nil {
+			return err
+		}
+		macs, ips := 0, 0
+		if err := tx.ForEach(bucketMACs, "", func(k string, v []byte) error {
+			macs++
+			if n, ok := nodes[string(v)]; !ok || n.MAC != k {
+				return fmt.Errorf("MAC index %s -> %q does not match a node", k, v)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		if err := tx.ForEach(bucketIPs, "", func(k string, v []byte) error {
+			ips++
+			if n, ok := nodes[string(v)]; !ok || n.IP != keyIP(k).String() {
+				return fmt.Errorf("address index %s -> %q does not match a node", keyIP(k), v)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		if macs != len(nodes) || ips != len(nodes) {
+			return fmt.Errorf("%d nodes but %d MAC and %d address index entries", len(nodes), macs, ips)
+		}
+		var prev uint64
+		return tx.ForEach(bucketEvents, "", func(k string, v []byte) error {
+			seq := binary.BigEndian.Uint64([]byte(k))
+			if seq <= prev {
+				return fmt.Errorf("event sequence not increasing at %d", seq)
+			}
+			prev = seq
+			return nil
+		})
+	})
+}

@@ -1,0 +1,249 @@
+package controller
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/fabric-project/fabric/controller/controllerapi"
+)
+
+// newTestController opens a controller on a fresh state directory; its
+// cleanup checks the store's invariants before closing it.
+func newTestController(t *testing.T, subnet string) *Controller {
+	t.Helper()
+	c, err := New(Config{StateDir: t.TempDir(), BootSubnet: netip.MustParsePrefix(subnet), ServerIP: netip.MustParsePrefix(subnet).Addr().Next()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.reg.CheckInvariants(); err != nil {
+			t.Errorf("store invariants: %v", err)
+		}
+		c.Close()
+	})
+	return c
+}
+
+func TestParseMAC(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string
+		err      bool
+	}{
+		{in: "52:54:00:12:34:56", want: "52:54:00:12:34:56"},
+		{in: "52-54-00-AB-CD-EF", want: "52:54:00:ab:cd:ef"},
+		{in: " 5254.00ab.cdef ", want: "52:54:00:ab:cd:ef"},
+		{in: "01:00:5e:00:00:01", err: true}, // multicast
+		{in: "ff:ff:ff:ff:ff:ff", err: true}, // broadcast
+		{in: "00:00:00:00:00:00", err: true},
+		{in: "52:54:00:12:34", err: true},
+		{in: "52:54:00:12:34:56:78:9a", err: true}, // EUI-64
+		{in: "hello", err: true},
+		{in: "", err: true},
+	} {
+		hw, err := ParseMAC(tc.in)
+		if tc.err {
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("ParseMAC(%q) = %v, %v; want ErrInvalid", tc.in, hw, err)
+			}
+			continue
+		}
+		if err != nil || hw.String() != tc.want {
+			t.Errorf("ParseMAC(%q) = %v, %v; want %s", tc.in, hw, err, tc.want)
+		}
+	}
+}
+
+func TestRegisterAssignsLowestFreeAddress(t *testing.T) {
+	c := newTestController(t, "10.9.0.0/24")
+	r := c.Registry()
+	var got []string
+	for i := range 3 {
+		n, err := r.Register(controllerapi.RegisterRequest{Name: fmt.Sprintf("hn%d", i), MAC: fmt.Sprintf("52:54:00:00:00:%02x", i), Role: "hwnode"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, n.IP)
+	}
+	if d := cmp.Diff([]string{"10.9.0.10", "10.9.0.11", "10.9.0.12"}, got); d != "" {
+		t.Fatalf("addresses (-want +got):\n%s", d)
+	}
+	if _, err := r.Remove("hn1"); err != nil {
+		t.Fatal(err)
+	}
+	n, err := r.Register(controllerapi.RegisterRequest{Name: "hn9", MAC: "52:54:00:00:00:99", Role: "storage"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.IP != "10.9.0.11" {
+		t.Errorf("after removing hn1, next address = %s; want the freed 10.9.0.11", n.IP)
+	}
+	// A fixed address above the allocator's cursor is skipped later.
+	if _, err := r.Register(controllerapi.RegisterRequest{Name: "fixed", MAC: "52:54:00:00:01:00", Role: "hwnode", IP: "10.9.0.13"}); err != nil {
+		t.Fatal(err)
+	}
+	n, err = r.Register(controllerapi.RegisterRequest{Name: "after", MAC: "52:54:00:00:01:01", Role: "hwnode"})
+	if err != nil || n.IP != "10.9.0.14" {
+		t.Errorf("next address = %s, %v; want 10.9.0.14", n.IP, err)
+	}
+}
+
+func TestRegisterRefusesBadInput(t *testing.T) {
+	c := newTestController(t, "10.9.0.0/24")
+	r := c.Registry()
+	if _, err := r.Register(controllerapi.RegisterRequest{Name: "hn1", MAC: "52:54:00:12:34:56", Role: "hwnode", IP: "10.9.0.50"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		req  controllerapi.RegisterRequest
+		kind error
+		msg  string
+	}{
+		{"duplicate MAC", controllerapi.RegisterRequest{Name: "hn2", MAC: "52:54:00:12:34:56", Role: "hwnode"}, ErrConflict,
+			"52:54:00:12:34:56 is already registered as hn1; see `fabric node show hn1`"},
+		{"duplicate MAC other spelling", controllerapi.RegisterRequest{Name: "hn2", MAC: "52-54-00-12-34-56", Role: "hwnode"}, ErrConflict,
+			"52:54:00:12:34:56 is already registered as hn1; see `fabric node show hn1`"},
+		{"duplicate name", controllerapi.RegisterRequest{Name: "hn1", MAC: "52:54:00:12:34:57", Role: "hwnode"}, ErrConflict,
+			`a node named "hn1" is already registered; choose another name or see ` + "`fabric node show hn1`"},
+		{"address taken", controllerapi.RegisterRequest{Name: "hn2", MAC: "52:54:00:12:34:57", Role: "hwnode", IP: "10.9.0.50"}, ErrConflict,
+			"10.9.0.50 is already assigned to hn1; leave --ip out to get a free address"},
+		{"multicast MAC", controllerapi.RegisterRequest{Name: "hn2", MAC: "33:33:00:00:00:01", Role: "hwnode"}, ErrInvalid, ""},
+		{"bad role", controllerapi.RegisterRequest{Name: "hn2", MAC: "52:54:00:12:34:57", Role: "db"}, ErrInvalid, ""},
+		{"uppercase name", controllerapi.RegisterRequest{Name: "HN2", MAC: "52:54:00:12:34:57", Role: "hwnode"}, ErrInvalid, ""},
+		{"name with dot", controllerapi.RegisterRequest{Name: "hn.2", MAC: "52:54:00:12:34:57", Role: "hwnode"}, ErrInvalid, ""},
+		{"leading dash", controllerapi.RegisterRequest{Name: "-hn", MAC: "52:54:00:12:34:57", Role: "hwnode"}, ErrInvalid, ""},
+		{"outside subnet", controllerapi.RegisterRequest{Name: "hn2", MAC: "52:54:00:12:34:57", Role: "hwnode", IP: "10.8.0.5"}, ErrInvalid, ""},
+		{"server address", controllerapi.RegisterRequest{Name: "hn2", MAC: "52:54:00:12:34:57", Role: "hwnode", IP: "10.9.0.1"}, ErrInvalid, ""},
+		{"broadcast address", controllerapi.RegisterRequest{Name: "hn2", MAC: "52:54:00:12:34:57", Role: "hwnode", IP: "10.9.0.255"}, ErrInvalid, ""},
+		{"IPv6", controllerapi.RegisterRequest{Name: "hn2", MAC: "52:54:00:12:34:57", Role: "hwnode", IP: "fd00::5"}, ErrInvalid, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := r.Register(tc.req)
+			if !errors.Is(err, tc.kind) {
+				t.Fatalf("Register = %v; want %v", err, tc.kind)
+			}
+			if tc.msg != "" && err.Error() != tc.msg {
+				t.Errorf("message %q; want %q", err, tc.msg)
+			}
+		})
+	}
+	ns, _ := r.Nodes()
+	if len(ns) != 1 {
+		t.Errorf("%d nodes after refused registrations; want 1", len(ns))
+	}
+}
+
+func TestSubnetExhausted(t *testing.T) {
+	c, err := New(Config{StateDir: t.TempDir(), BootSubnet: netip.MustParsePrefix("10.7.0.0/29"), ServerIP: netip.MustParseAddr("10.7.0.1"), FirstIP: netip.MustParseAddr("10.7.0.2")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var got []string
+	for i := 0; ; i++ {
+		n, err := c.Registry().Register(controllerapi.RegisterRequest{Name: fmt.Sprintf("n%d", i), MAC: fmt.Sprintf("52:54:00:00:00:%02x", i), Role: "hwnode"})
+		if errors.Is(err, ErrExhausted) {
+			break
+		}
+		if err != nil || i > 10 {
+			t.Fatalf("registration %d: %v", i, err)
+		}
+		got = append(got, n.IP)
+	}
+	want := []string{"10.7.0.2", "10.7.0.3", "10.7.0.4", "10.7.0.5", "10.7.0.6"}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("addresses of a /29 (-want +got):\n%s", d)
+	}
+	if err := c.Registry().CheckInvariants(); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestUpdateAndRemove(t *testing.T) {
+	c := newTestController(t, "10.9.0.0/24")
+	r := c.Registry()
+	for i, name := range []string{"a", "b"} {
+		if _, err := r.Register(controllerapi.RegisterRequest{Name: name, MAC: fmt.Sprintf("52:54:00:00:00:%02x", i), Role: "hwnode"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	newName, ip, role := "c", "10.9.0.100", "storage"
+	n, err := r.Update("a", controllerapi.UpdateRequest{Name: &newName, IP: &ip, Role: &role})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Name != "c" || n.IP != ip || n.Role != role {
+		t.Errorf("updated node = %+v", n)
+	}
+	if _, err := r.Node("a"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("old name still resolves: %v", err)
+	}
+	byMAC, err := r.Node("52:54:00:00:00:00")
+	if err != nil || byMAC.Name != "c" {
+		t.Errorf("lookup by MAC = %+v, %v", byMAC, err)
+	}
+	taken := "b"
+	if _, err := r.Update("c", controllerapi.UpdateRequest{Name: &taken}); !errors.Is(err, ErrConflict) {
+		t.Errorf("rename onto an existing name = %v; want conflict", err)
+	}
+	bIP := "10.9.0.11"
+	if _, err := r.Update("c", controllerapi.UpdateRequest{IP: &bIP}); !errors.Is(err, ErrConflict) {
+		t.Errorf("address of another node = %v; want conflict", err)
+	}
+	if _, err := r.Remove("52:54:00:00:00:01"); err != nil {
+		t.Errorf("remove by MAC: %v", err)
+	}
+	if _, err := r.Remove("b"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("second remove = %v; want not found", err)
+	}
+	evs, err := r.Events(0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	for _, ev := range evs {
+		types = append(types, ev.Type)
+	}
+	want := []string{"node.registered", "node.registered", "node.updated", "node.removed"}
+	if d := cmp.Diff(want, types); d != "" {
+		t.Errorf("events (-want +got):\n%s", d)
+	}
+}
+
+// Safety property: concurrent registrations never hand one address or MAC
+// to two nodes.
+func TestConcurrentRegistrationsAreDistinct(t *testing.T) {
+	c := newTestController(t, "10.9.0.0/24")
+	r := c.Registry()
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for i := range 100 {
+		wg.Go(func() {
+			_, err := r.Register(controllerapi.RegisterRequest{Name: fmt.Sprintf("n%03d", i), MAC: fmt.Sprintf("52:54:00:00:01:%02x", i), Role: "hwnode"})
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	ns, err := r.Nodes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ips, macs := map[string]bool{}, map[string]bool{}
+	for _, n := range ns {
+		ips[n.IP], macs[n.MAC] = true, true
+	}
+	if len(ns) != 100 || len(ips) != 100 || len(macs) != 100 {
+		t.Errorf("%d nodes, %d distinct addresses, %d distinct MACs; want 100 each", len(ns), len(ips), len(macs))
+	}
+}
