@@ -26,6 +26,8 @@ import (
 	"github.com/fabric-project/fabric/controller/controllerapi"
 	"github.com/fabric-project/fabric/controller/store"
 	"github.com/fabric-project/fabric/internal/atomicfile"
+	"github.com/fabric-project/fabric/pxe"
+	"golang.org/x/sync/errgroup"
 )
 
 // Files inside the state directory.
@@ -52,7 +54,16 @@ type Config struct {
 	// FirstIP is the lowest address assigned automatically (default: the
 	// subnet's tenth address).
 	FirstIP netip.Addr
-	Logger  *slog.Logger
+	// BootRouter is the default gateway handed to nodes (optional).
+	BootRouter netip.Addr
+	// RootShelf is the first AoE shelf for hardware nodes' root volumes
+	// (default 1).
+	RootShelf uint16
+	// Boot configures the boot services; they run when Boot.Iface is set.
+	// The controller fills in the backend, server address, subnet and
+	// controller URL.
+	Boot   pxe.Config
+	Logger *slog.Logger
 }
 
 // Controller is a running controller's state.
@@ -115,7 +126,14 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.ServerIP.IsValid() {
 		reserved[cfg.ServerIP] = true
 	}
-	c.reg = &Registry{st: st, subnet: cfg.BootSubnet, first: cfg.FirstIP, reserved: reserved, now: time.Now, notify: c.broadcast}
+	if cfg.RootShelf == 0 {
+		cfg.RootShelf = 1
+	}
+	if cfg.RootShelf == 0xffff {
+		return nil, errors.New("controller: root shelf 65535 is the AoE broadcast shelf")
+	}
+	c.cfg = cfg
+	c.reg = &Registry{st: st, subnet: cfg.BootSubnet, first: cfg.FirstIP, reserved: reserved, rootShelf: cfg.RootShelf, now: time.Now, notify: c.broadcast}
 	return c, nil
 }
 
@@ -235,7 +253,31 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventControllerUp, Message: "controller started, API at " + cc.Controller})
 	c.log.Info("controller API listening", "addr", ln.Addr().String(), "client_config", filepath.Join(c.cfg.StateDir, ClientConfigFile))
-	return c.Serve(ctx, ln)
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return c.Serve(ctx, ln) })
+	if c.cfg.Boot.Iface != "" {
+		bc := c.BootConfig(cc.Controller)
+		g.Go(func() error { return pxe.Run(ctx, bc) })
+	}
+	return g.Wait()
+}
+
+// BootConfig returns the boot services' configuration, wired to this
+// controller's registry.
+func (c *Controller) BootConfig(apiURL string) pxe.Config {
+	bc := c.cfg.Boot
+	bc.Backend = &bootBackend{c: c, offers: map[string]pxe.Lease{}}
+	if !bc.Network.ServerIP.IsValid() {
+		bc.Network.ServerIP = c.cfg.ServerIP
+	}
+	bc.Network.Subnets = append([]pxe.Subnet{{Prefix: c.cfg.BootSubnet, Router: c.cfg.BootRouter}}, bc.Network.Subnets...)
+	if bc.Controller == "" {
+		bc.Controller = apiURL
+	}
+	if bc.Logger == nil {
+		bc.Logger = c.log
+	}
+	return bc
 }
 
 // UnknownMAC records that an unregistered MAC asked to boot, at most once a
@@ -259,4 +301,3 @@ func (c *Controller) UnknownMAC(mac net.HardwareAddr, where string) {
 		c.log.Error("recording event", "err", err)
 	}
 }
-

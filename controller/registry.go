@@ -21,6 +21,8 @@ const (
 	bucketIPs    = "ips"    // 4-byte address -> name (sorted for allocation)
 	bucketEvents = "events" // 8-byte big-endian seq -> Event JSON
 	bucketTokens = "tokens" // name -> enrollment token
+	bucketAoE    = "aoe"    // 2-byte shelf + 1-byte slot -> name (root volumes)
+	bucketLeases = "leases" // mac -> pxe.Lease JSON
 )
 
 // Errors of the registry; the API maps them to HTTP status codes.
@@ -37,8 +39,8 @@ type regError struct {
 	msg  string
 }
 
-func (e *regError) Error() string        { return e.msg }
-func (e *regError) Unwrap() error        { return e.kind }
+func (e *regError) Error() string { return e.msg }
+func (e *regError) Unwrap() error { return e.kind }
 func errorf(kind error, format string, a ...any) error {
 	return &regError{kind: kind, msg: fmt.Sprintf(format, a...)}
 }
@@ -82,12 +84,13 @@ func checkRole(role string) error {
 
 // Registry is the node registry over the state store.
 type Registry struct {
-	st       store.Store
-	subnet   netip.Prefix
-	first    netip.Addr          // lowest address handed out automatically
-	reserved map[netip.Addr]bool // never assigned (the controller itself, gateway)
-	now      func() time.Time
-	notify   func() // called after a committed change that appended events
+	st        store.Store
+	subnet    netip.Prefix
+	first     netip.Addr          // lowest address handed out automatically
+	reserved  map[netip.Addr]bool // never assigned (the controller itself, gateway)
+	rootShelf uint16              // first shelf for hardware nodes' root volumes
+	now       func() time.Time
+	notify    func() // called after a committed change that appended events
 }
 
 func ipKey(a netip.Addr) string { b := a.As4(); return string(b[:]) }
@@ -148,6 +151,46 @@ func (r *Registry) allocate(tx store.Tx) (netip.Addr, error) {
 		return netip.Addr{}, errorf(ErrExhausted, "no free address left in the boot subnet %s; give one with --ip or widen the subnet", r.subnet)
 	}
 	return next, nil
+}
+
+// aoeKey orders AoE addresses shelf first.
+func aoeKey(shelf uint16, slot uint8) string {
+	return string([]byte{byte(shelf >> 8), byte(shelf), slot})
+}
+
+func parseAoEKey(k string) (uint16, uint8) { return uint16(k[0])<<8 | uint16(k[1]), k[2] }
+
+// ParseAoE parses "e<shelf>.<slot>".
+func ParseAoE(s string) (shelf uint16, slot uint8, err error) {
+	var sh, sl uint
+	if _, err := fmt.Sscanf(s, "e%d.%d", &sh, &sl); err != nil || sh >= 0xffff || sl >= 0xff || fmt.Sprintf("e%d.%d", sh, sl) != s {
+		return 0, 0, errorf(ErrInvalid, "%q is not an AoE address e<shelf>.<slot> (shelf < 65535, slot < 255)", s)
+	}
+	return uint16(sh), uint8(sl), nil
+}
+
+// allocateRoot returns the lowest free AoE address from rootShelf up.
+// Slot 255 and shelf 65535 are the broadcast addresses and never used.
+func (r *Registry) allocateRoot(tx store.Tx) (string, error) {
+	shelf, slot := r.rootShelf, uint8(0)
+	err := tx.ForEach(bucketAoE, aoeKey(shelf, 0), func(k string, _ []byte) error {
+		if k != aoeKey(shelf, slot) {
+			return store.ErrStop
+		}
+		if slot == 254 {
+			shelf, slot = shelf+1, 0
+		} else {
+			slot++
+		}
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	if shelf == 0xffff {
+		return "", errorf(ErrExhausted, "no free AoE address left for root volumes")
+	}
+	return fmt.Sprintf("e%d.%d", shelf, slot), nil
 }
 
 func getNode(tx store.Tx, name string) (controllerapi.Node, error) {
@@ -238,6 +281,17 @@ func (r *Registry) Register(req controllerapi.RegisterRequest) (controllerapi.No
 		}
 		now := r.now().UTC()
 		n = controllerapi.Node{Name: req.Name, MAC: mac, Role: req.Role, IP: addr.String(), Created: now, Updated: now}
+		if n.Role == controllerapi.RoleHWNode {
+			root, err := r.allocateRoot(tx)
+			if err != nil {
+				return err
+			}
+			n.RootVolume = root
+			sh, sl, _ := ParseAoE(root)
+			if err := tx.Put(bucketAoE, aoeKey(sh, sl), []byte(n.Name)); err != nil {
+				return err
+			}
+		}
 		if err := putNode(tx, n); err != nil {
 			return err
 		}
@@ -272,8 +326,17 @@ func (r *Registry) Node(nameOrMAC string) (controllerapi.Node, error) {
 	var n controllerapi.Node
 	err := r.st.View(func(tx store.Tx) error {
 		var err error
-		n, err = resolve(tx, nameOrMAC)
-		return err
+		if n, err = resolve(tx, nameOrMAC); err != nil {
+			return err
+		}
+		if v, err := tx.Get(bucketLeases, n.MAC); err == nil {
+			var l controllerapi.Lease
+			if err := json.Unmarshal(v, &l); err != nil {
+				return err
+			}
+			n.Lease = &l
+		}
+		return nil
 	})
 	return n, err
 }
@@ -351,6 +414,16 @@ func (r *Registry) Update(nameOrMAC string, req controllerapi.UpdateRequest) (co
 				func() error { return tx.Delete(bucketTokens, old.Name) },
 				func() error { return tx.Put(bucketTokens, *req.Name, tok) },
 				func() error { return tx.Put(bucketMACs, old.MAC, []byte(*req.Name)) },
+				func() error {
+					if old.RootVolume == "" {
+						return nil
+					}
+					sh, sl, err := ParseAoE(old.RootVolume)
+					if err != nil {
+						return err
+					}
+					return tx.Put(bucketAoE, aoeKey(sh, sl), []byte(*req.Name))
+				},
 			} {
 				if err := op(); err != nil {
 					return err
@@ -362,6 +435,22 @@ func (r *Registry) Update(nameOrMAC string, req controllerapi.UpdateRequest) (co
 		if req.Role != nil && *req.Role != old.Role {
 			n.Role = *req.Role
 			changes = append(changes, "role "+old.Role+" -> "+n.Role)
+			// Only hardware nodes boot from a root volume.
+			if err := deleteRoot(tx, n.RootVolume); err != nil {
+				return err
+			}
+			n.RootVolume = ""
+			if n.Role == controllerapi.RoleHWNode {
+				root, err := r.allocateRoot(tx)
+				if err != nil {
+					return err
+				}
+				sh, sl, _ := ParseAoE(root)
+				if err := tx.Put(bucketAoE, aoeKey(sh, sl), []byte(n.Name)); err != nil {
+					return err
+				}
+				n.RootVolume = root
+			}
 		}
 		if want.IsValid() && want.String() != old.IP {
 			if holder, err := tx.Get(bucketIPs, ipKey(want)); err == nil {
@@ -403,6 +492,8 @@ func (r *Registry) Remove(nameOrMAC string) (controllerapi.Node, error) {
 			func() error { return tx.Delete(bucketMACs, n.MAC) },
 			func() error { return tx.Delete(bucketIPs, ipKey(netip.MustParseAddr(n.IP))) },
 			func() error { return tx.Delete(bucketTokens, n.Name) },
+			func() error { return tx.Delete(bucketLeases, n.MAC) },
+			func() error { return deleteRoot(tx, n.RootVolume) },
 		} {
 			if err := op(); err != nil {
 				return err
@@ -412,6 +503,17 @@ func (r *Registry) Remove(nameOrMAC string) (controllerapi.Node, error) {
 			Message: fmt.Sprintf("removed %s %s (%s), %s released", n.Role, n.Name, n.MAC, n.IP)})
 	})
 	return n, err
+}
+
+func deleteRoot(tx store.Tx, root string) error {
+	if root == "" {
+		return nil
+	}
+	sh, sl, err := ParseAoE(root)
+	if err != nil {
+		return err
+	}
+	return tx.Delete(bucketAoE, aoeKey(sh, sl))
 }
 
 // Record appends an event that is not tied to a registry change.
@@ -481,6 +583,25 @@ func (r *Registry) CheckInvariants() error {
 		}
 		if macs != len(nodes) || ips != len(nodes) {
 			return fmt.Errorf("%d nodes but %d MAC and %d address index entries", len(nodes), macs, ips)
+		}
+		roots := 0
+		if err := tx.ForEach(bucketAoE, "", func(k string, v []byte) error {
+			sh, sl := parseAoEKey(k)
+			if n, ok := nodes[string(v)]; !ok || n.RootVolume != fmt.Sprintf("e%d.%d", sh, sl) {
+				return fmt.Errorf("root volume index e%d.%d -> %q does not match a node", sh, sl, v)
+			}
+			roots++
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, n := range nodes {
+			if n.RootVolume != "" {
+				roots--
+			}
+		}
+		if roots != 0 {
+			return fmt.Errorf("root volume index and node records disagree by %d", roots)
 		}
 		var prev uint64
 		return tx.ForEach(bucketEvents, "", func(k string, v []byte) error {

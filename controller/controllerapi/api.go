@@ -16,14 +16,25 @@ const (
 
 // Node is a registered machine.
 type Node struct {
-	Name      string    `json:"name"`
-	MAC       string    `json:"mac"`
-	Role      string    `json:"role"`
-	IP        string    `json:"ip"`
-	Created   time.Time `json:"created"`
-	Updated   time.Time `json:"updated"`
-	LastBoot  time.Time `json:"last_boot,omitzero"`
-	BootState string    `json:"boot_state,omitempty"`
+	Name string `json:"name"`
+	MAC  string `json:"mac"`
+	Role string `json:"role"`
+	IP   string `json:"ip"`
+	// RootVolume is the AoE address (e<shelf>.<slot>) of a hardware
+	// node's root volume.
+	RootVolume string    `json:"root_volume,omitempty"`
+	Lease      *Lease    `json:"lease,omitempty"`
+	Created    time.Time `json:"created"`
+	Updated    time.Time `json:"updated"`
+	LastBoot   time.Time `json:"last_boot,omitzero"`
+	BootState  string    `json:"boot_state,omitempty"`
+}
+
+// Lease is the DHCP server's record of a node's address.
+type Lease struct {
+	State   string    `json:"state"`
+	Expires time.Time `json:"expires"`
+	Updated time.Time `json:"updated"`
 }
 
 // RegisterRequest is the body of POST /v1/nodes.

@@ -1,0 +1,121 @@
+package controller
+
+import (
+	"encoding/json"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/controller/store"
+	"github.com/fabric-project/fabric/pxe"
+)
+
+// bootBackend lets the boot services read the registry live: every DHCP
+// packet and script request looks the MAC up in the store, so a
+// registration takes effect at once.
+type bootBackend struct {
+	c *Controller
+
+	mu     sync.Mutex
+	offers map[string]pxe.Lease // offered leases live only in memory
+}
+
+var _ pxe.Backend = (*bootBackend)(nil)
+
+func (b *bootBackend) Host(mac net.HardwareAddr) (pxe.Host, bool, error) {
+	n, token, ok, err := b.c.reg.NodeByMAC(mac)
+	if err != nil || !ok {
+		return pxe.Host{}, false, err
+	}
+	ip, err := netip.ParseAddr(n.IP)
+	if err != nil {
+		return pxe.Host{}, false, err
+	}
+	hw, _ := net.ParseMAC(n.MAC)
+	return pxe.Host{Name: n.Name, Role: n.Role, MAC: hw, IP: ip, RootVolume: n.RootVolume, Token: token}, true, nil
+}
+
+func (b *bootBackend) Lease(mac net.HardwareAddr) (pxe.Lease, bool, error) {
+	b.mu.Lock()
+	l, ok := b.offers[mac.String()]
+	b.mu.Unlock()
+	if ok {
+		return l, true, nil
+	}
+	return b.c.reg.lease(mac.String())
+}
+
+// SaveLease keeps offers in memory and writes bound, declined and released
+// leases to the store: they are what must survive a restart, and an offer
+// is cheap to make again.
+func (b *bootBackend) SaveLease(l pxe.Lease) error {
+	b.mu.Lock()
+	if l.State == pxe.LeaseOffered {
+		if len(b.offers) > 65536 {
+			clear(b.offers)
+		}
+		b.offers[l.MAC] = l
+		b.mu.Unlock()
+		return nil
+	}
+	delete(b.offers, l.MAC)
+	b.mu.Unlock()
+	return b.c.reg.saveLease(l)
+}
+
+func (b *bootBackend) Report(ev pxe.Event) {
+	var typ string
+	switch ev.Kind {
+	case pxe.EventUnknownMAC:
+		b.c.UnknownMAC(ev.MAC, b.c.cfg.Boot.Iface)
+		return
+	case pxe.EventBooting:
+		typ = controllerapi.EventNodeBooting
+	case pxe.EventScript:
+		typ = controllerapi.EventBootScript
+	case pxe.EventConflict:
+		typ = controllerapi.EventAddrConflict
+	default:
+		typ = "boot." + ev.Kind
+	}
+	mac := ""
+	if ev.MAC != nil {
+		mac = ev.MAC.String()
+	}
+	if err := b.c.reg.Record(controllerapi.Event{Type: typ, Node: ev.Host, MAC: mac, Message: ev.Message}); err != nil {
+		b.c.log.Error("recording boot event", "err", err)
+	}
+}
+
+func (r *Registry) lease(mac string) (pxe.Lease, bool, error) {
+	var l pxe.Lease
+	var ok bool
+	err := r.st.View(func(tx store.Tx) error {
+		v, err := tx.Get(bucketLeases, mac)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		ok = true
+		return json.Unmarshal(v, &l)
+	})
+	return l, ok, err
+}
+
+func (r *Registry) saveLease(l pxe.Lease) error {
+	v, err := json.Marshal(l)
+	if err != nil {
+		return err
+	}
+	return r.st.Update(func(tx store.Tx) error {
+		// A lease for a MAC removed meanwhile is not kept.
+		if _, err := tx.Get(bucketMACs, l.MAC); err != nil {
+			return nil
+		}
+		return tx.Put(bucketLeases, l.MAC, v)
+	})
+}

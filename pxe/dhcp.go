@@ -1,0 +1,139 @@
+package pxe
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sync/atomic"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/dhcpv4/server4"
+)
+
+// Backend is what the boot services need from the controller: who a MAC
+// is, its last lease, and a place to report events. Implementations must be
+// safe for concurrent use; registry changes take effect on the next packet.
+type Backend interface {
+	Host(mac net.HardwareAddr) (Host, bool, error)
+	Lease(mac net.HardwareAddr) (Lease, bool, error)
+	SaveLease(Lease) error
+	Report(Event)
+}
+
+// DHCPStats counts what the DHCP server saw.
+type DHCPStats struct {
+	Received, Malformed, Replied, Unknown, Dropped, Errors atomic.Uint64
+}
+
+// DHCPServer answers DHCPv4 on one PacketConn (port 67).
+type DHCPServer struct {
+	Conn    net.PacketConn
+	Backend Backend
+	Network Network
+	Logger  *slog.Logger
+	Stats   DHCPStats
+}
+
+// Serve answers requests until ctx ends or the conn fails.
+func (s *DHCPServer) Serve(ctx context.Context) error {
+	log := s.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	srv, err := server4.NewServer("", nil, func(conn net.PacketConn, _ net.Addr, req *dhcpv4.DHCPv4) {
+		s.handle(log, conn, req)
+	}, server4.WithConn(countingConn{s.Conn, &s.Stats}), server4.WithLogger(discardLogger{}))
+	if err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { srv.Close() })
+	defer stop()
+	err = srv.Serve()
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func (s *DHCPServer) handle(log *slog.Logger, conn net.PacketConn, req *dhcpv4.DHCPv4) {
+	s.Stats.Received.Add(1)
+	mac := req.ClientHWAddr
+	host, known, err := s.Backend.Host(mac)
+	if err != nil {
+		s.Stats.Errors.Add(1)
+		log.Error("dhcp: registry lookup", "mac", mac.String(), "err", err)
+		return
+	}
+	var lease Lease
+	var hasLease bool
+	if known {
+		if lease, hasLease, err = s.Backend.Lease(mac); err != nil {
+			s.Stats.Errors.Add(1)
+			log.Error("dhcp: lease lookup", "mac", mac.String(), "err", err)
+			return
+		}
+	}
+	d := Decide(req, host, known, lease, hasLease, s.Network)
+	if !known {
+		s.Stats.Unknown.Add(1)
+	}
+	if d.Event != nil {
+		s.Backend.Report(*d.Event)
+	}
+	if d.Lease != nil {
+		if err := s.Backend.SaveLease(*d.Lease); err != nil {
+			s.Stats.Errors.Add(1)
+			log.Error("dhcp: saving lease", "mac", mac.String(), "err", err)
+			return // an unrecorded lease is not handed out
+		}
+	}
+	if d.Reply == nil {
+		s.Stats.Dropped.Add(1)
+		log.Debug("dhcp: no reply", "mac", mac.String(), "type", req.MessageType().String(), "known", known)
+		return
+	}
+	dst := ReplyAddr(req, d.Reply)
+	if _, err := conn.WriteTo(d.Reply.ToBytes(), dst); err != nil {
+		s.Stats.Errors.Add(1)
+		log.Warn("dhcp: send reply", "mac", mac.String(), "dst", dst.String(), "err", err)
+		return
+	}
+	s.Stats.Replied.Add(1)
+	log.Debug("dhcp: reply", "mac", mac.String(), "type", d.Reply.MessageType().String(), "ip", d.Reply.YourIPAddr.String(), "dst", dst.String())
+}
+
+// countingConn counts packets the DHCP library could not parse: it reads
+// them itself and drops them silently.
+type countingConn struct {
+	net.PacketConn
+	st *DHCPStats
+}
+
+func (c countingConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	for {
+		n, a, err := c.PacketConn.ReadFrom(b)
+		if err != nil {
+			return n, a, err
+		}
+		if _, perr := dhcpv4.FromBytes(b[:n]); perr != nil {
+			c.st.Malformed.Add(1)
+			continue
+		}
+		return n, a, err
+	}
+}
+
+type discardLogger struct{}
+
+func (discardLogger) Printf(string, ...any)               {}
+func (discardLogger) PrintMessage(string, *dhcpv4.DHCPv4) {}
+
+// ListenDHCP opens the DHCP server socket on iface (port 67, broadcast
+// allowed, bound to the interface).
+func ListenDHCP(iface string, port int) (net.PacketConn, error) {
+	if iface == "" {
+		return nil, errors.New("pxe: DHCP needs a boot interface")
+	}
+	return server4.NewIPv4UDPConn(iface, &net.UDPAddr{Port: port})
+}

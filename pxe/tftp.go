@@ -1,0 +1,100 @@
+package pxe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/pin/tftp/v3"
+)
+
+// ErrPathEscape is returned for a TFTP or HTTP file name that would leave
+// the boot directory.
+var ErrPathEscape = errors.New("path escapes the boot directory")
+
+// cleanName validates a requested file name: relative, no "..", no NUL.
+func cleanName(name string) (string, error) {
+	if name == "" || strings.ContainsRune(name, 0) || strings.Contains(name, "\\") {
+		return "", fmt.Errorf("%q: %w", name, ErrPathEscape)
+	}
+	if strings.HasPrefix(name, "/") {
+		return "", fmt.Errorf("%q is absolute: %w", name, ErrPathEscape)
+	}
+	for _, el := range strings.Split(name, "/") {
+		if el == ".." {
+			return "", fmt.Errorf("%q: %w", name, ErrPathEscape)
+		}
+	}
+	return path.Clean(name), nil
+}
+
+// TFTPServer serves the boot directory read-only over TFTP (RFC 1350 with
+// the blksize and tsize options of RFC 2348 and 2349). Files are opened
+// through an os.Root, so neither ".." nor a symlink can leave the directory.
+type TFTPServer struct {
+	Root   *os.Root
+	Logger *slog.Logger
+}
+
+func (t *TFTPServer) read(name string, rf io.ReaderFrom) error {
+	log := t.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	raddr := ""
+	if ot, ok := rf.(tftp.OutgoingTransfer); ok {
+		a := ot.RemoteAddr()
+		raddr = a.String()
+	}
+	clean, err := cleanName(name)
+	if err != nil {
+		log.Warn("tftp: refused", "file", name, "remote", raddr, "err", err)
+		return err
+	}
+	f, err := t.Root.Open(clean)
+	if err != nil {
+		log.Info("tftp: cannot serve", "file", name, "remote", raddr, "err", err)
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("%s: file not found", clean)
+		}
+		return fmt.Errorf("%s: %w", clean, ErrPathEscape)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s: not a regular file", clean)
+	}
+	if ot, ok := rf.(tftp.OutgoingTransfer); ok {
+		ot.SetSize(fi.Size())
+	}
+	start := time.Now()
+	n, err := rf.ReadFrom(f)
+	if err != nil {
+		log.Warn("tftp: transfer failed", "file", clean, "remote", raddr, "bytes", n, "err", err)
+		return err
+	}
+	log.Debug("tftp: sent", "file", clean, "remote", raddr, "bytes", n, "seconds", time.Since(start).Seconds())
+	return nil
+}
+
+// Serve serves TFTP on conn until ctx ends. Write requests are refused with
+// a TFTP error.
+func (t *TFTPServer) Serve(ctx context.Context, conn net.PacketConn) error {
+	s := tftp.NewServer(t.read, nil)
+	s.SetTimeout(2 * time.Second)
+	s.SetRetries(5)
+	stop := context.AfterFunc(ctx, s.Shutdown)
+	defer stop()
+	err := s.Serve(conn)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
