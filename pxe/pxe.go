@@ -36,23 +36,39 @@ type Config struct {
 	Logger     *slog.Logger
 }
 
-// Run serves DHCP, TFTP, HTTP (and RA) until ctx ends or one fails.
-func Run(ctx context.Context, cfg Config) error {
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+// Services are the boot services with their sockets open.
+type Services struct {
+	cfg   Config
+	root  *os.Root
+	dconn net.PacketConn
+	tconn net.PacketConn
+	hln   net.Listener
+	ra    *RAServer
+	// DHCP is the DHCP server (its Stats can be read while serving).
+	DHCP *DHCPServer
+}
+
+// Listen opens every socket of the boot services, in the calling thread's
+// network namespace.
+func Listen(cfg Config) (_ *Services, err error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Backend == nil {
-		return errors.New("pxe: no backend")
+		return nil, errors.New("pxe: no backend")
 	}
 	if !cfg.Network.ServerIP.Is4() {
-		return errors.New("pxe: the boot services need the config node's IPv4 address on the boot network")
+		return nil, errors.New("pxe: the boot services need the config node's IPv4 address on the boot network")
 	}
-	root, err := os.OpenRoot(cfg.BootDir)
-	if err != nil {
-		return fmt.Errorf("pxe: boot directory: %w", err)
+	s := &Services{}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	if s.root, err = os.OpenRoot(cfg.BootDir); err != nil {
+		return nil, fmt.Errorf("pxe: boot directory: %w", err)
 	}
-	defer root.Close()
 	port := func(p, def int) int {
 		if p == 0 {
 			return def
@@ -64,32 +80,54 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Network.HTTPURL == "" {
 		cfg.Network.HTTPURL = "http://" + httpAddr
 	}
-	dconn, err := ListenDHCP(cfg.Iface, port(cfg.DHCPPort, 67))
-	if err != nil {
-		return fmt.Errorf("pxe: DHCP on %s: %w", cfg.Iface, err)
+	if s.dconn, err = ListenDHCP(cfg.Iface, port(cfg.DHCPPort, 67)); err != nil {
+		return nil, fmt.Errorf("pxe: DHCP on %s: %w", cfg.Iface, err)
 	}
-	tconn, err := net.ListenPacket("udp4", net.JoinHostPort(server, strconv.Itoa(port(cfg.TFTPPort, 69))))
-	if err != nil {
-		dconn.Close()
-		return fmt.Errorf("pxe: TFTP: %w", err)
+	if s.tconn, err = net.ListenPacket("udp4", net.JoinHostPort(server, strconv.Itoa(port(cfg.TFTPPort, 69)))); err != nil {
+		return nil, fmt.Errorf("pxe: TFTP: %w", err)
 	}
-	hln, err := net.Listen("tcp4", httpAddr)
-	if err != nil {
-		dconn.Close()
-		tconn.Close()
-		return fmt.Errorf("pxe: HTTP: %w", err)
+	if s.hln, err = net.Listen("tcp4", httpAddr); err != nil {
+		return nil, fmt.Errorf("pxe: HTTP: %w", err)
+	}
+	if cfg.RA {
+		s.ra = &RAServer{Iface: cfg.Iface, Logger: cfg.Logger}
+		if err = s.ra.Listen(); err != nil {
+			return nil, err
+		}
 	}
 	cfg.Network.Iface = cfg.Iface
-	dhcp := &DHCPServer{Conn: dconn, Backend: cfg.Backend, Network: cfg.Network, Logger: log}
-	tftp := &TFTPServer{Root: root, Logger: log}
-	hb := &HTTPBoot{Root: root, Backend: cfg.Backend, Profiles: cfg.Profiles, BaseURL: cfg.Network.HTTPURL, Controller: cfg.Controller, Logger: log}
-	hs := &http.Server{Handler: hb.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	s.cfg = cfg
+	s.DHCP = &DHCPServer{Conn: s.dconn, Backend: cfg.Backend, Network: cfg.Network, Logger: cfg.Logger}
+	return s, nil
+}
 
+func (s *Services) close() {
+	if s.dconn != nil {
+		s.dconn.Close()
+	}
+	if s.tconn != nil {
+		s.tconn.Close()
+	}
+	if s.hln != nil {
+		s.hln.Close()
+	}
+	if s.root != nil {
+		s.root.Close()
+	}
+}
+
+// Serve serves DHCP, TFTP, HTTP (and RA) until ctx ends or one fails.
+func (s *Services) Serve(ctx context.Context) error {
+	defer s.root.Close()
+	cfg, log := s.cfg, s.cfg.Logger
+	tftp := &TFTPServer{Root: s.root, Logger: log}
+	hb := &HTTPBoot{Root: s.root, Backend: cfg.Backend, Profiles: cfg.Profiles, BaseURL: cfg.Network.HTTPURL, Controller: cfg.Controller, Logger: log}
+	hs := &http.Server{Handler: hb.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return dhcp.Serve(ctx) })
-	g.Go(func() error { return tftp.Serve(ctx, tconn) })
+	g.Go(func() error { return s.DHCP.Serve(ctx) })
+	g.Go(func() error { return tftp.Serve(ctx, s.tconn) })
 	g.Go(func() error {
-		if err := hs.Serve(hln); !errors.Is(err, http.ErrServerClosed) {
+		if err := hs.Serve(s.hln); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil
@@ -100,10 +138,18 @@ func Run(ctx context.Context, cfg Config) error {
 		defer cancel()
 		return hs.Shutdown(sctx)
 	})
-	if cfg.RA {
-		ra := &RAServer{Iface: cfg.Iface, Logger: log}
-		g.Go(func() error { return ra.Serve(ctx) })
+	if s.ra != nil {
+		g.Go(func() error { return s.ra.Serve(ctx) })
 	}
-	log.Info("boot services up", "iface", cfg.Iface, "dhcp_port", port(cfg.DHCPPort, 67), "tftp", tconn.LocalAddr().String(), "http", cfg.Network.HTTPURL, "ra", cfg.RA)
+	log.Info("boot services up", "iface", cfg.Iface, "tftp", s.tconn.LocalAddr().String(), "http", cfg.Network.HTTPURL, "ra", s.ra != nil)
 	return g.Wait()
+}
+
+// Run opens the boot services' sockets and serves until ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	s, err := Listen(cfg)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ctx)
 }

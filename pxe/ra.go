@@ -2,6 +2,7 @@ package pxe
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -28,14 +29,13 @@ type RAServer struct {
 	Iface    string
 	Interval time.Duration // unsolicited advertisements; default 10 s
 	Logger   *slog.Logger
+
+	ifi *net.Interface
+	c   *icmp.PacketConn
 }
 
-// Serve runs until ctx ends.
-func (s *RAServer) Serve(ctx context.Context) error {
-	log := s.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+// Listen opens the ICMPv6 socket.
+func (s *RAServer) Listen() error {
 	ifi, err := net.InterfaceByName(s.Iface)
 	if err != nil {
 		return fmt.Errorf("pxe: router advertisements: %w", err)
@@ -44,29 +44,33 @@ func (s *RAServer) Serve(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("pxe: router advertisements: %w", err)
 	}
-	defer c.Close()
 	pc := c.IPv6PacketConn()
-	if err := pc.SetMulticastHopLimit(255); err != nil {
-		return err
-	}
-	if err := pc.SetHopLimit(255); err != nil {
-		return err
-	}
-	if err := pc.SetMulticastInterface(ifi); err != nil {
-		return err
-	}
-	// Solicitations go to all-routers; a host that does not forward is not
-	// in that group until it joins.
-	if err := pc.JoinGroup(ifi, &net.IPAddr{IP: net.ParseIP("ff02::2")}); err != nil {
-		return fmt.Errorf("pxe: join ff02::2 on %s: %w", s.Iface, err)
-	}
-	if err := pc.SetControlMessage(ipv6.FlagInterface, true); err != nil {
-		return err
+	err = errors.Join(pc.SetMulticastHopLimit(255), pc.SetHopLimit(255), pc.SetMulticastInterface(ifi),
+		// Solicitations go to all-routers; a host that does not forward
+		// is not in that group until it joins.
+		pc.JoinGroup(ifi, &net.IPAddr{IP: net.ParseIP("ff02::2")}),
+		pc.SetControlMessage(ipv6.FlagInterface, true))
+	if err != nil {
+		c.Close()
+		return fmt.Errorf("pxe: router advertisements on %s: %w", s.Iface, err)
 	}
 	var f ipv6.ICMPFilter
 	f.SetAll(true)
 	f.Accept(ipv6.ICMPTypeRouterSolicitation)
 	_ = pc.SetICMPFilter(&f)
+	s.ifi, s.c = ifi, c
+	return nil
+}
+
+// Serve runs until ctx ends; Listen must have succeeded.
+func (s *RAServer) Serve(ctx context.Context) error {
+	log := s.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c, ifi := s.c, s.ifi
+	defer c.Close()
+	pc := c.IPv6PacketConn()
 
 	allNodes := &net.IPAddr{IP: net.ParseIP("ff02::1"), Zone: s.Iface}
 	send := func() {

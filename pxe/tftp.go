@@ -88,9 +88,21 @@ func (t *TFTPServer) read(name string, rf io.ReaderFrom) error {
 // a TFTP error.
 func (t *TFTPServer) Serve(ctx context.Context, conn net.PacketConn) error {
 	s := tftp.NewServer(t.read, nil)
+	// One socket for every transfer: replies come from port 69 (simple to
+	// firewall), and the server needs no new sockets after it starts, so it
+	// keeps working when started inside a network namespace.
+	s.EnableSinglePort()
+	// Largest block for a 9000-byte MTU; the library also caps it at the
+	// interface MTU less 28.
+	s.SetBlockSize(8972)
 	s.SetTimeout(2 * time.Second)
 	s.SetRetries(5)
-	stop := context.AfterFunc(ctx, s.Shutdown)
+	// In single-port mode Shutdown leaves the socket open: close it so the
+	// serving loop wakes up and sees the cancellation.
+	stop := context.AfterFunc(ctx, func() {
+		s.Shutdown()
+		conn.Close()
+	})
 	defer stop()
 	err := s.Serve(conn)
 	if ctx.Err() != nil {
