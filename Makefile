@@ -26,6 +26,9 @@ test-unit:
 test: deps lint build
 	$(GO) test -race -timeout 25m ./...
 
+demo: deps build
+	./scripts/demo.sh
+
 bench: bench-controller
 
 bench-controller: build

@@ -239,8 +239,12 @@ func nodeCommand() *cli.Command {
 					tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 					fmt.Fprintf(tw, "name:\t%s\nrole:\t%s\nmac:\t%s\nip:\t%s\nregistered:\t%s\nupdated:\t%s\n",
 						n.Name, n.Role, n.MAC, n.IP, n.Created.Local().Format(time.RFC3339), n.Updated.Local().Format(time.RFC3339))
-					if !n.LastBoot.IsZero() {
-						fmt.Fprintf(tw, "last boot:\t%s (%s)\n", n.LastBoot.Local().Format(time.RFC3339), n.BootState)
+					if n.RootVolume != "" {
+						fmt.Fprintf(tw, "root volume:\t%s\n", n.RootVolume)
+					}
+					if n.Lease != nil {
+						fmt.Fprintf(tw, "dhcp lease:\t%s, updated %s, expires %s\n", n.Lease.State,
+							n.Lease.Updated.Local().Format(time.RFC3339), n.Lease.Expires.Local().Format(time.RFC3339))
 					}
 					return tw.Flush()
 				},

@@ -9,10 +9,12 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/fabric-project/fabric/controller"
+	"github.com/fabric-project/fabric/pxe"
 )
 
 func main() {
@@ -71,6 +73,17 @@ func controllerCommand() *cli.Command {
 			&cli.StringFlag{Name: "boot-subnet", Value: "10.233.0.0/24", Usage: "boot network; node addresses come from it"},
 			&cli.StringFlag{Name: "server-ip", Usage: "this config node's address on the boot network"},
 			&cli.StringFlag{Name: "first-ip", Usage: "lowest address assigned automatically (default: the subnet's tenth)"},
+			&cli.StringFlag{Name: "boot-iface", Usage: "serve DHCP, TFTP, HTTP boot and router advertisements on this interface (empty: no boot services)"},
+			&cli.StringFlag{Name: "boot-dir", Value: "/var/lib/fabric/boot", Usage: "TFTP root and HTTP /files/: iPXE binaries, kernels, initrds"},
+			&cli.StringFlag{Name: "router", Usage: "default gateway handed to nodes"},
+			&cli.IntFlag{Name: "http-port", Value: 8080, Usage: "HTTP boot port"},
+			&cli.IntFlag{Name: "tftp-port", Value: 69, Usage: "TFTP port"},
+			&cli.IntFlag{Name: "dhcp-port", Value: 67, Usage: "DHCP server port"},
+			&cli.DurationFlag{Name: "lease-time", Value: time.Hour, Usage: "DHCP lease time"},
+			&cli.BoolFlag{Name: "ra", Value: true, Usage: "send IPv6 router advertisements without M/O flags (spares iPXE a 16 s wait)"},
+			&cli.StringFlag{Name: "hwnode-kernel", Value: "hwnode/vmlinuz", Usage: "hardware node kernel, relative to --boot-dir"},
+			&cli.StringFlag{Name: "hwnode-initrd", Value: "hwnode/initrd.img", Usage: "hardware node initrd, relative to --boot-dir"},
+			&cli.StringFlag{Name: "hwnode-cmdline", Value: pxe.DefaultCmdline, Usage: "hardware node kernel command line (Go template: .Name .MAC .IP .Role .RootVolume .Token .Controller)"},
 		},
 		Action: func(c *cli.Context) error {
 			log, err := logger(c)
@@ -91,6 +104,19 @@ func controllerCommand() *cli.Command {
 			}
 			if cfg.FirstIP, err = addrFlag(c, "first-ip"); err != nil {
 				return err
+			}
+			if cfg.BootRouter, err = addrFlag(c, "router"); err != nil {
+				return err
+			}
+			cfg.Boot = pxe.Config{
+				Iface: c.String("boot-iface"), BootDir: c.String("boot-dir"), RA: c.Bool("ra"),
+				HTTPPort: c.Int("http-port"), TFTPPort: c.Int("tftp-port"), DHCPPort: c.Int("dhcp-port"),
+				Network: pxe.Network{LeaseTime: c.Duration("lease-time")},
+				Profiles: map[string]pxe.Profile{"hwnode": {
+					Kernel: c.String("hwnode-kernel"), Initrd: c.String("hwnode-initrd"), Cmdline: c.String("hwnode-cmdline")}},
+			}
+			if cfg.Boot.Iface != "" && !cfg.ServerIP.IsValid() {
+				return fmt.Errorf("--boot-iface needs --server-ip, this node's address on the boot network")
 			}
 			ctl, err := controller.New(cfg)
 			if err != nil {
