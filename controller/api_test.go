@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -63,6 +65,13 @@ func TestAPIRequiresCredential(t *testing.T) {
 	ns, err := admin.Nodes(ctx)
 	if err != nil || len(ns) != 0 {
 		t.Errorf("after unauthenticated calls: nodes %v, %v; want none", ns, err)
+	}
+	// The secrets are readable by their owner only.
+	for _, f := range []string{AdminTokenFile, "ca/ca.key"} {
+		fi, err := os.Stat(filepath.Join(c.cfg.StateDir, f))
+		if err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: %v, %v; want mode 0600", f, fi.Mode(), err)
+		}
 	}
 }
 
