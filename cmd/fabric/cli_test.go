@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -198,5 +199,31 @@ func TestFlagsFirst(t *testing.T) {
 		if got != tc.want {
 			t.Errorf("flagsFirst(%q) = %q; want %q", tc.in, got, tc.want)
 		}
+	}
+}
+
+func TestCLIEventsFollow(t *testing.T) {
+	t.Setenv("FABRIC_TOKEN", "")
+	cfg, ctl := startController(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errb bytes.Buffer
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, []string{"fabric", "--config", cfg, "events", "--follow"}, &out, &errb) }()
+	time.Sleep(200 * time.Millisecond)
+	if _, err := ctl.Registry().Register(controllerapi.RegisterRequest{Name: "late", MAC: "52:54:00:00:00:77", Role: "hwnode"}); err != nil {
+		t.Fatal(err)
+	}
+	// Give the long poll time to deliver, then stop following like Ctrl-C.
+	select {
+	case code := <-done:
+		t.Fatalf("follow ended by itself with exit %d: %s", code, errb.String())
+	case <-time.After(500 * time.Millisecond):
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Errorf("follow exit %d: %s", code, errb.String())
+	}
+	if !strings.Contains(out.String(), "registered hwnode late (52:54:00:00:00:77)") {
+		t.Errorf("follow printed:\n%s", out.String())
 	}
 }
