@@ -12,6 +12,7 @@ import (
 
 	"github.com/fabric-project/fabric/controller/controllerapi"
 	"github.com/fabric-project/fabric/controller/store"
+	"github.com/fabric-project/fabric/pxe"
 )
 
 // Buckets of the state store.
@@ -330,11 +331,13 @@ func (r *Registry) Node(nameOrMAC string) (controllerapi.Node, error) {
 			return err
 		}
 		if v, err := tx.Get(bucketLeases, n.MAC); err == nil {
-			var l controllerapi.Lease
+			// Stored by the boot services as a pxe.Lease; converted
+			// explicitly so the wire type does not depend on its encoding.
+			var l pxe.Lease
 			if err := json.Unmarshal(v, &l); err != nil {
 				return err
 			}
-			n.Lease = &l
+			n.Lease = &controllerapi.Lease{State: l.State, Expires: l.Expires, Updated: l.Updated}
 		}
 		return nil
 	})

@@ -90,14 +90,13 @@ type ErrorResponse struct {
 
 // Error codes, matching the HTTP status classes the API uses.
 const (
-	CodeInvalid       = "invalid"        // 400
-	CodeUnauthorized  = "unauthorized"   // 401
-	CodeNotFound      = "not_found"      // 404
-	CodeConflict      = "conflict"       // 409
-	CodeTooLarge      = "too_large"      // 413
-	CodeExhausted     = "exhausted"      // 507: no address left
-	CodeInternal      = "internal"       // 500
-	CodeNotAcceptable = "not_acceptable" // 405/406
+	CodeInvalid      = "invalid"      // 400
+	CodeUnauthorized = "unauthorized" // 401
+	CodeNotFound     = "not_found"    // 404
+	CodeConflict     = "conflict"     // 409
+	CodeTooLarge     = "too_large"    // 413
+	CodeExhausted    = "exhausted"    // 507: no address left
+	CodeInternal     = "internal"     // 500
 )
 
 // APIError is an error answered by the controller.
