@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/fabric-project/fabric/internal/cliargs"
 	"io"
 	"os"
 	"path/filepath"
@@ -38,7 +39,7 @@ type clientConfig struct {
 // run is the whole CLI: main only wires the process to it.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	app := newApp(stdout, stderr)
-	if err := app.RunContext(ctx, flagsFirst(app, args)); err != nil {
+	if err := app.RunContext(ctx, cliargs.FlagsFirst(app, args)); err != nil {
 		var ae *controllerapi.APIError
 		if errors.As(err, &ae) {
 			fmt.Fprintf(stderr, "fabric: %s\n", ae.Message)
@@ -402,62 +403,4 @@ func completionCommand() *cli.Command {
 			return err
 		},
 	}
-}
-
-// flagsFirst moves positional arguments behind the flags of the command they
-// belong to, so that `fabric node show hn1 -o json` works like
-// `fabric node show -o json hn1` (urfave/cli v2 stops parsing flags at the
-// first positional argument).
-func flagsFirst(app *cli.App, args []string) []string {
-	if len(args) == 0 {
-		return args
-	}
-	out := []string{args[0]}
-	flags, cmds := app.Flags, app.Commands
-	var pos []string
-	for i := 1; i < len(args); i++ {
-		a := args[i]
-		switch {
-		case a == "--":
-			pos = append(pos, args[i:]...)
-			i = len(args)
-		case strings.HasPrefix(a, "-") && len(a) > 1:
-			out = append(out, a)
-			if !strings.Contains(a, "=") && takesValue(flags, strings.TrimLeft(a, "-")) && i+1 < len(args) {
-				i++
-				out = append(out, args[i])
-			}
-		default:
-			if len(pos) == 0 {
-				if cmd := findCommand(cmds, a); cmd != nil {
-					out = append(out, a)
-					flags, cmds = cmd.Flags, cmd.Subcommands
-					continue
-				}
-			}
-			pos = append(pos, a)
-		}
-	}
-	return append(out, pos...)
-}
-
-func findCommand(cmds []*cli.Command, name string) *cli.Command {
-	for _, c := range cmds {
-		if c.HasName(name) {
-			return c
-		}
-	}
-	return nil
-}
-
-func takesValue(flags []cli.Flag, name string) bool {
-	for _, f := range flags {
-		for _, n := range f.Names() {
-			if n == name {
-				dg, ok := f.(cli.DocGenerationFlag)
-				return ok && dg.TakesValue()
-			}
-		}
-	}
-	return false
 }

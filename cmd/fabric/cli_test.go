@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/fabric-project/fabric/internal/cliargs"
 	"net"
 	"net/netip"
 	"os"
@@ -195,9 +196,9 @@ func TestFlagsFirst(t *testing.T) {
 		{"fabric events -f", "fabric events -f"},
 		{"fabric node remove hn1 -- -x", "fabric node remove hn1 -- -x"},
 	} {
-		got := strings.Join(flagsFirst(app, strings.Fields(tc.in)), " ")
+		got := strings.Join(cliargs.FlagsFirst(app, strings.Fields(tc.in)), " ")
 		if got != tc.want {
-			t.Errorf("flagsFirst(%q) = %q; want %q", tc.in, got, tc.want)
+			t.Errorf("FlagsFirst(%q) = %q; want %q", tc.in, got, tc.want)
 		}
 	}
 }

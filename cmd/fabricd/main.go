@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/fabric-project/fabric/controller"
+	"github.com/fabric-project/fabric/internal/cliargs"
 	"github.com/fabric-project/fabric/pxe"
 )
 
@@ -26,9 +27,9 @@ func main() {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 		},
-		Commands: []*cli.Command{controllerCommand()},
+		Commands: []*cli.Command{controllerCommand(), storageCommand()},
 	}
-	if err := app.RunContext(ctx, os.Args); err != nil {
+	if err := app.RunContext(ctx, cliargs.FlagsFirst(app, os.Args)); err != nil {
 		fmt.Fprintf(os.Stderr, "fabricd: %v\n", err)
 		stop()
 		os.Exit(1)

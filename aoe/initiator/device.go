@@ -1,0 +1,324 @@
+package initiator
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/fabric-project/fabric/aoe/rawsock"
+	"github.com/fabric-project/fabric/aoe/wire"
+	"github.com/mdlayher/aoe"
+)
+
+// Device is one volume (shelf.slot) reached through one or more target MACs.
+type Device struct {
+	in         *Initiator
+	Shelf      uint16
+	Slot       uint8
+	Paths      []net.HardwareAddr
+	MaxSectors int
+	Identity   wire.Identity
+
+	sem  chan int // free request slots
+	send sync.Mutex
+	sndr rawsock.Sender
+	mu   sync.Mutex
+	reqs []*request
+	gen  uint32
+	path int
+	fdsc [][]byte
+}
+
+type request struct {
+	idx      int
+	tag      uint32 // 0: free
+	frame    []byte
+	flen     int
+	dst      []byte // read destination
+	deadline time.Time
+	tries    int
+	done     chan<- error
+}
+
+const idxBits = 10 // window up to 1024
+
+// Open finds shelf.slot (waiting up to wait for every path to answer),
+// identifies it and returns a device ready for I/O.
+func (in *Initiator) Open(ctx context.Context, shelf uint16, slot uint8, wait time.Duration) (*Device, error) {
+	ts, err := in.Discover(ctx, shelf, slot, wait)
+	if err != nil {
+		return nil, err
+	}
+	if len(ts) == 0 {
+		return nil, fmt.Errorf("aoe: e%d.%d: no target answered on %s", shelf, slot, in.c.Interface().Name)
+	}
+	return in.OpenTargets(ctx, ts)
+}
+
+// OpenTargets opens a device from discovered targets (all for one
+// shelf.slot).
+func (in *Initiator) OpenTargets(ctx context.Context, ts []Target) (*Device, error) {
+	d := &Device{in: in, Shelf: ts[0].Shelf, Slot: ts[0].Slot, MaxSectors: 255}
+	for _, t := range ts {
+		if t.Shelf != d.Shelf || t.Slot != d.Slot {
+			return nil, fmt.Errorf("aoe: OpenTargets: %s and %s are different volumes", ts[0].Addr(), t.Addr())
+		}
+		d.Paths = append(d.Paths, t.MAC)
+		d.MaxSectors = min(d.MaxSectors, t.MaxSectors)
+	}
+	d.MaxSectors = min(d.MaxSectors, wire.MaxSectors(in.mtu))
+	w := in.cfg.Window
+	d.sem = make(chan int, w)
+	size := max(in.mtu+wire.EthLen, 1514)
+	for i := 0; i < w; i++ {
+		d.reqs = append(d.reqs, &request{idx: i, frame: make([]byte, size)})
+		d.sem <- i
+	}
+	in.mu.Lock()
+	if in.devices[key(d.Shelf, d.Slot)] != nil {
+		in.mu.Unlock()
+		return nil, fmt.Errorf("aoe: e%d.%d is already open on this initiator", d.Shelf, d.Slot)
+	}
+	in.devices[key(d.Shelf, d.Slot)] = d
+	in.mu.Unlock()
+	page := make([]byte, 512)
+	if err := d.do(ctx, wire.CmdIdentify, page, 0, 1); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("aoe: identify e%d.%d: %w", d.Shelf, d.Slot, err)
+	}
+	id, err := wire.ParseIdentify(page)
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	d.Identity = id
+	return d, nil
+}
+
+// Close forgets the device.
+func (d *Device) Close() error {
+	d.in.mu.Lock()
+	if d.in.devices[key(d.Shelf, d.Slot)] == d {
+		delete(d.in.devices, key(d.Shelf, d.Slot))
+	}
+	d.in.mu.Unlock()
+	d.failAll(net.ErrClosed)
+	return nil
+}
+
+// Size is the capacity in bytes.
+func (d *Device) Size() int64 { return int64(d.Identity.Sectors) * wire.SectorSize }
+
+// ReadAt reads len(p) bytes at off; both must be multiples of 512.
+func (d *Device) ReadAt(p []byte, off int64) (int, error) {
+	if err := d.check(p, off); err != nil {
+		return 0, err
+	}
+	if err := d.do(context.Background(), wire.CmdReadSectorsExt, p, uint64(off/wire.SectorSize), len(p)/wire.SectorSize); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// WriteAt writes len(p) bytes at off; both must be multiples of 512.
+func (d *Device) WriteAt(p []byte, off int64) (int, error) {
+	if err := d.check(p, off); err != nil {
+		return 0, err
+	}
+	if err := d.do(context.Background(), wire.CmdWriteSectorsExt, p, uint64(off/wire.SectorSize), len(p)/wire.SectorSize); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// Flush asks the target to make written data stable (FLUSH CACHE EXT).
+func (d *Device) Flush() error {
+	return d.do(context.Background(), wire.CmdFlushCacheExt, nil, 0, 0)
+}
+
+func (d *Device) check(p []byte, off int64) error {
+	if off%wire.SectorSize != 0 || len(p)%wire.SectorSize != 0 {
+		return fmt.Errorf("aoe: I/O of %d bytes at %d is not sector aligned", len(p), off)
+	}
+	if off < 0 || off+int64(len(p)) > d.Size() {
+		return fmt.Errorf("aoe: I/O of %d bytes at %d is beyond the end of e%d.%d (%d bytes)", len(p), off, d.Shelf, d.Slot, d.Size())
+	}
+	return nil
+}
+
+// do runs one ATA command over as many frames as it takes, keeping up to
+// the window outstanding.
+func (d *Device) do(ctx context.Context, cmd uint8, p []byte, lba uint64, sectors int) error {
+	per := d.MaxSectors
+	nframes := 1
+	if sectors > 0 && cmd != wire.CmdIdentify {
+		nframes = (sectors + per - 1) / per
+	}
+	done := make(chan error, nframes)
+	var batch [][]byte
+	issued := 0
+	for issued < nframes {
+		var idx int
+		select {
+		case idx = <-d.sem:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		batch = batch[:0]
+		for {
+			r := d.reqs[idx]
+			s := issued * per
+			n := min(per, sectors-s)
+			if cmd == wire.CmdIdentify {
+				n = 1
+			}
+			if cmd == wire.CmdFlushCacheExt {
+				n = 0
+			}
+			d.fill(r, cmd, p, s, n, lba+uint64(s), done)
+			batch = append(batch, r.frame[:r.flen])
+			issued++
+			if issued == nframes {
+				break
+			}
+			select {
+			case idx = <-d.sem:
+				continue
+			default:
+			}
+			break
+		}
+		d.send.Lock()
+		err := d.in.c.SendFrames(&d.sndr, batch)
+		d.send.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+	var first error
+	for i := 0; i < nframes; i++ {
+		if err := <-done; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// fill builds the request frame for sectors [s, s+n) of p in slot r.
+func (d *Device) fill(r *request, cmd uint8, p []byte, s, n int, lba uint64, done chan<- error) {
+	d.mu.Lock()
+	d.gen++
+	r.tag = (d.gen<<idxBits | uint32(r.idx)) & 0x7fffffff
+	if r.tag == 0 {
+		r.tag = 1 << idxBits
+	}
+	path := d.Paths[d.path%len(d.Paths)]
+	d.path++
+	r.tries = 0
+	r.deadline = time.Now().Add(d.in.cfg.Timeout)
+	r.done = done
+	r.dst = nil
+	d.mu.Unlock()
+
+	f := r.frame
+	wire.PutHeader(f, path, d.in.mac, 0, 0, d.Shelf, d.Slot, aoe.CommandIssueATACommand, r.tag)
+	aflags := uint8(wire.AFlagExtended)
+	r.flen = wire.ATALen
+	switch cmd {
+	case wire.CmdWriteSectorsExt:
+		aflags |= wire.AFlagWrite
+		r.flen += copy(f[wire.ATALen:], p[s*wire.SectorSize:(s+n)*wire.SectorSize])
+	case wire.CmdReadSectorsExt, wire.CmdIdentify:
+		d.mu.Lock()
+		r.dst = p[s*wire.SectorSize : (s+n)*wire.SectorSize]
+		d.mu.Unlock()
+	}
+	wire.PutATA(f, aflags, 0, uint8(n), cmd, lba)
+	if r.flen < wire.MinFrame {
+		clear(f[r.flen:wire.MinFrame])
+		r.flen = wire.MinFrame
+	}
+}
+
+// complete handles an ATA reply.
+func (d *Device) complete(f wire.Frame) {
+	tag := f.Tag()
+	idx := int(tag & (1<<idxBits - 1))
+	d.mu.Lock()
+	if idx >= len(d.reqs) || d.reqs[idx].tag != tag || tag == 0 {
+		d.mu.Unlock()
+		return // late reply to a retransmitted or failed request
+	}
+	r := d.reqs[idx]
+	r.tag = 0
+	dst, done := r.dst, r.done
+	d.mu.Unlock()
+
+	var err error
+	switch {
+	case f.IsError():
+		err = fmt.Errorf("aoe: e%d.%d: target %s: %w", d.Shelf, d.Slot, f.Src(), f.Error())
+	case f.CmdStatus()&wire.StatusERR != 0:
+		err = fmt.Errorf("aoe: e%d.%d: ATA error %#02x (status %#02x) from %s", d.Shelf, d.Slot, f.ErrFeature(), f.CmdStatus(), f.Src())
+	case dst != nil:
+		if len(f.Data()) < len(dst) {
+			err = fmt.Errorf("aoe: e%d.%d: short read reply from %s (%d bytes, want %d)", d.Shelf, d.Slot, f.Src(), len(f.Data()), len(dst))
+		} else {
+			copy(dst, f.Data())
+		}
+	}
+	d.sem <- idx
+	done <- err
+}
+
+// expire retransmits requests past their deadline, each time through the
+// next path, and fails those out of retries.
+func (d *Device) expire(now time.Time) {
+	d.mu.Lock()
+	var resend [][]byte
+	var failed []*request
+	for _, r := range d.reqs {
+		if r.tag == 0 || now.Before(r.deadline) {
+			continue
+		}
+		r.tries++
+		if r.tries >= d.in.cfg.Retries {
+			failed = append(failed, r)
+			continue
+		}
+		path := d.Paths[(r.tries+r.idx)%len(d.Paths)]
+		copy(r.frame[0:6], path)
+		r.deadline = now.Add(d.in.cfg.Timeout << min(r.tries, 4))
+		resend = append(resend, slices.Clone(r.frame[:r.flen]))
+	}
+	for _, r := range failed {
+		r.tag = 0
+	}
+	d.mu.Unlock()
+	for _, r := range failed {
+		d.sem <- r.idx
+		r.done <- fmt.Errorf("aoe: e%d.%d: %w after %d tries", d.Shelf, d.Slot, ErrTimeout, d.in.cfg.Retries)
+	}
+	for _, f := range resend {
+		_ = d.in.c.WriteFrame(f)
+	}
+}
+
+func (d *Device) failAll(err error) {
+	d.mu.Lock()
+	var failed []*request
+	for _, r := range d.reqs {
+		if r.tag != 0 {
+			r.tag = 0
+			failed = append(failed, r)
+		}
+	}
+	d.mu.Unlock()
+	for _, r := range failed {
+		d.sem <- r.idx
+		r.done <- err
+	}
+}

@@ -1,0 +1,272 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/fabric-project/fabric/storagenode"
+)
+
+func storageCommand() *cli.Command {
+	dataDir := &cli.StringFlag{Name: "data-dir", Value: "/var/lib/fabric/storage", Usage: "volume pool directory"}
+	return &cli.Command{
+		Name:  "storage",
+		Usage: "run a storage node: serve volumes over AoE (or manage them: fabricd storage volume ...)",
+		Description: `Serves every exported volume of the pool in --data-dir, plus any --export
+given on the command line, on each --iface. Volume changes made with
+"fabricd storage volume ..." take effect on a running daemon within a second.
+
+   fabricd storage --iface eth1 --data-dir /srv/aoe
+   fabricd storage --iface eth1 --export 1.0=/dev/sdb --export 1.1=/srv/disk.img,ro`,
+		Flags: []cli.Flag{
+			&cli.StringSliceFlag{Name: "iface", Usage: "serve AoE on this interface (repeatable)"},
+			dataDir,
+			&cli.StringSliceFlag{Name: "export", Usage: "SHELF.SLOT=PATH[,ro]: also serve this file or block device (repeatable)"},
+			&cli.IntFlag{Name: "queues", Usage: "sockets (and goroutines) per interface; 0: one per CPU"},
+			&cli.UintFlag{Name: "buffers", Value: 64, Usage: "outstanding requests advertised to initiators"},
+		},
+		Action: func(c *cli.Context) error {
+			log, err := logger(c)
+			if err != nil {
+				return err
+			}
+			var exports []storagenode.Export
+			for _, s := range c.StringSlice("export") {
+				e, err := parseExport(s)
+				if err != nil {
+					return err
+				}
+				exports = append(exports, e)
+			}
+			if c.Uint("buffers") < 1 || c.Uint("buffers") > 65535 {
+				return fmt.Errorf("--buffers: want 1-65535")
+			}
+			return storagenode.Run(c.Context, storagenode.Config{
+				Interfaces:  c.StringSlice("iface"),
+				DataDir:     c.String("data-dir"),
+				Exports:     exports,
+				Queues:      c.Int("queues"),
+				BufferCount: uint16(c.Uint("buffers")),
+				Logger:      log,
+			})
+		},
+		Subcommands: []*cli.Command{volumeCommand(dataDir)},
+	}
+}
+
+// parseExport reads SHELF.SLOT=PATH[,ro].
+func parseExport(s string) (storagenode.Export, error) {
+	addr, rest, ok := strings.Cut(s, "=")
+	if !ok || rest == "" {
+		return storagenode.Export{}, fmt.Errorf("--export %q: want SHELF.SLOT=PATH[,ro]", s)
+	}
+	shelf, slot, err := storagenode.ParseAddr(addr)
+	if err != nil {
+		return storagenode.Export{}, fmt.Errorf("--export %q: %w", s, err)
+	}
+	e := storagenode.Export{Shelf: shelf, Slot: slot, Path: rest}
+	if p, ok := strings.CutSuffix(rest, ",ro"); ok {
+		e.Path, e.ReadOnly = p, true
+	}
+	return e, nil
+}
+
+func volumeCommand(dataDir *cli.StringFlag) *cli.Command {
+	pool := func(c *cli.Context) (*storagenode.Pool, error) { return storagenode.OpenPool(c.String("data-dir")) }
+	exportFlags := []cli.Flag{
+		&cli.StringFlag{Name: "addr", Usage: "export at SHELF.SLOT (e.g. 1.0)"},
+		&cli.StringSliceFlag{Name: "mac", Usage: "only this initiator MAC sees the volume (repeatable)"},
+	}
+	printVol := func(c *cli.Context, v storagenode.Volume, extra string) error {
+		if c.String("output") == "json" {
+			return json.NewEncoder(c.App.Writer).Encode(v)
+		}
+		addr := v.Addr()
+		if addr == "" {
+			addr = "not exported"
+		}
+		fmt.Fprintf(c.App.Writer, "%s: %s, %s%s\n", v.Name, human(v.Size), addr, extra)
+		return nil
+	}
+	out := &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "table or json"}
+	return &cli.Command{
+		Name:  "volume",
+		Usage: "manage the volume pool",
+		Flags: []cli.Flag{dataDir},
+		Subcommands: []*cli.Command{
+			{
+				Name: "create", Usage: "create a sparse volume", ArgsUsage: "NAME SIZE (e.g. 10G)",
+				Flags: append([]cli.Flag{out, &cli.BoolFlag{Name: "ro", Usage: "read-only"}}, exportFlags...),
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 2 {
+						return fmt.Errorf("usage: fabricd storage volume create NAME SIZE")
+					}
+					size, err := storagenode.ParseSize(c.Args().Get(1))
+					if err != nil {
+						return err
+					}
+					p, err := pool(c)
+					if err != nil {
+						return err
+					}
+					v, err := p.Create(c.Args().Get(0), size, storagenode.VolumeOptions{
+						Addr: c.String("addr"), ReadOnly: c.Bool("ro"), MACs: c.StringSlice("mac")})
+					if err != nil {
+						return err
+					}
+					return printVol(c, v, "")
+				},
+			},
+			{
+				Name: "delete", Usage: "delete a volume and its data", ArgsUsage: "NAME",
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return fmt.Errorf("usage: fabricd storage volume delete NAME")
+					}
+					p, err := pool(c)
+					if err != nil {
+						return err
+					}
+					return p.Delete(c.Args().First())
+				},
+			},
+			{
+				Name: "resize", Usage: "grow (or with --shrink, shrink) a volume", ArgsUsage: "NAME SIZE",
+				Flags: []cli.Flag{out, &cli.BoolFlag{Name: "shrink", Usage: "allow discarding data past the new size"}},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 2 {
+						return fmt.Errorf("usage: fabricd storage volume resize NAME SIZE")
+					}
+					size, err := storagenode.ParseSize(c.Args().Get(1))
+					if err != nil {
+						return err
+					}
+					p, err := pool(c)
+					if err != nil {
+						return err
+					}
+					v, err := p.Resize(c.Args().First(), size, c.Bool("shrink"))
+					if err != nil {
+						return err
+					}
+					return printVol(c, v, "")
+				},
+			},
+			{
+				Name: "list", Usage: "list volumes", Flags: []cli.Flag{out},
+				Action: func(c *cli.Context) error {
+					p, err := pool(c)
+					if err != nil {
+						return err
+					}
+					vs, err := p.List()
+					if err != nil {
+						return err
+					}
+					if c.String("output") == "json" {
+						if vs == nil {
+							vs = []storagenode.Volume{}
+						}
+						return json.NewEncoder(c.App.Writer).Encode(vs)
+					}
+					w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(w, "NAME\tSIZE\tADDRESS\tMODE\tMACS\tORIGIN")
+					for _, v := range vs {
+						mode := "rw"
+						if v.ReadOnly {
+							mode = "ro"
+						}
+						if v.Snapshot {
+							mode = "snapshot"
+						}
+						fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, human(v.Size), dash(v.Addr()), mode,
+							dash(strings.Join(v.MACs, ",")), dash(v.Origin))
+					}
+					return w.Flush()
+				},
+			},
+			{
+				Name: "clone", Usage: "copy a volume (reflink where the filesystem can)", ArgsUsage: "SOURCE NAME",
+				Flags: append([]cli.Flag{out}, exportFlags...),
+				Action: func(c *cli.Context) error {
+					return cloneAction(c, pool, printVol, false)
+				},
+			},
+			{
+				Name: "snapshot", Usage: "read-only copy of a volume", ArgsUsage: "SOURCE NAME",
+				Flags: append([]cli.Flag{out}, exportFlags...),
+				Action: func(c *cli.Context) error {
+					return cloneAction(c, pool, printVol, true)
+				},
+			},
+			{
+				Name: "export", Usage: "set a volume's address and allowed MACs", ArgsUsage: "NAME",
+				Flags: append([]cli.Flag{out, &cli.BoolFlag{Name: "none", Usage: "stop exporting"}}, exportFlags...),
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return fmt.Errorf("usage: fabricd storage volume export NAME --addr SHELF.SLOT [--mac MAC]...")
+					}
+					p, err := pool(c)
+					if err != nil {
+						return err
+					}
+					var macs []string
+					if c.IsSet("mac") {
+						macs = c.StringSlice("mac")
+					}
+					v, err := p.SetExport(c.Args().First(), c.String("addr"), macs, c.Bool("none"))
+					if err != nil {
+						return err
+					}
+					return printVol(c, v, "")
+				},
+			},
+		},
+	}
+}
+
+func cloneAction(c *cli.Context, pool func(*cli.Context) (*storagenode.Pool, error),
+	printVol func(*cli.Context, storagenode.Volume, string) error, snap bool) error {
+	if c.NArg() != 2 {
+		return fmt.Errorf("usage: fabricd storage volume %s SOURCE NAME", c.Command.Name)
+	}
+	p, err := pool(c)
+	if err != nil {
+		return err
+	}
+	o := storagenode.VolumeOptions{Addr: c.String("addr"), MACs: c.StringSlice("mac")}
+	clone := p.Clone
+	if snap {
+		clone = p.Snapshot
+	}
+	v, method, err := clone(c.Args().Get(0), c.Args().Get(1), o)
+	if err != nil {
+		return err
+	}
+	return printVol(c, v, " ("+method+")")
+}
+
+func human(n int64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB"}
+	f := float64(n)
+	i := 0
+	for f >= 1024 && i < len(units)-1 {
+		f /= 1024
+		i++
+	}
+	if f == float64(int64(f)) {
+		return fmt.Sprintf("%d %s", int64(f), units[i])
+	}
+	return fmt.Sprintf("%.1f %s", f, units[i])
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

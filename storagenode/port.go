@@ -1,0 +1,183 @@
+package storagenode
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+
+	"github.com/fabric-project/fabric/aoe/rawsock"
+	"github.com/fabric-project/fabric/aoe/wire"
+	"golang.org/x/sync/errgroup"
+)
+
+// batchSize is how many frames one system call receives or sends.
+const batchSize = 64
+
+// Port is an interface the target serves on: one raw socket per queue, all
+// in one PACKET_FANOUT group so the kernel spreads frames across them.
+type Port struct {
+	ifi   *net.Interface
+	conns []*rawsock.Conn
+	mu    sync.Mutex // serialises announcements
+}
+
+// Listen opens queues raw sockets on the named interface (0: one per CPU).
+// Call it inside the network namespace the interface lives in; Serve can
+// then run anywhere.
+func Listen(ifname string, queues int) (*Port, error) {
+	ifi, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return nil, fmt.Errorf("storagenode: interface %q: %w", ifname, err)
+	}
+	if len(ifi.HardwareAddr) != 6 {
+		return nil, fmt.Errorf("storagenode: interface %s has no Ethernet address", ifname)
+	}
+	if queues <= 0 {
+		queues = runtime.NumCPU()
+	}
+	group := uint16((os.Getpid()*131 + ifi.Index*7919) & 0xffff)
+	if group == 0 {
+		group = 1
+	}
+	p := &Port{ifi: ifi}
+	for i := 0; i < queues; i++ {
+		cfg := rawsock.Config{Buffer: 8 << 20}
+		if queues > 1 {
+			cfg.FanoutGroup = group
+		}
+		c, err := rawsock.Listen(ifi, wire.EtherType, cfg)
+		if err != nil {
+			p.Close()
+			return nil, err
+		}
+		p.conns = append(p.conns, c)
+	}
+	return p, nil
+}
+
+// Interface is the port's interface.
+func (p *Port) Interface() *net.Interface { return p.ifi }
+
+// Close closes the port's sockets.
+func (p *Port) Close() error {
+	for _, c := range p.conns {
+		c.Close()
+	}
+	return nil
+}
+
+// txq is a Replier that collects replies into a batch and sends them with
+// one sendmmsg.
+type txq struct {
+	c *rawsock.Conn
+	b *rawsock.Batch
+	n int
+	// err is the first send error; the queue stops on it.
+	err error
+}
+
+func (q *txq) Buf() []byte {
+	if q.n == len(q.b.Bufs) {
+		q.flush()
+	}
+	return q.b.Bufs[q.n]
+}
+
+func (q *txq) Commit(n int) {
+	q.b.Lens[q.n] = n
+	q.n++
+}
+
+func (q *txq) flush() {
+	if q.n == 0 {
+		return
+	}
+	if err := q.c.WriteBatch(q.b, q.n); err != nil && q.err == nil {
+		q.err = err
+	}
+	q.n = 0
+}
+
+// Serve answers AoE on p until ctx ends, one goroutine per queue. It
+// announces every volume on start.
+func (t *Target) Serve(ctx context.Context, p *Port) error {
+	t.mu.Lock()
+	t.ports = append(t.ports, p)
+	vols := t.tab.Load().list
+	t.mu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		for i, q := range t.ports {
+			if q == p {
+				t.ports = append(t.ports[:i], t.ports[i+1:]...)
+				break
+			}
+		}
+		t.mu.Unlock()
+	}()
+	for _, v := range vols {
+		p.announce(t, v)
+	}
+	t.log.Info("serving AoE", "iface", p.ifi.Name, "mtu", p.ifi.MTU, "queues", len(p.conns),
+		"max_sectors", wire.MaxSectors(p.ifi.MTU))
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		<-ctx.Done()
+		p.Close()
+		return nil
+	})
+	size := p.ifi.MTU + wire.EthLen
+	if size < 1514 {
+		size = 1514
+	}
+	for _, c := range p.conns {
+		h := t.NewHandler(p.ifi.HardwareAddr, p.ifi.MTU)
+		g.Go(func() error {
+			rx := rawsock.NewBatch(batchSize, size)
+			tx := &txq{c: c, b: rawsock.NewBatch(batchSize, size)}
+			for {
+				n, err := c.ReadBatch(rx)
+				if err != nil {
+					if ctx.Err() != nil || rawsock.IsClosed(err) {
+						return nil
+					}
+					return fmt.Errorf("storagenode: %s: %w", p.ifi.Name, err)
+				}
+				for i := 0; i < n; i++ {
+					h.Handle(rx.Bufs[i][:rx.Lens[i]], tx)
+				}
+				tx.flush()
+				if tx.err != nil {
+					if ctx.Err() != nil || rawsock.IsClosed(tx.err) {
+						return nil
+					}
+					return fmt.Errorf("storagenode: %s: %w", p.ifi.Name, tx.err)
+				}
+			}
+		})
+	}
+	return g.Wait()
+}
+
+// oneShot is a Replier that sends each reply straight away.
+type oneShot struct {
+	c   *rawsock.Conn
+	buf []byte
+}
+
+func (o *oneShot) Buf() []byte { return o.buf }
+func (o *oneShot) Commit(n int) {
+	_ = o.c.WriteFrame(o.buf[:n])
+}
+
+// announce broadcasts v's Query Config reply on p.
+func (p *Port) announce(t *Target, v *volume) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	h := &Handler{t: t, mac: [6]byte(p.ifi.HardwareAddr), maxSectors: wire.MaxSectors(p.ifi.MTU), c: new(counters)}
+	h.announcement(v, &oneShot{c: p.conns[0], buf: make([]byte, p.ifi.MTU+wire.EthLen)})
+}

@@ -1,0 +1,147 @@
+package storagenode
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// Config configures the storage node daemon.
+type Config struct {
+	Interfaces []string // serve AoE on these
+	DataDir    string   // the volume pool
+	Exports    []Export // extra exports outside the pool (vblade style)
+	Queues     int      // sockets per interface; 0: one per CPU
+	// BufferCount is advertised to initiators; 0: 64.
+	BufferCount uint16
+	// Reload is how often the pool state is reread so volume commands
+	// take effect on a running daemon; 0: 1s.
+	Reload time.Duration
+	Logger *slog.Logger
+	// Ready, if set, is called once every port is listening.
+	Ready func(*Target)
+}
+
+// Run serves until ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if len(cfg.Interfaces) == 0 {
+		return fmt.Errorf("storagenode: no interface to serve on (--iface)")
+	}
+	pool, err := OpenPool(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	t := NewTarget(TargetConfig{Logger: log, Configs: pool, BufferCount: cfg.BufferCount})
+	defer t.Close()
+	if err := reconcile(t, pool, cfg.Exports, log); err != nil {
+		return err
+	}
+	var ports []*Port
+	defer func() {
+		for _, p := range ports {
+			p.Close()
+		}
+	}()
+	for _, name := range cfg.Interfaces {
+		p, err := Listen(name, cfg.Queues)
+		if err != nil {
+			return err
+		}
+		ports = append(ports, p)
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	for _, p := range ports {
+		g.Go(func() error { return t.Serve(ctx, p) })
+	}
+	every := cfg.Reload
+	if every <= 0 {
+		every = time.Second
+	}
+	g.Go(func() error {
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-tick.C:
+				if err := reconcile(t, pool, cfg.Exports, log); err != nil {
+					log.Error("reloading volumes", "err", err)
+				}
+			}
+		}
+	})
+	if cfg.Ready != nil {
+		cfg.Ready(t)
+	}
+	return g.Wait()
+}
+
+// reconcile makes the target export exactly the pool's exported volumes
+// plus the static ones: new ones are added, removed ones withdrawn, changed
+// ones (path, read-only, MACs, size) re-added.
+func reconcile(t *Target, pool *Pool, static []Export, log *slog.Logger) error {
+	want, err := pool.Exports()
+	if err != nil {
+		return err
+	}
+	for _, s := range static {
+		for _, w := range want {
+			if w.Shelf == s.Shelf && w.Slot == s.Slot {
+				return fmt.Errorf("storagenode: --export %s: the pool's volume %q has that address", s.Addr(), w.Name)
+			}
+		}
+	}
+	want = append(want, static...)
+	cur := map[uint32]*volume{}
+	for _, v := range t.tab.Load().list {
+		cur[key(v.Shelf, v.Slot)] = v
+	}
+	seen := map[uint32]bool{}
+	var errs []error
+	for _, w := range want {
+		k := key(w.Shelf, w.Slot)
+		seen[k] = true
+		if v := cur[k]; v != nil {
+			if same(v, w) {
+				continue
+			}
+			log.Info("volume changed, re-exporting", "shelf", w.Shelf, "slot", w.Slot)
+			_ = t.Remove(w.Shelf, w.Slot)
+		}
+		if err := t.Add(w); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for k, v := range cur {
+		if !seen[k] {
+			_ = t.Remove(v.Shelf, v.Slot)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%v", errs)
+	}
+	return nil
+}
+
+func same(v *volume, e Export) bool {
+	if v.Path != e.Path || v.ReadOnly != e.ReadOnly || v.Name != e.Name || len(v.allow) != len(e.MACs) {
+		return false
+	}
+	for i, m := range e.MACs {
+		if !slices.Equal(v.allow[i][:], m) {
+			return false
+		}
+	}
+	fi, err := os.Stat(e.Path)
+	return err == nil && uint64(fi.Size())/512 == v.sectors
+}
