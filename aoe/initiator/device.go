@@ -134,9 +134,10 @@ func (d *Device) WriteAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-// Flush asks the target to make written data stable (FLUSH CACHE EXT).
+// Flush asks the target to make written data stable: FLUSH CACHE (0xE7),
+// which Linux sends and vblade knows (it refuses the EXT form).
 func (d *Device) Flush() error {
-	return d.do(context.Background(), wire.CmdFlushCacheExt, nil, 0, 0)
+	return d.do(context.Background(), wire.CmdFlushCache, nil, 0, 0)
 }
 
 func (d *Device) check(p []byte, off int64) error {
@@ -175,7 +176,7 @@ func (d *Device) do(ctx context.Context, cmd uint8, p []byte, lba uint64, sector
 			if cmd == wire.CmdIdentify {
 				n = 1
 			}
-			if cmd == wire.CmdFlushCacheExt {
+			if cmd == wire.CmdFlushCache {
 				n = 0
 			}
 			d.fill(r, cmd, p, s, n, lba+uint64(s), done)
