@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/fabric-project/fabric/internal/cliargs"
 	"io"
 	"os"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/internal/cliargs"
 )
 
 // defaultConfigPaths are searched in order when neither --config nor
@@ -71,6 +71,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Commands: []*cli.Command{
 			nodeCommand(),
 			eventsCommand(),
+			aoeCommand(),
 			completionCommand(),
 		},
 	}

@@ -1,0 +1,286 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/fabric-project/fabric/aoe/initiator"
+	"github.com/fabric-project/fabric/aoe/wire"
+	"github.com/fabric-project/fabric/storagenode"
+)
+
+func aoeCommand() *cli.Command {
+	iface := &cli.StringFlag{Name: "iface", Aliases: []string{"i"}, Required: true, Usage: "network interface facing the storage nodes"}
+	window := &cli.IntFlag{Name: "window", Value: 16, Usage: "outstanding frames"}
+	wait := &cli.DurationFlag{Name: "wait", Value: 500 * time.Millisecond, Usage: "how long to collect answers to discovery"}
+	return &cli.Command{
+		Name:  "aoe",
+		Usage: "talk to AoE storage directly from this machine (userspace initiator; needs root)",
+		Subcommands: []*cli.Command{
+			{
+				Name: "discover", Usage: "list the volumes answering on an interface",
+				Flags: []cli.Flag{iface, wait, outputFlag},
+				Action: func(c *cli.Context) error {
+					in, err := initiator.New(c.String("iface"), initiator.Config{})
+					if err != nil {
+						return err
+					}
+					defer in.Close()
+					ts, err := in.Discover(c.Context, wire.BroadcastShelf, wire.BroadcastSlot, c.Duration("wait"))
+					if err != nil {
+						return err
+					}
+					if c.String("output") == "json" {
+						if ts == nil {
+							ts = []initiator.Target{}
+						}
+						return json.NewEncoder(c.App.Writer).Encode(ts)
+					}
+					w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(w, "VOLUME\tTARGET MAC\tSECTORS/FRAME\tBUFFERS\tCONFIG")
+					for _, t := range ts {
+						fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%q\n", t.Addr(), t.MAC, t.MaxSectors, t.BufCount, t.Config)
+					}
+					return w.Flush()
+				},
+			},
+			{
+				Name: "read", Usage: "copy bytes from a volume to stdout or a file", ArgsUsage: "e<shelf>.<slot>",
+				Flags: []cli.Flag{iface, window, wait,
+					&cli.Int64Flag{Name: "offset", Usage: "byte offset (multiple of 512)"},
+					&cli.Int64Flag{Name: "length", Usage: "bytes (multiple of 512; default: to the end)"},
+					&cli.StringFlag{Name: "out", Usage: "file to write (default stdout)"}},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return fmt.Errorf("usage: fabric aoe read --iface IF e<shelf>.<slot>")
+					}
+					in, d, err := openAddr(c, c.Args().First())
+					if err != nil {
+						return err
+					}
+					defer in.Close()
+					n := c.Int64("length")
+					if n == 0 {
+						n = d.Size() - c.Int64("offset")
+					}
+					var w io.Writer = c.App.Writer
+					if p := c.String("out"); p != "" {
+						f, err := os.Create(p)
+						if err != nil {
+							return err
+						}
+						defer f.Close()
+						w = f
+					}
+					_, err = io.Copy(w, io.NewSectionReader(d, c.Int64("offset"), n))
+					return err
+				},
+			},
+			{
+				Name: "write", Usage: "copy a file (or stdin) onto a volume and flush", ArgsUsage: "e<shelf>.<slot> FILE|-",
+				Flags: []cli.Flag{iface, window, wait, &cli.Int64Flag{Name: "offset", Usage: "byte offset (multiple of 512)"}},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 2 {
+						return fmt.Errorf("usage: fabric aoe write --iface IF e<shelf>.<slot> FILE|-")
+					}
+					var r io.Reader = os.Stdin
+					if p := c.Args().Get(1); p != "-" {
+						f, err := os.Open(p)
+						if err != nil {
+							return err
+						}
+						defer f.Close()
+						r = f
+					}
+					args := c.Args().Slice()
+					in, d, err := openAddr(c, args[0])
+					if err != nil {
+						return err
+					}
+					defer in.Close()
+					buf := make([]byte, 1<<20)
+					off := c.Int64("offset")
+					for {
+						n, err := io.ReadFull(r, buf)
+						if n > 0 {
+							m := (n + 511) / 512 * 512
+							clear(buf[n:m])
+							if _, werr := d.WriteAt(buf[:m], off); werr != nil {
+								return werr
+							}
+							off += int64(m)
+						}
+						if err == io.EOF || err == io.ErrUnexpectedEOF {
+							break
+						}
+						if err != nil {
+							return err
+						}
+					}
+					if err := d.Flush(); err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.ErrWriter, "wrote %d bytes to %s\n", off-c.Int64("offset"), args[0])
+					return nil
+				},
+			},
+			benchCommand(iface, window, wait),
+		},
+	}
+}
+
+func openAddr(c *cli.Context, addr string) (*initiator.Initiator, *initiator.Device, error) {
+	shelf, slot, err := storagenode.ParseAddr(addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	in, err := initiator.New(c.String("iface"), initiator.Config{Window: c.Int("window")})
+	if err != nil {
+		return nil, nil, err
+	}
+	d, err := in.Open(c.Context, shelf, slot, c.Duration("wait"))
+	if err != nil {
+		in.Close()
+		return nil, nil, err
+	}
+	return in, d, nil
+}
+
+// benchResult is one line of `fabric aoe bench -o json`.
+type benchResult struct {
+	Volume  string  `json:"volume"`
+	Mode    string  `json:"mode"`
+	Window  int     `json:"window"`
+	Block   int     `json:"block_bytes"`
+	Seconds float64 `json:"seconds"`
+	Ops     int64   `json:"ops"`
+	Errors  int64   `json:"errors"`
+	MBps    float64 `json:"mb_per_s"`
+	IOPS    float64 `json:"iops"`
+	P50us   float64 `json:"p50_us"`
+	P99us   float64 `json:"p99_us"`
+	Sectors int     `json:"sectors_per_frame"`
+	Workers int     `json:"workers"`
+	Bytes   int64   `json:"bytes"`
+}
+
+func benchCommand(iface, window, wait cli.Flag) *cli.Command {
+	return &cli.Command{
+		Name:      "bench",
+		Usage:     "measure a volume: sequential or random reads or writes with a window of outstanding frames",
+		ArgsUsage: "e<shelf>.<slot>",
+		Flags: []cli.Flag{iface, window, wait, outputFlag,
+			&cli.StringFlag{Name: "mode", Value: "seqread", Usage: "seqread, seqwrite, randread or randwrite"},
+			&cli.IntFlag{Name: "bs", Usage: "bytes per I/O (default: one full frame for sequential, 4096 for random)"},
+			&cli.DurationFlag{Name: "duration", Value: 5 * time.Second},
+			&cli.Int64Flag{Name: "span", Usage: "bytes of the volume to touch, from the start (default: all)"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("usage: fabric aoe bench --iface IF e<shelf>.<slot>")
+			}
+			in, d, err := openAddr(c, c.Args().First())
+			if err != nil {
+				return err
+			}
+			defer in.Close()
+			mode := c.String("mode")
+			random := mode == "randread" || mode == "randwrite"
+			write := mode == "seqwrite" || mode == "randwrite"
+			if !slices.Contains([]string{"seqread", "seqwrite", "randread", "randwrite"}, mode) {
+				return fmt.Errorf("--mode %q: want seqread, seqwrite, randread or randwrite", mode)
+			}
+			bs := c.Int("bs")
+			if bs == 0 {
+				bs = d.MaxSectors * wire.SectorSize
+				if random {
+					bs = 4096
+				}
+			}
+			if bs%wire.SectorSize != 0 || bs <= 0 {
+				return fmt.Errorf("--bs %d: want a positive multiple of 512", bs)
+			}
+			span := c.Int64("span")
+			if span == 0 || span > d.Size() {
+				span = d.Size()
+			}
+			blocks := span / int64(bs)
+			if blocks < 1 {
+				return fmt.Errorf("volume smaller than one block")
+			}
+			frames := (bs/wire.SectorSize + d.MaxSectors - 1) / d.MaxSectors
+			workers := max(1, c.Int("window")/frames)
+			ctx, cancel := context.WithTimeout(c.Context, c.Duration("duration"))
+			defer cancel()
+			var next, nops, nerr atomic.Int64
+			lat := make([][]time.Duration, workers)
+			var wg sync.WaitGroup
+			start := time.Now()
+			for w := 0; w < workers; w++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					buf := make([]byte, bs)
+					for i := range buf {
+						buf[i] = byte(i*7 + w)
+					}
+					rng := rand.New(rand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
+					l := make([]time.Duration, 0, 1<<16)
+					for ctx.Err() == nil {
+						var blk int64
+						if random {
+							blk = rng.Int64N(blocks)
+						} else {
+							blk = (next.Add(1) - 1) % blocks
+						}
+						t0 := time.Now()
+						var err error
+						if write {
+							_, err = d.WriteAt(buf, blk*int64(bs))
+						} else {
+							_, err = d.ReadAt(buf, blk*int64(bs))
+						}
+						if err != nil {
+							nerr.Add(1)
+							continue
+						}
+						l = append(l, time.Since(t0))
+						nops.Add(1)
+					}
+					lat[w] = l
+				}()
+			}
+			wg.Wait()
+			secs := time.Since(start).Seconds()
+			all := slices.Concat(lat...)
+			slices.Sort(all)
+			pct := func(p float64) float64 {
+				if len(all) == 0 {
+					return 0
+				}
+				return float64(all[int(float64(len(all)-1)*p)].Microseconds())
+			}
+			ops := nops.Load()
+			r := benchResult{Volume: c.Args().First(), Mode: mode, Window: c.Int("window"), Block: bs, Seconds: secs,
+				Ops: ops, Errors: nerr.Load(), MBps: float64(ops) * float64(bs) / secs / 1e6, IOPS: float64(ops) / secs,
+				P50us: pct(0.50), P99us: pct(0.99), Sectors: d.MaxSectors, Workers: workers, Bytes: ops * int64(bs)}
+			if c.String("output") == "json" {
+				return json.NewEncoder(c.App.Writer).Encode(r)
+			}
+			fmt.Fprintf(c.App.Writer, "%s %s: %.1f MB/s, %.0f IOPS, p50 %.0f µs, p99 %.0f µs (%d-byte I/O, window %d, %d errors)\n",
+				r.Volume, mode, r.MBps, r.IOPS, r.P50us, r.P99us, bs, r.Window, r.Errors)
+			return nil
+		},
+	}
+}

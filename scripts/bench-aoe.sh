@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# bench-aoe.sh: our AoE target (fabricd storage) beside vblade, in the same
+# run, same client (fabric aoe bench), same veth pair, at MTU 9000 and 1500,
+# windows 16 and 64. Prints a markdown table; CPU is the target process's
+# utime+stime from /proc/PID/stat, per GiB moved.
+#   usage: scripts/bench-aoe.sh [seconds-per-point]   (root; make build first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-4}
+BIN=$PWD/bin
+TAG=fb$$
+S=$TAG-sto I=$TAG-ini
+WORK=$(mktemp -d /tmp/fabric-bench-aoe.XXXXXX)
+TPID=
+cleanup() {
+  [ -n "$TPID" ] && kill "$TPID" 2>/dev/null && wait "$TPID" 2>/dev/null || true
+  ip netns del $S 2>/dev/null || true
+  ip netns del $I 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+command -v vblade >/dev/null || { echo "vblade missing: run scripts/deps.sh" >&2; exit 1; }
+
+ip netns add $S; ip netns add $I
+ip link add ${TAG}a type veth peer name ${TAG}b
+ip link set ${TAG}a netns $S name sto0; ip link set ${TAG}b netns $I name ini0
+for n in $S $I; do ip -n $n link set lo up; done
+ip -n $S link set sto0 up; ip -n $I link set ini0 up
+
+# A 512 MiB volume filled with data, so reads come from real page-cache pages.
+mkdir -p $WORK/pool
+$BIN/fabricd storage volume --data-dir $WORK/pool create bench 512M --addr 1.0 >/dev/null
+dd if=/dev/urandom of=$WORK/pool/volumes/bench.img bs=1M count=512 conv=notrunc status=none
+cat $WORK/pool/volumes/bench.img > /dev/null
+
+ticks() { awk '{print $14+$15}' /proc/$1/stat; }
+HZ=$(getconf CLK_TCK)
+
+start_target() {
+  case $1 in
+    fabric) ip netns exec $S $BIN/fabricd --log-level warn storage --iface sto0 --data-dir $WORK/pool & ;;
+    vblade) ip netns exec $S vblade 1 0 sto0 $WORK/pool/volumes/bench.img >/dev/null 2>&1 & ;;
+  esac
+  TPID=$!
+  # ip netns exec execs the target: $! is its PID.
+  for _ in $(seq 50); do
+    ip netns exec $I $BIN/fabric aoe discover -i ini0 --wait 100ms -o json 2>/dev/null | grep -q '"Shelf":1' && return 0
+    sleep 0.1
+  done
+  echo "target $1 did not answer" >&2; exit 1
+}
+stop_target() { kill $TPID; wait $TPID 2>/dev/null || true; TPID=; }
+
+printf '| MTU | target | window | mode | MB/s | IOPS | p99 µs | target CPU s/GiB | target CPU %% |\n'
+printf '|---|---|---|---|---|---|---|---|---|\n'
+for MTU in 9000 1500; do
+  ip -n $S link set sto0 mtu $MTU; ip -n $I link set ini0 mtu $MTU
+  for W in 16 64; do
+    for T in vblade fabric; do
+      start_target $T
+      for M in seqread seqwrite randread randwrite; do
+        t0=$(ticks $TPID); s0=$(date +%s.%N)
+        out=$(ip netns exec $I $BIN/fabric aoe bench -i ini0 --window $W --mode $M --duration ${SECS}s -o json e1.0)
+        t1=$(ticks $TPID); s1=$(date +%s.%N)
+        python3 - "$MTU" "$T" "$W" "$M" "$out" "$t0" "$t1" "$HZ" "$s0" "$s1" <<'PY'
+import json, sys
+mtu, t, w, m, out, t0, t1, hz, s0, s1 = sys.argv[1:]
+r = json.loads(out)
+cpu = (int(t1) - int(t0)) / int(hz)
+gib = r["bytes"] / 2**30
+per = cpu / gib if gib else float("nan")
+util = 100 * cpu / (float(s1) - float(s0))
+print(f"| {mtu} | {t} | {w} | {m} | {r['mb_per_s']:.0f} | {r['iops']:.0f} | {r['p99_us']:.0f} | {per:.2f} | {util:.0f} |" + (f" errors: {r['errors']}" if r['errors'] else ""))
+PY
+      done
+      stop_target
+    done
+  done
+done
+echo
+echo "command: scripts/bench-aoe.sh $SECS  ($(nproc) CPUs, $(uname -r), $(date -u +%Y-%m-%d))"
