@@ -5,7 +5,7 @@ BIN     := bin
 GOFLAGS ?= -buildvcs=false
 export GOFLAGS
 
-.PHONY: all build deps test test-unit lint demo bench bench-controller clean
+.PHONY: all build deps images test test-unit lint demo bench bench-controller bench-aoe clean
 
 all: build
 
@@ -15,6 +15,11 @@ build:
 deps:
 	./scripts/deps.sh
 
+# Boot images for the QEMU tests and the demo: Debian kernel, busybox
+# initramfs, root volume (work/images; rebuilt when their sources change).
+images: deps
+	./scripts/images.sh
+
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
@@ -23,16 +28,20 @@ lint:
 test-unit:
 	$(GO) test -short -race ./...
 
-test: deps lint build
+test: deps images lint build
 	$(GO) test -race -timeout 25m ./...
 
 demo: deps build
 	./scripts/demo.sh
 
-bench: bench-controller
+bench: bench-controller bench-aoe
 
 bench-controller: build
 	./scripts/bench-controller.sh
+
+# Our AoE target beside vblade: MTU 9000/1500, window 16/64 (about 3 min).
+bench-aoe: build
+	./scripts/bench-aoe.sh
 
 clean:
 	rm -rf $(BIN) work

@@ -16,7 +16,7 @@ type Config struct {
 	Interfaces []string // serve AoE on these
 	DataDir    string   // the volume pool
 	Exports    []Export // extra exports outside the pool (vblade style)
-	Queues     int      // sockets per interface; 0: one per CPU
+	Queues     int      // sockets per interface; 0: one
 	// BufferCount is advertised to initiators; 0: 64.
 	BufferCount uint16
 	// Reload is how often the pool state is reread so volume commands

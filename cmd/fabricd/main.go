@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -26,6 +27,21 @@ func main() {
 		Usage: "fabric daemon: run one role of the fabric",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+			&cli.StringFlag{Name: "cpu-profile", Usage: "write a Go CPU profile to this file until exit"},
+		},
+		Before: func(c *cli.Context) error {
+			if p := c.String("cpu-profile"); p != "" {
+				f, err := os.Create(p)
+				if err != nil {
+					return err
+				}
+				return pprof.StartCPUProfile(f)
+			}
+			return nil
+		},
+		After: func(c *cli.Context) error {
+			pprof.StopCPUProfile()
+			return nil
 		},
 		Commands: []*cli.Command{controllerCommand(), storageCommand()},
 	}

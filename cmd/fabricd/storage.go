@@ -26,7 +26,7 @@ given on the command line, on each --iface. Volume changes made with
 			&cli.StringSliceFlag{Name: "iface", Usage: "serve AoE on this interface (repeatable)"},
 			dataDir,
 			&cli.StringSliceFlag{Name: "export", Usage: "SHELF.SLOT=PATH[,ro]: also serve this file or block device (repeatable)"},
-			&cli.IntFlag{Name: "queues", Usage: "sockets (and goroutines) per interface; 0: one per CPU"},
+			&cli.IntFlag{Name: "queues", Value: 1, Usage: "sockets (and goroutines) per interface, spread with PACKET_FANOUT"},
 			&cli.UintFlag{Name: "buffers", Value: 64, Usage: "outstanding requests advertised to initiators"},
 		},
 		Action: func(c *cli.Context) error {

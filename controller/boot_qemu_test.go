@@ -1,0 +1,249 @@
+package controller
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/internal/netns"
+	"github.com/fabric-project/fabric/pxe"
+	"github.com/fabric-project/fabric/storagenode"
+)
+
+// imagesDir is where scripts/images.sh puts its output (make images).
+func imagesDir(t *testing.T) string {
+	t.Helper()
+	dir, err := filepath.Abs("../work/images")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "hwnode-root.img")); err != nil {
+		t.Skip("boot images not built: run `make images` (scripts/images.sh)")
+	}
+	return dir
+}
+
+// bootEvent is a line of a VM's boot timeline, in seconds from power-on.
+type bootEvent struct {
+	name string
+	at   time.Duration
+}
+
+// TestQEMUPXEBootOntoAoERoot is the end-to-end boot: two diskless QEMU VMs
+// with Debian's iPXE ROM power on at once, get their addresses and the iPXE
+// script from our DHCP and HTTP boot services, load the Debian kernel and
+// initramfs over HTTP, find their root volumes on our storage node with the
+// Linux aoe driver, mount them and run /sbin/init from them.
+func TestQEMUPXEBootOntoAoERoot(t *testing.T) {
+	netns.Skip(t)
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Skip("qemu-system-x86_64 not installed (scripts/deps.sh)")
+	}
+	images := imagesDir(t)
+	ns := netns.New(t, "fboot")
+	ns.Must(t, "ip", "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0")
+	ns.Must(t, "ip", "addr", "add", "10.233.0.1/24", "dev", "br0")
+	ns.Must(t, "ip", "link", "set", "br0", "up")
+	macs := []string{"52:54:00:fa:b0:01", "52:54:00:fa:b0:02"}
+	for i := range macs {
+		tap := fmt.Sprintf("tap%d", i)
+		ns.Must(t, "ip", "tuntap", "add", "dev", tap, "mode", "tap")
+		ns.Must(t, "ip", "link", "set", tap, "master", "br0")
+		ns.Must(t, "ip", "link", "set", tap, "up")
+	}
+
+	c, err := New(Config{StateDir: t.TempDir(), BootSubnet: netip.MustParsePrefix("10.233.0.0/24"), ServerIP: netip.MustParseAddr("10.233.0.1"),
+		Boot: pxe.Config{Iface: "br0", BootDir: filepath.Join(images, "boot"), RA: true,
+			Profiles: map[string]pxe.Profile{"hwnode": {Kernel: "hwnode/vmlinuz", Initrd: "hwnode/initrd.img"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	// The storage node: one root volume per hardware node, at the address
+	// the registry assigned, cloned from the built root image.
+	pool, err := storagenode.OpenPool(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl, err := pool.Create("hwnode-root", 64<<20, storagenode.VolumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := storagenode.CopyFile(filepath.Join(images, "hwnode-root.img"), pool.Path(tmpl)); err != nil {
+		t.Fatal(err)
+	}
+	var nodes []controllerapi.Node
+	for i, mac := range macs {
+		n, err := c.Registry().Register(controllerapi.RegisterRequest{Name: fmt.Sprintf("hn%d", i+1), MAC: mac, Role: "hwnode"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := pool.Clone("hwnode-root", n.Name+"-root", storagenode.VolumeOptions{Addr: n.RootVolume}); err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, n)
+	}
+	exports, err := pool.Exports()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg := storagenode.NewTarget(storagenode.TargetConfig{Configs: pool})
+	defer tg.Close()
+	for _, e := range exports {
+		if err := tg.Add(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	var svc *pxe.Services
+	var port *storagenode.Port
+	if err := ns.Do(func() (err error) {
+		if svc, err = pxe.Listen(c.BootConfig("https://10.233.0.1:8443")); err != nil {
+			return err
+		}
+		port, err = storagenode.Listen("br0", 1)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = svc.Serve(ctx) }()
+	go func() { defer wg.Done(); _ = tg.Serve(ctx, port) }()
+	defer func() { cancel(); wg.Wait() }()
+
+	type result struct {
+		node     string
+		timeline []bootEvent
+		serial   []string
+		err      error
+	}
+	results := make([]result, len(nodes))
+	start := time.Now()
+	var vms sync.WaitGroup
+	for i, n := range nodes {
+		vms.Add(1)
+		go func() {
+			defer vms.Done()
+			r := &results[i]
+			r.node = n.Name
+			r.timeline, r.serial, r.err = bootVM(ns, qemu, fmt.Sprintf("tap%d", i), n.MAC, 180*time.Second)
+		}()
+	}
+	// The DHCP ACK time, from the registry's lease record.
+	dhcp := map[string]time.Duration{}
+	for done := false; !done; {
+		done = true
+		for _, n := range nodes {
+			if _, ok := dhcp[n.Name]; ok {
+				continue
+			}
+			got, err := c.Registry().Node(n.Name)
+			if err == nil && got.Lease != nil && got.Lease.State == pxe.LeaseBound {
+				dhcp[n.Name] = time.Since(start)
+				continue
+			}
+			done = false
+		}
+		if time.Since(start) > 60*time.Second {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	vms.Wait()
+
+	for _, r := range results {
+		if r.err != nil {
+			t.Errorf("%s: %v\nserial console:\n%s", r.node, r.err, strings.Join(r.serial, "\n"))
+			continue
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, "%s boot timeline (s from power-on, 2 VMs at once, TCG):", r.node)
+		if d, ok := dhcp[r.node]; ok {
+			fmt.Fprintf(&b, " dhcp-ack %.1f", d.Seconds())
+		}
+		for _, e := range r.timeline {
+			fmt.Fprintf(&b, " %s %.1f", e.name, e.at.Seconds())
+		}
+		t.Log(b.String())
+	}
+	s := tg.Stats()
+	if s.ReadBytes == 0 || s.WrittenBytes == 0 {
+		t.Errorf("the storage node served no data: %+v", s)
+	}
+	t.Logf("storage node: %+v", s)
+}
+
+// bootVM powers on one diskless VM and follows its serial console until
+// the root volume's init says FABRIC-ROOT-OK (or fails, or times out).
+func bootVM(ns *netns.NS, qemu, tap, mac string, timeout time.Duration) ([]bootEvent, []string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns.Name, qemu,
+		"-accel", "tcg", "-m", "384", "-smp", "1", "-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot",
+		"-boot", "n", "-netdev", "tap,id=n0,ifname="+tap+",script=no,downscript=no",
+		"-device", "virtio-net-pci,netdev=n0,mac="+mac)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	cmd.Stderr = cmd.Stdout
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, nil, err
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	var timeline []bootEvent
+	var serial []string
+	seen := map[string]bool{}
+	mark := func(name string) {
+		if !seen[name] {
+			seen[name] = true
+			timeline = append(timeline, bootEvent{name, time.Since(start)})
+		}
+	}
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		line := strings.TrimRight(sc.Text(), "\r")
+		serial = append(serial, line)
+		switch {
+		case strings.Contains(line, "Linux version"):
+			mark("kernel-started")
+		case strings.HasPrefix(line, "FABRIC-STEP "):
+			f := strings.Fields(line)
+			if len(f) >= 2 {
+				mark(f[1])
+			}
+		case strings.HasPrefix(line, "FABRIC-FAIL"):
+			return timeline, serial, fmt.Errorf("initramfs: %s", line)
+		case strings.Contains(line, "FABRIC-ROOT-OK"):
+			mark("root-ok")
+			if !seen["root-mounted"] || !containsLine(serial, "FABRIC-ROOT-WRITE-OK") {
+				return timeline, serial, fmt.Errorf("root init ran without the AoE root mounted and written")
+			}
+			return timeline, serial, nil
+		}
+	}
+	return timeline, serial, fmt.Errorf("console ended without FABRIC-ROOT-OK (%v)", ctx.Err())
+}
+
+func containsLine(lines []string, s string) bool {
+	for _, l := range lines {
+		if strings.Contains(l, s) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# images.sh: build the boot images the lab, the tests and the demo use.
+#   OUT/boot/undionly.kpxe, OUT/boot/ipxe.efi   iPXE from Debian's ipxe package
+#   OUT/boot/hwnode/vmlinuz, initrd.img          Debian kernel + busybox initramfs (images/hwnode/init)
+#   OUT/hwnode-root.img                          ext4 root volume (busybox, images/hwnode/rootfs-init)
+# The Debian kernel is fetched with apt-get download once and cached in OUT.
+# usage: scripts/images.sh [OUT]   (default work/images)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SRC=$PWD/images
+OUT=$(realpath -m "${1:-work/images}")
+mkdir -p "$OUT/boot/hwnode" "$OUT/cache"
+stamp="$OUT/.stamp"
+want="$(cat scripts/images.sh $SRC/hwnode/init $SRC/hwnode/rootfs-init | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -f "$OUT/hwnode-root.img" ]; then
+  exit 0
+fi
+
+KVER=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{sub("linux-image-","",$2); print $2; exit}')
+[ -n "$KVER" ] || { echo "images: cannot tell the Debian kernel version (apt-cache depends linux-image-amd64)" >&2; exit 1; }
+K=$OUT/cache/linux-$KVER
+if [ ! -d "$K/lib/modules/$KVER" ]; then
+  echo "images: fetching linux-image-$KVER"
+  tmp=$(mktemp -d); (cd "$tmp" && apt-get download -q "linux-image-$KVER" >/dev/null)
+  rm -rf "$K"; mkdir -p "$K"; dpkg-deb -x "$tmp"/linux-image-"$KVER"_*.deb "$K"; rm -rf "$tmp"
+fi
+MD=$K/lib/modules/$KVER/kernel
+cp /usr/lib/ipxe/undionly.kpxe /usr/lib/ipxe/ipxe.efi "$OUT/boot/"
+cp "$K/boot/vmlinuz-$KVER" "$OUT/boot/hwnode/vmlinuz"
+
+# initramfs: busybox-static, NIC + aoe + ext4 modules, our /init
+I=$(mktemp -d)
+trap 'rm -rf "$I"' EXIT
+mkdir -p "$I"/{bin,proc,sys,dev,lib/modules,newroot}
+cp /bin/busybox "$I/bin/busybox"
+cp "$SRC/hwnode/init" "$I/init"
+for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_modern_dev \
+         drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci net/core/failover drivers/net/net_failover \
+         drivers/net/virtio_net drivers/net/ethernet/intel/e1000/e1000 drivers/block/aoe/aoe \
+         crypto/crc32c_generic lib/crc16 fs/mbcache fs/jbd2/jbd2 fs/ext4/ext4; do
+  f=$MD/$m.ko
+  if [ -f "$f" ]; then cp "$f" "$I/lib/modules/"
+  elif [ -f "$f.xz" ]; then xz -dc "$f.xz" > "$I/lib/modules/$(basename "$m").ko"
+  else echo "images: module $m missing from $KVER" >&2; exit 1; fi
+done
+(cd "$I" && find . | cpio -o -H newc --quiet | gzip -1) > "$OUT/boot/hwnode/initrd.img"
+
+# root volume image
+R=$I/rootfs; mkdir -p "$R"/{bin,sbin,proc,sys,dev,etc,var,tmp}
+cp /bin/busybox "$R/bin/busybox"
+cp "$SRC/hwnode/rootfs-init" "$R/sbin/init"
+echo "this root filesystem came over AoE from the fabric storage node" > "$R/etc/fabric-marker"
+rm -f "$OUT/hwnode-root.img"; truncate -s 64M "$OUT/hwnode-root.img"
+mke2fs -q -t ext4 -L fabricroot -d "$R" "$OUT/hwnode-root.img"
+echo "$want" > "$stamp"
+echo "images: built in $OUT (kernel $KVER)"
