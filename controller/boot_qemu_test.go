@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -38,74 +39,85 @@ type bootEvent struct {
 	at   time.Duration
 }
 
-// TestQEMUPXEBootOntoAoERoot is the end-to-end boot: two diskless QEMU VMs
-// with Debian's iPXE ROM power on at once, get their addresses and the iPXE
-// script from our DHCP and HTTP boot services, load the Debian kernel and
-// initramfs over HTTP, find their root volumes on our storage node with the
-// Linux aoe driver, mount them and run /sbin/init from them.
-func TestQEMUPXEBootOntoAoERoot(t *testing.T) {
+// qemuLab is one namespace with a bridge (the boot network), a tap per VM,
+// a controller with boot services on the bridge and a storage node serving
+// each registered hardware node's root volume on the bridge.
+type qemuLab struct {
+	ns     *netns.NS
+	c      *Controller
+	tg     *storagenode.Target
+	nodes  []controllerapi.Node
+	qemu   string
+	images string
+}
+
+func newQEMULab(t *testing.T, macs []string, prof pxe.Profile, rootImage string) *qemuLab {
+	t.Helper()
 	netns.Skip(t)
 	qemu, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
 		t.Skip("qemu-system-x86_64 not installed (scripts/deps.sh)")
 	}
-	images := imagesDir(t)
-	ns := netns.New(t, "fboot")
+	l := &qemuLab{qemu: qemu, images: imagesDir(t)}
+	l.ns = netns.New(t, "fboot")
+	ns := l.ns
 	ns.Must(t, "ip", "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0")
 	ns.Must(t, "ip", "addr", "add", "10.233.0.1/24", "dev", "br0")
 	ns.Must(t, "ip", "link", "set", "br0", "up")
-	macs := []string{"52:54:00:fa:b0:01", "52:54:00:fa:b0:02"}
 	for i := range macs {
 		tap := fmt.Sprintf("tap%d", i)
 		ns.Must(t, "ip", "tuntap", "add", "dev", tap, "mode", "tap")
 		ns.Must(t, "ip", "link", "set", tap, "master", "br0")
 		ns.Must(t, "ip", "link", "set", tap, "up")
 	}
-
 	c, err := New(Config{StateDir: t.TempDir(), BootSubnet: netip.MustParsePrefix("10.233.0.0/24"), ServerIP: netip.MustParseAddr("10.233.0.1"),
-		Boot: pxe.Config{Iface: "br0", BootDir: filepath.Join(images, "boot"), RA: true,
-			Profiles: map[string]pxe.Profile{"hwnode": {Kernel: "hwnode/vmlinuz", Initrd: "hwnode/initrd.img"}}}})
+		Boot: pxe.Config{Iface: "br0", BootDir: filepath.Join(l.images, "boot"), RA: true,
+			Profiles: map[string]pxe.Profile{"hwnode": prof}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
+	l.c = c
 
-	// The storage node: one root volume per hardware node, at the address
-	// the registry assigned, cloned from the built root image.
+	// One root volume per hardware node, at the address the registry
+	// assigned, cloned from the image.
 	pool, err := storagenode.OpenPool(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl, err := pool.Create("hwnode-root", 64<<20, storagenode.VolumeOptions{})
+	fi, err := os.Stat(filepath.Join(l.images, rootImage))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := storagenode.CopyFile(filepath.Join(images, "hwnode-root.img"), pool.Path(tmpl)); err != nil {
+	tmpl, err := pool.Create("template", fi.Size(), storagenode.VolumeOptions{})
+	if err != nil {
 		t.Fatal(err)
 	}
-	var nodes []controllerapi.Node
+	if _, err := storagenode.CopyFile(filepath.Join(l.images, rootImage), pool.Path(tmpl)); err != nil {
+		t.Fatal(err)
+	}
 	for i, mac := range macs {
 		n, err := c.Registry().Register(controllerapi.RegisterRequest{Name: fmt.Sprintf("hn%d", i+1), MAC: mac, Role: "hwnode"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := pool.Clone("hwnode-root", n.Name+"-root", storagenode.VolumeOptions{Addr: n.RootVolume}); err != nil {
+		if _, _, err := pool.Clone("template", n.Name+"-root", storagenode.VolumeOptions{Addr: n.RootVolume}); err != nil {
 			t.Fatal(err)
 		}
-		nodes = append(nodes, n)
+		l.nodes = append(l.nodes, n)
 	}
 	exports, err := pool.Exports()
 	if err != nil {
 		t.Fatal(err)
 	}
-	tg := storagenode.NewTarget(storagenode.TargetConfig{Configs: pool})
-	defer tg.Close()
+	l.tg = storagenode.NewTarget(storagenode.TargetConfig{Configs: pool,
+		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	t.Cleanup(func() { l.tg.Close() })
 	for _, e := range exports {
-		if err := tg.Add(e); err != nil {
+		if err := l.tg.Add(e); err != nil {
 			t.Fatal(err)
 		}
 	}
-
 	var svc *pxe.Services
 	var port *storagenode.Port
 	if err := ns.Do(func() (err error) {
@@ -121,9 +133,20 @@ func TestQEMUPXEBootOntoAoERoot(t *testing.T) {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); _ = svc.Serve(ctx) }()
-	go func() { defer wg.Done(); _ = tg.Serve(ctx, port) }()
-	defer func() { cancel(); wg.Wait() }()
+	go func() { defer wg.Done(); _ = l.tg.Serve(ctx, port) }()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return l
+}
 
+// TestQEMUPXEBootOntoAoERoot is the end-to-end boot: two diskless QEMU VMs
+// with Debian's iPXE ROM power on at once, get their addresses and the iPXE
+// script from our DHCP and HTTP boot services, load the Debian kernel and
+// initramfs over HTTP, find their root volumes on our storage node with the
+// Linux aoe driver, mount them and run /sbin/init from them.
+func TestQEMUPXEBootOntoAoERoot(t *testing.T) {
+	l := newQEMULab(t, []string{"52:54:00:fa:b0:01", "52:54:00:fa:b0:02"},
+		pxe.Profile{Kernel: "hwnode/vmlinuz", Initrd: "hwnode/initrd.img"}, "hwnode-root.img")
+	c, nodes, ns, qemu, tg := l.c, l.nodes, l.ns, l.qemu, l.tg
 	type result struct {
 		node     string
 		timeline []bootEvent
@@ -139,7 +162,7 @@ func TestQEMUPXEBootOntoAoERoot(t *testing.T) {
 			defer vms.Done()
 			r := &results[i]
 			r.node = n.Name
-			r.timeline, r.serial, r.err = bootVM(ns, qemu, fmt.Sprintf("tap%d", i), n.MAC, 180*time.Second)
+			r.timeline, r.serial, r.err = bootVM(ns, qemu, fmt.Sprintf("tap%d", i), n.MAC, "FABRIC-ROOT-OK", 180*time.Second)
 		}()
 	}
 	// The DHCP ACK time, from the registry's lease record.
@@ -187,8 +210,8 @@ func TestQEMUPXEBootOntoAoERoot(t *testing.T) {
 }
 
 // bootVM powers on one diskless VM and follows its serial console until
-// the root volume's init says FABRIC-ROOT-OK (or fails, or times out).
-func bootVM(ns *netns.NS, qemu, tap, mac string, timeout time.Duration) ([]bootEvent, []string, error) {
+// it prints done (or fails, or times out).
+func bootVM(ns *netns.NS, qemu, tap, mac, done string, timeout time.Duration) ([]bootEvent, []string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns.Name, qemu,
@@ -228,6 +251,9 @@ func bootVM(ns *netns.NS, qemu, tap, mac string, timeout time.Duration) ([]bootE
 			}
 		case strings.HasPrefix(line, "FABRIC-FAIL"):
 			return timeline, serial, fmt.Errorf("initramfs: %s", line)
+		case done != "FABRIC-ROOT-OK" && strings.Contains(line, done):
+			mark(done)
+			return timeline, serial, nil
 		case strings.Contains(line, "FABRIC-ROOT-OK"):
 			mark("root-ok")
 			if !seen["root-mounted"] || !containsLine(serial, "FABRIC-ROOT-WRITE-OK") {
@@ -246,4 +272,28 @@ func containsLine(lines []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// TestQEMUSANBoot boots a VM with iPXE's "sanboot aoe:" straight from a
+// disk image our storage node serves: iPXE is the AoE initiator here, and
+// the disk's own boot sector runs.
+func TestQEMUSANBoot(t *testing.T) {
+	l := newQEMULab(t, []string{"52:54:00:fa:b0:11"}, pxe.Profile{SANBoot: true}, "sanboot-disk.img")
+	timeline, serial, err := bootVM(l.ns, l.qemu, "tap0", l.nodes[0].MAC, "FABRIC-SANBOOT-OK", 90*time.Second)
+	if err != nil {
+		t.Fatalf("%v\nstorage node: %+v\nserial console:\n%s", err, l.tg.Stats(), strings.Join(serial, "\n"))
+	}
+	t.Logf("SAN boot of %s from %s: boot sector ran %.1f s after power-on; storage node %+v",
+		l.nodes[0].Name, l.nodes[0].RootVolume, timeline[len(timeline)-1].at.Seconds(), l.tg.Stats())
+	if l.tg.Stats().ReadBytes == 0 {
+		t.Error("iPXE read nothing from the storage node")
+	}
+}
+
+// testWriter sends log lines to t.Log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
 }

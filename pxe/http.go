@@ -18,6 +18,9 @@ type Profile struct {
 	Kernel  string
 	Initrd  string
 	Cmdline string
+	// SANBoot boots the node's root volume through its own boot loader
+	// (iPXE "sanboot aoe:e<shelf>.<slot>") instead of Kernel and Initrd.
+	SANBoot bool
 }
 
 // DefaultCmdline carries what the initramfs and the node agent need.
@@ -44,9 +47,13 @@ func (h *HTTPBoot) Handler() http.Handler {
 
 var scriptTmpl = template.Must(template.New("ipxe").Parse(`#!ipxe
 echo fabric: booting {{.Host.Name}} ({{.Host.MAC}}) as {{.Host.Role}}, root {{.Host.RootVolume}}
+{{if .Profile.SANBoot -}}
+sanboot aoe:{{.Host.RootVolume}}
+{{- else -}}
 kernel {{.Base}}/files/{{.Profile.Kernel}} initrd=initrd.img {{.Cmdline}}
 initrd --name initrd.img {{.Base}}/files/{{.Profile.Initrd}}
 boot
+{{- end}}
 `))
 
 // unknownTmpl keeps an unregistered machine's console informative and
@@ -96,6 +103,12 @@ func (h *HTTPBoot) script(w http.ResponseWriter, r *http.Request) {
 	prof, ok := h.Profiles[host.Role]
 	if !ok {
 		data["Why"] = "no boot profile for role " + host.Role
+		_ = unknownTmpl.Execute(&buf, data)
+		_, _ = w.Write(buf.Bytes())
+		return
+	}
+	if prof.SANBoot && host.RootVolume == "" {
+		data["Why"] = "SAN boot needs a root volume and " + host.Name + " has none"
 		_ = unknownTmpl.Execute(&buf, data)
 		_, _ = w.Write(buf.Bytes())
 		return

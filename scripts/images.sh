@@ -52,5 +52,12 @@ cp "$SRC/hwnode/rootfs-init" "$R/sbin/init"
 echo "this root filesystem came over AoE from the fabric storage node" > "$R/etc/fabric-marker"
 rm -f "$OUT/hwnode-root.img"; truncate -s 64M "$OUT/hwnode-root.img"
 mke2fs -q -t ext4 -L fabricroot -d "$R" "$OUT/hwnode-root.img"
+# SAN boot disk: a boot sector that writes FABRIC-SANBOOT-OK to the first
+# serial port and halts (cld; xor ax,ax; mov ds,ax; mov si,msg; mov dx,0x3f8;
+# lodsb/out loop; cli; hlt), for iPXE's "sanboot aoe:" test.
+rm -f "$OUT/sanboot-disk.img"; truncate -s 16M "$OUT/sanboot-disk.img"   # >= one 255x63 cylinder, or iPXE's int13 CHS reads fail
+{ printf '\xfc\x31\xc0\x8e\xd8\xbe\x17\x7c\xba\xf8\x03\xac\x84\xc0\x74\x03\xee\xeb\xf8\xfa\xf4\xeb\xfd'
+  printf 'FABRIC-SANBOOT-OK\r\n\0'; } | dd of="$OUT/sanboot-disk.img" conv=notrunc status=none
+printf '\x55\xaa' | dd of="$OUT/sanboot-disk.img" bs=1 seek=510 conv=notrunc status=none
 echo "$want" > "$stamp"
 echo "images: built in $OUT (kernel $KVER)"

@@ -440,6 +440,8 @@ func (h *Handler) ata(v *volume, f wire.Frame, r Replier) {
 	fail := func(e uint8) {
 		wire.SetATAStatus(out, e, wire.StatusDRDY|wire.StatusERR)
 		c.ataErr.Add(1)
+		h.t.log.Debug("ATA error", "shelf", v.Shelf, "slot", v.Slot, "src", f.Src().String(),
+			"command", f.CmdStatus(), "lba", lba, "count", count, "error", e)
 	}
 	inRange := func() bool { return lba < v.sectors && count <= v.sectors-lba }
 

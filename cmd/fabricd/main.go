@@ -100,6 +100,7 @@ func controllerCommand() *cli.Command {
 			&cli.BoolFlag{Name: "ra", Value: true, Usage: "send IPv6 router advertisements without M/O flags (spares iPXE a 16 s wait)"},
 			&cli.StringFlag{Name: "hwnode-kernel", Value: "hwnode/vmlinuz", Usage: "hardware node kernel, relative to --boot-dir"},
 			&cli.StringFlag{Name: "hwnode-initrd", Value: "hwnode/initrd.img", Usage: "hardware node initrd, relative to --boot-dir"},
+			&cli.BoolFlag{Name: "hwnode-sanboot", Usage: "boot hardware nodes from their root volume's own boot loader (iPXE sanboot aoe:) instead of --hwnode-kernel/--hwnode-initrd"},
 			&cli.StringFlag{Name: "hwnode-cmdline", Value: pxe.DefaultCmdline, Usage: "hardware node kernel command line (Go template: .Name .MAC .IP .Role .RootVolume .Token .Controller)"},
 		},
 		Action: func(c *cli.Context) error {
@@ -130,7 +131,7 @@ func controllerCommand() *cli.Command {
 				HTTPPort: c.Int("http-port"), TFTPPort: c.Int("tftp-port"), DHCPPort: c.Int("dhcp-port"),
 				Network: pxe.Network{LeaseTime: c.Duration("lease-time")},
 				Profiles: map[string]pxe.Profile{"hwnode": {
-					Kernel: c.String("hwnode-kernel"), Initrd: c.String("hwnode-initrd"), Cmdline: c.String("hwnode-cmdline")}},
+					Kernel: c.String("hwnode-kernel"), Initrd: c.String("hwnode-initrd"), Cmdline: c.String("hwnode-cmdline"), SANBoot: c.Bool("hwnode-sanboot")}},
 			}
 			if cfg.Boot.Iface != "" && !cfg.ServerIP.IsValid() {
 				return fmt.Errorf("--boot-iface needs --server-ip, this node's address on the boot network")
