@@ -102,5 +102,6 @@ fabric events
 
 print_summary
 echo
-echo "Not in the demo yet: PXE boot of a QEMU machine onto its AoE root (issue 3),"
-echo "storage node (issue 2), instances and live migration (issue 5)."
+echo "Not in the demo yet (issue 6): the storage node and a QEMU machine PXE-booting onto"
+echo "its AoE root (they run in make test: go test -run QEMU -v ./controller/), instances"
+echo "and live migration (issue 5)."
