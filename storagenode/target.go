@@ -378,14 +378,7 @@ func (h *Handler) Handle(req []byte, r Replier) {
 	}
 	// Control commands: possibly broadcast.
 	var hdr aoe.Header
-	payload := req[wire.EthLen:]
-	if f.Command() == aoe.CommandReserveRelease && len(payload) >= 12 {
-		// The codec wants the exact length; Ethernet pads short frames.
-		if n := 12 + 6*int(payload[11]); len(payload) > n {
-			payload = payload[:n]
-		}
-	}
-	if err := hdr.UnmarshalBinary(payload); err != nil {
+	if err := hdr.UnmarshalBinary(f.Control()); err != nil {
 		var code aoe.Error
 		if errors.As(err, &code) && code == aoe.ErrorUnrecognizedCommandCode {
 			// AoEr11 2.4: an unknown command gets error 1.

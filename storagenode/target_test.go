@@ -63,11 +63,7 @@ func ata(shelf uint16, slot uint8, cmd uint8, lba uint64, count uint8, data []by
 func parse(t testing.TB, f []byte) *aoe.Header {
 	t.Helper()
 	var h aoe.Header
-	p := f[wire.EthLen:]
-	if h.UnmarshalBinary(p) != nil && len(p) >= 12 { // reserve/release: exact length
-		p = p[:12+6*int(p[11])]
-	}
-	if err := h.UnmarshalBinary(p); err != nil {
+	if err := h.UnmarshalBinary(wire.Frame(f).Control()); err != nil {
 		t.Fatalf("reply does not parse: %v", err)
 	}
 	return &h

@@ -179,18 +179,24 @@ func (in *Initiator) nextTag() uint32 {
 	return in.tagSeq | 0x80000000 // control tags; ATA tags have the top bit clear
 }
 
-// Discover broadcasts Query Config for shelf.slot (wildcards:
-// wire.BroadcastShelf, wire.BroadcastSlot) and collects answers for wait.
-func (in *Initiator) Discover(ctx context.Context, shelf uint16, slot uint8, wait time.Duration) ([]Target, error) {
-	ch := make(chan wire.Frame, 256)
+// listen subscribes to control replies until stop is called.
+func (in *Initiator) listen(n int) (ch chan wire.Frame, stop func()) {
+	ch = make(chan wire.Frame, n)
 	in.mu.Lock()
 	in.control = append(in.control, ch)
 	in.mu.Unlock()
-	defer func() {
+	return ch, func() {
 		in.mu.Lock()
 		in.control = slices.DeleteFunc(in.control, func(c chan wire.Frame) bool { return c == ch })
 		in.mu.Unlock()
-	}()
+	}
+}
+
+// Discover broadcasts Query Config for shelf.slot (wildcards:
+// wire.BroadcastShelf, wire.BroadcastSlot) and collects answers for wait.
+func (in *Initiator) Discover(ctx context.Context, shelf uint16, slot uint8, wait time.Duration) ([]Target, error) {
+	ch, stop := in.listen(256)
+	defer stop()
 	tag := in.nextTag()
 	hdr := aoe.Header{Version: aoe.Version, Major: shelf, Minor: slot, Command: aoe.CommandQueryConfigInformation,
 		Arg: &aoe.ConfigArg{Command: aoe.ConfigCommandRead}}
@@ -241,15 +247,8 @@ func (in *Initiator) Discover(ctx context.Context, shelf uint16, slot uint8, wai
 // Control sends one control command (Query Config, MAC Mask, Reserve) to
 // dst and returns the first reply with the same tag.
 func (in *Initiator) Control(ctx context.Context, dst net.HardwareAddr, hdr *aoe.Header) (*aoe.Header, error) {
-	ch := make(chan wire.Frame, 16)
-	in.mu.Lock()
-	in.control = append(in.control, ch)
-	in.mu.Unlock()
-	defer func() {
-		in.mu.Lock()
-		in.control = slices.DeleteFunc(in.control, func(c chan wire.Frame) bool { return c == ch })
-		in.mu.Unlock()
-	}()
+	ch, stop := in.listen(16)
+	defer stop()
 	tag := in.nextTag()
 	hdr.Version = aoe.Version
 	hdr.Tag = [4]byte{byte(tag >> 24), byte(tag >> 16), byte(tag >> 8), byte(tag)}
@@ -275,13 +274,7 @@ func (in *Initiator) Control(ctx context.Context, dst net.HardwareAddr, hdr *aoe
 					return nil, fmt.Errorf("aoe: target %s: %w", f.Src(), f.Error())
 				}
 				var h aoe.Header
-				payload := f[wire.EthLen:]
-				if f.Command() == aoe.CommandReserveRelease && len(payload) >= 12 {
-					if n := 12 + 6*int(payload[11]); len(payload) > n {
-						payload = payload[:n]
-					}
-				}
-				if err := h.UnmarshalBinary(payload); err != nil {
+				if err := h.UnmarshalBinary(f.Control()); err != nil {
 					return nil, fmt.Errorf("aoe: bad reply from %s: %w", f.Src(), err)
 				}
 				return &h, nil

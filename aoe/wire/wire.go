@@ -119,6 +119,19 @@ func (f Frame) Count() uint8      { return f[offCount] }
 func (f Frame) CmdStatus() uint8  { return f[offCmdStat] }
 func (f Frame) Data() []byte      { return f[ATALen:] }
 
+// Control is the AoE part of a control frame, for aoe.Header.UnmarshalBinary.
+// Reserve/Release is cut to its declared length: the codec wants it exact
+// and Ethernet pads short frames.
+func (f Frame) Control() []byte {
+	p := f[EthLen:]
+	if f.Command() == aoe.CommandReserveRelease && len(p) >= 12 {
+		if n := 12 + 6*int(p[11]); len(p) > n {
+			p = p[:n]
+		}
+	}
+	return p
+}
+
 // LBA decodes the address: 48 bits with the E flag, else 28 bits (the top
 // nibble of byte 3 holds device/head flags).
 func (f Frame) LBA() uint64 {
