@@ -102,14 +102,7 @@ func volumeCommand(dataDir *cli.StringFlag) *cli.Command {
 				Name: "create", Usage: "create a sparse volume", ArgsUsage: "NAME SIZE (e.g. 10G)",
 				Flags: append([]cli.Flag{out, &cli.BoolFlag{Name: "ro", Usage: "read-only"}}, exportFlags...),
 				Action: func(c *cli.Context) error {
-					if c.NArg() != 2 {
-						return fmt.Errorf("usage: fabricd storage volume create NAME SIZE")
-					}
-					size, err := storagenode.ParseSize(c.Args().Get(1))
-					if err != nil {
-						return err
-					}
-					p, err := pool(c)
+					p, size, err := poolAndSize(c, pool)
 					if err != nil {
 						return err
 					}
@@ -138,14 +131,7 @@ func volumeCommand(dataDir *cli.StringFlag) *cli.Command {
 				Name: "resize", Usage: "grow (or with --shrink, shrink) a volume", ArgsUsage: "NAME SIZE",
 				Flags: []cli.Flag{out, &cli.BoolFlag{Name: "shrink", Usage: "allow discarding data past the new size"}},
 				Action: func(c *cli.Context) error {
-					if c.NArg() != 2 {
-						return fmt.Errorf("usage: fabricd storage volume resize NAME SIZE")
-					}
-					size, err := storagenode.ParseSize(c.Args().Get(1))
-					if err != nil {
-						return err
-					}
-					p, err := pool(c)
+					p, size, err := poolAndSize(c, pool)
 					if err != nil {
 						return err
 					}
@@ -227,6 +213,19 @@ func volumeCommand(dataDir *cli.StringFlag) *cli.Command {
 			},
 		},
 	}
+}
+
+// poolAndSize reads the NAME SIZE arguments of create and resize.
+func poolAndSize(c *cli.Context, pool func(*cli.Context) (*storagenode.Pool, error)) (*storagenode.Pool, int64, error) {
+	if c.NArg() != 2 {
+		return nil, 0, fmt.Errorf("usage: fabricd storage volume %s NAME SIZE", c.Command.Name)
+	}
+	size, err := storagenode.ParseSize(c.Args().Get(1))
+	if err != nil {
+		return nil, 0, err
+	}
+	p, err := pool(c)
+	return p, size, err
 }
 
 func cloneAction(c *cli.Context, pool func(*cli.Context) (*storagenode.Pool, error),
