@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fabric-project/fabric/aoe/wire"
 	"github.com/fabric-project/fabric/controller/controllerapi"
 	"github.com/fabric-project/fabric/controller/store"
 	"github.com/fabric-project/fabric/pxe"
@@ -162,12 +163,13 @@ func aoeKey(shelf uint16, slot uint8) string {
 func parseAoEKey(k string) (uint16, uint8) { return uint16(k[0])<<8 | uint16(k[1]), k[2] }
 
 // ParseAoE parses "e<shelf>.<slot>".
+// The controller stores the canonical form, so the "e" is required here.
 func ParseAoE(s string) (shelf uint16, slot uint8, err error) {
-	var sh, sl uint
-	if _, err := fmt.Sscanf(s, "e%d.%d", &sh, &sl); err != nil || sh >= 0xffff || sl >= 0xff || fmt.Sprintf("e%d.%d", sh, sl) != s {
+	shelf, slot, err = wire.ParseAddr(s)
+	if err != nil || !strings.HasPrefix(s, "e") {
 		return 0, 0, errorf(ErrInvalid, "%q is not an AoE address e<shelf>.<slot> (shelf < 65535, slot < 255)", s)
 	}
-	return uint16(sh), uint8(sl), nil
+	return shelf, slot, nil
 }
 
 // allocateRoot returns the lowest free AoE address from rootShelf up.
@@ -191,7 +193,7 @@ func (r *Registry) allocateRoot(tx store.Tx) (string, error) {
 	if shelf == 0xffff {
 		return "", errorf(ErrExhausted, "no free AoE address left for root volumes")
 	}
-	return fmt.Sprintf("e%d.%d", shelf, slot), nil
+	return wire.Addr(shelf, slot), nil
 }
 
 func getNode(tx store.Tx, name string) (controllerapi.Node, error) {
@@ -590,7 +592,7 @@ func (r *Registry) CheckInvariants() error {
 		roots := 0
 		if err := tx.ForEach(bucketAoE, "", func(k string, v []byte) error {
 			sh, sl := parseAoEKey(k)
-			if n, ok := nodes[string(v)]; !ok || n.RootVolume != fmt.Sprintf("e%d.%d", sh, sl) {
+			if n, ok := nodes[string(v)]; !ok || n.RootVolume != wire.Addr(sh, sl) {
 				return fmt.Errorf("root volume index e%d.%d -> %q does not match a node", sh, sl, v)
 			}
 			roots++

@@ -38,7 +38,7 @@ func (v Volume) Addr() string {
 	if v.Shelf == nil || v.Slot == nil {
 		return ""
 	}
-	return fmt.Sprintf("e%d.%d", *v.Shelf, *v.Slot)
+	return wire.Addr(*v.Shelf, *v.Slot)
 }
 
 type poolState struct {
@@ -129,20 +129,6 @@ func (p *Pool) List() ([]Volume, error) {
 	return s.Volumes, nil
 }
 
-// Get returns one volume.
-func (p *Pool) Get(name string) (Volume, error) {
-	vs, err := p.List()
-	if err != nil {
-		return Volume{}, err
-	}
-	for _, v := range vs {
-		if v.Name == name {
-			return v, nil
-		}
-	}
-	return Volume{}, fmt.Errorf("storagenode: volume %q: %w", name, ErrNotFound)
-}
-
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,62})$`)
 
 // VolumeOptions are set at creation.
@@ -159,9 +145,9 @@ func findVol(s *poolState, name string) int {
 // applyOptions validates and sets address, read-only and MACs on v.
 func applyOptions(s *poolState, v *Volume, o VolumeOptions) error {
 	if o.Addr != "" {
-		shelf, slot, err := ParseAddr(o.Addr)
+		shelf, slot, err := wire.ParseAddr(o.Addr)
 		if err != nil {
-			return err
+			return fmt.Errorf("storagenode: %w: %w", err, ErrInvalid)
 		}
 		for _, w := range s.Volumes {
 			if w.Name != v.Name && w.Shelf != nil && *w.Shelf == shelf && *w.Slot == slot {
@@ -420,7 +406,7 @@ func (p *Pool) LoadConfig(shelf uint16, slot uint8) []byte {
 	if err != nil {
 		return nil
 	}
-	if c, ok := s.Config[fmt.Sprintf("e%d.%d", shelf, slot)]; ok {
+	if c, ok := s.Config[wire.Addr(shelf, slot)]; ok {
 		return []byte(c)
 	}
 	return nil
@@ -429,7 +415,7 @@ func (p *Pool) LoadConfig(shelf uint16, slot uint8) []byte {
 // SaveConfig implements ConfigStore.
 func (p *Pool) SaveConfig(shelf uint16, slot uint8, c []byte) error {
 	return p.update(func(s *poolState) error {
-		s.Config[fmt.Sprintf("e%d.%d", shelf, slot)] = string(c)
+		s.Config[wire.Addr(shelf, slot)] = string(c)
 		return nil
 	})
 }
@@ -456,18 +442,6 @@ func (p *Pool) Exports() ([]Export, error) {
 		out = append(out, e)
 	}
 	return out, nil
-}
-
-// ParseAddr reads "e1.0" or "1.0".
-func ParseAddr(s string) (uint16, uint8, error) {
-	t := strings.TrimPrefix(s, "e")
-	a, b, ok := strings.Cut(t, ".")
-	shelf, err1 := strconv.ParseUint(a, 10, 16)
-	slot, err2 := strconv.ParseUint(b, 10, 8)
-	if !ok || err1 != nil || err2 != nil || shelf == wire.BroadcastShelf || slot == wire.BroadcastSlot {
-		return 0, 0, fmt.Errorf("storagenode: AoE address %q: want SHELF.SLOT with shelf 0-65534 and slot 0-254: %w", s, ErrInvalid)
-	}
-	return uint16(shelf), uint8(slot), nil
 }
 
 // ParseSize reads a size: a number of bytes or a number with a binary unit

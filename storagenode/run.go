@@ -2,6 +2,7 @@ package storagenode
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -127,10 +128,7 @@ func reconcile(t *Target, pool *Pool, static []Export, log *slog.Logger) error {
 			_ = t.Remove(v.Shelf, v.Slot)
 		}
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("%v", errs)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func same(v *volume, e Export) bool {

@@ -43,7 +43,7 @@ type Export struct {
 }
 
 // Addr is the export's address, e1.0 style.
-func (e Export) Addr() string { return fmt.Sprintf("e%d.%d", e.Shelf, e.Slot) }
+func (e Export) Addr() string { return wire.Addr(e.Shelf, e.Slot) }
 
 // ConfigStore persists Query Config strings (AoEr11 3.2) across restarts.
 type ConfigStore interface {
@@ -262,15 +262,6 @@ func (t *Target) Remove(shelf uint16, slot uint8) error {
 	t.tab.Store(nt)
 	t.log.Info("volume withdrawn", "shelf", shelf, "slot", slot)
 	return v.f.Close()
-}
-
-// Exports lists what is served, sorted by address.
-func (t *Target) Exports() []Export {
-	var out []Export
-	for _, v := range t.tab.Load().list {
-		out = append(out, v.Export)
-	}
-	return out
 }
 
 // Close closes every volume.

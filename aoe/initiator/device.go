@@ -222,6 +222,9 @@ func (d *Device) fill(r *request, cmd uint8, p []byte, s, n int, lba uint64, don
 	r.deadline = time.Now().Add(d.in.cfg.Timeout)
 	r.done = done
 	r.dst = nil
+	if cmd == wire.CmdReadSectorsExt || cmd == wire.CmdIdentify {
+		r.dst = p[s*wire.SectorSize : (s+n)*wire.SectorSize]
+	}
 	d.mu.Unlock()
 
 	f := r.frame
@@ -232,10 +235,6 @@ func (d *Device) fill(r *request, cmd uint8, p []byte, s, n int, lba uint64, don
 	case wire.CmdWriteSectorsExt:
 		aflags |= wire.AFlagWrite
 		r.flen += copy(f[wire.ATALen:], p[s*wire.SectorSize:(s+n)*wire.SectorSize])
-	case wire.CmdReadSectorsExt, wire.CmdIdentify:
-		d.mu.Lock()
-		r.dst = p[s*wire.SectorSize : (s+n)*wire.SectorSize]
-		d.mu.Unlock()
 	}
 	wire.PutATA(f, aflags, 0, uint8(n), cmd, lba)
 	if r.flen < wire.MinFrame {

@@ -31,7 +31,7 @@ type Target struct {
 }
 
 // Addr is e<shelf>.<slot>.
-func (t Target) Addr() string { return fmt.Sprintf("e%d.%d", t.Shelf, t.Slot) }
+func (t Target) Addr() string { return wire.Addr(t.Shelf, t.Slot) }
 
 // Config tunes an initiator.
 type Config struct {

@@ -84,9 +84,6 @@ func Listen(ifi *net.Interface, etherType uint16, cfg Config) (*Conn, error) {
 // Interface is the interface the socket is bound to.
 func (c *Conn) Interface() *net.Interface { return c.ifi }
 
-// PacketConn is the underlying socket, for single-frame use.
-func (c *Conn) PacketConn() *packet.Conn { return c.pc }
-
 // Close closes the socket; a blocked ReadBatch returns net.ErrClosed.
 func (c *Conn) Close() error { return c.pc.Close() }
 

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 
 	"github.com/mdlayher/aoe"
 )
@@ -299,4 +300,20 @@ func ParseIdentify(p []byte) (Identity, error) {
 		id.Sectors = uint64(r(60)) | uint64(r(61))<<16
 	}
 	return id, nil
+}
+
+// Addr formats a volume address the way Linux names it: e<shelf>.<slot>.
+func Addr(shelf uint16, slot uint8) string { return fmt.Sprintf("e%d.%d", shelf, slot) }
+
+// ParseAddr reads a volume address, "e1.0" (or "1.0"), in the canonical
+// form Addr writes. The broadcast shelf and slot are refused: no volume
+// lives there.
+func ParseAddr(s string) (uint16, uint8, error) {
+	var sh, sl uint
+	t := strings.TrimPrefix(s, "e")
+	if _, err := fmt.Sscanf(t, "%d.%d", &sh, &sl); err != nil || sh >= BroadcastShelf || sl >= BroadcastSlot ||
+		fmt.Sprintf("%d.%d", sh, sl) != t {
+		return 0, 0, fmt.Errorf("aoe: %q is not a volume address e<shelf>.<slot> (shelf below 65535, slot below 255)", s)
+	}
+	return uint16(sh), uint8(sl), nil
 }

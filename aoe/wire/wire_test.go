@@ -149,3 +149,32 @@ func FuzzParseIdentify(f *testing.F) {
 }
 
 func trim(s string) string { return strings.TrimRight(s, " \x00") }
+
+func TestParseAddr(t *testing.T) {
+	for in, want := range map[string]string{"e1.0": "e1.0", "1.0": "e1.0", "e65534.254": "e65534.254"} {
+		sh, sl, err := ParseAddr(in)
+		if err != nil || Addr(sh, sl) != want {
+			t.Errorf("ParseAddr(%q) = %d, %d, %v; want %s", in, sh, sl, err, want)
+		}
+	}
+	for _, in := range []string{"", "e1", "e1.", "e-1.0", "e65535.0", "e1.255", "e01.0", "e1.0x", "x1.0", "e1.0.0"} {
+		if _, _, err := ParseAddr(in); err == nil {
+			t.Errorf("ParseAddr(%q) accepted", in)
+		}
+	}
+}
+
+// FuzzParseAddr: whatever parses formats back to the same address.
+func FuzzParseAddr(f *testing.F) {
+	f.Add("e1.0")
+	f.Add("65534.254")
+	f.Fuzz(func(t *testing.T, s string) {
+		sh, sl, err := ParseAddr(s)
+		if err != nil {
+			return
+		}
+		if a := Addr(sh, sl); a != s && a != "e"+s {
+			t.Fatalf("ParseAddr(%q) -> %s", s, a)
+		}
+	})
+}

@@ -17,7 +17,6 @@ import (
 
 	"github.com/fabric-project/fabric/aoe/initiator"
 	"github.com/fabric-project/fabric/aoe/wire"
-	"github.com/fabric-project/fabric/storagenode"
 )
 
 func aoeCommand() *cli.Command {
@@ -141,7 +140,7 @@ func aoeCommand() *cli.Command {
 }
 
 func openAddr(c *cli.Context, addr string) (*initiator.Initiator, *initiator.Device, error) {
-	shelf, slot, err := storagenode.ParseAddr(addr)
+	shelf, slot, err := wire.ParseAddr(addr)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/fabric-project/fabric/aoe/wire"
 	"github.com/fabric-project/fabric/storagenode"
 )
 
@@ -64,7 +65,7 @@ func parseExport(s string) (storagenode.Export, error) {
 	if !ok || rest == "" {
 		return storagenode.Export{}, fmt.Errorf("--export %q: want SHELF.SLOT=PATH[,ro]", s)
 	}
-	shelf, slot, err := storagenode.ParseAddr(addr)
+	shelf, slot, err := wire.ParseAddr(addr)
 	if err != nil {
 		return storagenode.Export{}, fmt.Errorf("--export %q: %w", s, err)
 	}
