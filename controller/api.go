@@ -29,6 +29,19 @@ func (c *Controller) Handler() http.Handler {
 	mux.Handle("PATCH /v1/nodes/{name}", c.auth(c.updateNode))
 	mux.Handle("DELETE /v1/nodes/{name}", c.auth(c.removeNode))
 	mux.Handle("GET /v1/events", c.auth(c.events))
+	mux.Handle("GET /v1/nodes/{name}/token", c.auth(c.nodeToken))
+	mux.Handle("PUT /v1/images/{name}", c.authUpload(c.importImage))
+	mux.Handle("GET /v1/images", c.auth(c.listImages))
+	mux.Handle("DELETE /v1/images/{name}", c.auth(c.deleteImage))
+	mux.Handle("POST /v1/instances", c.auth(c.createInstance))
+	mux.Handle("GET /v1/instances", c.auth(c.listInstances))
+	mux.Handle("GET /v1/instances/{name}", c.auth(c.showInstance))
+	mux.Handle("POST /v1/instances/{name}/start", c.auth(c.setState(controllerapi.StateRunning, "running")))
+	mux.Handle("POST /v1/instances/{name}/stop", c.auth(c.setState(controllerapi.StateStopped, "shutoff")))
+	mux.Handle("DELETE /v1/instances/{name}", c.auth(c.deleteInstance))
+	mux.Handle("POST /v1/instances/{name}/migrate", c.auth(c.migrateInstance))
+	mux.HandleFunc("POST /v1/agent/enroll", c.enroll)
+	mux.HandleFunc("POST /v1/agent/heartbeat", c.heartbeat)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, controllerapi.CodeNotFound, fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path))
 	})
@@ -37,6 +50,14 @@ func (c *Controller) Handler() http.Handler {
 
 // auth admits requests that carry the admin credential.
 func (c *Controller) auth(h http.HandlerFunc) http.Handler {
+	return c.authUpload(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		h(w, r)
+	})
+}
+
+// authUpload is auth without the body limit, for image uploads.
+func (c *Controller) authUpload(h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok || subtle.ConstantTimeCompare([]byte(tok), []byte(c.token)) != 1 {
@@ -45,7 +66,6 @@ func (c *Controller) auth(h http.HandlerFunc) http.Handler {
 				"missing or wrong admin credential; pass --token or set FABRIC_TOKEN (the controller wrote it to its state directory as "+AdminTokenFile+")")
 			return
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		h(w, r)
 	})
 }
@@ -69,6 +89,10 @@ func (c *Controller) fail(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusNotFound, controllerapi.CodeNotFound, err.Error())
 	case errors.Is(err, ErrConflict):
 		writeError(w, http.StatusConflict, controllerapi.CodeConflict, err.Error())
+	case errors.Is(err, ErrUnauthorized):
+		writeError(w, http.StatusUnauthorized, controllerapi.CodeUnauthorized, err.Error())
+	case errors.Is(err, ErrUnplaceable):
+		writeError(w, http.StatusConflict, controllerapi.CodeUnplaceable, err.Error())
 	case errors.Is(err, ErrExhausted):
 		writeError(w, http.StatusInsufficientStorage, controllerapi.CodeExhausted, err.Error())
 	default:
@@ -118,6 +142,10 @@ func (c *Controller) listNodes(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, err)
 		return
 	}
+	ins, _ := listJSON[controllerapi.Instance](c.st, bucketInstances)
+	for i := range ns {
+		ns[i].Status = c.nodeStatus(ns[i], ins)
+	}
 	writeJSON(w, http.StatusOK, ns)
 }
 
@@ -127,6 +155,8 @@ func (c *Controller) showNode(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, err)
 		return
 	}
+	ins, _ := listJSON[controllerapi.Instance](c.st, bucketInstances)
+	n.Status = c.nodeStatus(n, ins)
 	writeJSON(w, http.StatusOK, n)
 }
 

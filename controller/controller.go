@@ -62,8 +62,20 @@ type Config struct {
 	// Boot configures the boot services; they run when Boot.Iface is set.
 	// The controller fills in the backend, server address, subnet and
 	// controller URL.
-	Boot   pxe.Config
-	Logger *slog.Logger
+	Boot pxe.Config
+	// StorageDir is the data directory of the storage node beside the
+	// controller: images and instance disks are volumes in its pool.
+	StorageDir string
+	// VCPUOvercommit is how many guest vCPUs a host CPU may carry
+	// (default 4). Memory is never overcommitted.
+	VCPUOvercommit int
+	// AgentTimeout: a hardware node silent for this long is dead
+	// (default DefaultAgentTimeout).
+	AgentTimeout time.Duration
+	// PrepareTimeout bounds the destination's disk attach before a
+	// migration, MigrateTimeout the migration itself.
+	PrepareTimeout, MigrateTimeout time.Duration
+	Logger                         *slog.Logger
 }
 
 // Controller is a running controller's state.
@@ -76,7 +88,12 @@ type Controller struct {
 	token string
 
 	mu      sync.Mutex
-	changed chan struct{} // closed and replaced on every committed event
+	changed chan struct{} // closed and replaced on every committed change
+	gen     uint64        // counts committed changes: the agents' desired-state generation
+
+	agents  *agents
+	placeMu sync.Mutex // serialises placement decisions
+	migSeq  uint64
 
 	unknownMu   sync.Mutex
 	unknownSeen map[string]time.Time
@@ -121,7 +138,8 @@ func New(cfg Config) (*Controller, error) {
 		return nil, err
 	}
 	c := &Controller{cfg: cfg, log: log, st: st, ca: fca, token: token,
-		changed: make(chan struct{}), unknownSeen: map[string]time.Time{}}
+		changed: make(chan struct{}), unknownSeen: map[string]time.Time{},
+		agents: newAgents(cfg.AgentTimeout), gen: 1}
 	reserved := map[netip.Addr]bool{}
 	if cfg.ServerIP.IsValid() {
 		reserved[cfg.ServerIP] = true
@@ -153,7 +171,14 @@ func (c *Controller) broadcast() {
 	c.mu.Lock()
 	close(c.changed)
 	c.changed = make(chan struct{})
+	c.gen++
 	c.mu.Unlock()
+}
+
+func (c *Controller) generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
 }
 
 func (c *Controller) changedCh() <-chan struct{} {

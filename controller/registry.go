@@ -567,7 +567,7 @@ func (r *Registry) CheckInvariants() error {
 		}); err != nil {
 			return err
 		}
-		macs, ips := 0, 0
+		macs, ips, instIPs, instVols := 0, 0, 0, 0
 		if err := tx.ForEach(bucketMACs, "", func(k string, v []byte) error {
 			macs++
 			if n, ok := nodes[string(v)]; !ok || n.MAC != k {
@@ -578,6 +578,10 @@ func (r *Registry) CheckInvariants() error {
 			return err
 		}
 		if err := tx.ForEach(bucketIPs, "", func(k string, v []byte) error {
+			if strings.HasPrefix(string(v), "instance/") {
+				instIPs++
+				return nil
+			}
 			ips++
 			if n, ok := nodes[string(v)]; !ok || n.IP != keyIP(k).String() {
 				return fmt.Errorf("address index %s -> %q does not match a node", keyIP(k), v)
@@ -591,6 +595,10 @@ func (r *Registry) CheckInvariants() error {
 		}
 		roots := 0
 		if err := tx.ForEach(bucketAoE, "", func(k string, v []byte) error {
+			if strings.HasPrefix(string(v), "instance/") {
+				instVols++
+				return nil
+			}
 			sh, sl := parseAoEKey(k)
 			if n, ok := nodes[string(v)]; !ok || n.RootVolume != wire.Addr(sh, sl) {
 				return fmt.Errorf("root volume index e%d.%d -> %q does not match a node", sh, sl, v)
@@ -607,6 +615,16 @@ func (r *Registry) CheckInvariants() error {
 		}
 		if roots != 0 {
 			return fmt.Errorf("root volume index and node records disagree by %d", roots)
+		}
+		insts := 0
+		if err := tx.ForEach(bucketInstances, "", func(k string, v []byte) error {
+			insts++
+			return nil
+		}); err != nil {
+			return err
+		}
+		if instIPs != insts || instVols != insts {
+			return fmt.Errorf("%d instances but %d instance address and %d instance volume index entries", insts, instIPs, instVols)
 		}
 		var prev uint64
 		return tx.ForEach(bucketEvents, "", func(k string, v []byte) error {

@@ -3,16 +3,18 @@
 #   OUT/boot/undionly.kpxe, OUT/boot/ipxe.efi   iPXE from Debian's ipxe package
 #   OUT/boot/hwnode/vmlinuz, initrd.img          Debian kernel + busybox initramfs (images/hwnode/init)
 #   OUT/hwnode-root.img                          ext4 root volume (busybox, images/hwnode/rootfs-init)
+#   OUT/instance/vmlinuz, initrd.img             test instance: network, ping, HTTP, data disk (images/instance/init)
+#   OUT/instance-template.img                    ext4 data disk template for instances
 # The Debian kernel is fetched with apt-get download once and cached in OUT.
 # usage: scripts/images.sh [OUT]   (default work/images)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=$PWD/images
 OUT=$(realpath -m "${1:-work/images}")
-mkdir -p "$OUT/boot/hwnode" "$OUT/cache"
+mkdir -p "$OUT/boot/hwnode" "$OUT/instance" "$OUT/cache"
 stamp="$OUT/.stamp"
-want="$(cat scripts/images.sh $SRC/hwnode/init $SRC/hwnode/rootfs-init | sha256sum | cut -c1-16)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -f "$OUT/hwnode-root.img" ]; then
+want="$(cat scripts/images.sh $SRC/hwnode/init $SRC/hwnode/rootfs-init $SRC/instance/init | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -f "$OUT/instance-template.img" ]; then
   exit 0
 fi
 
@@ -44,6 +46,19 @@ for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_
   else echo "images: module $m missing from $KVER" >&2; exit 1; fi
 done
 (cd "$I" && find . | cpio -o -H newc --quiet | gzip -1) > "$OUT/boot/hwnode/initrd.img"
+
+# test instance: same kernel, its own initramfs with virtio-blk
+J=$I/instance; mkdir -p "$J"/{bin,proc,sys,dev,lib/modules}
+cp /bin/busybox "$J/bin/busybox"
+cp "$SRC/instance/init" "$J/init"
+cp "$I"/lib/modules/{virtio_ring,virtio,virtio_pci_modern_dev,virtio_pci_legacy_dev,virtio_pci,failover,net_failover,virtio_net,crc32c_generic,crc16,mbcache,jbd2,ext4}.ko "$J/lib/modules/"
+f=$MD/drivers/block/virtio_blk.ko
+if [ -f "$f" ]; then cp "$f" "$J/lib/modules/"; else xz -dc "$f.xz" > "$J/lib/modules/virtio_blk.ko"; fi
+(cd "$J" && find . | cpio -o -H newc --quiet | gzip -1) > "$OUT/instance/initrd.img"
+cp "$K/boot/vmlinuz-$KVER" "$OUT/instance/vmlinuz"
+mkdir -p "$J/tpl"; echo "this data disk is a clone of the fabric's instance template" > "$J/tpl/template-marker"
+rm -f "$OUT/instance-template.img"; truncate -s 32M "$OUT/instance-template.img"
+mke2fs -q -t ext4 -L fabricdata -d "$J/tpl" "$OUT/instance-template.img"
 
 # root volume image
 R=$I/rootfs; mkdir -p "$R"/{bin,sbin,proc,sys,dev,etc,var,tmp}

@@ -70,6 +70,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		},
 		Commands: []*cli.Command{
 			nodeCommand(),
+			imageCommand(),
+			instanceCommand(),
 			eventsCommand(),
 			aoeCommand(),
 			completionCommand(),
@@ -146,11 +148,34 @@ func wantJSON(c *cli.Context) (bool, error) {
 
 func nodeTable(w io.Writer, ns []controllerapi.Node) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tROLE\tMAC\tIP\tREGISTERED")
+	fmt.Fprintln(tw, "NAME\tROLE\tMAC\tIP\tAGENT\tREGISTERED")
 	for _, n := range ns {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.Role, n.MAC, n.IP, n.Created.Local().Format(time.DateTime))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Role, n.MAC, n.IP, agentSummary(n.Status), n.Created.Local().Format(time.DateTime))
 	}
 	return tw.Flush()
+}
+
+func agentSummary(st *controllerapi.NodeStatus) string {
+	switch {
+	case st == nil:
+		return "-"
+	case st.LastSeen.IsZero():
+		return "not enrolled/not reporting"
+	case st.Alive:
+		return fmt.Sprintf("alive (%d instances)", len(st.Instances))
+	default:
+		return "DEAD since " + st.LastSeen.Local().Format(time.TimeOnly)
+	}
+}
+
+func diskMode(m string) string {
+	switch m {
+	case "kernel":
+		return "kernel aoe driver (/dev/etherd)"
+	case "nbd":
+		return "agent's AoE initiator behind NBD on loopback (no kernel aoe driver)"
+	}
+	return m
 }
 
 func nodeCommand() *cli.Command {
@@ -244,6 +269,17 @@ func nodeCommand() *cli.Command {
 					if n.RootVolume != "" {
 						fmt.Fprintf(tw, "root volume:\t%s\n", n.RootVolume)
 					}
+					if st := n.Status; st != nil {
+						fmt.Fprintf(tw, "agent:\t%s\n", agentSummary(st))
+						if !st.LastSeen.IsZero() {
+							cp := st.Capacity
+							fmt.Fprintf(tw, "last heartbeat:\t%s\n", st.LastSeen.Local().Format(time.RFC3339Nano))
+							fmt.Fprintf(tw, "hypervisor:\t%s (libvirt %s), migration URI %s\n", cp.Hypervisor, cp.Libvirt, cp.MigrationURI)
+							fmt.Fprintf(tw, "guest disks:\t%s\n", diskMode(cp.Disk))
+							fmt.Fprintf(tw, "capacity:\t%d vCPUs, %d MiB; used %d vCPUs, %d MiB\n", cp.VCPUs, cp.MemoryMiB, st.UsedVCPUs, st.UsedMiB)
+							fmt.Fprintf(tw, "instances:\t%s\n", strings.Join(st.Instances, " "))
+						}
+					}
 					if n.Lease != nil {
 						fmt.Fprintf(tw, "dhcp lease:\t%s, updated %s, expires %s\n", n.Lease.State,
 							n.Lease.Updated.Local().Format(time.RFC3339), n.Lease.Expires.Local().Format(time.RFC3339))
@@ -291,6 +327,27 @@ func nodeCommand() *cli.Command {
 						return printJSON(c.App.Writer, n)
 					}
 					fmt.Fprintf(c.App.Writer, "updated %s: %s %s %s\n", n.Name, n.Role, n.MAC, n.IP)
+					return nil
+				},
+			},
+			{
+				Name:      "token",
+				Usage:     "print a hardware node's one-time enrollment token (for `fabricd hwnode --token`)",
+				ArgsUsage: "NAME|MAC",
+				Action: func(c *cli.Context) error {
+					name, err := oneArg(c, "NAME or MAC")
+					if err != nil {
+						return err
+					}
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					tok, err := cl.NodeToken(c.Context, name)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintln(c.App.Writer, tok)
 					return nil
 				},
 			},

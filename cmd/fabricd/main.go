@@ -43,7 +43,7 @@ func main() {
 			pprof.StopCPUProfile()
 			return nil
 		},
-		Commands: []*cli.Command{controllerCommand(), storageCommand()},
+		Commands: []*cli.Command{controllerCommand(), storageCommand(), hwnodeCommand()},
 	}
 	if err := app.RunContext(ctx, cliargs.FlagsFirst(app, os.Args)); err != nil {
 		fmt.Fprintf(os.Stderr, "fabricd: %v\n", err)
@@ -102,6 +102,9 @@ func controllerCommand() *cli.Command {
 			&cli.StringFlag{Name: "hwnode-initrd", Value: "hwnode/initrd.img", Usage: "hardware node initrd, relative to --boot-dir"},
 			&cli.BoolFlag{Name: "hwnode-sanboot", Usage: "boot hardware nodes from their root volume's own boot loader (iPXE sanboot aoe:) instead of --hwnode-kernel/--hwnode-initrd"},
 			&cli.StringFlag{Name: "hwnode-cmdline", Value: pxe.DefaultCmdline, Usage: "hardware node kernel command line (Go template: .Name .MAC .IP .Role .RootVolume .Token .Controller)"},
+			&cli.StringFlag{Name: "storage-dir", Usage: "data directory of the storage node beside the controller (`fabricd storage --data-dir`): images and instance disks are made there"},
+			&cli.IntFlag{Name: "vcpu-overcommit", Value: 4, Usage: "guest vCPUs per host CPU"},
+			&cli.DurationFlag{Name: "agent-timeout", Value: controller.DefaultAgentTimeout, Usage: "a hardware node silent this long is dead"},
 		},
 		Action: func(c *cli.Context) error {
 			log, err := logger(c)
@@ -113,6 +116,10 @@ func controllerCommand() *cli.Command {
 				APIAddr:  c.String("api-addr"),
 				APIHosts: c.StringSlice("api-host"),
 				Logger:   log,
+
+				StorageDir:     c.String("storage-dir"),
+				VCPUOvercommit: c.Int("vcpu-overcommit"),
+				AgentTimeout:   c.Duration("agent-timeout"),
 			}
 			if cfg.BootSubnet, err = prefixFlag(c, "boot-subnet"); err != nil {
 				return err

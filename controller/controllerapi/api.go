@@ -28,6 +28,8 @@ type Node struct {
 	Updated    time.Time `json:"updated"`
 	LastBoot   time.Time `json:"last_boot,omitzero"`
 	BootState  string    `json:"boot_state,omitempty"`
+	// Status is a hardware node's agent state (capacity, liveness).
+	Status *NodeStatus `json:"status,omitempty"`
 }
 
 // Lease is the DHCP server's record of a node's address.
@@ -96,6 +98,7 @@ const (
 	CodeConflict     = "conflict"     // 409
 	CodeTooLarge     = "too_large"    // 413
 	CodeExhausted    = "exhausted"    // 507: no address left
+	CodeUnplaceable  = "unplaceable"  // 409: no node can take it
 	CodeInternal     = "internal"     // 500
 )
 

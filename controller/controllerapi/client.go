@@ -94,6 +94,11 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	return c.send(req, out)
+}
+
+func (c *Client) send(req *http.Request, out any) error {
+	method, path := req.Method, req.URL.Path
 	if c.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.Token)
 	}
@@ -122,4 +127,99 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("decoding controller answer to %s %s: %w", method, path, err)
 	}
 	return nil
+}
+
+// NodeToken returns a node's one-time enrollment token.
+func (c *Client) NodeToken(ctx context.Context, name string) (string, error) {
+	var r struct{ Token string }
+	err := c.do(ctx, http.MethodGet, "/v1/nodes/"+url.PathEscape(name)+"/token", nil, &r)
+	return r.Token, err
+}
+
+// ImportImage uploads size bytes from body as image name.
+func (c *Client) ImportImage(ctx context.Context, name string, body io.Reader, size int64) (Image, error) {
+	var im Image
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, c.BaseURL+"/v1/images/"+url.PathEscape(name), body)
+	if err != nil {
+		return im, err
+	}
+	req.ContentLength = size
+	req.Header.Set("Content-Type", "application/octet-stream")
+	err = c.send(req, &im)
+	return im, err
+}
+
+// Images lists the images.
+func (c *Client) Images(ctx context.Context) ([]Image, error) {
+	var ims []Image
+	err := c.do(ctx, http.MethodGet, "/v1/images", nil, &ims)
+	return ims, err
+}
+
+// DeleteImage deletes an image.
+func (c *Client) DeleteImage(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/images/"+url.PathEscape(name), nil, nil)
+}
+
+// CreateInstance creates (and with r.Start, starts) an instance.
+func (c *Client) CreateInstance(ctx context.Context, r CreateInstanceRequest) (Instance, error) {
+	var in Instance
+	err := c.do(ctx, http.MethodPost, "/v1/instances", r, &in)
+	return in, err
+}
+
+// Instances lists the instances.
+func (c *Client) Instances(ctx context.Context) ([]Instance, error) {
+	var ins []Instance
+	err := c.do(ctx, http.MethodGet, "/v1/instances", nil, &ins)
+	return ins, err
+}
+
+// Instance returns one instance.
+func (c *Client) Instance(ctx context.Context, name string) (Instance, error) {
+	var in Instance
+	err := c.do(ctx, http.MethodGet, "/v1/instances/"+url.PathEscape(name), nil, &in)
+	return in, err
+}
+
+// SetInstanceState starts ("start") or stops ("stop") an instance; with
+// wait > 0 the controller answers once the node reports the new state.
+func (c *Client) SetInstanceState(ctx context.Context, name, action string, wait time.Duration) (Instance, error) {
+	var in Instance
+	p := "/v1/instances/" + url.PathEscape(name) + "/" + action
+	if wait > 0 {
+		p += "?wait=" + url.QueryEscape(wait.String())
+	}
+	err := c.do(ctx, http.MethodPost, p, nil, &in)
+	return in, err
+}
+
+// DeleteInstance deletes an instance and its disk.
+func (c *Client) DeleteInstance(ctx context.Context, name string) (Instance, error) {
+	var in Instance
+	err := c.do(ctx, http.MethodDelete, "/v1/instances/"+url.PathEscape(name), nil, &in)
+	return in, err
+}
+
+// MigrateInstance live-migrates an instance; to "" lets the scheduler pick.
+func (c *Client) MigrateInstance(ctx context.Context, name, to string) (MigrateResult, error) {
+	var r MigrateResult
+	err := c.do(ctx, http.MethodPost, "/v1/instances/"+url.PathEscape(name)+"/migrate", MigrateRequest{To: to}, &r)
+	return r, err
+}
+
+// Enroll exchanges an enrollment token for an agent credential.
+func (c *Client) Enroll(ctx context.Context, node, token string) (string, error) {
+	var r EnrollResponse
+	err := c.do(ctx, http.MethodPost, "/v1/agent/enroll", EnrollRequest{Node: node, Token: token}, &r)
+	return r.Credential, err
+}
+
+// Heartbeat reports an agent's state (the client's Token is the agent
+// credential) and returns its desired state, waiting up to wait for it to
+// differ from hb.Generation.
+func (c *Client) Heartbeat(ctx context.Context, hb Heartbeat, wait time.Duration) (DesiredState, error) {
+	var ds DesiredState
+	err := c.do(ctx, http.MethodPost, "/v1/agent/heartbeat?wait="+url.QueryEscape(wait.String()), hb, &ds)
+	return ds, err
 }

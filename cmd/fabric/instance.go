@@ -1,0 +1,284 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/storagenode"
+)
+
+// show prints v as JSON with -o json, else through table.
+func show(c *cli.Context, v any, table func(w io.Writer)) error {
+	j, err := wantJSON(c)
+	if err != nil {
+		return err
+	}
+	if j {
+		return printJSON(c.App.Writer, v)
+	}
+	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	table(tw)
+	return tw.Flush()
+}
+
+func imageCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "image",
+		Usage: "instance templates: import, list, delete",
+		Subcommands: []*cli.Command{
+			{
+				Name:      "import",
+				Usage:     "upload a raw disk image as a template volume",
+				ArgsUsage: "NAME FILE",
+				Flags:     []cli.Flag{outputFlag},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 2 {
+						return fmt.Errorf("%s: expected NAME FILE", c.Command.FullName())
+					}
+					f, err := os.Open(c.Args().Get(1))
+					if err != nil {
+						return err
+					}
+					defer f.Close()
+					fi, err := f.Stat()
+					if err != nil {
+						return err
+					}
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					im, err := cl.ImportImage(c.Context, c.Args().First(), f, fi.Size())
+					if err != nil {
+						return err
+					}
+					return show(c, im, func(w io.Writer) {
+						fmt.Fprintf(w, "imported image %s: %d bytes, template volume %s\n", im.Name, im.Size, im.Volume)
+					})
+				},
+			},
+			{
+				Name:    "list",
+				Aliases: []string{"ls"},
+				Usage:   "list images",
+				Flags:   []cli.Flag{outputFlag},
+				Action: func(c *cli.Context) error {
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					ims, err := cl.Images(c.Context)
+					if err != nil {
+						return err
+					}
+					return show(c, ims, func(w io.Writer) {
+						fmt.Fprintln(w, "NAME\tSIZE\tVOLUME\tIMPORTED")
+						for _, im := range ims {
+							fmt.Fprintf(w, "%s\t%d MiB\t%s\t%s\n", im.Name, im.Size>>20, im.Volume, im.Created.Local().Format(time.DateTime))
+						}
+					})
+				},
+			},
+			{
+				Name:      "delete",
+				Aliases:   []string{"rm"},
+				Usage:     "delete an image",
+				ArgsUsage: "NAME",
+				Action: func(c *cli.Context) error {
+					name, err := oneArg(c, "NAME")
+					if err != nil {
+						return err
+					}
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					if err := cl.DeleteImage(c.Context, name); err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "deleted image %s\n", name)
+					return nil
+				},
+			},
+		},
+	}
+}
+
+func instanceTable(w io.Writer, ins []controllerapi.Instance) {
+	fmt.Fprintln(w, "NAME\tNODE\tSTATE\tWANT\tVCPUS\tMEMORY\tIP\tDISK\tIMAGE")
+	for _, in := range ins {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d MiB\t%s\t%s\t%s\n", in.Name, in.Node, in.State, in.Want, in.VCPUs, in.MemoryMiB, in.IP, in.Volume, in.Image)
+	}
+}
+
+func instanceDetail(w io.Writer, in controllerapi.Instance) {
+	fmt.Fprintf(w, "name:\t%s\nuuid:\t%s\nnode:\t%s\nstate:\t%s (wanted: %s)\n", in.Name, in.UUID, in.Node, in.State, in.Want)
+	if in.Error != "" {
+		fmt.Fprintf(w, "error:\t%s\n", in.Error)
+	}
+	fmt.Fprintf(w, "vcpus:\t%d\nmemory:\t%d MiB\nimage:\t%s\ndisk:\t%s\nmac:\t%s\nip:\t%s\ncreated:\t%s\n",
+		in.VCPUs, in.MemoryMiB, in.Image, in.Volume, in.MAC, in.IP, in.Created.Local().Format(time.RFC3339))
+	if m := in.Migrate; m != nil {
+		fmt.Fprintf(w, "migrating:\tto %s since %s (phase %s)\n", m.To, m.Started.Local().Format(time.RFC3339), m.Phase)
+	}
+}
+
+func instanceCommand() *cli.Command {
+	waitFlag := &cli.DurationFlag{Name: "wait", Value: 2 * time.Minute, Usage: "wait this long for the node to report the new state (0: do not wait)"}
+	state := func(action string) cli.ActionFunc {
+		return func(c *cli.Context) error {
+			name, err := oneArg(c, "NAME")
+			if err != nil {
+				return err
+			}
+			cl, err := client(c)
+			if err != nil {
+				return err
+			}
+			t0 := time.Now()
+			in, err := cl.SetInstanceState(c.Context, name, action, c.Duration("wait"))
+			if err != nil {
+				return err
+			}
+			return show(c, in, func(w io.Writer) {
+				fmt.Fprintf(w, "instance %s on %s: %s (%.1f s)\n", in.Name, in.Node, in.State, time.Since(t0).Seconds())
+			})
+		}
+	}
+	return &cli.Command{
+		Name:    "instance",
+		Aliases: []string{"instances", "vm"},
+		Usage:   "guests: create, start, stop, migrate, delete, list, show",
+		Subcommands: []*cli.Command{
+			{
+				Name:      "create",
+				Usage:     "create an instance from an image on a hardware node with room",
+				UsageText: "fabric instance create NAME --image IMG --vcpus N --memory SIZE [--node NODE] [--start]",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "image", Required: true, Usage: "image to clone the disk from"},
+					&cli.IntFlag{Name: "vcpus", Value: 1, Usage: "virtual CPUs"},
+					&cli.StringFlag{Name: "memory", Value: "128MiB", Usage: "memory, e.g. 512MiB or 2GiB"},
+					&cli.StringFlag{Name: "node", Usage: "place on this hardware node (default: the one with most free memory)"},
+					&cli.BoolFlag{Name: "start", Usage: "start it right away"},
+					outputFlag,
+				},
+				Action: func(c *cli.Context) error {
+					name, err := oneArg(c, "NAME")
+					if err != nil {
+						return err
+					}
+					mem, err := storagenode.ParseSize(c.String("memory"))
+					if err != nil {
+						return fmt.Errorf("--memory: %w", err)
+					}
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					in, err := cl.CreateInstance(c.Context, controllerapi.CreateInstanceRequest{Name: name, Image: c.String("image"),
+						VCPUs: c.Int("vcpus"), MemoryMiB: int(mem >> 20), Node: c.String("node"), Start: c.Bool("start")})
+					if err != nil {
+						return err
+					}
+					return show(c, in, func(w io.Writer) {
+						fmt.Fprintf(w, "created instance %s on %s: %d vCPUs, %d MiB, disk %s, address %s\n", in.Name, in.Node, in.VCPUs, in.MemoryMiB, in.Volume, in.IP)
+					})
+				},
+			},
+			{Name: "start", Usage: "start an instance", ArgsUsage: "NAME", Flags: []cli.Flag{waitFlag, outputFlag}, Action: state("start")},
+			{Name: "stop", Usage: "stop an instance (graceful, then forced after the node's timeout)", ArgsUsage: "NAME", Flags: []cli.Flag{waitFlag, outputFlag}, Action: state("stop")},
+			{
+				Name:      "migrate",
+				Usage:     "live-migrate an instance to another hardware node",
+				ArgsUsage: "NAME",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "to", Usage: "destination node (default: the scheduler picks)"},
+					outputFlag,
+				},
+				Action: func(c *cli.Context) error {
+					name, err := oneArg(c, "NAME")
+					if err != nil {
+						return err
+					}
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					r, err := cl.MigrateInstance(c.Context, name, c.String("to"))
+					if err != nil {
+						return err
+					}
+					return show(c, r, func(w io.Writer) {
+						fmt.Fprintf(w, "migrated %s from %s to %s in %.2f s (downtime %.0f ms)\n", r.Instance, r.From, r.To, r.WallMS/1000, r.DowntimeMS)
+					})
+				},
+			},
+			{
+				Name:      "delete",
+				Aliases:   []string{"rm"},
+				Usage:     "destroy an instance and delete its disk",
+				ArgsUsage: "NAME",
+				Action: func(c *cli.Context) error {
+					name, err := oneArg(c, "NAME")
+					if err != nil {
+						return err
+					}
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					in, err := cl.DeleteInstance(c.Context, name)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "deleted instance %s (was on %s, disk %s)\n", in.Name, in.Node, in.Volume)
+					return nil
+				},
+			},
+			{
+				Name:    "list",
+				Aliases: []string{"ls"},
+				Usage:   "list instances",
+				Flags:   []cli.Flag{outputFlag},
+				Action: func(c *cli.Context) error {
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					ins, err := cl.Instances(c.Context)
+					if err != nil {
+						return err
+					}
+					return show(c, ins, func(w io.Writer) { instanceTable(w, ins) })
+				},
+			},
+			{
+				Name:      "show",
+				Usage:     "show one instance",
+				ArgsUsage: "NAME",
+				Flags:     []cli.Flag{outputFlag},
+				Action: func(c *cli.Context) error {
+					name, err := oneArg(c, "NAME")
+					if err != nil {
+						return err
+					}
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					in, err := cl.Instance(c.Context, name)
+					if err != nil {
+						return err
+					}
+					return show(c, in, func(w io.Writer) { instanceDetail(w, in) })
+				},
+			},
+		},
+	}
+}

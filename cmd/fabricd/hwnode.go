@@ -1,0 +1,64 @@
+package main
+
+import (
+	"github.com/urfave/cli/v2"
+
+	"github.com/fabric-project/fabric/hwnode"
+	"github.com/fabric-project/fabric/storagenode"
+)
+
+func hwnodeCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "hwnode",
+		Usage: "run the hardware node agent: instances on the local libvirtd, live migration",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "name", Required: true, Usage: "this node's registered name"},
+			&cli.StringFlag{Name: "controller", Required: true, Usage: "controller API URL (https://HOST:PORT)"},
+			&cli.StringFlag{Name: "ca", Required: true, Usage: "fabric CA certificate (the controller's STATE/ca/ca.crt)"},
+			&cli.StringFlag{Name: "token", Usage: "one-time enrollment token (`fabric node token NAME`); default fabric.token= from /proc/cmdline"},
+			&cli.StringFlag{Name: "state-dir", Value: "/var/lib/fabric-hwnode", Usage: "where the agent keeps its credential"},
+			&cli.StringFlag{Name: "libvirt-socket", Value: "/run/libvirt/libvirt-sock", Usage: "libvirtd's unix socket"},
+			&cli.StringFlag{Name: "hypervisor", Value: "auto", Usage: "kvm, qemu (software emulation) or xen; auto: xen under a Xen libvirt, else kvm if /dev/kvm exists"},
+			&cli.StringFlag{Name: "migration-uri", Required: true, Usage: "how other nodes' libvirtd reach this one, e.g. qemu+tcp://10.0.0.11/system"},
+			&cli.StringFlag{Name: "disk", Value: "auto", Usage: "how guests reach AoE volumes: kernel (/dev/etherd), nbd (the agent's initiator behind NBD on loopback); auto: kernel if the aoe module is loaded"},
+			&cli.StringFlag{Name: "aoe-iface", Usage: "interface for the agent's AoE initiator (nbd disk mode)"},
+			&cli.StringFlag{Name: "nbd-addr", Value: "127.0.0.1:10809", Usage: "NBD server address (nbd disk mode); the same on every node"},
+			&cli.StringFlag{Name: "kernel", Required: true, Usage: "instance kernel on this node"},
+			&cli.StringFlag{Name: "initrd", Required: true, Usage: "instance initramfs on this node"},
+			&cli.StringFlag{Name: "bridge", Value: "br0", Usage: "bridge that guest NICs join"},
+			&cli.StringFlag{Name: "serial-dir", Usage: "write guests' serial consoles to files here (default: a pty)"},
+			&cli.IntFlag{Name: "vcpus", Usage: "vCPUs offered to guests (default: the host's CPUs)"},
+			&cli.StringFlag{Name: "memory", Usage: "memory offered to guests, e.g. 16GiB (default: host memory minus 512 MiB)"},
+			&cli.DurationFlag{Name: "shutdown-timeout", Value: hwnodeDefaults.ShutdownTimeout, Usage: "graceful stop before destroy"},
+			&cli.DurationFlag{Name: "max-downtime", Value: hwnodeDefaults.MaxDowntime, Usage: "live migration downtime target"},
+		},
+		Action: func(c *cli.Context) error {
+			log, err := logger(c)
+			if err != nil {
+				return err
+			}
+			cfg := hwnode.Config{
+				Node: c.String("name"), Controller: c.String("controller"), CAFile: c.String("ca"), Token: c.String("token"),
+				StateDir: c.String("state-dir"), LibvirtSocket: c.String("libvirt-socket"), Hypervisor: c.String("hypervisor"),
+				MigrationURI: c.String("migration-uri"), DiskMode: c.String("disk"), AoEIface: c.String("aoe-iface"),
+				NBDAddr: c.String("nbd-addr"), Kernel: c.String("kernel"), Initrd: c.String("initrd"), Bridge: c.String("bridge"),
+				SerialDir: c.String("serial-dir"), VCPUs: c.Int("vcpus"),
+				ShutdownTimeout: c.Duration("shutdown-timeout"), MaxDowntime: c.Duration("max-downtime"), Logger: log,
+			}
+			if s := c.String("memory"); s != "" {
+				b, err := storagenode.ParseSize(s)
+				if err != nil {
+					return err
+				}
+				cfg.MemoryMiB = int(b >> 20)
+			}
+			a, err := hwnode.New(c.Context, cfg)
+			if err != nil {
+				return err
+			}
+			return a.Run(c.Context)
+		},
+	}
+}
+
+var hwnodeDefaults = hwnode.Config{ShutdownTimeout: 30e9, MaxDowntime: 50e6}

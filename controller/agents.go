@@ -1,0 +1,268 @@
+package controller
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/controller/store"
+)
+
+// bucketAgentCreds maps a node name to the SHA-256 of its agent credential.
+const bucketAgentCreds = "agentcreds"
+
+// DefaultAgentTimeout is how long a hardware node may go without a
+// heartbeat before the controller treats it as dead.
+const DefaultAgentTimeout = 6 * time.Second
+
+// agents is the controller's in-memory view of the hardware node agents:
+// what each reported in its last heartbeat, and when.
+type agents struct {
+	mu      sync.Mutex
+	seen    map[string]time.Time
+	last    map[string]controllerapi.Heartbeat
+	reports map[uint64]controllerapi.MigrationReport
+	changed chan struct{} // closed and replaced on every heartbeat
+	timeout time.Duration
+}
+
+func newAgents(timeout time.Duration) *agents {
+	if timeout <= 0 {
+		timeout = DefaultAgentTimeout
+	}
+	return &agents{seen: map[string]time.Time{}, last: map[string]controllerapi.Heartbeat{},
+		reports: map[uint64]controllerapi.MigrationReport{}, changed: make(chan struct{}), timeout: timeout}
+}
+
+// record stores a heartbeat and returns the IDs of the migration reports
+// it carried.
+func (a *agents) record(node string, hb controllerapi.Heartbeat, now time.Time) []uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.seen[node] = now
+	a.last[node] = hb
+	var acked []uint64
+	for _, r := range hb.Migrations {
+		a.reports[r.ID] = r
+		acked = append(acked, r.ID)
+	}
+	close(a.changed)
+	a.changed = make(chan struct{})
+	return acked
+}
+
+func (a *agents) changedCh() <-chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.changed
+}
+
+// get returns a node's last heartbeat and whether it is alive.
+func (a *agents) get(node string, now time.Time) (hb controllerapi.Heartbeat, seen time.Time, alive bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	seen, ok := a.seen[node]
+	return a.last[node], seen, ok && now.Sub(seen) < a.timeout
+}
+
+// instance returns what node last said about an instance.
+func (a *agents) instance(node, name string) (controllerapi.InstanceStatus, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, s := range a.last[node].Instances {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return controllerapi.InstanceStatus{}, false
+}
+
+func (a *agents) report(id uint64) (controllerapi.MigrationReport, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r, ok := a.reports[id]
+	return r, ok
+}
+
+// waitAgents waits until cond holds, re-checking after every heartbeat, or
+// until timeout.
+func (c *Controller) waitAgents(timeout time.Duration, cond func() bool) bool {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		ch := c.agents.changedCh()
+		if cond() {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			return cond()
+		}
+	}
+}
+
+func hashCred(s string) string {
+	h := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(h[:])
+}
+
+// Enroll exchanges a node's one-time enrollment token for an agent
+// credential. The token is replaced, so it cannot be used twice.
+func (r *Registry) Enroll(node, token string) (string, error) {
+	cred := node + "." + newToken()
+	err := r.update(func(tx store.Tx) error {
+		n, err := getNode(tx, node)
+		if err != nil {
+			return errorf(ErrUnauthorized, "enrollment refused: unknown node or wrong token")
+		}
+		want, err := tx.Get(bucketTokens, node)
+		if err != nil || subtle.ConstantTimeCompare(want, []byte(token)) != 1 {
+			return errorf(ErrUnauthorized, "enrollment refused: unknown node or wrong token")
+		}
+		if n.Role != controllerapi.RoleHWNode {
+			return errorf(ErrInvalid, "node %s has role %s; only hardware nodes run an agent", node, n.Role)
+		}
+		if err := tx.Put(bucketTokens, node, []byte(newToken())); err != nil {
+			return err
+		}
+		if err := tx.Put(bucketAgentCreds, node, []byte(hashCred(cred))); err != nil {
+			return err
+		}
+		return appendEvent(tx, controllerapi.Event{Time: r.now().UTC(), Type: controllerapi.EventAgentEnrolled, Node: node, MAC: n.MAC,
+			Message: fmt.Sprintf("hardware node agent %s enrolled", node)})
+	})
+	return cred, err
+}
+
+// EnrollmentToken returns a node's current one-time enrollment token, for
+// a sysadmin starting an agent by hand.
+func (r *Registry) EnrollmentToken(nameOrMAC string) (string, error) {
+	var tok string
+	err := r.st.View(func(tx store.Tx) error {
+		n, err := resolve(tx, nameOrMAC)
+		if err != nil {
+			return err
+		}
+		b, err := tx.Get(bucketTokens, n.Name)
+		tok = string(b)
+		return err
+	})
+	return tok, err
+}
+
+// agentNode checks an agent credential ("node.secret") and returns the
+// node name.
+func (r *Registry) agentNode(cred string) (string, error) {
+	node, _, ok := strings.Cut(cred, ".")
+	if !ok {
+		return "", errorf(ErrUnauthorized, "malformed agent credential")
+	}
+	err := r.st.View(func(tx store.Tx) error {
+		want, err := tx.Get(bucketAgentCreds, node)
+		if err != nil || subtle.ConstantTimeCompare(want, []byte(hashCred(cred))) != 1 {
+			return errorf(ErrUnauthorized, "unknown agent credential; enroll again")
+		}
+		return nil
+	})
+	return node, err
+}
+
+// ErrUnauthorized is a wrong credential.
+var ErrUnauthorized = errors.New("unauthorized")
+
+func (c *Controller) enroll(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+	var req controllerapi.EnrollRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	cred, err := c.reg.Enroll(req.Node, req.Token)
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	c.log.Info("agent enrolled", "node", req.Node)
+	writeJSON(w, http.StatusOK, controllerapi.EnrollResponse{Credential: cred})
+}
+
+// heartbeat answers POST /v1/agent/heartbeat?wait=D: it records the
+// agent's report and answers with the node's desired state, holding the
+// request up to wait while that state is unchanged from the generation the
+// agent already has.
+func (c *Controller) heartbeat(w http.ResponseWriter, r *http.Request) {
+	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	node, err := c.reg.agentNode(tok)
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, 1<<20)
+	var hb controllerapi.Heartbeat
+	if !decode(w, r, &hb) {
+		return
+	}
+	var wait time.Duration
+	if s := r.URL.Query().Get("wait"); s != "" {
+		if wait, err = time.ParseDuration(s); err != nil || wait < 0 || wait > time.Minute {
+			writeError(w, http.StatusBadRequest, controllerapi.CodeInvalid, "wait must be a duration up to 1m")
+			return
+		}
+	}
+	_, _, wasAlive := c.agents.get(node, time.Now())
+	acked := c.agents.record(node, hb, time.Now())
+	if !wasAlive {
+		c.log.Info("agent up", "node", node, "vcpus", hb.Capacity.VCPUs, "memory_mib", hb.Capacity.MemoryMiB, "disk", hb.Capacity.Disk)
+	}
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	for {
+		ch := c.changedCh()
+		gen := c.generation()
+		if gen != hb.Generation || wait == 0 {
+			ds, err := c.desired(node)
+			if err != nil {
+				c.fail(w, err)
+				return
+			}
+			ds.Generation, ds.Acked = gen, acked
+			writeJSON(w, http.StatusOK, ds)
+			return
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			wait = 0
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+// nodeStatus is a hardware node's live state for `fabric node show`.
+func (c *Controller) nodeStatus(n controllerapi.Node, insts []controllerapi.Instance) *controllerapi.NodeStatus {
+	if n.Role != controllerapi.RoleHWNode {
+		return nil
+	}
+	hb, seen, alive := c.agents.get(n.Name, time.Now())
+	st := &controllerapi.NodeStatus{Alive: alive, LastSeen: seen, Capacity: hb.Capacity, Instances: []string{}}
+	for _, in := range insts {
+		if in.Node == n.Name || in.Migrate != nil && in.Migrate.To == n.Name {
+			st.UsedVCPUs += in.VCPUs
+			st.UsedMiB += in.MemoryMiB
+		}
+		if in.Node == n.Name {
+			st.Instances = append(st.Instances, in.Name)
+		}
+	}
+	slices.Sort(st.Instances)
+	return st
+}

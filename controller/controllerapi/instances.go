@@ -1,0 +1,186 @@
+package controllerapi
+
+import "time"
+
+// Instance states as the controller reports them.
+const (
+	StateRunning   = "running"
+	StateStopped   = "stopped"
+	StateMigrating = "migrating"
+)
+
+// Image is an instance template: a volume every instance disk is cloned from.
+type Image struct {
+	Name    string    `json:"name"`
+	Volume  string    `json:"volume"` // name in the storage pool
+	Size    int64     `json:"size"`
+	Created time.Time `json:"created"`
+}
+
+// Instance is a guest.
+type Instance struct {
+	Name      string `json:"name"`
+	UUID      string `json:"uuid"`
+	Image     string `json:"image"`
+	VCPUs     int    `json:"vcpus"`
+	MemoryMiB int    `json:"memory_mib"`
+	MAC       string `json:"mac"`
+	IP        string `json:"ip"`
+	// Volume is the AoE address (e<shelf>.<slot>) of the instance's disk.
+	Volume string `json:"volume"`
+	Node   string `json:"node"`
+	// Want is the state asked for: running or stopped.
+	Want string `json:"want"`
+	// State is what the node last reported (running, shutoff, ...), or
+	// "migrating".
+	State   string     `json:"state,omitempty"`
+	Error   string     `json:"error,omitempty"`
+	Migrate *Migration `json:"migration,omitempty"`
+	Created time.Time  `json:"created"`
+	Updated time.Time  `json:"updated"`
+}
+
+// Migration is an instance's migration in progress.
+type Migration struct {
+	ID      uint64    `json:"id"`
+	To      string    `json:"to"`
+	ToURI   string    `json:"to_uri"`
+	Phase   string    `json:"phase"` // prepare, run
+	Started time.Time `json:"started"`
+}
+
+// Migration phases.
+const (
+	PhasePrepare = "prepare" // the destination attaches the disk
+	PhaseRun     = "run"     // the source migrates
+)
+
+// CreateInstanceRequest is the body of POST /v1/instances.
+type CreateInstanceRequest struct {
+	Name      string `json:"name"`
+	Image     string `json:"image"`
+	VCPUs     int    `json:"vcpus"`
+	MemoryMiB int    `json:"memory_mib"`
+	Node      string `json:"node,omitempty"` // empty: the scheduler picks
+	Start     bool   `json:"start,omitempty"`
+}
+
+// MigrateRequest is the body of POST /v1/instances/{name}/migrate.
+type MigrateRequest struct {
+	To string `json:"to,omitempty"` // empty: the scheduler picks
+}
+
+// MigrateResult is the answer to a migration.
+type MigrateResult struct {
+	Instance   string  `json:"instance"`
+	From       string  `json:"from"`
+	To         string  `json:"to"`
+	WallMS     float64 `json:"wall_ms"`
+	DowntimeMS float64 `json:"downtime_ms"` // as libvirt reports it
+}
+
+// Capacity is what a hardware node offers.
+type Capacity struct {
+	VCPUs      int    `json:"vcpus"`
+	MemoryMiB  int    `json:"memory_mib"`
+	Hypervisor string `json:"hypervisor"` // kvm, qemu or xen (the libvirt domain type)
+	// Disk is how guest disks reach AoE volumes: "kernel" (the aoe
+	// driver's /dev/etherd) or "nbd" (the agent's own initiator behind
+	// an NBD export on loopback).
+	Disk string `json:"disk"`
+	// MigrationURI is the URI peers' libvirtd use to reach this node's.
+	MigrationURI string `json:"migration_uri"`
+	Libvirt      string `json:"libvirt"` // libvirt version
+}
+
+// InstanceStatus is one instance as an agent sees it.
+type InstanceStatus struct {
+	Name  string `json:"name"`
+	State string `json:"state"` // running, shutoff, paused, absent, ...
+	// Disk is where QEMU finds the disk (an nbd:// URL or a device path);
+	// empty until attached.
+	Disk  string `json:"disk,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// MigrationReport is the source agent's account of a finished migration.
+type MigrationReport struct {
+	ID         uint64  `json:"id"`
+	Instance   string  `json:"instance"`
+	OK         bool    `json:"ok"`
+	Error      string  `json:"error,omitempty"`
+	WallMS     float64 `json:"wall_ms"`
+	DowntimeMS float64 `json:"downtime_ms"`
+}
+
+// Heartbeat is the body of POST /v1/agent/heartbeat.
+type Heartbeat struct {
+	// Generation is the desired-state generation the agent last applied;
+	// the controller holds the request (up to wait) until it changes.
+	Generation uint64            `json:"generation"`
+	Capacity   Capacity          `json:"capacity"`
+	Instances  []InstanceStatus  `json:"instances"`
+	Migrations []MigrationReport `json:"migrations,omitempty"`
+}
+
+// InstanceSpec is an instance as the controller wants it on a node.
+type InstanceSpec struct {
+	Name      string `json:"name"`
+	UUID      string `json:"uuid"`
+	VCPUs     int    `json:"vcpus"`
+	MemoryMiB int    `json:"memory_mib"`
+	MAC       string `json:"mac"`
+	IP        string `json:"ip"` // CIDR
+	Gateway   string `json:"gateway,omitempty"`
+	Volume    string `json:"volume"`
+	Running   bool   `json:"running"`
+	// Incoming: this node is the destination of a migration; attach the
+	// disk, define nothing.
+	Incoming bool `json:"incoming,omitempty"`
+	// Migrate: this node is the source; migrate to the given node.
+	Migrate *Migration `json:"migrate,omitempty"`
+}
+
+// DesiredState is the answer to a heartbeat.
+type DesiredState struct {
+	Generation uint64         `json:"generation"`
+	Instances  []InstanceSpec `json:"instances"`
+	// Acked lists migration reports the controller has recorded; the
+	// agent stops sending them.
+	Acked []uint64 `json:"acked,omitempty"`
+}
+
+// EnrollRequest is the body of POST /v1/agent/enroll.
+type EnrollRequest struct {
+	Node  string `json:"node"`
+	Token string `json:"token"`
+}
+
+// EnrollResponse carries the node's agent credential.
+type EnrollResponse struct {
+	Credential string `json:"credential"`
+}
+
+// NodeStatus is a hardware node's live state, part of `fabric node show`.
+type NodeStatus struct {
+	Alive     bool      `json:"alive"`
+	LastSeen  time.Time `json:"last_seen,omitzero"`
+	Capacity  Capacity  `json:"capacity"`
+	UsedVCPUs int       `json:"used_vcpus"`
+	UsedMiB   int       `json:"used_memory_mib"`
+	Instances []string  `json:"instances"`
+}
+
+// Event types of instances and agents.
+const (
+	EventAgentEnrolled     = "agent.enrolled"
+	EventAgentLost         = "agent.lost"
+	EventImageImported     = "image.imported"
+	EventInstanceCreated   = "instance.created"
+	EventInstanceStarted   = "instance.started"
+	EventInstanceStopped   = "instance.stopped"
+	EventInstanceDeleted   = "instance.deleted"
+	EventInstanceMigrated  = "instance.migrated"
+	EventMigrationFailed   = "instance.migration_failed"
+	EventInstanceNodeError = "instance.error"
+)

@@ -1,0 +1,682 @@
+package controller
+
+import (
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/controller/store"
+	"github.com/fabric-project/fabric/storagenode"
+)
+
+// Buckets of images and instances.
+const (
+	bucketImages    = "images"    // name -> Image JSON
+	bucketInstances = "instances" // name -> Instance JSON
+)
+
+// instanceKey marks an address or AoE index entry that belongs to an
+// instance rather than a node.
+func instanceKey(name string) []byte { return []byte("instance/" + name) }
+
+func imageVolume(name string) string    { return "img-" + name }
+func instanceVolume(name string) string { return "inst-" + name }
+
+func (c *Controller) pool() (*storagenode.Pool, error) {
+	if c.cfg.StorageDir == "" {
+		return nil, errorf(ErrInvalid, "this controller has no storage pool: start it with --storage-dir (the data directory of the storage node beside it)")
+	}
+	return storagenode.OpenPool(c.cfg.StorageDir)
+}
+
+func getInstance(tx store.Tx, name string) (controllerapi.Instance, error) {
+	var in controllerapi.Instance
+	b, err := tx.Get(bucketInstances, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return in, errorf(ErrNotFound, "no instance named %q; see `fabric instance list`", name)
+	}
+	if err != nil {
+		return in, err
+	}
+	return in, json.Unmarshal(b, &in)
+}
+
+func putJSON(tx store.Tx, bucket, key string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return tx.Put(bucket, key, b)
+}
+
+// Images lists the images.
+func (c *Controller) Images() ([]controllerapi.Image, error) {
+	return listJSON[controllerapi.Image](c.st, bucketImages)
+}
+
+// Instances lists the instances, each with the state its node reports.
+func (c *Controller) Instances() ([]controllerapi.Instance, error) {
+	ins, err := listJSON[controllerapi.Instance](c.st, bucketInstances)
+	for i := range ins {
+		c.fillState(&ins[i])
+	}
+	return ins, err
+}
+
+// Instance returns one instance with its reported state.
+func (c *Controller) Instance(name string) (controllerapi.Instance, error) {
+	var in controllerapi.Instance
+	err := c.st.View(func(tx store.Tx) (err error) {
+		in, err = getInstance(tx, name)
+		return err
+	})
+	if err == nil {
+		c.fillState(&in)
+	}
+	return in, err
+}
+
+func (c *Controller) fillState(in *controllerapi.Instance) {
+	if in.Migrate != nil {
+		in.State = controllerapi.StateMigrating
+		return
+	}
+	if _, _, alive := c.agents.get(in.Node, time.Now()); !alive {
+		in.State = "unknown (node " + in.Node + " not reporting)"
+		return
+	}
+	if s, ok := c.agents.instance(in.Node, in.Name); ok {
+		in.State, in.Error = s.State, s.Error
+	} else {
+		in.State = "pending"
+	}
+}
+
+func listJSON[T any](st store.Store, bucket string) ([]T, error) {
+	out := []T{}
+	err := st.View(func(tx store.Tx) error {
+		return tx.ForEach(bucket, "", func(_ string, v []byte) error {
+			var x T
+			if err := json.Unmarshal(v, &x); err != nil {
+				return err
+			}
+			out = append(out, x)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// ImportImage stores size bytes read by fill as a new image's template
+// volume.
+func (c *Controller) ImportImage(name string, size int64, fill func(*os.File) error) (controllerapi.Image, error) {
+	var im controllerapi.Image
+	if err := checkName(name); err != nil {
+		return im, err
+	}
+	if size <= 0 {
+		return im, errorf(ErrInvalid, "image %s: empty upload (send the image file as the request body with its Content-Length)", name)
+	}
+	p, err := c.pool()
+	if err != nil {
+		return im, err
+	}
+	if err := c.st.View(func(tx store.Tx) error {
+		if _, err := tx.Get(bucketImages, name); err == nil {
+			return errorf(ErrConflict, "an image named %q exists; delete it first or choose another name", name)
+		}
+		return nil
+	}); err != nil {
+		return im, err
+	}
+	v, err := p.Create(imageVolume(name), size, storagenode.VolumeOptions{})
+	if errors.Is(err, storagenode.ErrConflict) {
+		return im, errorf(ErrConflict, "volume %s already exists in the storage pool", imageVolume(name))
+	}
+	if err != nil {
+		return im, err
+	}
+	f, err := os.OpenFile(p.Path(v), os.O_WRONLY, 0)
+	if err == nil {
+		err = fill(f)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		_ = p.Delete(v.Name)
+		return im, fmt.Errorf("image %s: %w", name, err)
+	}
+	im = controllerapi.Image{Name: name, Volume: v.Name, Size: v.Size, Created: time.Now().UTC()}
+	err = c.reg.update(func(tx store.Tx) error {
+		if _, err := tx.Get(bucketImages, name); err == nil {
+			return errorf(ErrConflict, "an image named %q exists", name)
+		}
+		if err := putJSON(tx, bucketImages, name, im); err != nil {
+			return err
+		}
+		return appendEvent(tx, controllerapi.Event{Time: im.Created, Type: controllerapi.EventImageImported,
+			Message: fmt.Sprintf("image %s imported (%d bytes, volume %s)", name, v.Size, v.Name)})
+	})
+	if err != nil {
+		_ = p.Delete(v.Name)
+	}
+	return im, err
+}
+
+// DeleteImage removes an image that no instance uses.
+func (c *Controller) DeleteImage(name string) error {
+	p, err := c.pool()
+	if err != nil {
+		return err
+	}
+	err = c.reg.update(func(tx store.Tx) error {
+		if _, err := tx.Get(bucketImages, name); err != nil {
+			return errorf(ErrNotFound, "no image named %q", name)
+		}
+		return tx.Delete(bucketImages, name)
+	})
+	if err != nil {
+		return err
+	}
+	if err := p.Delete(imageVolume(name)); err != nil && !errors.Is(err, storagenode.ErrNotFound) {
+		return err
+	}
+	return nil
+}
+
+// room is a hardware node's free capacity.
+type room struct {
+	node          string
+	vcpus, memMiB int
+	cap           controllerapi.Capacity
+}
+
+// rooms returns every live hardware node's free capacity. An instance
+// counts on its node and, while migrating, on its destination too.
+func (c *Controller) rooms() (map[string]room, error) {
+	nodes, err := c.reg.Nodes()
+	if err != nil {
+		return nil, err
+	}
+	ins, err := listJSON[controllerapi.Instance](c.st, bucketInstances)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]room{}
+	for _, n := range nodes {
+		if n.Role != controllerapi.RoleHWNode {
+			continue
+		}
+		hb, _, alive := c.agents.get(n.Name, time.Now())
+		if !alive {
+			continue
+		}
+		out[n.Name] = room{node: n.Name, vcpus: hb.Capacity.VCPUs * c.cfg.vcpuRatio(), memMiB: hb.Capacity.MemoryMiB, cap: hb.Capacity}
+	}
+	for _, in := range ins {
+		for _, on := range []string{in.Node, migTarget(in)} {
+			if r, ok := out[on]; ok && on != "" {
+				r.vcpus -= in.VCPUs
+				r.memMiB -= in.MemoryMiB
+				out[on] = r
+			}
+		}
+	}
+	return out, nil
+}
+
+func migTarget(in controllerapi.Instance) string {
+	if in.Migrate == nil {
+		return ""
+	}
+	return in.Migrate.To
+}
+
+func (cfg Config) vcpuRatio() int {
+	if cfg.VCPUOvercommit <= 0 {
+		return 4
+	}
+	return cfg.VCPUOvercommit
+}
+
+// fits says why an instance of vcpus and memMiB does not fit on node, or ""
+// when it does.
+func (c *Controller) fits(node string, vcpus, memMiB int) (string, error) {
+	n, err := c.reg.Node(node)
+	if err != nil {
+		return "", err
+	}
+	if n.Role != controllerapi.RoleHWNode {
+		return fmt.Sprintf("%s is a %s node, not a hardware node", node, n.Role), nil
+	}
+	_, seen, alive := c.agents.get(node, time.Now())
+	if !alive {
+		if seen.IsZero() {
+			return fmt.Sprintf("%s has no agent reporting (never heard from since the controller started)", node), nil
+		}
+		return fmt.Sprintf("%s is not alive: last heartbeat %s ago", node, time.Since(seen).Round(100*time.Millisecond)), nil
+	}
+	rs, err := c.rooms()
+	if err != nil {
+		return "", err
+	}
+	r := rs[node]
+	if r.memMiB < memMiB {
+		return fmt.Sprintf("%s has %d MiB of memory free, the instance needs %d", node, max(r.memMiB, 0), memMiB), nil
+	}
+	if r.vcpus < vcpus {
+		return fmt.Sprintf("%s has %d vCPUs free (overcommit %dx), the instance needs %d", node, max(r.vcpus, 0), c.cfg.vcpuRatio(), vcpus), nil
+	}
+	return "", nil
+}
+
+// place picks the live hardware node with the most free memory that fits.
+func (c *Controller) place(vcpus, memMiB int, exclude string) (string, error) {
+	rs, err := c.rooms()
+	if err != nil {
+		return "", err
+	}
+	best, bestMem := "", -1
+	var why []string
+	for _, r := range rs {
+		if r.node == exclude {
+			continue
+		}
+		if r.memMiB < memMiB || r.vcpus < vcpus {
+			why = append(why, fmt.Sprintf("%s: %d MiB, %d vCPUs free", r.node, max(r.memMiB, 0), max(r.vcpus, 0)))
+			continue
+		}
+		if r.memMiB > bestMem || r.memMiB == bestMem && r.node < best {
+			best, bestMem = r.node, r.memMiB
+		}
+	}
+	if best == "" {
+		slices.Sort(why)
+		if len(why) == 0 {
+			return "", errorf(ErrUnplaceable, "no live hardware node to place %d vCPUs and %d MiB on (start `fabricd hwnode` on one, see `fabric node list`)", vcpus, memMiB)
+		}
+		return "", errorf(ErrUnplaceable, "no hardware node has room for %d vCPUs and %d MiB (%s)", vcpus, memMiB, strings.Join(why, "; "))
+	}
+	return best, nil
+}
+
+// ErrUnplaceable is a request no node can take.
+var ErrUnplaceable = errors.New("unplaceable")
+
+func randomMAC() string {
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", b[0], b[1], b[2])
+}
+
+func randomUUID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}
+
+// CreateInstance places an instance, clones its disk from the image and
+// records it.
+func (c *Controller) CreateInstance(req controllerapi.CreateInstanceRequest) (controllerapi.Instance, error) {
+	var in controllerapi.Instance
+	if err := checkName(req.Name); err != nil {
+		return in, err
+	}
+	if req.VCPUs < 1 || req.VCPUs > 64 {
+		return in, errorf(ErrInvalid, "vcpus must be between 1 and 64, not %d", req.VCPUs)
+	}
+	if req.MemoryMiB < 32 || req.MemoryMiB > 1<<20 {
+		return in, errorf(ErrInvalid, "memory must be between 32 MiB and 1 TiB, not %d MiB", req.MemoryMiB)
+	}
+	p, err := c.pool()
+	if err != nil {
+		return in, err
+	}
+	c.placeMu.Lock()
+	defer c.placeMu.Unlock()
+	if err := c.st.View(func(tx store.Tx) error {
+		if _, err := tx.Get(bucketInstances, req.Name); err == nil {
+			return errorf(ErrConflict, "an instance named %q exists", req.Name)
+		}
+		if _, err := tx.Get(bucketImages, req.Image); err != nil {
+			return errorf(ErrNotFound, "no image named %q; see `fabric image list`", req.Image)
+		}
+		return nil
+	}); err != nil {
+		return in, err
+	}
+	node := req.Node
+	if node != "" {
+		why, err := c.fits(node, req.VCPUs, req.MemoryMiB)
+		if err != nil {
+			return in, err
+		}
+		if why != "" {
+			return in, errorf(ErrUnplaceable, "cannot place %s on %s: %s", req.Name, node, why)
+		}
+	} else if node, err = c.place(req.VCPUs, req.MemoryMiB, ""); err != nil {
+		return in, err
+	}
+	now := time.Now().UTC()
+	in = controllerapi.Instance{Name: req.Name, UUID: randomUUID(), Image: req.Image, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
+		MAC: randomMAC(), Node: node, Want: controllerapi.StateStopped, Created: now, Updated: now}
+	if req.Start {
+		in.Want = controllerapi.StateRunning
+	}
+	// Reserve the address and the AoE address first, then clone, then
+	// publish the instance: an agent never sees an instance without its
+	// disk.
+	err = c.st.Update(func(tx store.Tx) error {
+		ip, err := c.reg.allocate(tx)
+		if err != nil {
+			return err
+		}
+		vol, err := c.reg.allocateRoot(tx)
+		if err != nil {
+			return err
+		}
+		in.IP = netip.PrefixFrom(ip, c.cfg.BootSubnet.Bits()).String()
+		in.Volume = vol
+		sh, sl, _ := ParseAoE(vol)
+		if err := tx.Put(bucketIPs, ipKey(ip), instanceKey(in.Name)); err != nil {
+			return err
+		}
+		return tx.Put(bucketAoE, aoeKey(sh, sl), instanceKey(in.Name))
+	})
+	if err != nil {
+		return in, err
+	}
+	release := func() {
+		_ = c.st.Update(func(tx store.Tx) error { return releaseInstance(tx, in) })
+	}
+	_ = p.Delete(instanceVolume(in.Name)) // a leftover of a failed create
+	if _, how, err := p.Clone(imageVolume(req.Image), instanceVolume(in.Name), storagenode.VolumeOptions{Addr: in.Volume}); err != nil {
+		release()
+		return in, fmt.Errorf("cloning image %s for %s: %w", req.Image, in.Name, err)
+	} else {
+		c.log.Info("instance disk cloned", "instance", in.Name, "volume", in.Volume, "how", how)
+	}
+	err = c.reg.update(func(tx store.Tx) error {
+		if err := putJSON(tx, bucketInstances, in.Name, in); err != nil {
+			return err
+		}
+		return appendEvent(tx, controllerapi.Event{Time: now, Type: controllerapi.EventInstanceCreated, Node: node,
+			Message: fmt.Sprintf("instance %s created on %s (%d vCPUs, %d MiB, disk %s, address %s)", in.Name, node, in.VCPUs, in.MemoryMiB, in.Volume, in.IP)})
+	})
+	if err != nil {
+		release()
+		_ = p.Delete(instanceVolume(in.Name))
+	}
+	return in, err
+}
+
+func releaseInstance(tx store.Tx, in controllerapi.Instance) error {
+	if p, err := netip.ParsePrefix(in.IP); err == nil {
+		if err := tx.Delete(bucketIPs, ipKey(p.Addr())); err != nil {
+			return err
+		}
+	}
+	if sh, sl, err := ParseAoE(in.Volume); err == nil {
+		if err := tx.Delete(bucketAoE, aoeKey(sh, sl)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SetWant starts or stops an instance.
+func (c *Controller) SetWant(name, want string) (controllerapi.Instance, error) {
+	var in controllerapi.Instance
+	err := c.reg.update(func(tx store.Tx) error {
+		var err error
+		if in, err = getInstance(tx, name); err != nil {
+			return err
+		}
+		if in.Want == want {
+			return nil
+		}
+		in.Want, in.Updated = want, time.Now().UTC()
+		if err := putJSON(tx, bucketInstances, name, in); err != nil {
+			return err
+		}
+		typ := controllerapi.EventInstanceStarted
+		if want == controllerapi.StateStopped {
+			typ = controllerapi.EventInstanceStopped
+		}
+		return appendEvent(tx, controllerapi.Event{Time: in.Updated, Type: typ, Node: in.Node,
+			Message: fmt.Sprintf("instance %s: %s asked on %s", name, map[string]string{controllerapi.StateRunning: "start", controllerapi.StateStopped: "stop"}[want], in.Node)})
+	})
+	return in, err
+}
+
+// WaitState waits until the instance's node reports state, up to timeout.
+func (c *Controller) WaitState(name, state string, timeout time.Duration) (controllerapi.Instance, bool) {
+	var in controllerapi.Instance
+	ok := c.waitAgents(timeout, func() bool {
+		var err error
+		in, err = c.Instance(name)
+		return err == nil && in.State == state
+	})
+	return in, ok
+}
+
+// DeleteInstance removes an instance: its node destroys the guest, then
+// the disk and addresses are freed.
+func (c *Controller) DeleteInstance(name string) (controllerapi.Instance, error) {
+	var in controllerapi.Instance
+	err := c.reg.update(func(tx store.Tx) error {
+		var err error
+		if in, err = getInstance(tx, name); err != nil {
+			return err
+		}
+		if in.Migrate != nil {
+			return errorf(ErrConflict, "instance %s is migrating to %s; delete it when the migration ends", name, in.Migrate.To)
+		}
+		if err := tx.Delete(bucketInstances, name); err != nil {
+			return err
+		}
+		if err := releaseInstance(tx, in); err != nil {
+			return err
+		}
+		return appendEvent(tx, controllerapi.Event{Time: time.Now().UTC(), Type: controllerapi.EventInstanceDeleted, Node: in.Node,
+			Message: fmt.Sprintf("instance %s deleted from %s", name, in.Node)})
+	})
+	if err != nil {
+		return in, err
+	}
+	// Wait for the node to drop the guest before the disk goes away.
+	c.waitAgents(30*time.Second, func() bool {
+		_, _, alive := c.agents.get(in.Node, time.Now())
+		_, present := c.agents.instance(in.Node, name)
+		return !alive || !present
+	})
+	if p, err := c.pool(); err == nil {
+		if err := p.Delete(instanceVolume(name)); err != nil && !errors.Is(err, storagenode.ErrNotFound) {
+			return in, fmt.Errorf("instance %s deleted, but its volume stays: %w", name, err)
+		}
+	}
+	return in, nil
+}
+
+// desired is the state a node's agent should reach.
+func (c *Controller) desired(node string) (controllerapi.DesiredState, error) {
+	ds := controllerapi.DesiredState{Instances: []controllerapi.InstanceSpec{}}
+	ins, err := listJSON[controllerapi.Instance](c.st, bucketInstances)
+	if err != nil {
+		return ds, err
+	}
+	gw := ""
+	if c.cfg.BootRouter.IsValid() {
+		gw = c.cfg.BootRouter.String()
+	}
+	for _, in := range ins {
+		spec := controllerapi.InstanceSpec{Name: in.Name, UUID: in.UUID, VCPUs: in.VCPUs, MemoryMiB: in.MemoryMiB,
+			MAC: in.MAC, IP: in.IP, Gateway: gw, Volume: in.Volume, Running: in.Want == controllerapi.StateRunning}
+		switch {
+		case in.Node == node:
+			if in.Migrate != nil && in.Migrate.Phase == controllerapi.PhaseRun {
+				m := *in.Migrate
+				spec.Migrate = &m
+			}
+			ds.Instances = append(ds.Instances, spec)
+		case in.Migrate != nil && in.Migrate.To == node:
+			spec.Incoming = true
+			ds.Instances = append(ds.Instances, spec)
+		}
+	}
+	return ds, nil
+}
+
+// setMigration records (or with m nil clears) an instance's migration.
+func (c *Controller) setMigration(name string, m *controllerapi.Migration, node string) error {
+	return c.reg.update(func(tx store.Tx) error {
+		in, err := getInstance(tx, name)
+		if err != nil {
+			return err
+		}
+		in.Migrate = m
+		if node != "" {
+			in.Node = node
+		}
+		in.Updated = time.Now().UTC()
+		return putJSON(tx, bucketInstances, name, in)
+	})
+}
+
+// Migrate live-migrates an instance to node to (or to a node the scheduler
+// picks). It checks the destination, has the destination attach the disk,
+// has the source's libvirtd migrate peer-to-peer, and records the move.
+// On failure the instance keeps running where it was.
+func (c *Controller) Migrate(name, to string) (controllerapi.MigrateResult, error) {
+	var res controllerapi.MigrateResult
+	c.placeMu.Lock()
+	in, err := c.Instance(name)
+	if err != nil {
+		c.placeMu.Unlock()
+		return res, err
+	}
+	if in.Migrate != nil {
+		c.placeMu.Unlock()
+		return res, errorf(ErrConflict, "instance %s is already migrating to %s", name, in.Migrate.To)
+	}
+	from := in.Node
+	if in.State != "running" {
+		c.placeMu.Unlock()
+		return res, errorf(ErrConflict, "instance %s is %s on %s; only a running instance migrates live", name, in.State, from)
+	}
+	if to == "" {
+		if to, err = c.place(in.VCPUs, in.MemoryMiB, from); err != nil {
+			c.placeMu.Unlock()
+			return res, err
+		}
+	}
+	if to == from {
+		c.placeMu.Unlock()
+		return res, errorf(ErrInvalid, "instance %s already runs on %s", name, to)
+	}
+	why, err := c.fits(to, in.VCPUs, in.MemoryMiB)
+	if err != nil {
+		c.placeMu.Unlock()
+		return res, err
+	}
+	if why != "" {
+		c.placeMu.Unlock()
+		return res, c.migrationFailed(in, to, errorf(ErrUnplaceable, "cannot migrate %s to %s: %s", name, to, why))
+	}
+	src, _, _ := c.agents.get(from, time.Now())
+	dst, _, _ := c.agents.get(to, time.Now())
+	if src.Capacity.Hypervisor != dst.Capacity.Hypervisor {
+		c.placeMu.Unlock()
+		return res, c.migrationFailed(in, to, errorf(ErrUnplaceable, "cannot migrate %s to %s: %s runs %s guests, %s runs %s", name, to, from, src.Capacity.Hypervisor, to, dst.Capacity.Hypervisor))
+	}
+	c.migSeq++
+	m := &controllerapi.Migration{ID: uint64(time.Now().UnixNano()) + c.migSeq, To: to, ToURI: dst.Capacity.MigrationURI,
+		Phase: controllerapi.PhasePrepare, Started: time.Now().UTC()}
+	// Recording the migration reserves room on the destination.
+	err = c.setMigration(name, m, "")
+	c.placeMu.Unlock()
+	if err != nil {
+		return res, err
+	}
+	t0 := time.Now()
+	abort := func(err error) (controllerapi.MigrateResult, error) {
+		if cerr := c.setMigration(name, nil, ""); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+		return res, c.migrationFailed(in, to, err)
+	}
+	// 1. The destination attaches the disk.
+	var st controllerapi.InstanceStatus
+	ok := c.waitAgents(c.cfg.prepareTimeout(), func() bool {
+		var seen bool
+		st, seen = c.agents.instance(to, name)
+		return seen && (st.Disk != "" || st.Error != "")
+	})
+	switch {
+	case !ok:
+		return abort(errorf(ErrUnplaceable, "cannot migrate %s to %s: the destination did not attach volume %s within %s", name, to, in.Volume, c.cfg.prepareTimeout()))
+	case st.Disk == "":
+		return abort(errorf(ErrUnplaceable, "cannot migrate %s to %s: volume %s is not reachable there: %s", name, to, in.Volume, st.Error))
+	}
+	// 2. The source migrates.
+	m.Phase = controllerapi.PhaseRun
+	if err := c.setMigration(name, m, ""); err != nil {
+		return abort(err)
+	}
+	var rep controllerapi.MigrationReport
+	ok = c.waitAgents(c.cfg.migrateTimeout(), func() bool {
+		var have bool
+		rep, have = c.agents.report(m.ID)
+		return have
+	})
+	if !ok {
+		// The source may still finish; leave the record so that nothing
+		// starts a second copy, and say so.
+		return res, c.migrationFailed(in, to, fmt.Errorf("migration of %s to %s: no result from %s within %s; the migration record stays until it reports (see `fabric instance show %s`)", name, to, from, c.cfg.migrateTimeout(), name))
+	}
+	if !rep.OK {
+		return abort(fmt.Errorf("migration of %s from %s to %s failed, the instance stays on %s: %s", name, from, to, from, rep.Error))
+	}
+	// 3. Record the move.
+	if err := c.setMigration(name, nil, to); err != nil {
+		return res, err
+	}
+	res = controllerapi.MigrateResult{Instance: name, From: from, To: to, WallMS: float64(time.Since(t0).Microseconds()) / 1000, DowntimeMS: rep.DowntimeMS}
+	_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventInstanceMigrated, Node: to,
+		Message: fmt.Sprintf("instance %s migrated live from %s to %s in %.0f ms (libvirt: %.0f ms migrating, %.0f ms downtime)", name, from, to, res.WallMS, rep.WallMS, rep.DowntimeMS)})
+	// 4. Verify it runs at the destination.
+	if _, ok := c.WaitState(name, "running", 15*time.Second); !ok {
+		return res, fmt.Errorf("migration of %s to %s reported done, but %s does not report it running", name, to, to)
+	}
+	return res, nil
+}
+
+func (c *Controller) migrationFailed(in controllerapi.Instance, to string, err error) error {
+	_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventMigrationFailed, Node: in.Node, Message: err.Error()})
+	c.log.Warn("migration failed", "instance", in.Name, "from", in.Node, "to", to, "err", err)
+	return err
+}
+
+func (cfg Config) prepareTimeout() time.Duration {
+	if cfg.PrepareTimeout > 0 {
+		return cfg.PrepareTimeout
+	}
+	return 20 * time.Second
+}
+
+func (cfg Config) migrateTimeout() time.Duration {
+	if cfg.MigrateTimeout > 0 {
+		return cfg.MigrateTimeout
+	}
+	return 3 * time.Minute
+}

@@ -1,0 +1,419 @@
+// Package hwnode is the hardware node agent (`fabricd hwnode`): it enrolls
+// with the controller, reports the node's capacity and instances in
+// heartbeats, and brings the local libvirtd to the state the controller
+// asks for: domains defined, started, stopped, undefined, and live-migrated
+// peer-to-peer to another hardware node. Guest disks are AoE volumes,
+// through the kernel aoe driver where it exists, else through the agent's
+// own initiator behind an NBD export on loopback (the same URL on every
+// node, so libvirt sees shared storage).
+package hwnode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/digitalocean/go-libvirt"
+	"github.com/digitalocean/go-libvirt/socket/dialers"
+	"github.com/fabric-project/fabric/aoe/initiator"
+	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/hwnode/nbd"
+	"github.com/fabric-project/fabric/internal/atomicfile"
+)
+
+// Disk modes.
+const (
+	DiskKernel = "kernel" // /dev/etherd/e<shelf>.<slot> from the aoe driver
+	DiskNBD    = "nbd"    // the agent's initiator behind an NBD export
+)
+
+// Config configures an agent.
+type Config struct {
+	Node       string // registered node name
+	Controller string // https://host:port
+	CAFile     string // the fabric CA certificate
+	// Token is the one-time enrollment token (from the kernel command
+	// line's fabric.token= when empty).
+	Token    string
+	StateDir string // holds the agent credential
+
+	LibvirtSocket string // default /run/libvirt/libvirt-sock
+	// Hypervisor: kvm, qemu (software emulation) or xen; "" or "auto"
+	// asks libvirt and looks for /dev/kvm.
+	Hypervisor string
+	// MigrationURI is how peers' libvirtd reach this one, e.g.
+	// qemu+tcp://10.0.0.11/system.
+	MigrationURI string
+
+	DiskMode string // kernel, nbd, or ""/"auto"
+	AoEIface string // interface for the agent's initiator (nbd mode)
+	NBDAddr  string // loopback address of the NBD server; default 127.0.0.1:10809
+
+	Kernel, Initrd string // instance kernel and initramfs on this host
+	Bridge         string // bridge guest NICs join; default br0
+	Emulator       string // default /usr/bin/qemu-system-x86_64
+	SerialDir      string // guests' serial console logs; "" for a pty
+
+	VCPUs     int // offered; default the host's CPUs
+	MemoryMiB int // offered; default host memory minus 512 MiB
+
+	ShutdownTimeout time.Duration // graceful stop before destroy; default 30s
+	MaxDowntime     time.Duration // migration downtime target; default 50ms
+	Wait            time.Duration // heartbeat long-poll; default 2s
+	Logger          *slog.Logger
+}
+
+func (c *Config) defaults() {
+	if c.LibvirtSocket == "" {
+		c.LibvirtSocket = "/run/libvirt/libvirt-sock"
+	}
+	if c.NBDAddr == "" {
+		c.NBDAddr = "127.0.0.1:10809"
+	}
+	if c.Bridge == "" {
+		c.Bridge = "br0"
+	}
+	if c.Emulator == "" {
+		c.Emulator = "/usr/bin/qemu-system-x86_64"
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = 30 * time.Second
+	}
+	if c.MaxDowntime <= 0 {
+		c.MaxDowntime = 50 * time.Millisecond
+	}
+	if c.Wait <= 0 {
+		c.Wait = 2 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// attached is a volume the agent presents to QEMU.
+type attached struct {
+	disk Disk
+	dev  *initiator.Device // nbd mode
+}
+
+// Agent is a running hardware node agent.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+	api *controllerapi.Client
+	lv  *libvirt.Libvirt
+	cap controllerapi.Capacity
+
+	init *initiator.Initiator // nbd mode
+	nbd  *nbd.Server
+
+	mu        sync.Mutex
+	gen       uint64
+	disks     map[string]*attached // by volume
+	owners    map[string]string    // instance -> volume attached for it
+	diskErr   map[string]string    // by instance
+	stopping  map[string]time.Time // graceful shutdown asked at
+	migrating map[string]bool
+	done      map[uint64]bool // migrations run
+	reports   []controllerapi.MigrationReport
+	kick      chan struct{}
+}
+
+const credentialFile = "credential"
+
+// New connects to libvirt and the controller (enrolling if the agent has
+// no credential yet) and prepares the disk path.
+func New(ctx context.Context, cfg Config) (*Agent, error) {
+	cfg.defaults()
+	a := &Agent{cfg: cfg, log: cfg.Logger, disks: map[string]*attached{}, owners: map[string]string{}, diskErr: map[string]string{},
+		stopping: map[string]time.Time{}, migrating: map[string]bool{}, done: map[uint64]bool{}, kick: make(chan struct{}, 1)}
+	if cfg.Node == "" {
+		return nil, errors.New("hwnode: no node name (--name)")
+	}
+	if cfg.Kernel == "" || cfg.Initrd == "" {
+		return nil, errors.New("hwnode: no instance kernel and initrd (--kernel, --initrd)")
+	}
+	ca, err := os.ReadFile(cfg.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("hwnode: fabric CA: %w", err)
+	}
+	if a.api, err = controllerapi.NewClient(cfg.Controller, "", ca); err != nil {
+		return nil, err
+	}
+	if err := a.credential(ctx); err != nil {
+		return nil, err
+	}
+	a.lv = libvirt.NewWithDialer(dialers.NewLocal(dialers.WithSocket(cfg.LibvirtSocket), dialers.WithLocalTimeout(5*time.Second)))
+	if err := a.lv.ConnectToURI(libvirt.QEMUSystem); err != nil {
+		return nil, fmt.Errorf("hwnode: libvirtd at %s: %w", cfg.LibvirtSocket, err)
+	}
+	if err := a.probe(); err != nil {
+		a.lv.Disconnect()
+		return nil, err
+	}
+	if a.cap.Disk == DiskNBD {
+		if cfg.AoEIface == "" {
+			a.lv.Disconnect()
+			return nil, errors.New("hwnode: no kernel aoe driver here, and no --aoe-iface for the agent's own initiator")
+		}
+		if a.init, err = initiator.New(cfg.AoEIface, initiator.Config{Window: 32, Timeout: 50 * time.Millisecond, Retries: 10}); err != nil {
+			a.lv.Disconnect()
+			return nil, fmt.Errorf("hwnode: AoE initiator on %s: %w", cfg.AoEIface, err)
+		}
+		a.nbd = nbd.NewServer(a.log)
+	}
+	return a, nil
+}
+
+// credential loads the agent credential, or enrolls for one.
+func (a *Agent) credential(ctx context.Context) error {
+	path := filepath.Join(a.cfg.StateDir, credentialFile)
+	if b, err := os.ReadFile(path); err == nil {
+		a.api.Token = strings.TrimSpace(string(b))
+		return nil
+	}
+	tok := a.cfg.Token
+	if tok == "" {
+		tok = cmdlineArg("fabric.token")
+	}
+	if tok == "" {
+		return fmt.Errorf("hwnode: not enrolled (%s missing) and no enrollment token: pass --token (`fabric node token %s`) or boot with fabric.token=", path, a.cfg.Node)
+	}
+	cred, err := a.api.Enroll(ctx, a.cfg.Node, tok)
+	if err != nil {
+		return fmt.Errorf("hwnode: enrolling %s: %w", a.cfg.Node, err)
+	}
+	if err := os.MkdirAll(a.cfg.StateDir, 0o700); err != nil {
+		return err
+	}
+	if err := atomicfile.Write(path, []byte(cred+"\n"), 0o600); err != nil {
+		return fmt.Errorf("hwnode: saving credential: %w", err)
+	}
+	a.api.Token = cred
+	a.log.Info("enrolled with the controller", "node", a.cfg.Node)
+	return nil
+}
+
+func cmdlineArg(key string) string {
+	b, _ := os.ReadFile("/proc/cmdline")
+	for _, f := range strings.Fields(string(b)) {
+		if v, ok := strings.CutPrefix(f, key+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// probe fills in the capacity, the hypervisor and the disk mode.
+func (a *Agent) probe() error {
+	_, memKiB, cpus, _, _, _, _, _, err := a.lv.NodeGetInfo()
+	if err != nil {
+		return fmt.Errorf("hwnode: libvirt node info: %w", err)
+	}
+	ver, _ := a.lv.ConnectGetLibVersion()
+	typ, err := a.lv.ConnectGetType()
+	if err != nil {
+		return fmt.Errorf("hwnode: libvirt driver type: %w", err)
+	}
+	hv := a.cfg.Hypervisor
+	if hv == "" || hv == "auto" {
+		switch {
+		case strings.EqualFold(typ, "xen"):
+			hv = Xen
+		case fileExists("/dev/kvm"):
+			hv = KVM
+		default:
+			hv = QEMU
+		}
+	}
+	if hv != KVM && hv != QEMU && hv != Xen {
+		return fmt.Errorf("hwnode: unknown hypervisor %q (kvm, qemu, xen)", hv)
+	}
+	mode := a.cfg.DiskMode
+	if mode == "" || mode == "auto" {
+		mode = DiskNBD
+		if fileExists("/sys/module/aoe") {
+			mode = DiskKernel
+		}
+	}
+	if mode != DiskKernel && mode != DiskNBD {
+		return fmt.Errorf("hwnode: unknown disk mode %q (kernel, nbd)", mode)
+	}
+	mem := int(memKiB/1024) - 512
+	if a.cfg.MemoryMiB > 0 {
+		mem = a.cfg.MemoryMiB
+	}
+	vcpus := int(cpus)
+	if a.cfg.VCPUs > 0 {
+		vcpus = a.cfg.VCPUs
+	}
+	a.cap = controllerapi.Capacity{VCPUs: vcpus, MemoryMiB: mem, Hypervisor: hv, Disk: mode, MigrationURI: a.cfg.MigrationURI,
+		Libvirt: fmt.Sprintf("%d.%d.%d", ver/1000000, ver/1000%1000, ver%1000)}
+	return nil
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// Capacity is what the agent offers.
+func (a *Agent) Capacity() controllerapi.Capacity { return a.cap }
+
+// Run serves until ctx ends: the NBD server (nbd mode) and the heartbeat
+// and reconcile loop.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.lv.Disconnect()
+	if a.nbd != nil {
+		ln, err := net.Listen("tcp", a.cfg.NBDAddr)
+		if err != nil {
+			return fmt.Errorf("hwnode: NBD listen: %w", err)
+		}
+		go func() { _ = a.nbd.Serve(ctx, ln) }()
+		defer a.init.Close()
+	}
+	a.log.Info("hardware node agent running", "node", a.cfg.Node, "hypervisor", a.cap.Hypervisor, "disk", a.cap.Disk,
+		"vcpus", a.cap.VCPUs, "memory_mib", a.cap.MemoryMiB, "libvirt", a.cap.Libvirt)
+	backoff := time.Second
+	for ctx.Err() == nil {
+		hb := a.status()
+		hctx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-a.kick:
+				cancel()
+			case <-hctx.Done():
+			}
+		}()
+		ds, err := a.api.Heartbeat(hctx, hb, a.cfg.Wait)
+		kicked := hctx.Err() != nil && ctx.Err() == nil
+		cancel()
+		if kicked {
+			continue
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			a.log.Warn("heartbeat failed", "err", err)
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+			}
+			continue
+		}
+		a.ack(ds.Acked)
+		a.reconcile(ctx, ds)
+		a.mu.Lock()
+		a.gen = ds.Generation
+		a.mu.Unlock()
+	}
+	return nil
+}
+
+func (a *Agent) wake() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Agent) ack(ids []uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, id := range ids {
+		for i, r := range a.reports {
+			if r.ID == id {
+				a.reports = append(a.reports[:i], a.reports[i+1:]...)
+				break
+			}
+		}
+	}
+}
+
+// managed lists the domains the agent manages, by name, with their state.
+func (a *Agent) managed() (map[string]libvirt.Domain, map[string]int32, error) {
+	doms, _, err := a.lv.ConnectListAllDomains(1, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	out, states := map[string]libvirt.Domain{}, map[string]int32{}
+	for _, d := range doms {
+		x, err := a.lv.DomainGetXMLDesc(d, 0)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		if _, ok := managedVolume(x); !ok {
+			continue
+		}
+		st, _, err := a.lv.DomainGetState(d, 0)
+		if err != nil {
+			continue
+		}
+		out[d.Name], states[d.Name] = d, st
+	}
+	return out, states, nil
+}
+
+func stateName(s int32) string {
+	switch libvirt.DomainState(s) {
+	case libvirt.DomainRunning:
+		return "running"
+	case libvirt.DomainBlocked:
+		return "blocked"
+	case libvirt.DomainPaused:
+		return "paused"
+	case libvirt.DomainShutdown:
+		return "shutting-down"
+	case libvirt.DomainShutoff:
+		return "shutoff"
+	case libvirt.DomainCrashed:
+		return "crashed"
+	case libvirt.DomainPmsuspended:
+		return "suspended"
+	}
+	return "unknown"
+}
+
+// status is the heartbeat: capacity, every managed domain and every volume
+// attached for an incoming migration.
+func (a *Agent) status() controllerapi.Heartbeat {
+	a.mu.Lock()
+	hb := controllerapi.Heartbeat{Generation: a.gen, Capacity: a.cap, Instances: []controllerapi.InstanceStatus{},
+		Migrations: append([]controllerapi.MigrationReport(nil), a.reports...)}
+	a.mu.Unlock()
+	doms, states, err := a.managed()
+	if err != nil {
+		a.log.Warn("listing domains", "err", err)
+	}
+	seen := map[string]bool{}
+	for name := range doms {
+		seen[name] = true
+		hb.Instances = append(hb.Instances, controllerapi.InstanceStatus{Name: name, State: stateName(states[name])})
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for i, s := range hb.Instances {
+		if d, ok := a.diskOf(s.Name); ok {
+			hb.Instances[i].Disk = d
+		}
+		hb.Instances[i].Error = a.diskErr[s.Name]
+	}
+	for name := range a.diskErr {
+		if !seen[name] {
+			hb.Instances = append(hb.Instances, controllerapi.InstanceStatus{Name: name, State: "absent", Error: a.diskErr[name]})
+			seen[name] = true
+		}
+	}
+	for name := range a.owners {
+		if !seen[name] {
+			d, _ := a.diskOf(name)
+			hb.Instances = append(hb.Instances, controllerapi.InstanceStatus{Name: name, State: "absent", Disk: d})
+		}
+	}
+	return hb
+}

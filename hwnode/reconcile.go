@@ -1,0 +1,343 @@
+package hwnode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/digitalocean/go-libvirt"
+	"github.com/digitalocean/go-libvirt/socket/dialers"
+	"github.com/fabric-project/fabric/aoe/wire"
+	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/hwnode/nbd"
+)
+
+// diskOf returns the disk URL attached for an instance. a.mu held.
+func (a *Agent) diskOf(name string) (string, bool) {
+	vol, ok := a.owners[name]
+	if !ok {
+		return "", false
+	}
+	d, ok := a.disks[vol]
+	if !ok {
+		return "", false
+	}
+	return d.disk.URL(), true
+}
+
+// attach makes an instance's volume available to QEMU.
+func (a *Agent) attach(ctx context.Context, name, vol string) (Disk, error) {
+	a.mu.Lock()
+	if d, ok := a.disks[vol]; ok {
+		a.owners[name] = vol
+		a.mu.Unlock()
+		return d.disk, nil
+	}
+	a.mu.Unlock()
+	shelf, slot, err := wire.ParseAddr(vol)
+	if err != nil {
+		return Disk{}, err
+	}
+	var at attached
+	switch a.cap.Disk {
+	case DiskKernel:
+		dev := fmt.Sprintf("/dev/etherd/e%d.%d", shelf, slot)
+		for i := 0; i < 50 && !fileExists(dev); i++ {
+			_ = os.WriteFile("/dev/etherd/discover", []byte("\n"), 0)
+			time.Sleep(100 * time.Millisecond)
+		}
+		if !fileExists(dev) {
+			return Disk{}, fmt.Errorf("%s did not appear after AoE discovery: is %s exported to this node?", dev, vol)
+		}
+		at.disk = Disk{Device: dev}
+	case DiskNBD:
+		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		dev, err := a.init.Open(octx, shelf, slot, 500*time.Millisecond)
+		cancel()
+		if err != nil {
+			return Disk{}, fmt.Errorf("AoE volume %s: %w", vol, err)
+		}
+		host, port, _ := net.SplitHostPort(a.cfg.NBDAddr)
+		at = attached{dev: dev, disk: Disk{NBDHost: host, NBDPort: port, NBDExport: vol}}
+		a.nbd.Add(&nbd.Export{Name: vol, Backend: dev})
+	}
+	a.mu.Lock()
+	a.disks[vol] = &at
+	a.owners[name] = vol
+	a.mu.Unlock()
+	a.log.Info("volume attached", "instance", name, "volume", vol, "disk", at.disk.URL())
+	return at.disk, nil
+}
+
+// detach releases an instance's volume when no other instance uses it.
+func (a *Agent) detach(name string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	vol, ok := a.owners[name]
+	delete(a.owners, name)
+	delete(a.diskErr, name)
+	if !ok {
+		return
+	}
+	for _, v := range a.owners {
+		if v == vol {
+			return
+		}
+	}
+	d := a.disks[vol]
+	delete(a.disks, vol)
+	if d != nil && d.dev != nil {
+		a.nbd.Remove(vol)
+		_ = d.dev.Close()
+	}
+	a.log.Info("volume detached", "instance", name, "volume", vol)
+}
+
+func (a *Agent) guest(name string) Guest {
+	g := Guest{Hypervisor: a.cap.Hypervisor, Emulator: a.cfg.Emulator, Kernel: a.cfg.Kernel, Initrd: a.cfg.Initrd, Bridge: a.cfg.Bridge}
+	if a.cfg.SerialDir != "" {
+		g.SerialLog = filepath.Join(a.cfg.SerialDir, name+".serial.log")
+	}
+	return g
+}
+
+// reconcile brings libvirt to the desired state.
+func (a *Agent) reconcile(ctx context.Context, ds controllerapi.DesiredState) {
+	doms, states, err := a.managed()
+	if err != nil {
+		a.log.Warn("listing domains", "err", err)
+		return
+	}
+	want := map[string]controllerapi.InstanceSpec{}
+	for _, s := range ds.Instances {
+		want[s.Name] = s
+	}
+	for _, s := range ds.Instances {
+		a.mu.Lock()
+		migrating := a.migrating[s.Name]
+		a.mu.Unlock()
+		switch {
+		case migrating:
+			continue
+		case s.Incoming:
+			a.setDiskErr(s.Name, a.ensureDisk(ctx, s))
+			continue
+		case s.Migrate != nil:
+			a.mu.Lock()
+			run := !a.done[s.Migrate.ID]
+			if run {
+				a.done[s.Migrate.ID], a.migrating[s.Name] = true, true
+			}
+			a.mu.Unlock()
+			if run {
+				go a.migrate(s)
+			}
+			continue
+		}
+		if err := a.ensureDisk(ctx, s); err != nil {
+			a.setDiskErr(s.Name, err)
+			continue
+		}
+		a.setDiskErr(s.Name, nil)
+		dom, defined := doms[s.Name]
+		if !defined {
+			if dom, err = a.define(s); err != nil {
+				a.setDiskErr(s.Name, err)
+				continue
+			}
+			states[s.Name] = int32(libvirt.DomainShutoff)
+		}
+		st := libvirt.DomainState(states[s.Name])
+		switch {
+		case s.Running && (st == libvirt.DomainShutoff || st == libvirt.DomainCrashed):
+			if err := a.lv.DomainCreate(dom); err != nil {
+				a.setDiskErr(s.Name, fmt.Errorf("starting: %w", err))
+			} else {
+				a.log.Info("instance started", "instance", s.Name)
+			}
+		case !s.Running && st != libvirt.DomainShutoff:
+			a.stop(dom, s.Name)
+		default:
+			a.mu.Lock()
+			delete(a.stopping, s.Name)
+			a.mu.Unlock()
+		}
+	}
+	// Domains the controller no longer assigns here.
+	for name, dom := range doms {
+		if _, ok := want[name]; ok {
+			continue
+		}
+		if libvirt.DomainState(states[name]) != libvirt.DomainShutoff {
+			_ = a.lv.DomainDestroy(dom)
+		}
+		if err := a.lv.DomainUndefineFlags(dom, libvirt.DomainUndefineNvram); err != nil {
+			_ = a.lv.DomainUndefineFlags(dom, 0)
+		}
+		a.log.Info("instance removed", "instance", name)
+		a.detach(name)
+	}
+	// Volumes attached for instances gone from here (migrated away,
+	// deleted, or an aborted incoming migration).
+	a.mu.Lock()
+	var stale []string
+	for name := range a.owners {
+		if _, ok := want[name]; !ok && !a.migrating[name] {
+			if _, ok := doms[name]; !ok {
+				stale = append(stale, name)
+			}
+		}
+	}
+	for name := range a.diskErr {
+		if _, ok := want[name]; !ok {
+			delete(a.diskErr, name)
+		}
+	}
+	a.mu.Unlock()
+	for _, name := range stale {
+		a.detach(name)
+	}
+}
+
+func (a *Agent) setDiskErr(name string, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err == nil {
+		delete(a.diskErr, name)
+		return
+	}
+	if a.diskErr[name] != err.Error() {
+		a.log.Warn("instance", "instance", name, "err", err)
+	}
+	a.diskErr[name] = err.Error()
+}
+
+func (a *Agent) ensureDisk(ctx context.Context, s controllerapi.InstanceSpec) error {
+	_, err := a.attach(ctx, s.Name, s.Volume)
+	return err
+}
+
+func (a *Agent) define(s controllerapi.InstanceSpec) (libvirt.Domain, error) {
+	a.mu.Lock()
+	d := a.disks[a.owners[s.Name]]
+	a.mu.Unlock()
+	if d == nil {
+		return libvirt.Domain{}, errors.New("no disk attached")
+	}
+	x, err := DomainXML(s, d.disk, a.guest(s.Name))
+	if err != nil {
+		return libvirt.Domain{}, err
+	}
+	dom, err := a.lv.DomainDefineXML(x)
+	if err != nil {
+		return dom, fmt.Errorf("defining domain: %w", err)
+	}
+	a.log.Info("instance defined", "instance", s.Name, "disk", d.disk.URL())
+	return dom, nil
+}
+
+// stop shuts a domain down gracefully, destroying it after the timeout.
+func (a *Agent) stop(dom libvirt.Domain, name string) {
+	a.mu.Lock()
+	asked, ok := a.stopping[name]
+	if !ok {
+		a.stopping[name] = time.Now()
+	}
+	a.mu.Unlock()
+	switch {
+	case !ok:
+		if err := a.lv.DomainShutdown(dom); err != nil {
+			a.log.Warn("graceful shutdown refused, destroying", "instance", name, "err", err)
+			_ = a.lv.DomainDestroy(dom)
+		}
+		a.log.Info("instance shutting down", "instance", name, "timeout", a.cfg.ShutdownTimeout)
+	case time.Since(asked) > a.cfg.ShutdownTimeout:
+		a.log.Info("instance did not shut down in time, destroying", "instance", name)
+		_ = a.lv.DomainDestroy(dom)
+	default:
+		a.wakeAfter(time.Second)
+	}
+}
+
+func (a *Agent) wakeAfter(d time.Duration) { time.AfterFunc(d, a.wake) }
+
+// migrate live-migrates an instance to another node's libvirtd,
+// peer-to-peer, and reports how it went.
+func (a *Agent) migrate(s controllerapi.InstanceSpec) {
+	m := s.Migrate
+	rep := controllerapi.MigrationReport{ID: m.ID, Instance: s.Name}
+	defer func() {
+		a.mu.Lock()
+		a.reports = append(a.reports, rep)
+		delete(a.migrating, s.Name)
+		a.mu.Unlock()
+		a.wake()
+	}()
+	dom, err := a.lv.DomainLookupByName(s.Name)
+	if err != nil {
+		rep.Error = fmt.Sprintf("instance %s is not defined here: %v", s.Name, err)
+		return
+	}
+	if err := a.lv.DomainMigrateSetMaxDowntime(dom, uint64(a.cfg.MaxDowntime.Milliseconds()), 0); err != nil {
+		a.log.Warn("setting migration max downtime", "err", err)
+	}
+	a.log.Info("migrating", "instance", s.Name, "to", m.To, "uri", m.ToURI)
+	t0 := time.Now()
+	_, err = a.lv.DomainMigratePerform3Params(dom, libvirt.OptString{m.ToURI}, []libvirt.TypedParam{}, nil,
+		libvirt.MigrateLive|libvirt.MigratePeer2peer|libvirt.MigratePersistDest|libvirt.MigrateUndefineSource)
+	rep.WallMS = float64(time.Since(t0).Microseconds()) / 1000
+	if err != nil {
+		rep.Error = err.Error()
+		a.log.Warn("migration failed", "instance", s.Name, "to", m.To, "err", err)
+		return
+	}
+	rep.OK = true
+	dt, err := downtime(m.ToURI, s.Name)
+	if err != nil {
+		a.log.Warn("reading migration downtime at the destination", "err", err)
+	}
+	rep.DowntimeMS = dt
+	a.log.Info("migrated", "instance", s.Name, "to", m.To, "ms", rep.WallMS, "downtime_ms", dt)
+}
+
+// downtime asks the destination's libvirtd for the completed migration
+// job's downtime.
+func downtime(uri, name string) (float64, error) {
+	u, err := url.Parse(uri)
+	if err != nil || u.Hostname() == "" {
+		return 0, fmt.Errorf("migration URI %q has no host", uri)
+	}
+	port := u.Port()
+	if port == "" {
+		port = "16509"
+	}
+	l := libvirt.NewWithDialer(dialers.NewRemote(u.Hostname(), dialers.UsePort(port), dialers.WithRemoteTimeout(5*time.Second)))
+	if err := l.ConnectToURI(libvirt.QEMUSystem); err != nil {
+		return 0, err
+	}
+	defer l.Disconnect()
+	dom, err := l.DomainLookupByName(name)
+	if err != nil {
+		return 0, err
+	}
+	_, params, err := l.DomainGetJobStats(dom, libvirt.DomainJobStatsCompleted)
+	if err != nil {
+		return 0, err
+	}
+	for _, p := range params {
+		if p.Field == "downtime" {
+			switch v := p.Value.I.(type) {
+			case uint64:
+				return float64(v), nil
+			case int64:
+				return float64(v), nil
+			}
+		}
+	}
+	return 0, errors.New("no downtime in the job statistics")
+}
