@@ -328,4 +328,3 @@ func FuzzHandshake(f *testing.F) {
 		}
 	})
 }
-
