@@ -1,0 +1,472 @@
+// Package lab runs a whole fabric on one Linux machine in network
+// namespaces joined by a bridge that plays the top-of-rack switch: a
+// controller, a storage node, two hardware nodes each with its own libvirtd
+// (in its own mount and UTS namespace) and agent, and a client. The
+// end-to-end tests and `make demo` (through cmd/fabric-lab) use it, so
+// there is one lab, not two.
+//
+// Everything Up creates is recorded in DIR/lab.json, and Down removes it
+// (processes by PID, namespaces, mount points it made), also from another
+// process after a crash.
+package lab
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Addresses of the lab network.
+const (
+	Subnet       = "10.234.0.0/24"
+	ControllerIP = "10.234.0.1"
+	ClientIP     = "10.234.0.100"
+	APIPort      = "8443"
+)
+
+// Host is a hardware node of the lab.
+type Host struct {
+	Name string `json:"name"`
+	NS   string `json:"ns"`
+	IP   string `json:"ip"`
+	Dir  string `json:"dir"` // libvirtd's per-host directories
+	MAC  string `json:"mac"` // br0's address: the node's registered MAC
+}
+
+// Proc is a process the lab started.
+type Proc struct {
+	Name string `json:"name"`
+	PID  int    `json:"pid"`
+	Log  string `json:"log"`
+}
+
+// Lab is a running lab; its JSON form is DIR/lab.json.
+type Lab struct {
+	Dir        string   `json:"dir"`
+	Bin        string   `json:"bin"`
+	Images     string   `json:"images"`
+	Prefix     string   `json:"prefix"`
+	Namespaces []string `json:"namespaces"`
+	Mounts     []string `json:"created_mountpoints"`
+	Procs      []Proc   `json:"procs"`
+	Hosts      []Host   `json:"hosts"`
+	CtlNS      string   `json:"controller_ns"`
+	StorageNS  string   `json:"storage_ns"`
+	ClientNS   string   `json:"client_ns"`
+	SwitchNS   string   `json:"switch_ns"`
+	StateDir   string   `json:"state_dir"`
+	DataDir    string   `json:"data_dir"`
+
+	log io.Writer
+}
+
+// Config configures Up.
+type Config struct {
+	Dir    string // work directory (state, logs); created
+	Bin    string // directory with fabricd and fabric
+	Images string // scripts/images.sh output
+	Prefix string // namespace name prefix, short: "fl"
+	Log    io.Writer
+	// HostMemory caps the guest memory each hardware node offers, per
+	// host ("" = default).
+	HostMemory []string
+}
+
+func (l *Lab) logf(format string, a ...any) {
+	if l.log != nil {
+		fmt.Fprintf(l.log, "lab: "+format+"\n", a...)
+	}
+}
+
+func (l *Lab) save() error {
+	b, _ := json.MarshalIndent(l, "", "  ")
+	return os.WriteFile(filepath.Join(l.Dir, "lab.json"), b, 0o644)
+}
+
+// Load reads a lab's record from dir.
+func Load(dir string, log io.Writer) (*Lab, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "lab.json"))
+	if err != nil {
+		return nil, err
+	}
+	l := &Lab{log: log}
+	return l, json.Unmarshal(b, l)
+}
+
+func run(name string, args ...string) error {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// In runs a command in a namespace and returns its combined output.
+func In(ns string, name string, args ...string) (string, error) {
+	out, err := exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s (in %s): %v: %s", name, strings.Join(args, " "), ns, err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+var libvirtDirs = []string{"/etc/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/log/libvirt", "/var/cache/libvirt"}
+
+// Up builds the lab. On error everything made so far is removed.
+func Up(cfg Config) (l *Lab, err error) {
+	if cfg.Prefix == "" {
+		cfg.Prefix = "fl"
+	}
+	dir, err := filepath.Abs(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if old, err := Load(dir, cfg.Log); err == nil {
+		old.logf("removing the lab left in %s", dir)
+		_ = old.Down()
+	}
+	l = &Lab{Dir: dir, Bin: cfg.Bin, Images: cfg.Images, Prefix: cfg.Prefix, log: cfg.Log}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			if derr := l.Down(); derr != nil {
+				l.logf("cleanup after failure: %v", derr)
+			}
+		}
+	}()
+	t0 := time.Now()
+	l.SwitchNS, l.CtlNS, l.StorageNS, l.ClientNS = cfg.Prefix+"-sw", cfg.Prefix+"-ctl", cfg.Prefix+"-st", cfg.Prefix+"-cl"
+	l.Hosts = []Host{
+		{Name: "hn1", NS: cfg.Prefix + "-hn1", IP: "10.234.0.11", MAC: "02:fa:b0:00:00:11"},
+		{Name: "hn2", NS: cfg.Prefix + "-hn2", IP: "10.234.0.12", MAC: "02:fa:b0:00:00:12"},
+	}
+	all := []string{l.SwitchNS, l.CtlNS, l.StorageNS, l.ClientNS, l.Hosts[0].NS, l.Hosts[1].NS}
+	for _, ns := range all {
+		_ = run("ip", "netns", "del", ns) // a leftover of a lab killed before it could record itself
+		if err := run("ip", "netns", "add", ns); err != nil {
+			return l, err
+		}
+		l.Namespaces = append(l.Namespaces, ns)
+		if _, err := In(ns, "ip", "link", "set", "lo", "up"); err != nil {
+			return l, err
+		}
+	}
+	if err := l.save(); err != nil {
+		return l, err
+	}
+	sw := l.SwitchNS
+	if _, err := In(sw, "ip", "link", "add", "sw0", "type", "bridge", "stp_state", "0", "forward_delay", "0"); err != nil {
+		return l, err
+	}
+	if _, err := In(sw, "ip", "link", "set", "sw0", "up"); err != nil {
+		return l, err
+	}
+	port := func(ns, name string) error {
+		if err := run("ip", "-n", sw, "link", "add", "p-"+name, "type", "veth", "peer", "name", "eth0", "netns", ns); err != nil {
+			return err
+		}
+		if err := run("ip", "-n", sw, "link", "set", "p-"+name, "master", "sw0", "up"); err != nil {
+			return err
+		}
+		// Jumbo frames: AoE carries 17 sectors per frame at MTU 9000.
+		if err := run("ip", "-n", sw, "link", "set", "p-"+name, "mtu", "9000"); err != nil {
+			return err
+		}
+		return run("ip", "-n", ns, "link", "set", "eth0", "mtu", "9000", "up")
+	}
+	for _, p := range []struct{ ns, name, addr string }{
+		{l.CtlNS, "ctl", ControllerIP + "/24"}, {l.StorageNS, "st", ""}, {l.ClientNS, "cl", ClientIP + "/24"},
+	} {
+		if err := port(p.ns, p.name); err != nil {
+			return l, err
+		}
+		if p.addr != "" {
+			if _, err := In(p.ns, "ip", "addr", "add", p.addr, "dev", "eth0"); err != nil {
+				return l, err
+			}
+		}
+	}
+	for i := range l.Hosts {
+		h := &l.Hosts[i]
+		if err := port(h.NS, h.Name); err != nil {
+			return l, err
+		}
+		for _, c := range [][]string{
+			{"link", "add", "br0", "address", h.MAC, "type", "bridge", "stp_state", "0", "forward_delay", "0"},
+			{"link", "set", "eth0", "master", "br0"},
+			{"link", "set", "br0", "mtu", "9000"},
+			{"link", "set", "br0", "up"},
+			{"addr", "add", h.IP + "/24", "dev", "br0"},
+		} {
+			if _, err := In(h.NS, "ip", c...); err != nil {
+				return l, err
+			}
+		}
+	}
+	l.logf("network: 6 namespaces, switch sw0, MTU 9000 (%.1fs)", time.Since(t0).Seconds())
+
+	// libvirtd per hardware node.
+	for _, d := range libvirtDirs {
+		if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				return l, err
+			}
+			l.Mounts = append(l.Mounts, d)
+		}
+	}
+	for i := range l.Hosts {
+		if err := l.startLibvirtd(&l.Hosts[i], i); err != nil {
+			return l, err
+		}
+	}
+	for _, h := range l.Hosts {
+		if err := waitFor(20*time.Second, func() bool {
+			_, err := exec.Command("virsh", "-c", h.URI(), "uri").CombinedOutput()
+			return err == nil
+		}); err != nil {
+			return l, fmt.Errorf("libvirtd on %s did not come up; see %s: %w", h.Name, filepath.Join(h.Dir, "libvirtd.log"), err)
+		}
+	}
+	l.logf("libvirtd on hn1 and hn2 (%.1fs)", time.Since(t0).Seconds())
+
+	// Controller and storage node share the data directory: the storage
+	// node sits beside the controller.
+	l.StateDir, l.DataDir = filepath.Join(dir, "controller"), filepath.Join(dir, "storage")
+	if err := os.MkdirAll(l.DataDir, 0o755); err != nil {
+		return l, err
+	}
+	if err := l.start("controller", l.CtlNS, filepath.Join(l.Bin, "fabricd"), "controller", "--state-dir", l.StateDir,
+		"--api-addr", ControllerIP+":"+APIPort, "--api-host", ControllerIP, "--boot-subnet", Subnet, "--server-ip", ControllerIP,
+		"--first-ip", "10.234.0.50", "--storage-dir", l.DataDir, "--agent-timeout", "4s"); err != nil {
+		return l, err
+	}
+	if err := l.start("storage", l.StorageNS, filepath.Join(l.Bin, "fabricd"), "storage", "--iface", "eth0", "--data-dir", l.DataDir); err != nil {
+		return l, err
+	}
+	if err := waitFor(20*time.Second, func() bool {
+		_, err := l.Fabric("node", "list")
+		return err == nil
+	}); err != nil {
+		return l, fmt.Errorf("controller API did not come up: %w", err)
+	}
+	l.logf("controller and storage node (%.1fs)", time.Since(t0).Seconds())
+	for i, h := range l.Hosts {
+		if _, err := l.Fabric("node", "register", "--name", h.Name, "--mac", h.MAC, "--role", "hwnode", "--ip", h.IP); err != nil {
+			return l, err
+		}
+		mem := ""
+		if i < len(cfg.HostMemory) {
+			mem = cfg.HostMemory[i]
+		}
+		if err := l.StartAgent(h, mem); err != nil {
+			return l, err
+		}
+	}
+	if err := waitFor(20*time.Second, func() bool {
+		out, err := l.Fabric("node", "list")
+		return err == nil && strings.Count(out, "alive") == len(l.Hosts)
+	}); err != nil {
+		out, _ := l.Fabric("node", "list")
+		return l, fmt.Errorf("hardware node agents did not report: %w\n%s", err, out)
+	}
+	l.logf("agents enrolled and reporting; lab up in %.1fs", time.Since(t0).Seconds())
+	return l, l.save()
+}
+
+// URI is the libvirt URI of a host's daemon, from the host namespace.
+func (h Host) URI() string {
+	return "qemu+unix:///system?socket=" + filepath.Join(h.Dir, "run", "libvirt-sock")
+}
+
+func (l *Lab) startLibvirtd(h *Host, i int) error {
+	h.Dir = filepath.Join(l.Dir, h.Name)
+	for _, d := range []string{"etc", "run", "lib", "log/qemu", "cache", "agent"} {
+		if err := os.MkdirAll(filepath.Join(h.Dir, d), 0o755); err != nil {
+			return err
+		}
+	}
+	conf := fmt.Sprintf(`listen_tls = 0
+listen_tcp = 1
+listen_addr = "%s"
+tcp_port = "16509"
+auth_tcp = "none"
+auth_unix_rw = "none"
+auth_unix_ro = "none"
+unix_sock_group = "root"
+unix_sock_rw_perms = "0770"
+host_uuid = "7a7a7a7a-0000-4000-8000-0000000000%02x"
+log_level = 3
+log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
+`, h.IP, i+1)
+	qconf := fmt.Sprintf(`security_driver = "none"
+user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+cgroup_controllers = [ ]
+namespaces = [ ]
+stdio_handler = "file"
+migration_address = "%s"
+migration_host = "%s"
+migration_port_min = 49152
+migration_port_max = 49215
+`, h.IP, h.IP)
+	for f, c := range map[string]string{"etc/libvirtd.conf": conf, "etc/qemu.conf": qconf, "etc/libvirt.conf": ""} {
+		if err := os.WriteFile(filepath.Join(h.Dir, f), []byte(c), 0o644); err != nil {
+			return err
+		}
+	}
+	script := fmt.Sprintf(`hostname %s
+mount --bind %[2]s/etc /etc/libvirt && mount --bind %[2]s/run /run/libvirt && mount --bind %[2]s/lib /var/lib/libvirt &&
+mount --bind %[2]s/log /var/log/libvirt && mount --bind %[2]s/cache /var/cache/libvirt || exit 1
+exec libvirtd --listen --pid-file %[2]s/libvirtd.pid --config /etc/libvirt/libvirtd.conf`, h.Name, h.Dir)
+	return l.start("libvirtd-"+h.Name, h.NS, "unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script)
+}
+
+// StartAgent starts a hardware node's agent (again, after StopAgent).
+func (l *Lab) StartAgent(h Host, memory string) error {
+	tok, err := l.Fabric("node", "token", h.Name)
+	if err != nil {
+		return err
+	}
+	args := []string{"hwnode", "--name", h.Name, "--controller", "https://" + ControllerIP + ":" + APIPort,
+		"--ca", filepath.Join(l.StateDir, "ca", "ca.crt"), "--token", strings.TrimSpace(tok),
+		"--state-dir", filepath.Join(h.Dir, "agent"), "--libvirt-socket", filepath.Join(h.Dir, "run", "libvirt-sock"),
+		"--hypervisor", "qemu", "--migration-uri", "qemu+tcp://" + h.IP + "/system", "--disk", "nbd", "--aoe-iface", "br0",
+		"--kernel", filepath.Join(l.Images, "instance", "vmlinuz"), "--initrd", filepath.Join(l.Images, "instance", "initrd.img"),
+		"--serial-dir", "/var/log/libvirt/qemu", "--shutdown-timeout", "5s"}
+	if memory != "" {
+		args = append(args, "--memory", memory)
+	}
+	return l.start("agent-"+h.Name, h.NS, filepath.Join(l.Bin, "fabricd"), args...)
+}
+
+// StopAgent kills a hardware node's agent (SIGKILL: a dead node).
+func (l *Lab) StopAgent(h Host) error {
+	for i, p := range l.Procs {
+		if p.Name == "agent-"+h.Name {
+			_ = syscall.Kill(p.PID, syscall.SIGKILL)
+			waitGone(p.PID, 5*time.Second)
+			l.Procs = append(l.Procs[:i], l.Procs[i+1:]...)
+			return l.save()
+		}
+	}
+	return fmt.Errorf("no agent running for %s", h.Name)
+}
+
+// start runs a long-lived process in a namespace, logging to DIR/NAME.log.
+func (l *Lab) start(name, ns, bin string, args ...string) error {
+	logPath := filepath.Join(l.Dir, name+".log")
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, bin}, args...)...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting %s: %w", name, err)
+	}
+	go func() { _ = cmd.Wait() }() // reap
+	l.Procs = append(l.Procs, Proc{Name: name, PID: cmd.Process.Pid, Log: logPath})
+	return l.save()
+}
+
+// Fabric runs the fabric CLI in the client namespace against the lab's
+// controller.
+func (l *Lab) Fabric(args ...string) (string, error) {
+	cmd := exec.Command("ip", append([]string{"netns", "exec", l.ClientNS, filepath.Join(l.Bin, "fabric"), "--config", l.ClientConfig()}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("fabric %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// ClientConfig is the path of the controller's client.json.
+func (l *Lab) ClientConfig() string { return filepath.Join(l.StateDir, "client.json") }
+
+// Down removes the lab: guests, processes, namespaces, mount points.
+func (l *Lab) Down() error {
+	var errs []error
+	for _, h := range l.Hosts {
+		if h.Dir == "" {
+			continue
+		}
+		// Guests first, while libvirtd still runs; then any QEMU left.
+		if out, err := exec.Command("virsh", "-c", h.URI(), "list", "--all", "--name").Output(); err == nil {
+			for _, d := range strings.Fields(string(out)) {
+				_ = exec.Command("virsh", "-c", h.URI(), "destroy", d).Run()
+			}
+		}
+		pids, _ := filepath.Glob(filepath.Join(h.Dir, "run", "qemu", "*.pid"))
+		for _, p := range pids {
+			if b, err := os.ReadFile(p); err == nil {
+				if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+		}
+	}
+	for i := len(l.Procs) - 1; i >= 0; i-- {
+		p := l.Procs[i]
+		if err := syscall.Kill(p.PID, syscall.SIGTERM); err == nil {
+			if !waitGone(p.PID, 10*time.Second) {
+				_ = syscall.Kill(p.PID, syscall.SIGKILL)
+				waitGone(p.PID, 5*time.Second)
+			}
+		}
+	}
+	l.Procs = nil
+	for _, ns := range l.Namespaces {
+		if err := run("ip", "netns", "del", ns); err != nil && !strings.Contains(err.Error(), "No such file") {
+			errs = append(errs, err)
+		}
+	}
+	l.Namespaces = nil
+	for _, m := range l.Mounts {
+		_ = os.Remove(m)
+	}
+	l.Mounts = nil
+	if err := os.Remove(filepath.Join(l.Dir, "lab.json")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	l.logf("down")
+	return errors.Join(errs...)
+}
+
+// waitGone waits for a process to exit (or become a zombie).
+func waitGone(pid int, d time.Duration) bool {
+	return waitFor(d, func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return true
+		}
+		f := strings.Fields(string(b))
+		return len(f) > 2 && f[2] == "Z"
+	}) == nil
+}
+
+func waitFor(d time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(d)
+	for {
+		if cond() {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not ready after %s", d)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
