@@ -70,6 +70,12 @@ type Config struct {
 	Logger          *slog.Logger
 }
 
+// Defaults of Config.
+const (
+	DefaultShutdownTimeout = 30 * time.Second
+	DefaultMaxDowntime     = 50 * time.Millisecond
+)
+
 func (c *Config) defaults() {
 	if c.LibvirtSocket == "" {
 		c.LibvirtSocket = "/run/libvirt/libvirt-sock"
@@ -84,10 +90,10 @@ func (c *Config) defaults() {
 		c.Emulator = "/usr/bin/qemu-system-x86_64"
 	}
 	if c.ShutdownTimeout <= 0 {
-		c.ShutdownTimeout = 30 * time.Second
+		c.ShutdownTimeout = DefaultShutdownTimeout
 	}
 	if c.MaxDowntime <= 0 {
-		c.MaxDowntime = 50 * time.Millisecond
+		c.MaxDowntime = DefaultMaxDowntime
 	}
 	if c.Wait <= 0 {
 		c.Wait = 2 * time.Second

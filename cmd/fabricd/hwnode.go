@@ -29,8 +29,8 @@ func hwnodeCommand() *cli.Command {
 			&cli.StringFlag{Name: "serial-dir", Usage: "write guests' serial consoles to files here (default: a pty)"},
 			&cli.IntFlag{Name: "vcpus", Usage: "vCPUs offered to guests (default: the host's CPUs)"},
 			&cli.StringFlag{Name: "memory", Usage: "memory offered to guests, e.g. 16GiB (default: host memory minus 512 MiB)"},
-			&cli.DurationFlag{Name: "shutdown-timeout", Value: hwnodeDefaults.ShutdownTimeout, Usage: "graceful stop before destroy"},
-			&cli.DurationFlag{Name: "max-downtime", Value: hwnodeDefaults.MaxDowntime, Usage: "live migration downtime target"},
+			&cli.DurationFlag{Name: "shutdown-timeout", Value: hwnode.DefaultShutdownTimeout, Usage: "graceful stop before destroy"},
+			&cli.DurationFlag{Name: "max-downtime", Value: hwnode.DefaultMaxDowntime, Usage: "live migration downtime target"},
 		},
 		Action: func(c *cli.Context) error {
 			log, err := logger(c)
@@ -60,5 +60,3 @@ func hwnodeCommand() *cli.Command {
 		},
 	}
 }
-
-var hwnodeDefaults = hwnode.Config{ShutdownTimeout: 30e9, MaxDowntime: 50e6}

@@ -1,0 +1,298 @@
+package controller
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/controller/store"
+)
+
+// fakeAgent is an in-memory hardware node agent: it heartbeats, reports
+// every instance the controller assigns as in the wanted state with its
+// disk attached, and answers migration orders as told.
+type fakeAgent struct {
+	t    *testing.T
+	cl   *controllerapi.Client
+	name string
+	cap  controllerapi.Capacity
+
+	mu       sync.Mutex
+	failMig  string // non-empty: migrations fail with this
+	diskErr  string // non-empty: incoming disks fail with this
+	gen      uint64
+	specs    []controllerapi.InstanceSpec
+	reports  []controllerapi.MigrationReport
+	migrated map[uint64]bool
+}
+
+func (f *fakeAgent) set(fn func(*fakeAgent)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn(f)
+}
+
+func (f *fakeAgent) status() controllerapi.Heartbeat {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	hb := controllerapi.Heartbeat{Generation: f.gen, Capacity: f.cap, Migrations: append([]controllerapi.MigrationReport(nil), f.reports...)}
+	for _, s := range f.specs {
+		st := controllerapi.InstanceStatus{Name: s.Name, State: "shutoff", Disk: "nbd://127.0.0.1:10809/" + s.Volume}
+		switch {
+		case s.Incoming && f.diskErr != "":
+			st = controllerapi.InstanceStatus{Name: s.Name, State: "absent", Error: f.diskErr}
+		case s.Incoming:
+			st.State = "absent"
+		case s.Running:
+			st.State = "running"
+		}
+		hb.Instances = append(hb.Instances, st)
+	}
+	return hb
+}
+
+func (f *fakeAgent) run(ctx context.Context) {
+	for ctx.Err() == nil {
+		ds, err := f.cl.Heartbeat(ctx, f.status(), 100*time.Millisecond)
+		if err != nil {
+			if ctx.Err() == nil {
+				f.t.Errorf("%s heartbeat: %v", f.name, err)
+			}
+			return
+		}
+		f.mu.Lock()
+		f.gen, f.specs = ds.Generation, ds.Instances
+		for _, id := range ds.Acked {
+			for i, r := range f.reports {
+				if r.ID == id {
+					f.reports = append(f.reports[:i], f.reports[i+1:]...)
+					break
+				}
+			}
+		}
+		for _, s := range ds.Instances {
+			if s.Migrate != nil && !f.migrated[s.Migrate.ID] {
+				f.migrated[s.Migrate.ID] = true
+				r := controllerapi.MigrationReport{ID: s.Migrate.ID, Instance: s.Name, OK: f.failMig == "", Error: f.failMig, WallMS: 1500, DowntimeMS: 30}
+				f.reports = append(f.reports, r)
+			}
+		}
+		f.mu.Unlock()
+	}
+}
+
+func startFakeAgent(t *testing.T, c *Controller, admin *controllerapi.Client, name string, memMiB int) *fakeAgent {
+	t.Helper()
+	ctx := context.Background()
+	tok, err := admin.NodeToken(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := *admin
+	cl.Token = ""
+	cred, err := cl.Enroll(ctx, name, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Enroll(ctx, name, tok); apiStatus(err) != http.StatusUnauthorized {
+		t.Errorf("enrollment token used twice: %v", err)
+	}
+	cl.Token = cred
+	f := &fakeAgent{t: t, cl: &cl, name: name, migrated: map[uint64]bool{},
+		cap: controllerapi.Capacity{VCPUs: 2, MemoryMiB: memMiB, Hypervisor: "qemu", Disk: "nbd", MigrationURI: "qemu+tcp://" + name + "/system"}}
+	actx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { f.run(actx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return f
+}
+
+func TestInstancesAndMigration(t *testing.T) {
+	c, err := New(Config{StateDir: t.TempDir(), BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
+		StorageDir: t.TempDir(), AgentTimeout: time.Second, PrepareTimeout: 2 * time.Second, MigrateTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.reg.CheckInvariants(); err != nil {
+			t.Errorf("store invariants: %v", err)
+		}
+		c.Close()
+	})
+	admin := serveAPI(t, c)
+	ctx := context.Background()
+	for i, n := range []string{"hn1", "hn2", "st1"} {
+		role := controllerapi.RoleHWNode
+		if n == "st1" {
+			role = controllerapi.RoleStorage
+		}
+		if _, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: n, MAC: "52:54:00:00:00:0" + string(rune('1'+i)), Role: role}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Agents must enroll with the node's token; a storage node cannot.
+	anon := *admin
+	anon.Token = ""
+	if _, err := anon.Enroll(ctx, "hn1", "guess"); apiStatus(err) != http.StatusUnauthorized {
+		t.Errorf("enroll with a wrong token: %v", err)
+	}
+	stTok, _ := admin.NodeToken(ctx, "st1")
+	if _, err := anon.Enroll(ctx, "st1", stTok); apiStatus(err) != http.StatusBadRequest {
+		t.Errorf("storage node enrolled as an agent: %v", err)
+	}
+	anon.Token = "hn1.forged"
+	if _, err := anon.Heartbeat(ctx, controllerapi.Heartbeat{}, 0); apiStatus(err) != http.StatusUnauthorized {
+		t.Errorf("heartbeat with a forged credential: %v", err)
+	}
+	anon.Token = admin.Token
+	if _, err := anon.Heartbeat(ctx, controllerapi.Heartbeat{}, 0); apiStatus(err) != http.StatusUnauthorized {
+		t.Errorf("heartbeat with the admin credential: %v", err)
+	}
+
+	// No node alive yet: nothing can be placed.
+	img := bytes.Repeat([]byte{0xab}, 1<<20)
+	if _, err := admin.ImportImage(ctx, "tiny", bytes.NewReader(img), int64(len(img))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.ImportImage(ctx, "tiny", bytes.NewReader(img), int64(len(img))); apiStatus(err) != http.StatusConflict {
+		t.Errorf("duplicate image: %v", err)
+	}
+	if _, err := admin.CreateInstance(ctx, controllerapi.CreateInstanceRequest{Name: "web", Image: "tiny", VCPUs: 1, MemoryMiB: 128}); apiStatus(err) != http.StatusConflict || !strings.Contains(err.Error(), "no live hardware node") {
+		t.Errorf("create with no agent: %v", err)
+	}
+	a1 := startFakeAgent(t, c, admin, "hn1", 1024)
+	a2 := startFakeAgent(t, c, admin, "hn2", 512)
+	if !c.waitAgents(3*time.Second, func() bool {
+		_, _, al1 := c.agents.get("hn1", time.Now())
+		_, _, al2 := c.agents.get("hn2", time.Now())
+		return al1 && al2
+	}) {
+		t.Fatal("fake agents not alive")
+	}
+
+	// Placement: most free memory first; impossible requests refused.
+	in, err := admin.CreateInstance(ctx, controllerapi.CreateInstanceRequest{Name: "web", Image: "tiny", VCPUs: 1, MemoryMiB: 128, Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.Node != "hn1" || in.Volume == "" || in.IP == "" {
+		t.Fatalf("web placed as %+v; want hn1 with a volume and an address", in)
+	}
+	for _, tc := range []struct {
+		req  controllerapi.CreateInstanceRequest
+		want string
+	}{
+		{controllerapi.CreateInstanceRequest{Name: "web", Image: "tiny", VCPUs: 1, MemoryMiB: 64}, "exists"},
+		{controllerapi.CreateInstanceRequest{Name: "big", Image: "tiny", VCPUs: 1, MemoryMiB: 4096}, "no hardware node has room"},
+		{controllerapi.CreateInstanceRequest{Name: "cpu", Image: "tiny", VCPUs: 64, MemoryMiB: 64}, "no hardware node has room"},
+		{controllerapi.CreateInstanceRequest{Name: "x", Image: "nope", VCPUs: 1, MemoryMiB: 64}, "no image"},
+		{controllerapi.CreateInstanceRequest{Name: "y", Image: "tiny", VCPUs: 1, MemoryMiB: 64, Node: "st1"}, "not a hardware node"},
+		{controllerapi.CreateInstanceRequest{Name: "Bad_Name", Image: "tiny", VCPUs: 1, MemoryMiB: 64}, "DNS-safe"},
+		{controllerapi.CreateInstanceRequest{Name: "z", Image: "tiny", VCPUs: 0, MemoryMiB: 64}, "vcpus"},
+	} {
+		if _, err := admin.CreateInstance(ctx, tc.req); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("create %+v: %v; want an error with %q", tc.req, err, tc.want)
+		}
+	}
+	if in, ok := c.WaitState("web", "running", 3*time.Second); !ok {
+		t.Fatalf("web not reported running: %+v", in)
+	}
+
+	// A failing migration leaves the instance where it was and says why.
+	a1.set(func(f *fakeAgent) { f.failMig = "operation failed: guest CPU doesn't match specification" })
+	if _, err := admin.MigrateInstance(ctx, "web", "hn2"); err == nil || !strings.Contains(err.Error(), "CPU doesn't match") || !strings.Contains(err.Error(), "stays on hn1") {
+		t.Errorf("failed migration: %v", err)
+	}
+	if got, _ := admin.Instance(ctx, "web"); got.Node != "hn1" || got.Migrate != nil {
+		t.Errorf("after a failed migration: %+v", got)
+	}
+	// The destination cannot reach the volume.
+	a1.set(func(f *fakeAgent) { f.failMig = "" })
+	a2.set(func(f *fakeAgent) { f.diskErr = "AoE volume e1.2: aoe: no answer from target" })
+	if _, err := admin.MigrateInstance(ctx, "web", "hn2"); err == nil || !strings.Contains(err.Error(), "not reachable there") {
+		t.Errorf("migration to a node without the volume: %v", err)
+	}
+	a2.set(func(f *fakeAgent) { f.diskErr = "" })
+	// To itself, to a storage node, to an unknown node.
+	for to, want := range map[string]string{"hn1": "already runs", "st1": "not a hardware node", "hn9": "no node"} {
+		if _, err := admin.MigrateInstance(ctx, "web", to); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("migrate to %s: %v; want %q", to, err, want)
+		}
+	}
+	// A good one; the scheduler picks the destination.
+	res, err := admin.MigrateInstance(ctx, "web", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.From != "hn1" || res.To != "hn2" || res.DowntimeMS != 30 {
+		t.Errorf("migration result %+v", res)
+	}
+	got, _ := admin.Instance(ctx, "web")
+	if got.Node != "hn2" || got.State != "running" {
+		t.Errorf("after migration: %+v", got)
+	}
+	// hn2 now holds 128 of 512 MiB: a 400 MiB instance does not fit.
+	if _, err := admin.CreateInstance(ctx, controllerapi.CreateInstanceRequest{Name: "fat", Image: "tiny", VCPUs: 1, MemoryMiB: 400, Node: "hn2"}); err == nil || !strings.Contains(err.Error(), "384 MiB of memory free") {
+		t.Errorf("create on a full node: %v", err)
+	}
+	// Stop and delete.
+	if got, err := admin.SetInstanceState(ctx, "web", "stop", 3*time.Second); err != nil || got.State != "shutoff" {
+		t.Errorf("stop: %+v %v", got, err)
+	}
+	if _, err := admin.DeleteInstance(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	if ins, _ := admin.Instances(ctx); len(ins) != 0 {
+		t.Errorf("instances after delete: %+v", ins)
+	}
+	// A dead node: its agent stops heartbeating.
+	ns, _ := admin.Nodes(ctx)
+	for _, n := range ns {
+		if n.Role == controllerapi.RoleHWNode && (n.Status == nil || !n.Status.Alive) {
+			t.Errorf("node %s not alive in node list: %+v", n.Name, n.Status)
+		}
+	}
+}
+
+func TestDesiredState(t *testing.T) {
+	c := newTestController(t, "10.9.0.0/24")
+	now := time.Now().UTC()
+	ins := []controllerapi.Instance{
+		{Name: "a", UUID: "u1", VCPUs: 1, MemoryMiB: 64, Node: "hn1", Want: "running", Volume: "e1.1", IP: "10.9.0.20/24", MAC: "52:54:00:00:00:01", Created: now},
+		{Name: "b", UUID: "u2", VCPUs: 1, MemoryMiB: 64, Node: "hn1", Want: "stopped", Volume: "e1.2", IP: "10.9.0.21/24", MAC: "52:54:00:00:00:02", Created: now,
+			Migrate: &controllerapi.Migration{ID: 7, To: "hn2", Phase: controllerapi.PhaseRun}},
+		{Name: "c", UUID: "u3", VCPUs: 1, MemoryMiB: 64, Node: "hn2", Want: "running", Volume: "e1.3", IP: "10.9.0.22/24", MAC: "52:54:00:00:00:03", Created: now},
+	}
+	if err := c.st.Update(func(tx store.Tx) error {
+		for _, in := range ins {
+			if err := putJSON(tx, bucketInstances, in.Name, in); err != nil {
+				return err
+			}
+			p := netip.MustParsePrefix(in.IP)
+			if err := tx.Put(bucketIPs, ipKey(p.Addr()), instanceKey(in.Name)); err != nil {
+				return err
+			}
+			sh, sl, _ := ParseAoE(in.Volume)
+			if err := tx.Put(bucketAoE, aoeKey(sh, sl), instanceKey(in.Name)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	d1, _ := c.desired("hn1")
+	d2, _ := c.desired("hn2")
+	if len(d1.Instances) != 2 || !d1.Instances[0].Running || d1.Instances[1].Migrate == nil || d1.Instances[1].Migrate.ID != 7 {
+		t.Errorf("hn1 desired: %+v", d1.Instances)
+	}
+	if len(d2.Instances) != 2 || !d2.Instances[0].Incoming || d2.Instances[0].Name != "b" || d2.Instances[1].Name != "c" || d2.Instances[1].Incoming {
+		t.Errorf("hn2 desired: %+v", d2.Instances)
+	}
+}
