@@ -5,7 +5,7 @@ BIN     := bin
 GOFLAGS ?= -buildvcs=false
 export GOFLAGS
 
-.PHONY: all build deps images test test-unit lint demo bench bench-controller bench-aoe clean
+.PHONY: all build deps images test test-unit lint demo demo-up demo-down bench bench-controller bench-aoe clean
 
 all: build
 
@@ -33,6 +33,14 @@ test: deps images lint build
 
 demo: deps build
 	./scripts/demo.sh
+
+# Keep a lab running for exploring by hand (bin/fabric-lab fabric ...).
+demo-up: images build
+	./bin/fabric-lab up --dir work/lab --images work/images
+
+demo-down:
+	@[ -x bin/fabric-lab ] || $(GO) build -o $(BIN)/ ./cmd/fabric-lab
+	./bin/fabric-lab down --dir work/lab
 
 bench: bench-controller bench-aoe
 

@@ -133,6 +133,11 @@ func (c *Controller) registerNode(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.log.Info("node registered", "node", n.Name, "mac", n.MAC, "role", n.Role, "ip", n.IP)
+	if err := c.ensureRootVolume(n); err != nil {
+		c.log.Error("no root volume for the new node", "node", n.Name, "err", err)
+		_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventNodeUpdated, Node: n.Name, MAC: n.MAC,
+			Message: fmt.Sprintf("%s registered, but its root volume %s could not be made: %v", n.Name, n.RootVolume, err)})
+	}
 	writeJSON(w, http.StatusCreated, n)
 }
 

@@ -1,7 +1,6 @@
 package controller
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"log/slog"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/internal/lab"
 	"github.com/fabric-project/fabric/internal/netns"
 	"github.com/fabric-project/fabric/pxe"
 	"github.com/fabric-project/fabric/storagenode"
@@ -33,12 +33,6 @@ func imagesDir(t *testing.T) string {
 	return dir
 }
 
-// bootEvent is a line of a VM's boot timeline, in seconds from power-on.
-type bootEvent struct {
-	name string
-	at   time.Duration
-}
-
 // qemuLab is one namespace with a bridge (the boot network), a tap per VM,
 // a controller with boot services on the bridge and a storage node serving
 // each registered hardware node's root volume on the bridge.
@@ -47,18 +41,16 @@ type qemuLab struct {
 	c      *Controller
 	tg     *storagenode.Target
 	nodes  []controllerapi.Node
-	qemu   string
 	images string
 }
 
 func newQEMULab(t *testing.T, macs []string, prof pxe.Profile, rootImage string) *qemuLab {
 	t.Helper()
 	netns.Skip(t)
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		t.Skip("qemu-system-x86_64 not installed (scripts/deps.sh)")
 	}
-	l := &qemuLab{qemu: qemu, images: imagesDir(t)}
+	l := &qemuLab{images: imagesDir(t)}
 	l.ns = netns.New(t, "fboot")
 	ns := l.ns
 	ns.Must(t, "ip", "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0")
@@ -146,10 +138,10 @@ func newQEMULab(t *testing.T, macs []string, prof pxe.Profile, rootImage string)
 func TestQEMUPXEBootOntoAoERoot(t *testing.T) {
 	l := newQEMULab(t, []string{"52:54:00:fa:b0:01", "52:54:00:fa:b0:02"},
 		pxe.Profile{Kernel: "hwnode/vmlinuz", Initrd: "hwnode/initrd.img"}, "hwnode-root.img")
-	c, nodes, ns, qemu, tg := l.c, l.nodes, l.ns, l.qemu, l.tg
+	c, nodes, ns, tg := l.c, l.nodes, l.ns, l.tg
 	type result struct {
 		node     string
-		timeline []bootEvent
+		timeline []lab.BootEvent
 		serial   []string
 		err      error
 	}
@@ -162,7 +154,7 @@ func TestQEMUPXEBootOntoAoERoot(t *testing.T) {
 			defer vms.Done()
 			r := &results[i]
 			r.node = n.Name
-			r.timeline, r.serial, r.err = bootVM(ns, qemu, fmt.Sprintf("tap%d", i), n.MAC, "FABRIC-ROOT-OK", 180*time.Second)
+			r.timeline, r.serial, r.err = lab.BootVM(ns.Name, fmt.Sprintf("tap%d", i), n.MAC, "FABRIC-ROOT-OK", 180*time.Second)
 		}()
 	}
 	// The DHCP ACK time, from the registry's lease record.
@@ -197,9 +189,7 @@ func TestQEMUPXEBootOntoAoERoot(t *testing.T) {
 		if d, ok := dhcp[r.node]; ok {
 			fmt.Fprintf(&b, " dhcp-ack %.1f", d.Seconds())
 		}
-		for _, e := range r.timeline {
-			fmt.Fprintf(&b, " %s %.1f", e.name, e.at.Seconds())
-		}
+		fmt.Fprintf(&b, " %s", lab.Timeline(r.timeline))
 		t.Log(b.String())
 	}
 	s := tg.Stats()
@@ -209,82 +199,17 @@ func TestQEMUPXEBootOntoAoERoot(t *testing.T) {
 	t.Logf("storage node: %+v", s)
 }
 
-// bootVM powers on one diskless VM and follows its serial console until
-// it prints done (or fails, or times out).
-func bootVM(ns *netns.NS, qemu, tap, mac, done string, timeout time.Duration) ([]bootEvent, []string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns.Name, qemu,
-		"-accel", "tcg", "-m", "384", "-smp", "1", "-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot",
-		"-boot", "n", "-netdev", "tap,id=n0,ifname="+tap+",script=no,downscript=no",
-		"-device", "virtio-net-pci,netdev=n0,mac="+mac)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, nil, err
-	}
-	cmd.Stderr = cmd.Stdout
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return nil, nil, err
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	var timeline []bootEvent
-	var serial []string
-	seen := map[string]bool{}
-	mark := func(name string) {
-		if !seen[name] {
-			seen[name] = true
-			timeline = append(timeline, bootEvent{name, time.Since(start)})
-		}
-	}
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		line := strings.TrimRight(sc.Text(), "\r")
-		serial = append(serial, line)
-		switch {
-		case strings.Contains(line, "Linux version"):
-			mark("kernel-started")
-		case strings.HasPrefix(line, "FABRIC-STEP "):
-			f := strings.Fields(line)
-			if len(f) >= 2 {
-				mark(f[1])
-			}
-		case strings.HasPrefix(line, "FABRIC-FAIL"):
-			return timeline, serial, fmt.Errorf("initramfs: %s", line)
-		case done != "FABRIC-ROOT-OK" && strings.Contains(line, done):
-			mark(done)
-			return timeline, serial, nil
-		case strings.Contains(line, "FABRIC-ROOT-OK"):
-			mark("root-ok")
-			if !seen["root-mounted"] || !containsLine(serial, "FABRIC-ROOT-WRITE-OK") {
-				return timeline, serial, fmt.Errorf("root init ran without the AoE root mounted and written")
-			}
-			return timeline, serial, nil
-		}
-	}
-	return timeline, serial, fmt.Errorf("console ended without FABRIC-ROOT-OK (%v)", ctx.Err())
-}
-
-func containsLine(lines []string, s string) bool {
-	for _, l := range lines {
-		if strings.Contains(l, s) {
-			return true
-		}
-	}
-	return false
-}
-
 // TestQEMUSANBoot boots a VM with iPXE's "sanboot aoe:" straight from a
 // disk image our storage node serves: iPXE is the AoE initiator here, and
 // the disk's own boot sector runs.
 func TestQEMUSANBoot(t *testing.T) {
 	l := newQEMULab(t, []string{"52:54:00:fa:b0:11"}, pxe.Profile{SANBoot: true}, "sanboot-disk.img")
-	timeline, serial, err := bootVM(l.ns, l.qemu, "tap0", l.nodes[0].MAC, "FABRIC-SANBOOT-OK", 90*time.Second)
+	timeline, serial, err := lab.BootVM(l.ns.Name, "tap0", l.nodes[0].MAC, "FABRIC-SANBOOT-OK", 90*time.Second)
 	if err != nil {
 		t.Fatalf("%v\nstorage node: %+v\nserial console:\n%s", err, l.tg.Stats(), strings.Join(serial, "\n"))
 	}
 	t.Logf("SAN boot of %s from %s: boot sector ran %.1f s after power-on; storage node %+v",
-		l.nodes[0].Name, l.nodes[0].RootVolume, timeline[len(timeline)-1].at.Seconds(), l.tg.Stats())
+		l.nodes[0].Name, l.nodes[0].RootVolume, timeline[len(timeline)-1].At.Seconds(), l.tg.Stats())
 	if l.tg.Stats().ReadBytes == 0 {
 		t.Error("iPXE read nothing from the storage node")
 	}

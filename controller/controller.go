@@ -66,6 +66,9 @@ type Config struct {
 	// StorageDir is the data directory of the storage node beside the
 	// controller: images and instance disks are volumes in its pool.
 	StorageDir string
+	// HWNodeRootImage is the image cloned into each hardware node's root
+	// volume when it is registered ("" = root volumes are made by hand).
+	HWNodeRootImage string
 	// VCPUOvercommit is how many guest vCPUs a host CPU may carry
 	// (default 4). Memory is never overcommitted.
 	VCPUOvercommit int

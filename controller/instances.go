@@ -680,3 +680,33 @@ func (cfg Config) migrateTimeout() time.Duration {
 	}
 	return 3 * time.Minute
 }
+
+// ensureRootVolume gives a newly registered hardware node its root volume:
+// a clone of the configured root image, exported at the node's root volume
+// address. A volume left from an earlier registration of the same name is
+// exported again instead.
+func (c *Controller) ensureRootVolume(n controllerapi.Node) error {
+	if n.Role != controllerapi.RoleHWNode || c.cfg.HWNodeRootImage == "" || n.RootVolume == "" {
+		return nil
+	}
+	p, err := c.pool()
+	if err != nil {
+		return err
+	}
+	name := "root-" + n.Name
+	how := "re-exported"
+	if _, err := p.SetExport(name, n.RootVolume, nil, false); errors.Is(err, storagenode.ErrNotFound) {
+		_, how, err = p.Clone(imageVolume(c.cfg.HWNodeRootImage), name, storagenode.VolumeOptions{Addr: n.RootVolume})
+		if errors.Is(err, storagenode.ErrNotFound) {
+			err = fmt.Errorf("root image %q not imported (fabric image import %s FILE)", c.cfg.HWNodeRootImage, c.cfg.HWNodeRootImage)
+		}
+		if err != nil {
+			return err
+		}
+	} else if err != nil {
+		return err
+	}
+	c.log.Info("root volume ready", "node", n.Name, "volume", name, "addr", n.RootVolume, "how", how)
+	return c.reg.Record(controllerapi.Event{Type: controllerapi.EventNodeUpdated, Node: n.Name, MAC: n.MAC,
+		Message: fmt.Sprintf("root volume %s of %s ready at %s (%s from image %s)", name, n.Name, n.RootVolume, how, c.cfg.HWNodeRootImage)})
+}

@@ -103,6 +103,7 @@ func controllerCommand() *cli.Command {
 			&cli.BoolFlag{Name: "hwnode-sanboot", Usage: "boot hardware nodes from their root volume's own boot loader (iPXE sanboot aoe:) instead of --hwnode-kernel/--hwnode-initrd"},
 			&cli.StringFlag{Name: "hwnode-cmdline", Value: pxe.DefaultCmdline, Usage: "hardware node kernel command line (Go template: .Name .MAC .IP .Role .RootVolume .Token .Controller)"},
 			&cli.StringFlag{Name: "storage-dir", Usage: "data directory of the storage node beside the controller (`fabricd storage --data-dir`): images and instance disks are made there"},
+			&cli.StringFlag{Name: "hwnode-root-image", Usage: "image (`fabric image import`) cloned into each hardware node's root volume at registration"},
 			&cli.IntFlag{Name: "vcpu-overcommit", Value: 4, Usage: "guest vCPUs per host CPU"},
 			&cli.DurationFlag{Name: "agent-timeout", Value: controller.DefaultAgentTimeout, Usage: "a hardware node silent this long is dead"},
 		},
@@ -117,9 +118,10 @@ func controllerCommand() *cli.Command {
 				APIHosts: c.StringSlice("api-host"),
 				Logger:   log,
 
-				StorageDir:     c.String("storage-dir"),
-				VCPUOvercommit: c.Int("vcpu-overcommit"),
-				AgentTimeout:   c.Duration("agent-timeout"),
+				StorageDir:      c.String("storage-dir"),
+				HWNodeRootImage: c.String("hwnode-root-image"),
+				VCPUOvercommit:  c.Int("vcpu-overcommit"),
+				AgentTimeout:    c.Duration("agent-timeout"),
 			}
 			if cfg.BootSubnet, err = prefixFlag(c, "boot-subnet"); err != nil {
 				return err

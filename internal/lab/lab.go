@@ -65,7 +65,7 @@ type Lab struct {
 	StateDir   string   `json:"state_dir"`
 	DataDir    string   `json:"data_dir"`
 
-	log io.Writer
+	log, trace io.Writer
 }
 
 // Config configures Up.
@@ -78,6 +78,13 @@ type Config struct {
 	// HostMemory caps the guest memory each hardware node offers, per
 	// host ("" = default).
 	HostMemory []string
+	// Boot runs the controller's boot services (DHCP, TFTP, HTTP boot)
+	// on the lab network, with each hardware node's root volume cloned
+	// from images/hwnode-root.img, for BootDiskless.
+	Boot bool
+	// Trace, when set, gets every fabric command the lab runs, with its
+	// output: the story the demo tells.
+	Trace io.Writer
 }
 
 func (l *Lab) logf(format string, a ...any) {
@@ -133,9 +140,18 @@ func Up(cfg Config) (l *Lab, err error) {
 		old.logf("removing the lab left in %s", dir)
 		_ = old.Down()
 	}
-	l = &Lab{Dir: dir, Bin: cfg.Bin, Images: cfg.Images, Prefix: cfg.Prefix, log: cfg.Log}
+	l = &Lab{Dir: dir, Bin: cfg.Bin, Images: cfg.Images, Prefix: cfg.Prefix, log: cfg.Log, trace: cfg.Trace}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
+	}
+	// A fresh fabric each time: what an earlier lab left is removed.
+	for _, pat := range []string{"controller", "storage", "hn[0-9]", "*.log", "*migration-*"} {
+		old, _ := filepath.Glob(filepath.Join(dir, pat))
+		for _, o := range old {
+			if err := os.RemoveAll(o); err != nil {
+				return nil, err
+			}
+		}
 	}
 	defer func() {
 		if err != nil {
@@ -245,9 +261,13 @@ func Up(cfg Config) (l *Lab, err error) {
 	if err := os.MkdirAll(l.DataDir, 0o755); err != nil {
 		return l, err
 	}
-	if err := l.start("controller", l.CtlNS, filepath.Join(l.Bin, "fabricd"), "controller", "--state-dir", l.StateDir,
-		"--api-addr", ControllerIP+":"+APIPort, "--api-host", ControllerIP, "--boot-subnet", Subnet, "--server-ip", ControllerIP,
-		"--first-ip", "10.234.0.50", "--storage-dir", l.DataDir, "--agent-timeout", "4s"); err != nil {
+	ctlArgs := []string{"controller", "--state-dir", l.StateDir,
+		"--api-addr", ControllerIP + ":" + APIPort, "--api-host", ControllerIP, "--boot-subnet", Subnet, "--server-ip", ControllerIP,
+		"--first-ip", "10.234.0.50", "--storage-dir", l.DataDir, "--agent-timeout", "4s"}
+	if cfg.Boot {
+		ctlArgs = append(ctlArgs, "--boot-iface", "eth0", "--boot-dir", filepath.Join(l.Images, "boot"), "--hwnode-root-image", "hwnode-root")
+	}
+	if err := l.start("controller", l.CtlNS, filepath.Join(l.Bin, "fabricd"), ctlArgs...); err != nil {
 		return l, err
 	}
 	if err := l.start("storage", l.StorageNS, filepath.Join(l.Bin, "fabricd"), "storage", "--iface", "eth0", "--data-dir", l.DataDir); err != nil {
@@ -260,6 +280,11 @@ func Up(cfg Config) (l *Lab, err error) {
 		return l, fmt.Errorf("controller API did not come up: %w", err)
 	}
 	l.logf("controller and storage node (%.1fs)", time.Since(t0).Seconds())
+	if cfg.Boot {
+		if _, err := l.Fabric("image", "import", "hwnode-root", filepath.Join(l.Images, "hwnode-root.img")); err != nil {
+			return l, err
+		}
+	}
 	for i, h := range l.Hosts {
 		if _, err := l.Fabric("node", "register", "--name", h.Name, "--mac", h.MAC, "--role", "hwnode", "--ip", h.IP); err != nil {
 			return l, err
@@ -388,10 +413,42 @@ func (l *Lab) start(name, ns, bin string, args ...string) error {
 func (l *Lab) Fabric(args ...string) (string, error) {
 	cmd := exec.Command("ip", append([]string{"netns", "exec", l.ClientNS, filepath.Join(l.Bin, "fabric"), "--config", l.ClientConfig()}, args...)...)
 	out, err := cmd.CombinedOutput()
+	if l.trace != nil {
+		fmt.Fprintf(l.trace, "$ fabric %s\n%s", strings.Join(args, " "), indent(string(out)))
+	}
 	if err != nil {
 		return string(out), fmt.Errorf("fabric %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return string(out), nil
+}
+
+func indent(s string) string {
+	if s == "" {
+		return ""
+	}
+	return "    " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    ") + "\n"
+}
+
+// SetTrace sets (or with nil clears) where fabric commands are echoed.
+func (l *Lab) SetTrace(w io.Writer) { l.trace = w }
+
+// BootDiskless powers on a QEMU VM without a disk for the registered
+// hardware node name with mac, on the lab switch; it returns the VM's boot
+// timeline once its root on AoE is mounted and written. The VM is gone
+// when it returns.
+func (l *Lab) BootDiskless(name, mac string, timeout time.Duration) ([]BootEvent, []string, error) {
+	tap := "tap-" + name
+	for _, c := range [][]string{
+		{"tuntap", "add", "dev", tap, "mode", "tap"},
+		{"link", "set", tap, "mtu", "9000"},
+		{"link", "set", tap, "master", "sw0", "up"},
+	} {
+		if _, err := In(l.SwitchNS, "ip", c...); err != nil {
+			return nil, nil, err
+		}
+	}
+	defer func() { _, _ = In(l.SwitchNS, "ip", "link", "del", tap) }()
+	return BootVM(l.SwitchNS, tap, mac, "FABRIC-ROOT-OK", timeout)
 }
 
 // ClientConfig is the path of the controller's client.json.

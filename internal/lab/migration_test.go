@@ -1,7 +1,6 @@
 package lab
 
 import (
-	"bufio"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -9,11 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -116,114 +112,6 @@ func fabricJSON(t *testing.T, l *Lab, v any, args ...string) {
 	}
 }
 
-// prober pings an address at two rates and fetches HTTP from it in a loop,
-// from the client namespace, until stopped.
-type prober struct {
-	fast, slow, http *exec.Cmd
-	files            [3]string
-}
-
-func startProber(t *testing.T, l *Lab, ip, dir string) *prober {
-	t.Helper()
-	p := &prober{}
-	for i, n := range []string{"ping10", "ping1", "http"} {
-		p.files[i] = filepath.Join(dir, n+".log")
-	}
-	start := func(out string, name string, args ...string) *exec.Cmd {
-		f, err := os.Create(out)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		c := exec.Command("ip", append([]string{"netns", "exec", l.ClientNS, name}, args...)...)
-		c.Stdout, c.Stderr = f, f
-		c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-	p.fast = start(p.files[0], "ping", "-i", "0.1", "-D", "-O", "-W", "1", ip)
-	p.slow = start(p.files[1], "ping", "-i", "1", "-D", "-O", "-W", "1", ip)
-	p.http = start(p.files[2], "bash", "-c", fmt.Sprintf(`while :; do curl -s -o /dev/null -m 3 -w '%%{http_code} %%{time_total}\n' http://%s/ || echo FAIL; sleep 0.1; done`, ip))
-	return p
-}
-
-type pingStats struct {
-	sent, answered int
-	maxGap         time.Duration
-}
-
-func (s pingStats) lost() int { return s.sent - s.answered }
-
-type httpStats struct {
-	ok, failed int
-	maxLatency time.Duration
-}
-
-var (
-	replyRE = regexp.MustCompile(`^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+)`)
-	sentRE  = regexp.MustCompile(`(\d+) packets transmitted`)
-)
-
-// stop ends the probes and reads their results.
-func (p *prober) stop(t *testing.T) (fast, slow pingStats, h httpStats) {
-	t.Helper()
-	for _, c := range []*exec.Cmd{p.fast, p.slow} {
-		_ = syscall.Kill(c.Process.Pid, syscall.SIGINT)
-		_ = c.Wait()
-	}
-	_ = syscall.Kill(-p.http.Process.Pid, syscall.SIGKILL)
-	_ = p.http.Wait()
-	parse := func(path string) pingStats {
-		var s pingStats
-		b, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		seen := map[int]bool{}
-		var last float64
-		for _, line := range strings.Split(string(b), "\n") {
-			if m := replyRE.FindStringSubmatch(line); m != nil {
-				ts, _ := strconv.ParseFloat(m[1], 64)
-				seq, _ := strconv.Atoi(m[2])
-				seen[seq] = true
-				if last > 0 && time.Duration((ts-last)*float64(time.Second)) > s.maxGap {
-					s.maxGap = time.Duration((ts - last) * float64(time.Second))
-				}
-				last = ts
-			}
-			if m := sentRE.FindStringSubmatch(line); m != nil {
-				s.sent, _ = strconv.Atoi(m[1])
-			}
-		}
-		s.answered = len(seen)
-		if s.sent == 0 {
-			t.Fatalf("ping summary missing in %s:\n%s", path, b)
-		}
-		return s
-	}
-	fast, slow = parse(p.files[0]), parse(p.files[1])
-	f, err := os.Open(p.files[2])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fs := strings.Fields(sc.Text())
-		if len(fs) == 2 && fs[0] == "200" {
-			h.ok++
-			if v, err := strconv.ParseFloat(fs[1], 64); err == nil && time.Duration(v*float64(time.Second)) > h.maxLatency {
-				h.maxLatency = time.Duration(v * float64(time.Second))
-			}
-		} else if len(fs) > 0 {
-			h.failed++
-		}
-	}
-	return fast, slow, h
-}
-
 func curl(l *Lab, url string) (string, error) {
 	return In(l.ClientNS, "curl", "-sf", "-m", "10", url)
 }
@@ -268,8 +156,8 @@ func TestLiveMigration(t *testing.T) {
 	type row struct {
 		from, to       string
 		wall, downtime float64
-		fast, slow     pingStats
-		http           httpStats
+		fast, slow     PingStats
+		http           HTTPStats
 		cliWall        time.Duration
 	}
 	var rows []row
@@ -279,17 +167,20 @@ func TestLiveMigration(t *testing.T) {
 			from, to = to, from
 		}
 		dir := filepath.Join(l.Dir, fmt.Sprintf("migration-%02d", i+1))
-		if err := os.MkdirAll(dir, 0o755); err != nil {
+		p, err := l.StartProber(ip, dir)
+		if err != nil {
 			t.Fatal(err)
 		}
-		p := startProber(t, l, ip, dir)
 		time.Sleep(1500 * time.Millisecond)
 		c0 := time.Now()
 		var res controllerapi.MigrateResult
 		out, err := l.Fabric("instance", "migrate", "web", "--to", to, "-o", "json")
 		cw := time.Since(c0)
 		time.Sleep(1500 * time.Millisecond)
-		fast, slow, h := p.stop(t)
+		fast, slow, h, perr := p.Stop()
+		if perr != nil {
+			t.Fatal(perr)
+		}
 		if err != nil {
 			t.Fatalf("migration %d %s -> %s: %v", i+1, from, to, err)
 		}
@@ -302,8 +193,8 @@ func TestLiveMigration(t *testing.T) {
 		r := row{from: from, to: to, wall: res.WallMS, downtime: res.DowntimeMS, fast: fast, slow: slow, http: h, cliWall: cw}
 		rows = append(rows, r)
 		t.Logf("migration %2d %s -> %s: wall %.0f ms, downtime %.0f ms; 10 Hz: %d/%d lost, longest gap %d ms; 1 Hz: %d/%d lost; HTTP %d ok, %d failed, slowest %d ms",
-			i+1, from, to, r.wall, r.downtime, fast.lost(), fast.sent, fast.maxGap.Milliseconds(), slow.lost(), slow.sent,
-			h.ok, h.failed, h.maxLatency.Milliseconds())
+			i+1, from, to, r.wall, r.downtime, fast.Lost(), fast.Sent, fast.MaxGap.Milliseconds(), slow.Lost(), slow.Sent,
+			h.OK, h.Failed, h.MaxLatency.Milliseconds())
 		// The instance runs where the controller says, and only there.
 		var got controllerapi.Instance
 		fabricJSON(t, l, &got, "instance", "show", "web")
@@ -325,15 +216,15 @@ func TestLiveMigration(t *testing.T) {
 	var worstGap time.Duration
 	for _, r := range rows {
 		walls, downs = append(walls, r.wall), append(downs, r.downtime)
-		lost1 += r.slow.lost()
-		httpFail += r.http.failed
-		worstGap = max(worstGap, r.fast.maxGap)
+		lost1 += r.slow.Lost()
+		httpFail += r.http.Failed
+		worstGap = max(worstGap, r.fast.MaxGap)
 	}
 	slices.Sort(walls)
 	slices.Sort(downs)
 	lost10 := 0
 	for _, r := range rows {
-		lost10 += r.fast.lost()
+		lost10 += r.fast.Lost()
 	}
 	t.Logf("10 migrations: wall min/median/max %.0f/%.0f/%.0f ms; downtime min/median/max %.0f/%.0f/%.0f ms; 1 Hz pings lost %d; 10 Hz pings lost %d, longest gap %d ms; HTTP failures %d",
 		walls[0], walls[len(walls)/2], walls[len(walls)-1], downs[0], downs[len(downs)/2], downs[len(downs)-1], lost1, lost10, worstGap.Milliseconds(), httpFail)

@@ -1,0 +1,147 @@
+package lab
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Prober pings an address at 10 Hz and 1 Hz and fetches HTTP from it in a
+// loop (a new TCP connection each time), from the client namespace, until
+// stopped: what a user of the instance would see.
+type Prober struct {
+	fast, slow, http *exec.Cmd
+	files            [3]string
+}
+
+// PingStats is one ping's account.
+type PingStats struct {
+	Sent, Answered int
+	MaxGap         time.Duration // longest time between two replies
+}
+
+// Lost is the number of pings that got no reply.
+func (s PingStats) Lost() int { return s.Sent - s.Answered }
+
+// HTTPStats is the HTTP loop's account.
+type HTTPStats struct {
+	OK, Failed int
+	MaxLatency time.Duration
+}
+
+// StartProber starts probing ip; its logs go to dir.
+func (l *Lab) StartProber(ip, dir string) (*Prober, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	p := &Prober{}
+	for i, n := range []string{"ping10", "ping1", "http"} {
+		p.files[i] = filepath.Join(dir, n+".log")
+	}
+	start := func(out string, name string, args ...string) (*exec.Cmd, error) {
+		f, err := os.Create(out)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		c := exec.Command("ip", append([]string{"netns", "exec", l.ClientNS, name}, args...)...)
+		c.Stdout, c.Stderr = f, f
+		c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		return c, c.Start()
+	}
+	var err error
+	if p.fast, err = start(p.files[0], "ping", "-i", "0.1", "-D", "-O", "-W", "1", ip); err != nil {
+		return nil, err
+	}
+	if p.slow, err = start(p.files[1], "ping", "-i", "1", "-D", "-O", "-W", "1", ip); err != nil {
+		p.kill()
+		return nil, err
+	}
+	if p.http, err = start(p.files[2], "bash", "-c", fmt.Sprintf(`while :; do curl -s -o /dev/null -m 3 -w '%%{http_code} %%{time_total}\n' http://%s/ || echo FAIL; sleep 0.1; done`, ip)); err != nil {
+		p.kill()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *Prober) kill() {
+	for _, c := range []*exec.Cmd{p.fast, p.slow} {
+		if c != nil && c.Process != nil {
+			_ = syscall.Kill(c.Process.Pid, syscall.SIGINT)
+			_ = c.Wait()
+		}
+	}
+	if p.http != nil && p.http.Process != nil {
+		_ = syscall.Kill(-p.http.Process.Pid, syscall.SIGKILL)
+		_ = p.http.Wait()
+	}
+}
+
+var (
+	replyRE = regexp.MustCompile(`^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+)`)
+	sentRE  = regexp.MustCompile(`(\d+) packets transmitted`)
+)
+
+// Stop ends the probes and reads their results.
+func (p *Prober) Stop() (fast, slow PingStats, h HTTPStats, err error) {
+	p.kill()
+	parse := func(path string) (PingStats, error) {
+		var s PingStats
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return s, err
+		}
+		seen := map[int]bool{}
+		var last float64
+		for _, line := range strings.Split(string(b), "\n") {
+			if m := replyRE.FindStringSubmatch(line); m != nil {
+				ts, _ := strconv.ParseFloat(m[1], 64)
+				seq, _ := strconv.Atoi(m[2])
+				seen[seq] = true
+				if gap := time.Duration((ts - last) * float64(time.Second)); last > 0 && gap > s.MaxGap {
+					s.MaxGap = gap
+				}
+				last = ts
+			}
+			if m := sentRE.FindStringSubmatch(line); m != nil {
+				s.Sent, _ = strconv.Atoi(m[1])
+			}
+		}
+		s.Answered = len(seen)
+		if s.Sent == 0 {
+			return s, fmt.Errorf("ping summary missing in %s:\n%s", path, b)
+		}
+		return s, nil
+	}
+	if fast, err = parse(p.files[0]); err != nil {
+		return
+	}
+	if slow, err = parse(p.files[1]); err != nil {
+		return
+	}
+	f, err := os.Open(p.files[2])
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) == 2 && fs[0] == "200" {
+			h.OK++
+			if v, err := strconv.ParseFloat(fs[1], 64); err == nil && time.Duration(v*float64(time.Second)) > h.MaxLatency {
+				h.MaxLatency = time.Duration(v * float64(time.Second))
+			}
+		} else if len(fs) > 0 {
+			h.Failed++
+		}
+	}
+	return fast, slow, h, sc.Err()
+}

@@ -1,0 +1,99 @@
+package lab
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os/exec"
+	"strings"
+	"time"
+)
+
+// BootEvent is a point of a VM's boot timeline, from power-on.
+type BootEvent struct {
+	Name string
+	At   time.Duration
+}
+
+// Timeline formats events as "name 1.2 name 3.4".
+func Timeline(evs []BootEvent) string {
+	var b strings.Builder
+	for i, e := range evs {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%s %.1f", e.Name, e.At.Seconds())
+	}
+	return b.String()
+}
+
+// BootVM powers on a diskless QEMU VM (Debian's iPXE ROM, -boot n) on tap
+// in namespace ns and follows its serial console until it prints done
+// (FABRIC-ROOT-OK also requires the root to have been mounted and
+// written), the initramfs reports FABRIC-FAIL, or timeout passes. The VM
+// is killed on return.
+func BootVM(ns, tap, mac, done string, timeout time.Duration) ([]BootEvent, []string, error) {
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns, qemu,
+		"-accel", "tcg", "-m", "384", "-smp", "1", "-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot",
+		"-boot", "n", "-netdev", "tap,id=n0,ifname="+tap+",script=no,downscript=no",
+		"-device", "virtio-net-pci,netdev=n0,mac="+mac)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	cmd.Stderr = cmd.Stdout
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, nil, err
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	var timeline []BootEvent
+	var serial []string
+	seen := map[string]bool{}
+	mark := func(name string) {
+		if !seen[name] {
+			seen[name] = true
+			timeline = append(timeline, BootEvent{name, time.Since(start)})
+		}
+	}
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		line := strings.TrimRight(sc.Text(), "\r")
+		serial = append(serial, line)
+		switch {
+		case strings.Contains(line, "Linux version"):
+			mark("kernel-started")
+		case strings.HasPrefix(line, "FABRIC-STEP "):
+			if f := strings.Fields(line); len(f) >= 2 {
+				mark(f[1])
+			}
+		case strings.HasPrefix(line, "FABRIC-FAIL"):
+			return timeline, serial, fmt.Errorf("initramfs: %s", line)
+		case done != "FABRIC-ROOT-OK" && strings.Contains(line, done):
+			mark(done)
+			return timeline, serial, nil
+		case strings.Contains(line, "FABRIC-ROOT-OK"):
+			mark("root-ok")
+			if !seen["root-mounted"] || !containsLine(serial, "FABRIC-ROOT-WRITE-OK") {
+				return timeline, serial, fmt.Errorf("root init ran without the AoE root mounted and written")
+			}
+			return timeline, serial, nil
+		}
+	}
+	return timeline, serial, fmt.Errorf("console ended without %s (%v)", done, ctx.Err())
+}
+
+func containsLine(lines []string, s string) bool {
+	for _, l := range lines {
+		if strings.Contains(l, s) {
+			return true
+		}
+	}
+	return false
+}
