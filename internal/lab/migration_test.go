@@ -146,7 +146,9 @@ func TestLiveMigration(t *testing.T) {
 		t.Fatalf("instance web (%s) never answered ping: %v\n%s", ip, err, out)
 	}
 	t.Logf("instance web on hn1 answers ping at %s %.1fs after `fabric instance create --start`", ip, time.Since(t0).Seconds())
-	proof := hex.EncodeToString([]byte(time.Now().Format(time.RFC3339Nano)))[:24]
+	pb := make([]byte, 12)
+	_, _ = rand.Read(pb)
+	proof := hex.EncodeToString(pb)
 	if out, err := curl(l, "http://"+ip+"/cgi-bin/write?proof="+proof); err != nil || !strings.Contains(out, "wrote proof") {
 		t.Fatalf("writing a file on the instance's disk: %v %q", err, out)
 	}
