@@ -253,7 +253,7 @@ func (c *Controller) nodeStatus(n controllerapi.Node, insts []controllerapi.Inst
 		return nil
 	}
 	hb, seen, alive := c.agents.get(n.Name, time.Now())
-	st := &controllerapi.NodeStatus{Alive: alive, LastSeen: seen, Capacity: hb.Capacity, Instances: []string{}}
+	st := &controllerapi.NodeStatus{Alive: alive, Drained: c.drained(n.Name), LastSeen: seen, Capacity: hb.Capacity, Instances: []string{}}
 	for _, in := range insts {
 		if in.Node == n.Name || in.Migrate != nil && in.Migrate.To == n.Name {
 			st.UsedVCPUs += in.VCPUs

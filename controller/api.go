@@ -30,6 +30,8 @@ func (c *Controller) Handler() http.Handler {
 	mux.Handle("DELETE /v1/nodes/{name}", c.auth(c.removeNode))
 	mux.Handle("GET /v1/events", c.auth(c.events))
 	mux.Handle("GET /v1/nodes/{name}/token", c.auth(c.nodeToken))
+	mux.Handle("POST /v1/nodes/{name}/drain", c.auth(c.drainNode))
+	mux.Handle("POST /v1/nodes/{name}/undrain", c.auth(c.undrainNode))
 	mux.Handle("PUT /v1/images/{name}", c.authUpload(c.importImage))
 	mux.Handle("GET /v1/images", c.auth(c.listImages))
 	mux.Handle("DELETE /v1/images/{name}", c.auth(c.deleteImage))

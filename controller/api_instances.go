@@ -149,3 +149,20 @@ func (c *Controller) nodeToken(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"token": tok})
 }
+
+func (c *Controller) drainNode(w http.ResponseWriter, r *http.Request) {
+	res, err := c.Drain(r.PathValue("name"))
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (c *Controller) undrainNode(w http.ResponseWriter, r *http.Request) {
+	if err := c.Undrain(r.PathValue("name")); err != nil {
+		c.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"undrained": r.PathValue("name")})
+}

@@ -216,7 +216,7 @@ func (c *Controller) rooms() (map[string]room, error) {
 			continue
 		}
 		hb, _, alive := c.agents.get(n.Name, time.Now())
-		if !alive {
+		if !alive || c.drained(n.Name) {
 			continue
 		}
 		out[n.Name] = room{node: n.Name, vcpus: hb.Capacity.VCPUs * c.cfg.vcpuRatio(), memMiB: hb.Capacity.MemoryMiB, cap: hb.Capacity}
@@ -263,6 +263,9 @@ func (c *Controller) fits(node string, vcpus, memMiB int) (string, error) {
 			return fmt.Sprintf("%s has no agent reporting (never heard from since the controller started)", node), nil
 		}
 		return fmt.Sprintf("%s is not alive: last heartbeat %s ago", node, time.Since(seen).Round(100*time.Millisecond)), nil
+	}
+	if c.drained(node) {
+		return fmt.Sprintf("%s is drained (`fabric node undrain %s` to use it again)", node, node), nil
 	}
 	rs, err := c.rooms()
 	if err != nil {
@@ -709,4 +712,104 @@ func (c *Controller) ensureRootVolume(n controllerapi.Node) error {
 	c.log.Info("root volume ready", "node", n.Name, "volume", name, "addr", n.RootVolume, "how", how)
 	return c.reg.Record(controllerapi.Event{Type: controllerapi.EventNodeUpdated, Node: n.Name, MAC: n.MAC,
 		Message: fmt.Sprintf("root volume %s of %s ready at %s (%s from image %s)", name, n.Name, n.RootVolume, how, c.cfg.HWNodeRootImage)})
+}
+
+// bucketDrained holds the hardware nodes that take no new instances.
+const bucketDrained = "drained"
+
+func (c *Controller) drained(node string) bool {
+	err := c.st.View(func(tx store.Tx) error {
+		_, err := tx.Get(bucketDrained, node)
+		return err
+	})
+	return err == nil
+}
+
+// Drain marks a hardware node as taking no new instances and moves every
+// instance off it: running ones live-migrate to nodes the scheduler picks,
+// stopped ones are reassigned. It goes on after a failure and reports each
+// instance.
+func (c *Controller) Drain(node string) ([]controllerapi.DrainResult, error) {
+	n, err := c.reg.Node(node)
+	if err != nil {
+		return nil, err
+	}
+	if n.Role != controllerapi.RoleHWNode {
+		return nil, errorf(ErrInvalid, "%s is a %s node; only hardware nodes run instances", node, n.Role)
+	}
+	if err := c.reg.update(func(tx store.Tx) error {
+		if err := tx.Put(bucketDrained, n.Name, []byte(time.Now().UTC().Format(time.RFC3339))); err != nil {
+			return err
+		}
+		return appendEvent(tx, controllerapi.Event{Time: time.Now().UTC(), Type: controllerapi.EventNodeUpdated, Node: n.Name, MAC: n.MAC,
+			Message: fmt.Sprintf("%s drained: no new instances; moving its instances away", n.Name)})
+	}); err != nil {
+		return nil, err
+	}
+	ins, err := listJSON[controllerapi.Instance](c.st, bucketInstances)
+	if err != nil {
+		return nil, err
+	}
+	res := []controllerapi.DrainResult{}
+	for _, in := range ins {
+		if in.Node != n.Name {
+			continue
+		}
+		r := controllerapi.DrainResult{Instance: in.Name}
+		c.fillState(&in)
+		if in.State == "running" {
+			m, err := c.Migrate(in.Name, "")
+			r.To, r.Live, r.DowntimeMS = m.To, true, m.DowntimeMS
+			if err != nil {
+				r.Error = err.Error()
+			}
+		} else {
+			r.To, err = c.reassign(in)
+			if err != nil {
+				r.Error = err.Error()
+			}
+		}
+		res = append(res, r)
+	}
+	return res, nil
+}
+
+// reassign moves a stopped instance to another node with room.
+func (c *Controller) reassign(in controllerapi.Instance) (string, error) {
+	c.placeMu.Lock()
+	defer c.placeMu.Unlock()
+	to, err := c.place(in.VCPUs, in.MemoryMiB, in.Node)
+	if err != nil {
+		return "", err
+	}
+	return to, c.reg.update(func(tx store.Tx) error {
+		cur, err := getInstance(tx, in.Name)
+		if err != nil {
+			return err
+		}
+		if cur.Node != in.Node || cur.Migrate != nil || cur.Want == controllerapi.StateRunning {
+			return errorf(ErrConflict, "instance %s changed meanwhile; drain again", in.Name)
+		}
+		cur.Node, cur.Updated = to, time.Now().UTC()
+		if err := putJSON(tx, bucketInstances, in.Name, cur); err != nil {
+			return err
+		}
+		return appendEvent(tx, controllerapi.Event{Time: cur.Updated, Type: controllerapi.EventInstanceMigrated, Node: to,
+			Message: fmt.Sprintf("stopped instance %s reassigned from %s to %s", in.Name, in.Node, to)})
+	})
+}
+
+// Undrain lets a node take instances again.
+func (c *Controller) Undrain(node string) error {
+	n, err := c.reg.Node(node)
+	if err != nil {
+		return err
+	}
+	return c.reg.update(func(tx store.Tx) error {
+		if err := tx.Delete(bucketDrained, n.Name); err != nil {
+			return err
+		}
+		return appendEvent(tx, controllerapi.Event{Time: time.Now().UTC(), Type: controllerapi.EventNodeUpdated, Node: n.Name, MAC: n.MAC,
+			Message: fmt.Sprintf("%s takes instances again", n.Name)})
+	})
 }

@@ -241,6 +241,35 @@ func TestInstancesAndMigration(t *testing.T) {
 	if _, err := admin.CreateInstance(ctx, controllerapi.CreateInstanceRequest{Name: "fat", Image: "tiny", VCPUs: 1, MemoryMiB: 400, Node: "hn2"}); err == nil || !strings.Contains(err.Error(), "384 MiB of memory free") {
 		t.Errorf("create on a full node: %v", err)
 	}
+	// Drain hn2: web (running) goes live to hn1, a stopped instance is
+	// reassigned; nothing new lands on hn2 until it is undrained.
+	if _, err := admin.CreateInstance(ctx, controllerapi.CreateInstanceRequest{Name: "cold", Image: "tiny", VCPUs: 1, MemoryMiB: 64, Node: "hn2"}); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := admin.DrainNode(ctx, "hn2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 2 {
+		t.Fatalf("drain results %+v", rs)
+	}
+	for _, r := range rs {
+		if r.Error != "" || r.To != "hn1" || r.Live != (r.Instance == "web") {
+			t.Errorf("drain: %+v", r)
+		}
+	}
+	if _, err := admin.CreateInstance(ctx, controllerapi.CreateInstanceRequest{Name: "new", Image: "tiny", VCPUs: 1, MemoryMiB: 64, Node: "hn2"}); err == nil || !strings.Contains(err.Error(), "drained") {
+		t.Errorf("create on a drained node: %v", err)
+	}
+	if _, err := admin.DrainNode(ctx, "st1"); apiStatus(err) != http.StatusBadRequest {
+		t.Errorf("drain a storage node: %v", err)
+	}
+	if err := admin.UndrainNode(ctx, "hn2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.DeleteInstance(ctx, "cold"); err != nil {
+		t.Fatal(err)
+	}
 	// Stop and delete.
 	if got, err := admin.SetInstanceState(ctx, "web", "stop", 3*time.Second); err != nil || got.State != "shutoff" {
 		t.Errorf("stop: %+v %v", got, err)

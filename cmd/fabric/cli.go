@@ -161,6 +161,8 @@ func agentSummary(st *controllerapi.NodeStatus) string {
 		return "-"
 	case st.LastSeen.IsZero():
 		return "not enrolled/not reporting"
+	case st.Alive && st.Drained:
+		return fmt.Sprintf("alive, drained (%d instances)", len(st.Instances))
 	case st.Alive:
 		return fmt.Sprintf("alive (%d instances)", len(st.Instances))
 	default:
@@ -327,6 +329,65 @@ func nodeCommand() *cli.Command {
 						return printJSON(c.App.Writer, n)
 					}
 					fmt.Fprintf(c.App.Writer, "updated %s: %s %s %s\n", n.Name, n.Role, n.MAC, n.IP)
+					return nil
+				},
+			},
+			{
+				Name:      "drain",
+				Usage:     "take no new instances on a hardware node and move its instances away (running ones live)",
+				ArgsUsage: "NAME",
+				Flags:     []cli.Flag{outputFlag},
+				Action: func(c *cli.Context) error {
+					name, err := oneArg(c, "NAME")
+					if err != nil {
+						return err
+					}
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					rs, err := cl.DrainNode(c.Context, name)
+					if err != nil {
+						return err
+					}
+					failed := 0
+					err = show(c, rs, func(w io.Writer) {
+						fmt.Fprintf(w, "%s drained\n", name)
+						for _, r := range rs {
+							switch {
+							case r.Error != "":
+								failed++
+								fmt.Fprintf(w, "  %s:\tstays: %s\n", r.Instance, r.Error)
+							case r.Live:
+								fmt.Fprintf(w, "  %s:\tlive-migrated to %s (downtime %.0f ms)\n", r.Instance, r.To, r.DowntimeMS)
+							default:
+								fmt.Fprintf(w, "  %s:\tstopped, reassigned to %s\n", r.Instance, r.To)
+							}
+						}
+					})
+					if err == nil && failed > 0 {
+						err = fmt.Errorf("%d instances could not leave %s", failed, name)
+					}
+					return err
+				},
+			},
+			{
+				Name:      "undrain",
+				Usage:     "let a drained hardware node take instances again",
+				ArgsUsage: "NAME",
+				Action: func(c *cli.Context) error {
+					name, err := oneArg(c, "NAME")
+					if err != nil {
+						return err
+					}
+					cl, err := client(c)
+					if err != nil {
+						return err
+					}
+					if err := cl.UndrainNode(c.Context, name); err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "%s takes instances again\n", name)
 					return nil
 				},
 			},

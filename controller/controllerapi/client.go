@@ -223,3 +223,16 @@ func (c *Client) Heartbeat(ctx context.Context, hb Heartbeat, wait time.Duration
 	err := c.do(ctx, http.MethodPost, "/v1/agent/heartbeat?wait="+url.QueryEscape(wait.String()), hb, &ds)
 	return ds, err
 }
+
+// DrainNode stops new placements on a hardware node and moves its
+// instances away.
+func (c *Client) DrainNode(ctx context.Context, name string) ([]DrainResult, error) {
+	var r []DrainResult
+	err := c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(name)+"/drain", nil, &r)
+	return r, err
+}
+
+// UndrainNode lets a drained node take instances again.
+func (c *Client) UndrainNode(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(name)+"/undrain", nil, nil)
+}

@@ -161,9 +161,19 @@ type EnrollResponse struct {
 	Credential string `json:"credential"`
 }
 
+// DrainResult is what `fabric node drain` did with one instance.
+type DrainResult struct {
+	Instance   string  `json:"instance"`
+	To         string  `json:"to,omitempty"`
+	Live       bool    `json:"live"` // live-migrated (else a stopped instance reassigned)
+	DowntimeMS float64 `json:"downtime_ms,omitempty"`
+	Error      string  `json:"error,omitempty"`
+}
+
 // NodeStatus is a hardware node's live state, part of `fabric node show`.
 type NodeStatus struct {
 	Alive     bool      `json:"alive"`
+	Drained   bool      `json:"drained,omitempty"`
 	LastSeen  time.Time `json:"last_seen,omitzero"`
 	Capacity  Capacity  `json:"capacity"`
 	UsedVCPUs int       `json:"used_vcpus"`

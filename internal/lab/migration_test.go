@@ -245,11 +245,37 @@ func TestLiveMigration(t *testing.T) {
 		t.Logf("file written before the migrations reads back from disk after 10: %s", proof)
 	}
 
+	// Drain hn1: web goes live to hn2 while the client keeps pinging.
+	p, err := l.StartProber(ip, filepath.Join(l.Dir, "drain"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err = l.Fabric("node", "drain", "hn1")
+	fast, slow, h, perr := p.Stop()
+	if err != nil || perr != nil || !strings.Contains(out, "live-migrated to hn2") {
+		t.Fatalf("drain hn1: %v %v\n%s", err, perr, out)
+	}
+	t.Logf("fabric node drain hn1: %s; pings lost 10 Hz %d/%d, 1 Hz %d/%d; HTTP failed %d", strings.Join(strings.Fields(out), " "),
+		fast.Lost(), fast.Sent, slow.Lost(), slow.Sent, h.Failed)
+	if slow.Lost() > 0 || h.Failed > 0 {
+		t.Errorf("the drain's migration lost 1 Hz pings (%d) or HTTP requests (%d)", slow.Lost(), h.Failed)
+	}
+	stillRunsOn(t, l, ip, "hn2")
+	if out, err := l.Fabric("instance", "create", "other", "--image", "tiny", "--memory", "64MiB", "--node", "hn1"); err == nil || !strings.Contains(out, "drained") {
+		t.Errorf("placement on a drained node: %v\n%s", err, out)
+	}
+	if _, err := l.Fabric("node", "undrain", "hn1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Fabric("instance", "migrate", "web", "--to", "hn1"); err != nil {
+		t.Fatal(err)
+	}
+
 	// A full node: the filler takes hn2's memory.
 	if _, err := l.Fabric("instance", "create", "filler", "--image", "tiny", "--memory", "384MiB", "--node", "hn2"); err != nil {
 		t.Fatal(err)
 	}
-	out, err := l.Fabric("instance", "migrate", "web", "--to", "hn2")
+	out, err = l.Fabric("instance", "migrate", "web", "--to", "hn2")
 	if err == nil || !strings.Contains(out, "MiB of memory free") {
 		t.Errorf("migration to a full node: err=%v\n%s", err, out)
 	} else {
