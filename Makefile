@@ -5,7 +5,7 @@ BIN     := bin
 GOFLAGS ?= -buildvcs=false
 export GOFLAGS
 
-.PHONY: all build deps images test test-unit lint demo demo-up demo-down bench bench-controller bench-aoe clean
+.PHONY: all build deps images test test-unit lint demo demo-up demo-down bench bench-controller bench-aoe bench-boot clean
 
 all: build
 
@@ -42,10 +42,15 @@ demo-down:
 	@[ -x bin/fabric-lab ] || $(GO) build -o $(BIN)/ ./cmd/fabric-lab
 	./bin/fabric-lab down --dir work/lab
 
-bench: bench-controller bench-aoe
+bench: bench-controller bench-aoe bench-boot
 
 bench-controller: build
 	./scripts/bench-controller.sh
+
+# DHCP (perfdhcp) beside dnsmasq and kea; TFTP/HTTP to 20 clients beside
+# dnsmasq, tftpd-hpa and busybox httpd (about 4 min).
+bench-boot: build
+	./scripts/bench-boot.sh
 
 # Our AoE target beside vblade: MTU 9000/1500, window 16/64 (about 3 min).
 bench-aoe: build

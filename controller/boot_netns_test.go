@@ -48,7 +48,7 @@ func newBootLab(t *testing.T) *bootLab {
 		t.Fatal(err)
 	}
 	c, err := New(Config{StateDir: t.TempDir(), BootSubnet: netip.MustParsePrefix("10.233.0.0/24"), ServerIP: netip.MustParseAddr("10.233.0.1"),
-		Boot: pxe.Config{Iface: "boot0", BootDir: l.bootDir, RA: true,
+		Boot: pxe.Config{Iface: "boot0", BootDir: l.bootDir, RA: true, TFTPSinglePort: true, // in-process: one thread in the namespace
 			Profiles: map[string]pxe.Profile{"hwnode": {Kernel: "vmlinuz", Initrd: "initrd.img"}}}})
 	if err != nil {
 		t.Fatal(err)

@@ -63,7 +63,7 @@ func newQEMULab(t *testing.T, macs []string, prof pxe.Profile, rootImage string)
 		ns.Must(t, "ip", "link", "set", tap, "up")
 	}
 	c, err := New(Config{StateDir: t.TempDir(), BootSubnet: netip.MustParsePrefix("10.233.0.0/24"), ServerIP: netip.MustParseAddr("10.233.0.1"),
-		Boot: pxe.Config{Iface: "br0", BootDir: filepath.Join(l.images, "boot"), RA: true,
+		Boot: pxe.Config{Iface: "br0", BootDir: filepath.Join(l.images, "boot"), RA: true, TFTPSinglePort: true,
 			Profiles: map[string]pxe.Profile{"hwnode": prof}}})
 	if err != nil {
 		t.Fatal(err)

@@ -27,7 +27,14 @@ type Config struct {
 	BootDir  string // TFTP root and HTTP /files/
 	HTTPPort int    // default 8080
 	TFTPPort int    // default 69
-	DHCPPort int    // default 67
+	// TFTPSinglePort answers every transfer from port 69 (one socket,
+	// simple to firewall, no new sockets after start: needed when the
+	// server runs on one thread of a process switched into a network
+	// namespace, as in-process tests do). Off, each transfer gets its own
+	// socket, the usual TFTP behaviour: about 5x the throughput with many
+	// clients (docs/benchmarks.md).
+	TFTPSinglePort bool
+	DHCPPort       int // default 67
 	// RA enables router advertisements on Iface.
 	RA         bool
 	Profiles   map[string]Profile
@@ -120,7 +127,7 @@ func (s *Services) close() {
 func (s *Services) Serve(ctx context.Context) error {
 	defer s.root.Close()
 	cfg, log := s.cfg, s.cfg.Logger
-	tftp := &TFTPServer{Root: s.root, Logger: log}
+	tftp := &TFTPServer{Root: s.root, Logger: log, SinglePort: s.cfg.TFTPSinglePort}
 	hb := &HTTPBoot{Root: s.root, Backend: cfg.Backend, Profiles: cfg.Profiles, BaseURL: cfg.Network.HTTPURL, Controller: cfg.Controller, Logger: log}
 	hs := &http.Server{Handler: hb.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	g, ctx := errgroup.WithContext(ctx)

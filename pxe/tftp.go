@@ -41,6 +41,9 @@ func cleanName(name string) (string, error) {
 type TFTPServer struct {
 	Root   *os.Root
 	Logger *slog.Logger
+	// SinglePort serves every transfer from the listening socket (see
+	// Config.TFTPSinglePort).
+	SinglePort bool
 }
 
 func (t *TFTPServer) read(name string, rf io.ReaderFrom) error {
@@ -88,17 +91,16 @@ func (t *TFTPServer) read(name string, rf io.ReaderFrom) error {
 // a TFTP error.
 func (t *TFTPServer) Serve(ctx context.Context, conn net.PacketConn) error {
 	s := tftp.NewServer(t.read, nil)
-	// One socket for every transfer: replies come from port 69 (simple to
-	// firewall), and the server needs no new sockets after it starts, so it
-	// keeps working when started inside a network namespace.
-	s.EnableSinglePort()
+	if t.SinglePort {
+		s.EnableSinglePort()
+	}
 	// Largest block for a 9000-byte MTU; the library also caps it at the
 	// interface MTU less 28.
 	s.SetBlockSize(8972)
 	s.SetTimeout(2 * time.Second)
 	s.SetRetries(5)
-	// In single-port mode Shutdown leaves the socket open: close it so the
-	// serving loop wakes up and sees the cancellation.
+	// Shutdown leaves the socket open (in single-port mode): close it so
+	// the serving loop wakes up and sees the cancellation.
 	stop := context.AfterFunc(ctx, func() {
 		s.Shutdown()
 		conn.Close()

@@ -6,7 +6,7 @@ set -euo pipefail
 PKGS=(
   iproute2 iputils-ping e2fsprogs cpio kmod procps psmisc xz-utils gzip
   qemu-system-x86 qemu-utils ipxe-qemu ipxe busybox-static
-  vblade aoetools dnsmasq kea-admin tftp-hpa tftpd-hpa curl
+  vblade aoetools dnsmasq kea-admin kea-dhcp4-server tftp-hpa tftpd-hpa curl
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   fio
 )

@@ -95,6 +95,7 @@ func controllerCommand() *cli.Command {
 			&cli.StringFlag{Name: "router", Usage: "default gateway handed to nodes"},
 			&cli.IntFlag{Name: "http-port", Value: 8080, Usage: "HTTP boot port"},
 			&cli.IntFlag{Name: "tftp-port", Value: 69, Usage: "TFTP port"},
+			&cli.BoolFlag{Name: "tftp-single-port", Usage: "answer every TFTP transfer from the TFTP port (simpler firewalling; slower with many clients)"},
 			&cli.IntFlag{Name: "dhcp-port", Value: 67, Usage: "DHCP server port"},
 			&cli.DurationFlag{Name: "lease-time", Value: time.Hour, Usage: "DHCP lease time"},
 			&cli.BoolFlag{Name: "ra", Value: true, Usage: "send IPv6 router advertisements without M/O flags (spares iPXE a 16 s wait)"},
@@ -137,7 +138,7 @@ func controllerCommand() *cli.Command {
 			}
 			cfg.Boot = pxe.Config{
 				Iface: c.String("boot-iface"), BootDir: c.String("boot-dir"), RA: c.Bool("ra"),
-				HTTPPort: c.Int("http-port"), TFTPPort: c.Int("tftp-port"), DHCPPort: c.Int("dhcp-port"),
+				HTTPPort: c.Int("http-port"), TFTPPort: c.Int("tftp-port"), DHCPPort: c.Int("dhcp-port"), TFTPSinglePort: c.Bool("tftp-single-port"),
 				Network: pxe.Network{LeaseTime: c.Duration("lease-time")},
 				Profiles: map[string]pxe.Profile{"hwnode": {
 					Kernel: c.String("hwnode-kernel"), Initrd: c.String("hwnode-initrd"), Cmdline: c.String("hwnode-cmdline"), SANBoot: c.Bool("hwnode-sanboot")}},
