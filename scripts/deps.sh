@@ -5,7 +5,7 @@ set -euo pipefail
 
 PKGS=(
   iproute2 iputils-ping e2fsprogs cpio kmod procps psmisc xz-utils gzip
-  qemu-system-x86 qemu-utils ipxe-qemu ipxe busybox-static
+  qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf busybox-static
   vblade aoetools dnsmasq kea-admin kea-dhcp4-server tftp-hpa tftpd-hpa curl
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   fio

@@ -436,7 +436,7 @@ func (l *Lab) SetTrace(w io.Writer) { l.trace = w }
 // hardware node name with mac, on the lab switch; it returns the VM's boot
 // timeline once its root on AoE is mounted and written. The VM is gone
 // when it returns.
-func (l *Lab) BootDiskless(name, mac string, timeout time.Duration) ([]BootEvent, []string, error) {
+func (l *Lab) BootDiskless(name, mac string, timeout time.Duration, opts ...VMOption) ([]BootEvent, []string, error) {
 	tap := "tap-" + name
 	for _, c := range [][]string{
 		{"tuntap", "add", "dev", tap, "mode", "tap"},
@@ -448,7 +448,7 @@ func (l *Lab) BootDiskless(name, mac string, timeout time.Duration) ([]BootEvent
 		}
 	}
 	defer func() { _, _ = In(l.SwitchNS, "ip", "link", "del", tap) }()
-	return BootVM(l.SwitchNS, tap, mac, "FABRIC-ROOT-OK", timeout)
+	return BootVM(l.SwitchNS, tap, mac, "FABRIC-ROOT-OK", timeout, opts...)
 }
 
 // ClientConfig is the path of the controller's client.json.

@@ -27,22 +27,51 @@ func Timeline(evs []BootEvent) string {
 	return b.String()
 }
 
-// BootVM powers on a diskless QEMU VM (Debian's iPXE ROM, -boot n) on tap
-// in namespace ns and follows its serial console until it prints done
-// (FABRIC-ROOT-OK also requires the root to have been mounted and
-// written), the initramfs reports FABRIC-FAIL, or timeout passes. The VM
-// is killed on return.
-func BootVM(ns, tap, mac, done string, timeout time.Duration) ([]BootEvent, []string, error) {
+// OVMF is where Debian's ovmf package puts the UEFI firmware.
+const (
+	OVMFCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+	OVMFVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+)
+
+// VMOption changes how BootVM starts the VM.
+type VMOption func(*vmConfig)
+
+type vmConfig struct{ uefiVars string }
+
+// UEFI boots the VM with OVMF and the firmware's own network stack and
+// PXE client (EDK2), not an iPXE option ROM: the firmware -> iPXE chain
+// that real servers take. vars is a writable copy of OVMFVars.
+func UEFI(vars string) VMOption { return func(c *vmConfig) { c.uefiVars = vars } }
+
+// BootVM powers on a diskless QEMU VM (Debian's iPXE ROM, -boot n; or UEFI
+// firmware PXE) on tap in namespace ns and follows its serial console
+// until it prints done (FABRIC-ROOT-OK also requires the root to have been
+// mounted and written), the initramfs reports FABRIC-FAIL, or timeout
+// passes. The VM is killed on return.
+func BootVM(ns, tap, mac, done string, timeout time.Duration, opts ...VMOption) ([]BootEvent, []string, error) {
+	var vc vmConfig
+	for _, o := range opts {
+		o(&vc)
+	}
 	qemu, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
 		return nil, nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns, qemu,
+	args := []string{"netns", "exec", ns, qemu,
 		"-accel", "tcg", "-m", "384", "-smp", "1", "-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot",
-		"-boot", "n", "-netdev", "tap,id=n0,ifname="+tap+",script=no,downscript=no",
-		"-device", "virtio-net-pci,netdev=n0,mac="+mac)
+		"-netdev", "tap,id=n0,ifname=" + tap + ",script=no,downscript=no"}
+	if vc.uefiVars != "" {
+		args = append(args, "-m", "512",
+			"-drive", "if=pflash,format=raw,readonly=on,file="+OVMFCode,
+			"-drive", "if=pflash,format=raw,file="+vc.uefiVars,
+			// No option ROM: the firmware's own driver and PXE client.
+			"-device", "virtio-net-pci,netdev=n0,romfile=,bootindex=1,mac="+mac)
+	} else {
+		args = append(args, "-boot", "n", "-device", "virtio-net-pci,netdev=n0,mac="+mac)
+	}
+	cmd := exec.CommandContext(ctx, "ip", args...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, nil, err
@@ -67,6 +96,10 @@ func BootVM(ns, tap, mac, done string, timeout time.Duration) ([]BootEvent, []st
 		line := strings.TrimRight(sc.Text(), "\r")
 		serial = append(serial, line)
 		switch {
+		case strings.Contains(line, "Start PXE over IPv4"):
+			mark("firmware-pxe")
+		case strings.Contains(line, "iPXE initialising devices"):
+			mark("ipxe-started")
 		case strings.Contains(line, "Linux version"):
 			mark("kernel-started")
 		case strings.HasPrefix(line, "FABRIC-STEP "):
