@@ -40,6 +40,7 @@ type qemuLab struct {
 	ns     *netns.NS
 	c      *Controller
 	tg     *storagenode.Target
+	pool   *storagenode.Pool
 	nodes  []controllerapi.Node
 	images string
 }
@@ -77,6 +78,7 @@ func newQEMULab(t *testing.T, macs []string, prof pxe.Profile, rootImage string)
 	if err != nil {
 		t.Fatal(err)
 	}
+	l.pool = pool
 	fi, err := os.Stat(filepath.Join(l.images, rootImage))
 	if err != nil {
 		t.Fatal(err)
@@ -197,6 +199,66 @@ func TestQEMUPXEBootOntoAoERoot(t *testing.T) {
 		t.Errorf("the storage node served no data: %+v", s)
 	}
 	t.Logf("storage node: %+v", s)
+}
+
+// TestQEMUMkfsOnAoE: the real Linux aoe driver in a PXE-booted guest makes
+// ext4 on a blank volume served by our target, writes a file, remounts with
+// a cold cache and reads it back; then the volume file on the storage node
+// is checked as ext4 (e2fsck) and the file read from it (debugfs).
+func TestQEMUMkfsOnAoE(t *testing.T) {
+	for _, b := range []string{"e2fsck", "debugfs"} {
+		if _, err := exec.LookPath(b); err != nil {
+			t.Skipf("%s not installed (e2fsprogs)", b)
+		}
+	}
+	l := newQEMULab(t, []string{"52:54:00:fa:b0:21"},
+		pxe.Profile{Kernel: "hwnode/vmlinuz", Initrd: "hwnode/initrd.img", Cmdline: pxe.DefaultCmdline + " fabric.scratch=e7.0"}, "hwnode-root.img")
+	v, err := l.pool.Create("scratch", 64<<20, storagenode.VolumeOptions{Addr: "e7.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exports, err := l.pool.Exports()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range exports {
+		if e.Shelf == 7 {
+			if err := l.tg.Add(e); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	before := l.tg.Stats()
+	timeline, serial, err := lab.BootVM(l.ns.Name, "tap0", l.nodes[0].MAC, "FABRIC-ROOT-OK", 180*time.Second)
+	if err != nil {
+		t.Fatalf("%v\nserial console:\n%s", err, strings.Join(serial, "\n"))
+	}
+	var proof string
+	for _, line := range serial {
+		if f := strings.Fields(line); len(f) == 3 && f[0] == "FABRIC-MKFS-OK" && f[1] == "e7.0" {
+			proof = f[2]
+		}
+		if strings.HasPrefix(line, "FABRIC-MKFS-FAIL") {
+			t.Fatalf("guest: %s\n%s", line, strings.Join(serial, "\n"))
+		}
+	}
+	if proof == "" {
+		t.Fatalf("the guest did not report mkfs on e7.0:\n%s", strings.Join(serial, "\n"))
+	}
+	after := l.tg.Stats()
+	t.Logf("guest made ext4 on e7.0 and read back %s; boot %s; target wrote %d bytes, %d flushes during the boot",
+		proof, lab.Timeline(timeline), after.WrittenBytes-before.WrittenBytes, after.Flushes-before.Flushes)
+	path := l.pool.Path(v)
+	if out, err := exec.Command("e2fsck", "-fn", path).CombinedOutput(); err != nil {
+		t.Errorf("e2fsck on the volume the guest formatted: %v\n%s", err, out)
+	}
+	out, err := exec.Command("debugfs", "-R", "cat /proof", path).Output()
+	if err != nil || strings.TrimSpace(string(out)) != proof {
+		t.Errorf("debugfs reads %q (%v) from the volume, the guest wrote %q", strings.TrimSpace(string(out)), err, proof)
+	}
+	if fs, _ := exec.Command("blkid", "-o", "value", "-s", "TYPE", path).Output(); strings.TrimSpace(string(fs)) != "ext4" {
+		t.Errorf("blkid says %q, want ext4", strings.TrimSpace(string(fs)))
+	}
 }
 
 // TestQEMUSANBoot boots a VM with iPXE's "sanboot aoe:" straight from a

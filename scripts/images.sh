@@ -65,6 +65,12 @@ R=$I/rootfs; mkdir -p "$R"/{bin,sbin,proc,sys,dev,etc,var,tmp}
 cp /bin/busybox "$R/bin/busybox"
 cp "$SRC/hwnode/rootfs-init" "$R/sbin/init"
 echo "this root filesystem came over AoE from the fabric storage node" > "$R/etc/fabric-marker"
+# e2fsprogs' mke2fs (busybox's makes only ext2) with its libraries, for the
+# guest-side mkfs.ext4 test (fabric.scratch=).
+mkdir -p "$R/sbin" "$R/lib64" "$R/lib/x86_64-linux-gnu"
+cp /sbin/mke2fs "$R/sbin/mke2fs"; cp /etc/mke2fs.conf "$R/etc/"
+for l in $(ldd /sbin/mke2fs | awk '/=>/{print $3}'); do cp "$l" "$R/lib/x86_64-linux-gnu/"; done
+cp /lib64/ld-linux-x86-64.so.2 "$R/lib64/"
 rm -f "$OUT/hwnode-root.img"; truncate -s 64M "$OUT/hwnode-root.img"
 mke2fs -q -t ext4 -L fabricroot -d "$R" "$OUT/hwnode-root.img"
 # SAN boot disk: a boot sector that writes FABRIC-SANBOOT-OK to the first
