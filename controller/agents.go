@@ -222,29 +222,20 @@ func (c *Controller) heartbeat(w http.ResponseWriter, r *http.Request) {
 	if !wasAlive {
 		c.log.Info("agent up", "node", node, "vcpus", hb.Capacity.VCPUs, "memory_mib", hb.Capacity.MemoryMiB, "disk", hb.Capacity.Disk)
 	}
-	deadline := time.NewTimer(wait)
-	defer deadline.Stop()
-	for {
-		ch := c.changedCh()
+	c.hold(r.Context(), wait, func(final bool) bool {
 		gen := c.generation()
-		if gen != hb.Generation || wait == 0 {
-			ds, err := c.desired(node)
-			if err != nil {
-				c.fail(w, err)
-				return
-			}
-			ds.Generation, ds.Acked = gen, acked
-			writeJSON(w, http.StatusOK, ds)
-			return
+		if gen == hb.Generation && !final {
+			return false
 		}
-		select {
-		case <-ch:
-		case <-deadline.C:
-			wait = 0
-		case <-r.Context().Done():
-			return
+		ds, err := c.desired(node)
+		if err != nil {
+			c.fail(w, err)
+			return true
 		}
-	}
+		ds.Generation, ds.Acked = gen, acked
+		writeJSON(w, http.StatusOK, ds)
+		return true
+	})
 }
 
 // nodeStatus is a hardware node's live state for `fabric node show`.

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -221,28 +222,41 @@ func (c *Controller) events(w http.ResponseWriter, r *http.Request) {
 		}
 		wait = v
 	}
-	deadline := time.NewTimer(wait)
-	defer deadline.Stop()
-	for {
-		ch := c.changedCh()
+	c.hold(r.Context(), wait, func(final bool) bool {
 		evs, err := c.reg.Events(since, limit)
 		if err != nil {
 			c.fail(w, err)
-			return
+			return true
 		}
-		if len(evs) > 0 || wait == 0 {
-			next := since
-			if len(evs) > 0 {
-				next = evs[len(evs)-1].Seq + 1
-			}
-			writeJSON(w, http.StatusOK, controllerapi.EventsResponse{Events: evs, Next: next})
+		if len(evs) == 0 && !final {
+			return false
+		}
+		next := since
+		if len(evs) > 0 {
+			next = evs[len(evs)-1].Seq + 1
+		}
+		writeJSON(w, http.StatusOK, controllerapi.EventsResponse{Events: evs, Next: next})
+		return true
+	})
+}
+
+// hold runs try after every committed change until it returns true, the
+// client goes away, or wait passes; then it runs try once more with final
+// set, which must answer. With wait 0, try runs once, final.
+func (c *Controller) hold(ctx context.Context, wait time.Duration, try func(final bool) bool) {
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	final := wait <= 0
+	for {
+		ch := c.changedCh()
+		if try(final) || final {
 			return
 		}
 		select {
 		case <-ch:
 		case <-deadline.C:
-			wait = 0
-		case <-r.Context().Done():
+			final = true
+		case <-ctx.Done():
 			return
 		}
 	}

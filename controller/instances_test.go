@@ -114,17 +114,8 @@ func startFakeAgent(t *testing.T, c *Controller, admin *controllerapi.Client, na
 }
 
 func TestInstancesAndMigration(t *testing.T) {
-	c, err := New(Config{StateDir: t.TempDir(), BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
+	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
 		StorageDir: t.TempDir(), AgentTimeout: time.Second, PrepareTimeout: 2 * time.Second, MigrateTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.reg.CheckInvariants(); err != nil {
-			t.Errorf("store invariants: %v", err)
-		}
-		c.Close()
-	})
 	admin := serveAPI(t, c)
 	ctx := context.Background()
 	for i, n := range []string{"hn1", "hn2", "st1"} {

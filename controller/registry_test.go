@@ -16,7 +16,15 @@ import (
 // cleanup checks the store's invariants before closing it.
 func newTestController(t *testing.T, subnet string) *Controller {
 	t.Helper()
-	c, err := New(Config{StateDir: t.TempDir(), BootSubnet: netip.MustParsePrefix(subnet), ServerIP: netip.MustParsePrefix(subnet).Addr().Next()})
+	return newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix(subnet), ServerIP: netip.MustParsePrefix(subnet).Addr().Next()})
+}
+
+// newTestControllerWith opens a controller on a fresh state directory and
+// checks the store's invariants when the test ends.
+func newTestControllerWith(t *testing.T, cfg Config) *Controller {
+	t.Helper()
+	cfg.StateDir = t.TempDir()
+	c, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

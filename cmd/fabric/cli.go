@@ -196,11 +196,7 @@ func nodeCommand() *cli.Command {
 					&cli.StringFlag{Name: "ip", Usage: "fixed address (default: the next free one in the boot subnet)"},
 					outputFlag,
 				},
-				Action: func(c *cli.Context) error {
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
+				Action: withClient(func(c *cli.Context, cl *controllerapi.Client) error {
 					n, err := cl.RegisterNode(c.Context, controllerapi.RegisterRequest{
 						Name: c.String("name"), MAC: c.String("mac"), Role: c.String("role"), IP: c.String("ip")})
 					if err != nil {
@@ -214,7 +210,7 @@ func nodeCommand() *cli.Command {
 					}
 					fmt.Fprintf(c.App.Writer, "registered %s %s (%s) at %s\n", n.Role, n.Name, n.MAC, n.IP)
 					return nil
-				},
+				}),
 			},
 			{
 				Name:    "list",
@@ -337,15 +333,7 @@ func nodeCommand() *cli.Command {
 				Usage:     "take no new instances on a hardware node and move its instances away (running ones live)",
 				ArgsUsage: "NAME",
 				Flags:     []cli.Flag{outputFlag},
-				Action: func(c *cli.Context) error {
-					name, err := oneArg(c, "NAME")
-					if err != nil {
-						return err
-					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
+				Action: withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
 					rs, err := cl.DrainNode(c.Context, name)
 					if err != nil {
 						return err
@@ -369,69 +357,45 @@ func nodeCommand() *cli.Command {
 						err = fmt.Errorf("%d instances could not leave %s", failed, name)
 					}
 					return err
-				},
+				}),
 			},
 			{
 				Name:      "undrain",
 				Usage:     "let a drained hardware node take instances again",
 				ArgsUsage: "NAME",
-				Action: func(c *cli.Context) error {
-					name, err := oneArg(c, "NAME")
-					if err != nil {
-						return err
-					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
+				Action: withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
 					if err := cl.UndrainNode(c.Context, name); err != nil {
 						return err
 					}
 					fmt.Fprintf(c.App.Writer, "%s takes instances again\n", name)
 					return nil
-				},
+				}),
 			},
 			{
 				Name:      "token",
 				Usage:     "print a hardware node's one-time enrollment token (for `fabricd hwnode --token`)",
 				ArgsUsage: "NAME|MAC",
-				Action: func(c *cli.Context) error {
-					name, err := oneArg(c, "NAME or MAC")
-					if err != nil {
-						return err
-					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
+				Action: withName("NAME or MAC", func(c *cli.Context, cl *controllerapi.Client, name string) error {
 					tok, err := cl.NodeToken(c.Context, name)
 					if err != nil {
 						return err
 					}
 					fmt.Fprintln(c.App.Writer, tok)
 					return nil
-				},
+				}),
 			},
 			{
 				Name:      "remove",
 				Aliases:   []string{"rm"},
 				Usage:     "remove a node from the registry",
 				ArgsUsage: "NAME|MAC",
-				Action: func(c *cli.Context) error {
-					name, err := oneArg(c, "NAME or MAC")
-					if err != nil {
-						return err
-					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
+				Action: withName("NAME or MAC", func(c *cli.Context, cl *controllerapi.Client, name string) error {
 					if err := cl.RemoveNode(c.Context, name); err != nil {
 						return err
 					}
 					fmt.Fprintf(c.App.Writer, "removed %s\n", name)
 					return nil
-				},
+				}),
 			},
 		},
 	}

@@ -68,11 +68,7 @@ func imageCommand() *cli.Command {
 				Aliases: []string{"ls"},
 				Usage:   "list images",
 				Flags:   []cli.Flag{outputFlag},
-				Action: func(c *cli.Context) error {
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
+				Action: withClient(func(c *cli.Context, cl *controllerapi.Client) error {
 					ims, err := cl.Images(c.Context)
 					if err != nil {
 						return err
@@ -83,28 +79,20 @@ func imageCommand() *cli.Command {
 							fmt.Fprintf(w, "%s\t%d MiB\t%s\t%s\n", im.Name, im.Size>>20, im.Volume, im.Created.Local().Format(time.DateTime))
 						}
 					})
-				},
+				}),
 			},
 			{
 				Name:      "delete",
 				Aliases:   []string{"rm"},
 				Usage:     "delete an image",
 				ArgsUsage: "NAME",
-				Action: func(c *cli.Context) error {
-					name, err := oneArg(c, "NAME")
-					if err != nil {
-						return err
-					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
+				Action: withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
 					if err := cl.DeleteImage(c.Context, name); err != nil {
 						return err
 					}
 					fmt.Fprintf(c.App.Writer, "deleted image %s\n", name)
 					return nil
-				},
+				}),
 			},
 		},
 	}
@@ -132,15 +120,7 @@ func instanceDetail(w io.Writer, in controllerapi.Instance) {
 func instanceCommand() *cli.Command {
 	waitFlag := &cli.DurationFlag{Name: "wait", Value: 2 * time.Minute, Usage: "wait this long for the node to report the new state (0: do not wait)"}
 	state := func(action string) cli.ActionFunc {
-		return func(c *cli.Context) error {
-			name, err := oneArg(c, "NAME")
-			if err != nil {
-				return err
-			}
-			cl, err := client(c)
-			if err != nil {
-				return err
-			}
+		return withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
 			t0 := time.Now()
 			in, err := cl.SetInstanceState(c.Context, name, action, c.Duration("wait"))
 			if err != nil {
@@ -149,7 +129,7 @@ func instanceCommand() *cli.Command {
 			return show(c, in, func(w io.Writer) {
 				fmt.Fprintf(w, "instance %s on %s: %s (%.1f s)\n", in.Name, in.Node, in.State, time.Since(t0).Seconds())
 			})
-		}
+		})
 	}
 	return &cli.Command{
 		Name:    "instance",
@@ -201,15 +181,7 @@ func instanceCommand() *cli.Command {
 					&cli.StringFlag{Name: "to", Usage: "destination node (default: the scheduler picks)"},
 					outputFlag,
 				},
-				Action: func(c *cli.Context) error {
-					name, err := oneArg(c, "NAME")
-					if err != nil {
-						return err
-					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
+				Action: withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
 					r, err := cl.MigrateInstance(c.Context, name, c.String("to"))
 					if err != nil {
 						return err
@@ -217,68 +189,74 @@ func instanceCommand() *cli.Command {
 					return show(c, r, func(w io.Writer) {
 						fmt.Fprintf(w, "migrated %s from %s to %s in %.2f s (downtime %.0f ms)\n", r.Instance, r.From, r.To, r.WallMS/1000, r.DowntimeMS)
 					})
-				},
+				}),
 			},
 			{
 				Name:      "delete",
 				Aliases:   []string{"rm"},
 				Usage:     "destroy an instance and delete its disk",
 				ArgsUsage: "NAME",
-				Action: func(c *cli.Context) error {
-					name, err := oneArg(c, "NAME")
-					if err != nil {
-						return err
-					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
+				Action: withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
 					in, err := cl.DeleteInstance(c.Context, name)
 					if err != nil {
 						return err
 					}
 					fmt.Fprintf(c.App.Writer, "deleted instance %s (was on %s, disk %s)\n", in.Name, in.Node, in.Volume)
 					return nil
-				},
+				}),
 			},
 			{
 				Name:    "list",
 				Aliases: []string{"ls"},
 				Usage:   "list instances",
 				Flags:   []cli.Flag{outputFlag},
-				Action: func(c *cli.Context) error {
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
+				Action: withClient(func(c *cli.Context, cl *controllerapi.Client) error {
 					ins, err := cl.Instances(c.Context)
 					if err != nil {
 						return err
 					}
 					return show(c, ins, func(w io.Writer) { instanceTable(w, ins) })
-				},
+				}),
 			},
 			{
 				Name:      "show",
 				Usage:     "show one instance",
 				ArgsUsage: "NAME",
 				Flags:     []cli.Flag{outputFlag},
-				Action: func(c *cli.Context) error {
-					name, err := oneArg(c, "NAME")
-					if err != nil {
-						return err
-					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
+				Action: withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
 					in, err := cl.Instance(c.Context, name)
 					if err != nil {
 						return err
 					}
 					return show(c, in, func(w io.Writer) { instanceDetail(w, in) })
-				},
+				}),
 			},
 		},
+	}
+}
+
+// withName is the shape of most commands: one NAME argument and a client.
+func withName(what string, fn func(c *cli.Context, cl *controllerapi.Client, name string) error) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		name, err := oneArg(c, what)
+		if err != nil {
+			return err
+		}
+		cl, err := client(c)
+		if err != nil {
+			return err
+		}
+		return fn(c, cl, name)
+	}
+}
+
+// withClient is a command without arguments that needs a client.
+func withClient(fn func(c *cli.Context, cl *controllerapi.Client) error) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		cl, err := client(c)
+		if err != nil {
+			return err
+		}
+		return fn(c, cl)
 	}
 }
