@@ -311,6 +311,40 @@ func (c *Controller) place(vcpus, memMiB int, exclude string) (string, error) {
 	return best, nil
 }
 
+// aoeMAC is the address a hardware node's AoE traffic comes from: what its
+// agent reports, else its registered MAC.
+func (c *Controller) aoeMAC(node string) (string, error) {
+	if hb, _, _ := c.agents.get(node, time.Now()); hb.Capacity.AoEMAC != "" {
+		return hb.Capacity.AoEMAC, nil
+	}
+	n, err := c.reg.Node(node)
+	if err != nil {
+		return "", err
+	}
+	return n.MAC, nil
+}
+
+// allow sets a volume's allow list to the given nodes: no other initiator
+// sees it.
+func (c *Controller) allow(vol string, nodes ...string) error {
+	p, err := c.pool()
+	if err != nil {
+		return err
+	}
+	macs := []string{}
+	for _, n := range nodes {
+		m, err := c.aoeMAC(n)
+		if err != nil {
+			return err
+		}
+		macs = append(macs, m)
+	}
+	if _, err := p.SetExport(vol, "", macs, false); err != nil {
+		return fmt.Errorf("allow list of volume %s: %w", vol, err)
+	}
+	return nil
+}
+
 // ErrUnplaceable is a request no node can take.
 var ErrUnplaceable = errors.New("unplaceable")
 
@@ -403,7 +437,13 @@ func (c *Controller) CreateInstance(req controllerapi.CreateInstanceRequest) (co
 		_ = c.st.Update(func(tx store.Tx) error { return releaseInstance(tx, in) })
 	}
 	_ = p.Delete(instanceVolume(in.Name)) // a leftover of a failed create
-	if _, how, err := p.Clone(imageVolume(req.Image), instanceVolume(in.Name), storagenode.VolumeOptions{Addr: in.Volume}); err != nil {
+	mac, err := c.aoeMAC(node)
+	if err != nil {
+		release()
+		return in, err
+	}
+	// Only the node the instance runs on sees its disk.
+	if _, how, err := p.Clone(imageVolume(req.Image), instanceVolume(in.Name), storagenode.VolumeOptions{Addr: in.Volume, MACs: []string{mac}}); err != nil {
 		release()
 		return in, fmt.Errorf("cloning image %s for %s: %w", req.Image, in.Name, err)
 	} else {
@@ -612,24 +652,32 @@ func (c *Controller) Migrate(name, to string) (controllerapi.MigrateResult, erro
 		return res, err
 	}
 	t0 := time.Now()
+	vol := instanceVolume(name)
 	abort := func(err error) (controllerapi.MigrateResult, error) {
 		if cerr := c.setMigration(name, nil, ""); cerr != nil {
 			err = errors.Join(err, cerr)
 		}
+		if cerr := c.allow(vol, from); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
 		return res, c.migrationFailed(in, to, err)
 	}
-	// 1. The destination attaches the disk.
+	// 1. Both nodes may see the volume; the destination attaches it.
+	if err := c.allow(vol, from, to); err != nil {
+		return abort(err)
+	}
 	var st controllerapi.InstanceStatus
 	ok := c.waitAgents(c.cfg.prepareTimeout(), func() bool {
 		var seen bool
 		st, seen = c.agents.instance(to, name)
-		return seen && (st.Disk != "" || st.Error != "")
+		return seen && st.Disk != ""
 	})
-	switch {
-	case !ok:
-		return abort(errorf(ErrUnplaceable, "cannot migrate %s to %s: the destination did not attach volume %s within %s", name, to, in.Volume, c.cfg.prepareTimeout()))
-	case st.Disk == "":
-		return abort(errorf(ErrUnplaceable, "cannot migrate %s to %s: volume %s is not reachable there: %s", name, to, in.Volume, st.Error))
+	if !ok {
+		why := "it did not attach it within " + c.cfg.prepareTimeout().String()
+		if st.Error != "" {
+			why = st.Error
+		}
+		return abort(errorf(ErrUnplaceable, "cannot migrate %s to %s: volume %s is not reachable there: %s", name, to, in.Volume, why))
 	}
 	// 2. The source migrates.
 	m.Phase = controllerapi.PhaseRun
@@ -650,9 +698,12 @@ func (c *Controller) Migrate(name, to string) (controllerapi.MigrateResult, erro
 	if !rep.OK {
 		return abort(fmt.Errorf("migration of %s from %s to %s failed, the instance stays on %s: %s", name, from, to, from, rep.Error))
 	}
-	// 3. Record the move.
+	// 3. Record the move; only the destination sees the volume now.
 	if err := c.setMigration(name, nil, to); err != nil {
 		return res, err
+	}
+	if err := c.allow(vol, to); err != nil {
+		c.log.Error("revoking the source's access to the volume", "instance", name, "err", err)
 	}
 	res = controllerapi.MigrateResult{Instance: name, From: from, To: to, WallMS: float64(time.Since(t0).Microseconds()) / 1000, DowntimeMS: rep.DowntimeMS}
 	_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventInstanceMigrated, Node: to,
@@ -698,8 +749,10 @@ func (c *Controller) ensureRootVolume(n controllerapi.Node) error {
 	}
 	name := "root-" + n.Name
 	how := "re-exported"
-	if _, err := p.SetExport(name, n.RootVolume, nil, false); errors.Is(err, storagenode.ErrNotFound) {
-		_, how, err = p.Clone(imageVolume(c.cfg.HWNodeRootImage), name, storagenode.VolumeOptions{Addr: n.RootVolume})
+	// Only the node itself sees its root.
+	macs := []string{n.MAC}
+	if _, err := p.SetExport(name, n.RootVolume, macs, false); errors.Is(err, storagenode.ErrNotFound) {
+		_, how, err = p.Clone(imageVolume(c.cfg.HWNodeRootImage), name, storagenode.VolumeOptions{Addr: n.RootVolume, MACs: macs})
 		if errors.Is(err, storagenode.ErrNotFound) {
 			err = fmt.Errorf("root image %q not imported (fabric image import %s FILE)", c.cfg.HWNodeRootImage, c.cfg.HWNodeRootImage)
 		}
@@ -782,7 +835,10 @@ func (c *Controller) reassign(in controllerapi.Instance) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return to, c.reg.update(func(tx store.Tx) error {
+	if err := c.allow(instanceVolume(in.Name), to); err != nil {
+		return "", err
+	}
+	err = c.reg.update(func(tx store.Tx) error {
 		cur, err := getInstance(tx, in.Name)
 		if err != nil {
 			return err
@@ -797,6 +853,12 @@ func (c *Controller) reassign(in controllerapi.Instance) (string, error) {
 		return appendEvent(tx, controllerapi.Event{Time: cur.Updated, Type: controllerapi.EventInstanceMigrated, Node: to,
 			Message: fmt.Sprintf("stopped instance %s reassigned from %s to %s", in.Name, in.Node, to)})
 	})
+	if err != nil {
+		if aerr := c.allow(instanceVolume(in.Name), in.Node); aerr != nil {
+			err = errors.Join(err, aerr)
+		}
+	}
+	return to, err
 }
 
 // Undrain lets a node take instances again.

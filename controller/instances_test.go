@@ -194,6 +194,27 @@ func TestInstancesAndMigration(t *testing.T) {
 	if in, ok := c.WaitState("web", "running", 3*time.Second); !ok {
 		t.Fatalf("web not reported running: %+v", in)
 	}
+	// The instance's volume is visible to its node only.
+	allowed := func() []string {
+		p, err := c.pool()
+		if err != nil {
+			t.Fatal(err)
+		}
+		vs, err := p.List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range vs {
+			if v.Name == instanceVolume("web") {
+				return v.MACs
+			}
+		}
+		t.Fatal("no volume for web")
+		return nil
+	}
+	if got := allowed(); len(got) != 1 || got[0] != "52:54:00:00:00:01" {
+		t.Errorf("web's volume allows %v, want hn1's MAC only", got)
+	}
 
 	// A failing migration leaves the instance where it was and says why.
 	a1.set(func(f *fakeAgent) { f.failMig = "operation failed: guest CPU doesn't match specification" })
@@ -202,6 +223,9 @@ func TestInstancesAndMigration(t *testing.T) {
 	}
 	if got, _ := admin.Instance(ctx, "web"); got.Node != "hn1" || got.Migrate != nil {
 		t.Errorf("after a failed migration: %+v", got)
+	}
+	if got := allowed(); len(got) != 1 || got[0] != "52:54:00:00:00:01" {
+		t.Errorf("after a failed migration web's volume allows %v, want hn1's MAC only", got)
 	}
 	// The destination cannot reach the volume.
 	a1.set(func(f *fakeAgent) { f.failMig = "" })
@@ -227,6 +251,9 @@ func TestInstancesAndMigration(t *testing.T) {
 	got, _ := admin.Instance(ctx, "web")
 	if got.Node != "hn2" || got.State != "running" {
 		t.Errorf("after migration: %+v", got)
+	}
+	if got := allowed(); len(got) != 1 || got[0] != "52:54:00:00:00:02" {
+		t.Errorf("after migration web's volume allows %v, want hn2's MAC only", got)
 	}
 	// hn2 now holds 128 of 512 MiB: a 400 MiB instance does not fit.
 	if _, err := admin.CreateInstance(ctx, controllerapi.CreateInstanceRequest{Name: "fat", Image: "tiny", VCPUs: 1, MemoryMiB: 400, Node: "hn2"}); err == nil || !strings.Contains(err.Error(), "384 MiB of memory free") {

@@ -130,6 +130,8 @@ type Agent struct {
 	done      map[uint64]bool // migrations run
 	reports   []controllerapi.MigrationReport
 	kick      chan struct{}
+	soon      bool // reconcile again without waiting for a change
+
 }
 
 const credentialFile = "credential"
@@ -174,6 +176,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("hwnode: AoE initiator on %s: %w", cfg.AoEIface, err)
 		}
 		a.nbd = nbd.NewServer(a.log)
+		a.cap.AoEMAC = a.init.MAC().String()
 	}
 	return a, nil
 }
@@ -295,7 +298,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			case <-hctx.Done():
 			}
 		}()
-		ds, err := a.api.Heartbeat(hctx, hb, a.cfg.Wait)
+		a.mu.Lock()
+		wait := a.cfg.Wait
+		if a.soon {
+			wait = 0
+		}
+		a.mu.Unlock()
+		ds, err := a.api.Heartbeat(hctx, hb, wait)
 		kicked := hctx.Err() != nil && ctx.Err() == nil
 		cancel()
 		if kicked {
@@ -312,6 +321,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			continue
 		}
+		a.mu.Lock()
+		a.soon = false // set again by this reconcile if it must retry
+		a.mu.Unlock()
 		a.ack(ds.Acked)
 		a.reconcile(ctx, ds)
 		a.mu.Lock()

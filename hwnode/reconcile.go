@@ -211,6 +211,10 @@ func (a *Agent) setDiskErr(name string, err error) {
 		delete(a.diskErr, name)
 		return
 	}
+	// Try again soon: a volume's allow list may not have reached the
+	// storage node yet.
+	a.soon = true
+	a.wakeAfter(300 * time.Millisecond)
 	if a.diskErr[name] != err.Error() {
 		a.log.Warn("instance", "instance", name, "err", err)
 	}

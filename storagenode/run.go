@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -68,13 +69,23 @@ func Run(ctx context.Context, cfg Config) error {
 		every = time.Second
 	}
 	g.Go(func() error {
-		tick := time.NewTicker(every)
+		// A change to the pool's state file takes effect within 100 ms
+		// (an allow list granted before a migration, say); a full pass
+		// runs every `every` anyway for changes the file does not show
+		// (a volume file resized in place).
+		tick := time.NewTicker(min(every, 100*time.Millisecond))
 		defer tick.Stop()
+		last, lastStamp := time.Now(), stateStamp(pool)
 		for {
 			select {
 			case <-ctx.Done():
 				return nil
 			case <-tick.C:
+				stamp := stateStamp(pool)
+				if stamp == lastStamp && time.Since(last) < every {
+					continue
+				}
+				last, lastStamp = time.Now(), stamp
 				if err := reconcile(t, pool, cfg.Exports, log); err != nil {
 					log.Error("reloading volumes", "err", err)
 				}
@@ -85,6 +96,15 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Ready(t)
 	}
 	return g.Wait()
+}
+
+// stateStamp identifies a version of the pool's state file.
+func stateStamp(p *Pool) string {
+	fi, err := os.Stat(p.statePath())
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%d/%d/%d", fi.ModTime().UnixNano(), fi.Size(), fi.Sys().(*syscall.Stat_t).Ino)
 }
 
 // reconcile makes the target export exactly the pool's exported volumes

@@ -89,6 +89,10 @@ func New(ifname string, cfg Config) (*Initiator, error) {
 	return in, nil
 }
 
+// MAC is the address the initiator sends from: what a target's MAC allow
+// list must name.
+func (in *Initiator) MAC() net.HardwareAddr { return in.mac }
+
 // Close stops the initiator; outstanding requests fail.
 func (in *Initiator) Close() error {
 	select {

@@ -88,6 +88,9 @@ type Capacity struct {
 	// driver's /dev/etherd) or "nbd" (the agent's own initiator behind
 	// an NBD export on loopback).
 	Disk string `json:"disk"`
+	// AoEMAC is the address the node's AoE traffic comes from, for the
+	// volumes' allow lists ("" = the registered MAC).
+	AoEMAC string `json:"aoe_mac,omitempty"`
 	// MigrationURI is the URI peers' libvirtd use to reach this node's.
 	MigrationURI string `json:"migration_uri"`
 	Libvirt      string `json:"libvirt"` // libvirt version

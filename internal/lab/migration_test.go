@@ -154,6 +154,24 @@ func TestLiveMigration(t *testing.T) {
 	}
 	out, _ := l.Fabric("instance", "show", "web")
 	t.Logf("fabric instance show web:\n%s", out)
+	// The instance's volume answers its node only: the client, another
+	// initiator on the same switch, does not see it.
+	disc, err := In(l.ClientNS, filepath.Join(l.Bin, "fabric"), "aoe", "discover", "--iface", "eth0", "--wait", "1s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(disc, in.Volume+"\t") || strings.Contains(disc, in.Volume+" ") {
+		t.Errorf("the client sees the instance's volume %s:\n%s", in.Volume, disc)
+	}
+	// ... while hn1, where it runs, does (the check above can fail).
+	disc1, err := In(l.Hosts[0].NS, filepath.Join(l.Bin, "fabric"), "aoe", "discover", "--iface", "br0", "--wait", "1s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(disc1, in.Volume) {
+		t.Errorf("hn1 does not see the volume %s of its instance:\n%s", in.Volume, disc1)
+	}
+	t.Logf("AoE discovery from the client (not allowed): %q; from hn1:\n%s", disc, disc1)
 
 	type row struct {
 		from, to       string
