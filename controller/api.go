@@ -94,6 +94,8 @@ func (c *Controller) fail(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusConflict, controllerapi.CodeConflict, err.Error())
 	case errors.Is(err, ErrUnauthorized):
 		writeError(w, http.StatusUnauthorized, controllerapi.CodeUnauthorized, err.Error())
+	case errors.Is(err, ErrNodeFailed):
+		writeError(w, http.StatusBadGateway, controllerapi.CodeNodeFailed, err.Error())
 	case errors.Is(err, ErrUnplaceable):
 		writeError(w, http.StatusConflict, controllerapi.CodeUnplaceable, err.Error())
 	case errors.Is(err, ErrExhausted):

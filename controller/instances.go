@@ -264,6 +264,9 @@ func (c *Controller) fits(node string, vcpus, memMiB int) (string, error) {
 		}
 		return fmt.Sprintf("%s is not alive: last heartbeat %s ago", node, time.Since(seen).Round(100*time.Millisecond)), nil
 	}
+	if hb, _, _ := c.agents.get(node, time.Now()); hb.LibvirtError != "" {
+		return fmt.Sprintf("%s's libvirtd does not answer its agent (%s)", node, hb.LibvirtError), nil
+	}
 	if c.drained(node) {
 		return fmt.Sprintf("%s is drained (`fabric node undrain %s` to use it again)", node, node), nil
 	}
@@ -347,6 +350,9 @@ func (c *Controller) allow(vol string, nodes ...string) error {
 
 // ErrUnplaceable is a request no node can take.
 var ErrUnplaceable = errors.New("unplaceable")
+
+// ErrNodeFailed is an operation a node tried and failed.
+var ErrNodeFailed = errors.New("node failed")
 
 func randomMAC() string {
 	b := make([]byte, 3)
@@ -693,10 +699,10 @@ func (c *Controller) Migrate(name, to string) (controllerapi.MigrateResult, erro
 	if !ok {
 		// The source may still finish; leave the record so that nothing
 		// starts a second copy, and say so.
-		return res, c.migrationFailed(in, to, fmt.Errorf("migration of %s to %s: no result from %s within %s; the migration record stays until it reports (see `fabric instance show %s`)", name, to, from, c.cfg.migrateTimeout(), name))
+		return res, c.migrationFailed(in, to, errorf(ErrNodeFailed, "migration of %s to %s: no result from %s within %s; the migration record stays until it reports (see `fabric instance show %s`)", name, to, from, c.cfg.migrateTimeout(), name))
 	}
 	if !rep.OK {
-		return abort(fmt.Errorf("migration of %s from %s to %s failed, the instance stays on %s: %s", name, from, to, from, rep.Error))
+		return abort(errorf(ErrNodeFailed, "migration of %s from %s to %s failed, the instance stays on %s: %s", name, from, to, from, rep.Error))
 	}
 	// 3. Record the move; only the destination sees the volume now.
 	if err := c.setMigration(name, nil, to); err != nil {
@@ -710,7 +716,7 @@ func (c *Controller) Migrate(name, to string) (controllerapi.MigrateResult, erro
 		Message: fmt.Sprintf("instance %s migrated live from %s to %s in %.0f ms (libvirt: %.0f ms migrating, %.0f ms downtime)", name, from, to, res.WallMS, rep.WallMS, rep.DowntimeMS)})
 	// 4. Verify it runs at the destination.
 	if _, ok := c.WaitState(name, "running", 15*time.Second); !ok {
-		return res, fmt.Errorf("migration of %s to %s reported done, but %s does not report it running", name, to, to)
+		return res, errorf(ErrNodeFailed, "migration of %s to %s reported done, but %s does not report it running", name, to, to)
 	}
 	return res, nil
 }

@@ -218,8 +218,8 @@ func TestInstancesAndMigration(t *testing.T) {
 
 	// A failing migration leaves the instance where it was and says why.
 	a1.set(func(f *fakeAgent) { f.failMig = "operation failed: guest CPU doesn't match specification" })
-	if _, err := admin.MigrateInstance(ctx, "web", "hn2"); err == nil || !strings.Contains(err.Error(), "CPU doesn't match") || !strings.Contains(err.Error(), "stays on hn1") {
-		t.Errorf("failed migration: %v", err)
+	if _, err := admin.MigrateInstance(ctx, "web", "hn2"); apiStatus(err) != http.StatusBadGateway || !strings.Contains(err.Error(), "CPU doesn't match") || !strings.Contains(err.Error(), "stays on hn1") {
+		t.Errorf("failed migration: %v (want 502 with the reason)", err)
 	}
 	if got, _ := admin.Instance(ctx, "web"); got.Node != "hn1" || got.Migrate != nil {
 		t.Errorf("after a failed migration: %+v", got)

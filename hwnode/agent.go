@@ -130,7 +130,8 @@ type Agent struct {
 	done      map[uint64]bool // migrations run
 	reports   []controllerapi.MigrationReport
 	kick      chan struct{}
-	soon      bool // reconcile again without waiting for a change
+	soon      bool   // reconcile again without waiting for a change
+	lvErr     string // why libvirtd does not answer
 
 }
 
@@ -289,6 +290,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		"vcpus", a.cap.VCPUs, "memory_mib", a.cap.MemoryMiB, "libvirt", a.cap.Libvirt)
 	backoff := time.Second
 	for ctx.Err() == nil {
+		a.reconnect()
 		hb := a.status()
 		hctx, cancel := context.WithCancel(ctx)
 		go func() {
@@ -331,6 +333,27 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.mu.Unlock()
 	}
 	return nil
+}
+
+// reconnect dials libvirtd again after the connection was lost (libvirtd
+// restarted, say); guests keep running meanwhile.
+func (a *Agent) reconnect() {
+	if a.lv.IsConnected() {
+		return
+	}
+	if err := a.lv.ConnectToURI(libvirt.QEMUSystem); err != nil {
+		a.mu.Lock()
+		if a.lvErr == "" {
+			a.log.Warn("libvirtd does not answer", "socket", a.cfg.LibvirtSocket, "err", err)
+		}
+		a.lvErr = fmt.Sprintf("libvirtd at %s: %v", a.cfg.LibvirtSocket, err)
+		a.mu.Unlock()
+		return
+	}
+	a.log.Info("reconnected to libvirtd")
+	a.mu.Lock()
+	a.lvErr = ""
+	a.mu.Unlock()
 }
 
 func (a *Agent) wake() {
@@ -405,9 +428,15 @@ func (a *Agent) status() controllerapi.Heartbeat {
 		Migrations: append([]controllerapi.MigrationReport(nil), a.reports...)}
 	a.mu.Unlock()
 	doms, states, err := a.managed()
-	if err != nil {
-		a.log.Warn("listing domains", "err", err)
+	a.mu.Lock()
+	switch {
+	case err == nil:
+		a.lvErr = ""
+	case a.lvErr == "":
+		a.lvErr = "listing domains: " + err.Error()
 	}
+	hb.LibvirtError = a.lvErr
+	a.mu.Unlock()
 	seen := map[string]bool{}
 	for name := range doms {
 		seen[name] = true

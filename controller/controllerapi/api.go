@@ -99,6 +99,7 @@ const (
 	CodeTooLarge     = "too_large"    // 413
 	CodeExhausted    = "exhausted"    // 507: no address left
 	CodeUnplaceable  = "unplaceable"  // 409: no node can take it
+	CodeNodeFailed   = "node_failed"  // 502: a node tried and failed
 	CodeInternal     = "internal"     // 500
 )
 

@@ -124,6 +124,9 @@ type Heartbeat struct {
 	Capacity   Capacity          `json:"capacity"`
 	Instances  []InstanceStatus  `json:"instances"`
 	Migrations []MigrationReport `json:"migrations,omitempty"`
+	// LibvirtError says why the node's libvirtd does not answer ("" when
+	// it does).
+	LibvirtError string `json:"libvirt_error,omitempty"`
 }
 
 // InstanceSpec is an instance as the controller wants it on a node.

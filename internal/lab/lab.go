@@ -377,16 +377,22 @@ func (l *Lab) StartAgent(h Host, memory string) error {
 }
 
 // StopAgent kills a hardware node's agent (SIGKILL: a dead node).
-func (l *Lab) StopAgent(h Host) error {
+func (l *Lab) StopAgent(h Host) error { return l.Kill("agent-" + h.Name) }
+
+// StopLibvirtd kills a hardware node's libvirtd; its guests keep running.
+func (l *Lab) StopLibvirtd(h Host) error { return l.Kill("libvirtd-" + h.Name) }
+
+// Kill kills a process the lab started, by its name (SIGKILL).
+func (l *Lab) Kill(name string) error {
 	for i, p := range l.Procs {
-		if p.Name == "agent-"+h.Name {
+		if p.Name == name {
 			_ = syscall.Kill(p.PID, syscall.SIGKILL)
 			waitGone(p.PID, 5*time.Second)
 			l.Procs = append(l.Procs[:i], l.Procs[i+1:]...)
 			return l.save()
 		}
 	}
-	return fmt.Errorf("no agent running for %s", h.Name)
+	return fmt.Errorf("no process %s in the lab", name)
 }
 
 // start runs a long-lived process in a namespace, logging to DIR/NAME.log.

@@ -310,6 +310,36 @@ func TestLiveMigration(t *testing.T) {
 	} else {
 		t.Logf("impossible placement refused: %s", strings.TrimSpace(out))
 	}
+	// A destination that fails during the migration (its QEMU cannot
+	// open its log directory): libvirt reports the failure, the instance
+	// stays where it was.
+	qlog := filepath.Join(l.Hosts[1].Dir, "log", "qemu")
+	if err := os.Rename(qlog, qlog+".away"); err != nil {
+		t.Fatal(err)
+	}
+	out, err = l.Fabric("instance", "migrate", "web", "--to", "hn2")
+	if err == nil || !strings.Contains(out, "stays on hn1") {
+		t.Errorf("migration that fails at the destination: err=%v\n%s", err, out)
+	} else {
+		t.Logf("migration failing at the destination: %s", strings.TrimSpace(out))
+	}
+	stillRunsOn(t, l, ip, "hn1")
+	if err := os.Rename(qlog+".away", qlog); err != nil {
+		t.Fatal(err)
+	}
+	// A destination whose agent lives but whose libvirtd is gone: refused
+	// before anything moves.
+	if err := l.StopLibvirtd(l.Hosts[1]); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(10*time.Second, func() bool {
+		out, _ := l.Fabric("instance", "migrate", "web", "--to", "hn2")
+		return strings.Contains(out, "libvirtd does not answer")
+	}); err != nil {
+		out, _ := l.Fabric("instance", "migrate", "web", "--to", "hn2")
+		t.Errorf("migration to a node whose libvirtd is down: %s", out)
+	}
+	stillRunsOn(t, l, ip, "hn1")
 	// A dead node: hn2's agent is killed.
 	if err := l.StopAgent(l.Hosts[1]); err != nil {
 		t.Fatal(err)
