@@ -50,20 +50,21 @@ type Proc struct {
 
 // Lab is a running lab; its JSON form is DIR/lab.json.
 type Lab struct {
-	Dir        string   `json:"dir"`
-	Bin        string   `json:"bin"`
-	Images     string   `json:"images"`
-	Prefix     string   `json:"prefix"`
-	Namespaces []string `json:"namespaces"`
-	Mounts     []string `json:"created_mountpoints"`
-	Procs      []Proc   `json:"procs"`
-	Hosts      []Host   `json:"hosts"`
-	CtlNS      string   `json:"controller_ns"`
-	StorageNS  string   `json:"storage_ns"`
-	ClientNS   string   `json:"client_ns"`
-	SwitchNS   string   `json:"switch_ns"`
-	StateDir   string   `json:"state_dir"`
-	DataDir    string   `json:"data_dir"`
+	Dir         string   `json:"dir"`
+	Bin         string   `json:"bin"`
+	Images      string   `json:"images"`
+	Prefix      string   `json:"prefix"`
+	MaxDowntime string   `json:"max_downtime,omitempty"`
+	Namespaces  []string `json:"namespaces"`
+	Mounts      []string `json:"created_mountpoints"`
+	Procs       []Proc   `json:"procs"`
+	Hosts       []Host   `json:"hosts"`
+	CtlNS       string   `json:"controller_ns"`
+	StorageNS   string   `json:"storage_ns"`
+	ClientNS    string   `json:"client_ns"`
+	SwitchNS    string   `json:"switch_ns"`
+	StateDir    string   `json:"state_dir"`
+	DataDir     string   `json:"data_dir"`
 
 	log, trace io.Writer
 }
@@ -85,6 +86,9 @@ type Config struct {
 	// Trace, when set, gets every fabric command the lab runs, with its
 	// output: the story the demo tells.
 	Trace io.Writer
+	// MaxDowntime is the agents' live migration downtime target ("" =
+	// the agent's default).
+	MaxDowntime string
 }
 
 func (l *Lab) logf(format string, a ...any) {
@@ -140,7 +144,7 @@ func Up(cfg Config) (l *Lab, err error) {
 		old.logf("removing the lab left in %s", dir)
 		_ = old.Down()
 	}
-	l = &Lab{Dir: dir, Bin: cfg.Bin, Images: cfg.Images, Prefix: cfg.Prefix, log: cfg.Log, trace: cfg.Trace}
+	l = &Lab{Dir: dir, Bin: cfg.Bin, Images: cfg.Images, Prefix: cfg.Prefix, MaxDowntime: cfg.MaxDowntime, log: cfg.Log, trace: cfg.Trace}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -372,6 +376,9 @@ func (l *Lab) StartAgent(h Host, memory string) error {
 		"--serial-dir", "/var/log/libvirt/qemu", "--shutdown-timeout", "5s"}
 	if memory != "" {
 		args = append(args, "--memory", memory)
+	}
+	if l.MaxDowntime != "" {
+		args = append(args, "--max-downtime", l.MaxDowntime)
 	}
 	return l.start("agent-"+h.Name, h.NS, filepath.Join(l.Bin, "fabricd"), args...)
 }
