@@ -22,9 +22,7 @@ import (
 
 	"github.com/digitalocean/go-libvirt"
 	"github.com/digitalocean/go-libvirt/socket/dialers"
-	"github.com/fabric-project/fabric/aoe/initiator"
 	"github.com/fabric-project/fabric/controller/controllerapi"
-	"github.com/fabric-project/fabric/hwnode/nbd"
 	"github.com/fabric-project/fabric/internal/atomicfile"
 )
 
@@ -55,6 +53,10 @@ type Config struct {
 	DiskMode string // kernel, nbd, or ""/"auto"
 	AoEIface string // interface for the agent's initiator (nbd mode)
 	NBDAddr  string // loopback address of the NBD server; default 127.0.0.1:10809
+	// DiskServer is the control socket of a separate `fabricd
+	// hwnode-disks` (nbd mode): guests keep their disks while the agent
+	// restarts. Empty: the agent serves NBD itself.
+	DiskServer string
 
 	Kernel, Initrd string // instance kernel and initramfs on this host
 	Bridge         string // bridge guest NICs join; default br0
@@ -103,12 +105,6 @@ func (c *Config) defaults() {
 	}
 }
 
-// attached is a volume the agent presents to QEMU.
-type attached struct {
-	disk Disk
-	dev  *initiator.Device // nbd mode
-}
-
 // Agent is a running hardware node agent.
 type Agent struct {
 	cfg Config
@@ -117,12 +113,12 @@ type Agent struct {
 	lv  *libvirt.Libvirt
 	cap controllerapi.Capacity
 
-	init *initiator.Initiator // nbd mode
-	nbd  *nbd.Server
+	dk    Disks
+	local *DiskServer // in-process NBD serving (nbd mode without DiskServer)
 
 	mu        sync.Mutex
 	gen       uint64
-	disks     map[string]*attached // by volume
+	disks     map[string]Disk      // attached, by volume
 	owners    map[string]string    // instance -> volume attached for it
 	diskErr   map[string]string    // by instance
 	stopping  map[string]time.Time // graceful shutdown asked at
@@ -141,7 +137,7 @@ const credentialFile = "credential"
 // no credential yet) and prepares the disk path.
 func New(ctx context.Context, cfg Config) (*Agent, error) {
 	cfg.defaults()
-	a := &Agent{cfg: cfg, log: cfg.Logger, disks: map[string]*attached{}, owners: map[string]string{}, diskErr: map[string]string{},
+	a := &Agent{cfg: cfg, log: cfg.Logger, disks: map[string]Disk{}, owners: map[string]string{}, diskErr: map[string]string{},
 		stopping: map[string]time.Time{}, migrating: map[string]bool{}, done: map[uint64]bool{}, kick: make(chan struct{}, 1)}
 	if cfg.Node == "" {
 		return nil, errors.New("hwnode: no node name (--name)")
@@ -167,17 +163,28 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		a.lv.Disconnect()
 		return nil, err
 	}
-	if a.cap.Disk == DiskNBD {
+	switch {
+	case a.cap.Disk == DiskKernel:
+		a.dk = kernelDisks{}
+	case cfg.DiskServer != "":
+		dc := NewDiskClient(cfg.DiskServer)
+		mac, err := dc.MAC(ctx)
+		if err != nil {
+			a.lv.Disconnect()
+			return nil, fmt.Errorf("hwnode: %w (start `fabricd hwnode-disks` first)", err)
+		}
+		a.dk, a.cap.AoEMAC = dc, mac
+	default:
 		if cfg.AoEIface == "" {
 			a.lv.Disconnect()
 			return nil, errors.New("hwnode: no kernel aoe driver here, and no --aoe-iface for the agent's own initiator")
 		}
-		if a.init, err = initiator.New(cfg.AoEIface, initiator.Config{Window: 32, Timeout: 50 * time.Millisecond, Retries: 10}); err != nil {
+		ds, err := NewDiskServer(cfg.AoEIface, cfg.NBDAddr, a.log)
+		if err != nil {
 			a.lv.Disconnect()
-			return nil, fmt.Errorf("hwnode: AoE initiator on %s: %w", cfg.AoEIface, err)
+			return nil, fmt.Errorf("hwnode: %w", err)
 		}
-		a.nbd = nbd.NewServer(a.log)
-		a.cap.AoEMAC = a.init.MAC().String()
+		a.dk, a.local, a.cap.AoEMAC = ds, ds, ds.MAC()
 	}
 	return a, nil
 }
@@ -278,13 +285,12 @@ func (a *Agent) Capacity() controllerapi.Capacity { return a.cap }
 // and reconcile loop.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.lv.Disconnect()
-	if a.nbd != nil {
+	if a.local != nil {
 		ln, err := net.Listen("tcp", a.cfg.NBDAddr)
 		if err != nil {
 			return fmt.Errorf("hwnode: NBD listen: %w", err)
 		}
-		go func() { _ = a.nbd.Serve(ctx, ln) }()
-		defer a.init.Close()
+		go func() { _ = a.local.Serve(ctx, ln, nil) }()
 	}
 	a.log.Info("hardware node agent running", "node", a.cfg.Node, "hypervisor", a.cap.Hypervisor, "disk", a.cap.Disk,
 		"vcpus", a.cap.VCPUs, "memory_mib", a.cap.MemoryMiB, "libvirt", a.cap.Libvirt)

@@ -4,30 +4,22 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
-	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/digitalocean/go-libvirt"
 	"github.com/digitalocean/go-libvirt/socket/dialers"
-	"github.com/fabric-project/fabric/aoe/wire"
 	"github.com/fabric-project/fabric/controller/controllerapi"
-	"github.com/fabric-project/fabric/hwnode/nbd"
 )
 
 // diskOf returns the disk URL attached for an instance. a.mu held.
 func (a *Agent) diskOf(name string) (string, bool) {
-	vol, ok := a.owners[name]
+	d, ok := a.disks[a.owners[name]]
 	if !ok {
 		return "", false
 	}
-	d, ok := a.disks[vol]
-	if !ok {
-		return "", false
-	}
-	return d.disk.URL(), true
+	return d.URL(), true
 }
 
 // attach makes an instance's volume available to QEMU.
@@ -36,64 +28,44 @@ func (a *Agent) attach(ctx context.Context, name, vol string) (Disk, error) {
 	if d, ok := a.disks[vol]; ok {
 		a.owners[name] = vol
 		a.mu.Unlock()
-		return d.disk, nil
+		return d, nil
 	}
 	a.mu.Unlock()
-	shelf, slot, err := wire.ParseAddr(vol)
+	d, err := a.dk.Attach(ctx, vol)
 	if err != nil {
 		return Disk{}, err
 	}
-	var at attached
-	switch a.cap.Disk {
-	case DiskKernel:
-		dev := fmt.Sprintf("/dev/etherd/e%d.%d", shelf, slot)
-		for i := 0; i < 50 && !fileExists(dev); i++ {
-			_ = os.WriteFile("/dev/etherd/discover", []byte("\n"), 0)
-			time.Sleep(100 * time.Millisecond)
-		}
-		if !fileExists(dev) {
-			return Disk{}, fmt.Errorf("%s did not appear after AoE discovery: is %s exported to this node?", dev, vol)
-		}
-		at.disk = Disk{Device: dev}
-	case DiskNBD:
-		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		dev, err := a.init.Open(octx, shelf, slot, 500*time.Millisecond)
-		cancel()
-		if err != nil {
-			return Disk{}, fmt.Errorf("AoE volume %s: %w", vol, err)
-		}
-		host, port, _ := net.SplitHostPort(a.cfg.NBDAddr)
-		at = attached{dev: dev, disk: Disk{NBDHost: host, NBDPort: port, NBDExport: vol}}
-		a.nbd.Add(&nbd.Export{Name: vol, Backend: dev})
-	}
 	a.mu.Lock()
-	a.disks[vol] = &at
+	a.disks[vol] = d
 	a.owners[name] = vol
 	a.mu.Unlock()
-	a.log.Info("volume attached", "instance", name, "volume", vol, "disk", at.disk.URL())
-	return at.disk, nil
+	a.log.Info("volume attached", "instance", name, "volume", vol, "disk", d.URL())
+	return d, nil
 }
 
 // detach releases an instance's volume when no other instance uses it.
 func (a *Agent) detach(name string) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	vol, ok := a.owners[name]
 	delete(a.owners, name)
 	delete(a.diskErr, name)
+	if ok {
+		for _, v := range a.owners {
+			if v == vol {
+				ok = false
+				break
+			}
+		}
+	}
+	if ok {
+		delete(a.disks, vol)
+	}
+	a.mu.Unlock()
 	if !ok {
 		return
 	}
-	for _, v := range a.owners {
-		if v == vol {
-			return
-		}
-	}
-	d := a.disks[vol]
-	delete(a.disks, vol)
-	if d != nil && d.dev != nil {
-		a.nbd.Remove(vol)
-		_ = d.dev.Close()
+	if err := a.dk.Detach(vol); err != nil {
+		a.log.Warn("detaching volume", "volume", vol, "err", err)
 	}
 	a.log.Info("volume detached", "instance", name, "volume", vol)
 }
@@ -202,6 +174,23 @@ func (a *Agent) reconcile(ctx context.Context, ds controllerapi.DesiredState) {
 	for _, name := range stale {
 		a.detach(name)
 	}
+	// Volumes presented for nothing here (left by an agent that restarted
+	// meanwhile) are withdrawn.
+	wanted := map[string]bool{}
+	for _, s := range ds.Instances {
+		wanted[s.Volume] = true
+	}
+	if vols, err := a.dk.Attached(); err == nil {
+		for _, v := range vols {
+			a.mu.Lock()
+			_, mine := a.disks[v]
+			a.mu.Unlock()
+			if !wanted[v] && !mine {
+				a.log.Info("withdrawing a volume no instance here uses", "volume", v)
+				_ = a.dk.Detach(v)
+			}
+		}
+	}
 }
 
 func (a *Agent) setDiskErr(name string, err error) {
@@ -228,12 +217,12 @@ func (a *Agent) ensureDisk(ctx context.Context, s controllerapi.InstanceSpec) er
 
 func (a *Agent) define(s controllerapi.InstanceSpec) (libvirt.Domain, error) {
 	a.mu.Lock()
-	d := a.disks[a.owners[s.Name]]
+	d, ok := a.disks[a.owners[s.Name]]
 	a.mu.Unlock()
-	if d == nil {
+	if !ok {
 		return libvirt.Domain{}, errors.New("no disk attached")
 	}
-	x, err := DomainXML(s, d.disk, a.guest(s.Name))
+	x, err := DomainXML(s, d, a.guest(s.Name))
 	if err != nil {
 		return libvirt.Domain{}, err
 	}
@@ -241,7 +230,7 @@ func (a *Agent) define(s controllerapi.InstanceSpec) (libvirt.Domain, error) {
 	if err != nil {
 		return dom, fmt.Errorf("defining domain: %w", err)
 	}
-	a.log.Info("instance defined", "instance", s.Name, "disk", d.disk.URL())
+	a.log.Info("instance defined", "instance", s.Name, "disk", d.URL())
 	return dom, nil
 }
 

@@ -1,6 +1,10 @@
 package main
 
 import (
+	"net"
+	"os"
+	"path/filepath"
+
 	"github.com/urfave/cli/v2"
 
 	"github.com/fabric-project/fabric/hwnode"
@@ -23,6 +27,7 @@ func hwnodeCommand() *cli.Command {
 			&cli.StringFlag{Name: "disk", Value: "auto", Usage: "how guests reach AoE volumes: kernel (/dev/etherd), nbd (the agent's initiator behind NBD on loopback); auto: kernel if the aoe module is loaded"},
 			&cli.StringFlag{Name: "aoe-iface", Usage: "interface for the agent's AoE initiator (nbd disk mode)"},
 			&cli.StringFlag{Name: "nbd-addr", Value: "127.0.0.1:10809", Usage: "NBD server address (nbd disk mode); the same on every node"},
+			&cli.StringFlag{Name: "disk-server", Usage: "control socket of `fabricd hwnode-disks` (nbd disk mode): guests keep their disks while the agent restarts; default: the agent serves NBD itself"},
 			&cli.StringFlag{Name: "kernel", Required: true, Usage: "instance kernel on this node"},
 			&cli.StringFlag{Name: "initrd", Required: true, Usage: "instance initramfs on this node"},
 			&cli.StringFlag{Name: "bridge", Value: "br0", Usage: "bridge that guest NICs join"},
@@ -41,7 +46,7 @@ func hwnodeCommand() *cli.Command {
 				Node: c.String("name"), Controller: c.String("controller"), CAFile: c.String("ca"), Token: c.String("token"),
 				StateDir: c.String("state-dir"), LibvirtSocket: c.String("libvirt-socket"), Hypervisor: c.String("hypervisor"),
 				MigrationURI: c.String("migration-uri"), DiskMode: c.String("disk"), AoEIface: c.String("aoe-iface"),
-				NBDAddr: c.String("nbd-addr"), Kernel: c.String("kernel"), Initrd: c.String("initrd"), Bridge: c.String("bridge"),
+				NBDAddr: c.String("nbd-addr"), DiskServer: c.String("disk-server"), Kernel: c.String("kernel"), Initrd: c.String("initrd"), Bridge: c.String("bridge"),
 				SerialDir: c.String("serial-dir"), VCPUs: c.Int("vcpus"),
 				ShutdownTimeout: c.Duration("shutdown-timeout"), MaxDowntime: c.Duration("max-downtime"), Logger: log,
 			}
@@ -57,6 +62,46 @@ func hwnodeCommand() *cli.Command {
 				return err
 			}
 			return a.Run(c.Context)
+		},
+	}
+}
+
+func hwnodeDisksCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "hwnode-disks",
+		Usage: "serve AoE volumes to QEMU as NBD exports for the hardware node agent (`fabricd hwnode --disk-server`), in a process of its own",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "aoe-iface", Required: true, Usage: "interface for the AoE initiator"},
+			&cli.StringFlag{Name: "nbd-addr", Value: "127.0.0.1:10809", Usage: "NBD listen address; the same on every node"},
+			&cli.StringFlag{Name: "control", Value: "/run/fabric/hwnode-disks.sock", Usage: "unix socket the agent drives it through"},
+		},
+		Action: func(c *cli.Context) error {
+			log, err := logger(c)
+			if err != nil {
+				return err
+			}
+			ds, err := hwnode.NewDiskServer(c.String("aoe-iface"), c.String("nbd-addr"), log)
+			if err != nil {
+				return err
+			}
+			nbdLn, err := net.Listen("tcp", c.String("nbd-addr"))
+			if err != nil {
+				return err
+			}
+			sock := c.String("control")
+			if err := os.MkdirAll(filepath.Dir(sock), 0o700); err != nil {
+				return err
+			}
+			_ = os.Remove(sock) // a socket left by an earlier run
+			ctl, err := net.Listen("unix", sock)
+			if err != nil {
+				return err
+			}
+			if err := os.Chmod(sock, 0o600); err != nil {
+				return err
+			}
+			log.Info("disk server running", "aoe_iface", c.String("aoe-iface"), "nbd", c.String("nbd-addr"), "control", sock, "aoe_mac", ds.MAC())
+			return ds.Serve(c.Context, nbdLn, ctl)
 		},
 	}
 }

@@ -43,7 +43,7 @@ func main() {
 			pprof.StopCPUProfile()
 			return nil
 		},
-		Commands: []*cli.Command{controllerCommand(), storageCommand(), hwnodeCommand()},
+		Commands: []*cli.Command{controllerCommand(), storageCommand(), hwnodeCommand(), hwnodeDisksCommand()},
 	}
 	if err := app.RunContext(ctx, cliargs.FlagsFirst(app, os.Args)); err != nil {
 		fmt.Fprintf(os.Stderr, "fabricd: %v\n", err)

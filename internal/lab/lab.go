@@ -362,8 +362,21 @@ exec libvirtd --listen --pid-file %[2]s/libvirtd.pid --config /etc/libvirt/libvi
 	return l.start("libvirtd-"+h.Name, h.NS, "unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script)
 }
 
-// StartAgent starts a hardware node's agent (again, after StopAgent).
+// diskSocket is a host's disk server control socket.
+func (h Host) diskSocket() string { return filepath.Join(h.Dir, "agent", "disks.sock") }
+
+// StartAgent starts a hardware node's agent (again, after StopAgent), and
+// its disk server if it does not run yet.
 func (l *Lab) StartAgent(h Host, memory string) error {
+	if !l.running("disks-" + h.Name) {
+		if err := l.start("disks-"+h.Name, h.NS, filepath.Join(l.Bin, "fabricd"), "hwnode-disks", "--aoe-iface", "br0",
+			"--nbd-addr", "127.0.0.1:10809", "--control", h.diskSocket()); err != nil {
+			return err
+		}
+		if err := waitFor(10*time.Second, func() bool { _, err := os.Stat(h.diskSocket()); return err == nil }); err != nil {
+			return fmt.Errorf("disk server of %s did not start: %w", h.Name, err)
+		}
+	}
 	tok, err := l.Fabric("node", "token", h.Name)
 	if err != nil {
 		return err
@@ -371,7 +384,7 @@ func (l *Lab) StartAgent(h Host, memory string) error {
 	args := []string{"hwnode", "--name", h.Name, "--controller", "https://" + ControllerIP + ":" + APIPort,
 		"--ca", filepath.Join(l.StateDir, "ca", "ca.crt"), "--token", strings.TrimSpace(tok),
 		"--state-dir", filepath.Join(h.Dir, "agent"), "--libvirt-socket", filepath.Join(h.Dir, "run", "libvirt-sock"),
-		"--hypervisor", "qemu", "--migration-uri", "qemu+tcp://" + h.IP + "/system", "--disk", "nbd", "--aoe-iface", "br0",
+		"--hypervisor", "qemu", "--migration-uri", "qemu+tcp://" + h.IP + "/system", "--disk", "nbd", "--disk-server", h.diskSocket(),
 		"--kernel", filepath.Join(l.Images, "instance", "vmlinuz"), "--initrd", filepath.Join(l.Images, "instance", "initrd.img"),
 		"--serial-dir", "/var/log/libvirt/qemu", "--shutdown-timeout", "5s"}
 	if memory != "" {
@@ -388,6 +401,15 @@ func (l *Lab) StopAgent(h Host) error { return l.Kill("agent-" + h.Name) }
 
 // StopLibvirtd kills a hardware node's libvirtd; its guests keep running.
 func (l *Lab) StopLibvirtd(h Host) error { return l.Kill("libvirtd-" + h.Name) }
+
+func (l *Lab) running(name string) bool {
+	for _, p := range l.Procs {
+		if p.Name == name {
+			return true
+		}
+	}
+	return false
+}
 
 // Kill kills a process the lab started, by its name (SIGKILL).
 func (l *Lab) Kill(name string) error {

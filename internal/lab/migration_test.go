@@ -264,6 +264,39 @@ func TestLiveMigration(t *testing.T) {
 		t.Logf("file written before the migrations reads back from disk after 10: %s", proof)
 	}
 
+	// hn1's agent dies and comes back (a crash, an upgrade): the guest
+	// keeps running and keeps its disk, served by the node's disk server,
+	// and the new agent adopts it without restarting it.
+	domid := func() string {
+		out, _ := exec.Command("virsh", "-c", l.Hosts[0].URI(), "domid", "web").CombinedOutput()
+		return strings.TrimSpace(string(out))
+	}
+	idBefore := domid()
+	if err := l.StopAgent(l.Hosts[0]); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := curl(l, "http://"+ip+"/cgi-bin/write?during=agentdown"); err != nil || !strings.Contains(out, "wrote during") {
+		t.Errorf("writing to the instance's disk while its agent is down: %v %q", err, out)
+	}
+	if err := l.StartAgent(l.Hosts[0], ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(20*time.Second, func() bool {
+		var in controllerapi.Instance
+		out, err := l.Fabric("instance", "show", "web", "-o", "json")
+		return err == nil && json.Unmarshal([]byte(out), &in) == nil && in.State == "running" && in.Node == "hn1"
+	}); err != nil {
+		out, _ := l.Fabric("instance", "show", "web")
+		t.Fatalf("after hn1's agent restarted: %v\n%s", err, out)
+	}
+	if out, err := curl(l, "http://"+ip+"/cgi-bin/read?during"); err != nil || strings.TrimSpace(out) != "agentdown" {
+		t.Errorf("reading back what was written while the agent was down: %v %q", err, out)
+	}
+	if id := domid(); id != idBefore || id == "" {
+		t.Errorf("the domain was restarted with the agent: id %q before, %q after", idBefore, id)
+	}
+	t.Logf("hn1's agent killed and restarted: the instance kept running (domain id %s) and its disk answered throughout", idBefore)
+
 	// Drain hn1: web goes live to hn2 while the client keeps pinging.
 	p, err := l.StartProber(ip, filepath.Join(l.Dir, "drain"))
 	if err != nil {
