@@ -673,12 +673,18 @@ func (c *Controller) Migrate(name, to string) (controllerapi.MigrateResult, erro
 		return abort(err)
 	}
 	var st controllerapi.InstanceStatus
+	var lvErr string
 	ok := c.waitAgents(c.cfg.prepareTimeout(), func() bool {
 		var seen bool
 		st, seen = c.agents.instance(to, name)
-		return seen && st.Disk != ""
+		hb, _, _ := c.agents.get(to, time.Now())
+		lvErr = hb.LibvirtError
+		return seen && st.Disk != "" || lvErr != ""
 	})
-	if !ok {
+	switch {
+	case lvErr != "":
+		return abort(errorf(ErrUnplaceable, "cannot migrate %s to %s: %s's libvirtd does not answer its agent (%s)", name, to, to, lvErr))
+	case !ok:
 		why := "it did not attach it within " + c.cfg.prepareTimeout().String()
 		if st.Error != "" {
 			why = st.Error

@@ -299,10 +299,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.reconnect()
 		hb := a.status()
 		hctx, cancel := context.WithCancel(ctx)
+		lost := a.lv.Disconnected()
 		go func() {
 			select {
 			case <-a.kick:
 				cancel()
+			case <-lost: // libvirtd went away: say so now
+				if hb.LibvirtError == "" {
+					cancel()
+				}
 			case <-hctx.Done():
 			}
 		}()
