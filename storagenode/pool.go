@@ -27,6 +27,7 @@ type Volume struct {
 	Shelf    *uint16   `json:"shelf,omitempty"` // exported when set
 	Slot     *uint8    `json:"slot,omitempty"`
 	ReadOnly bool      `json:"read_only,omitempty"`
+	Sync     bool      `json:"sync,omitempty"` // writes acknowledged once stable (O_DSYNC)
 	MACs     []string  `json:"macs,omitempty"`
 	Origin   string    `json:"origin,omitempty"`   // cloned or snapshotted from
 	Snapshot bool      `json:"snapshot,omitempty"` // read-only point-in-time copy
@@ -135,6 +136,7 @@ var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,62})$`)
 type VolumeOptions struct {
 	Addr     string // "e1.0" or "1.0"; "" = not exported
 	ReadOnly bool
+	Sync     bool
 	MACs     []string
 }
 
@@ -157,6 +159,7 @@ func applyOptions(s *poolState, v *Volume, o VolumeOptions) error {
 		v.Shelf, v.Slot = &shelf, &slot
 	}
 	v.ReadOnly = v.ReadOnly || o.ReadOnly
+	v.Sync = v.Sync || o.Sync
 	for _, m := range o.MACs {
 		hw, err := net.ParseMAC(m)
 		if err != nil || len(hw) != 6 {
@@ -431,7 +434,7 @@ func (p *Pool) Exports() ([]Export, error) {
 		if v.Shelf == nil || v.Slot == nil {
 			continue
 		}
-		e := Export{Shelf: *v.Shelf, Slot: *v.Slot, Path: p.Path(v), ReadOnly: v.ReadOnly, Name: v.Name}
+		e := Export{Shelf: *v.Shelf, Slot: *v.Slot, Path: p.Path(v), ReadOnly: v.ReadOnly, Sync: v.Sync, Name: v.Name}
 		for _, m := range v.MACs {
 			hw, err := net.ParseMAC(m)
 			if err != nil {

@@ -152,7 +152,7 @@ func reconcile(t *Target, pool *Pool, static []Export, log *slog.Logger) error {
 }
 
 func same(v *volume, e Export) bool {
-	if v.Path != e.Path || v.ReadOnly != e.ReadOnly || v.Name != e.Name || len(v.allow) != len(e.MACs) {
+	if v.Path != e.Path || v.ReadOnly != e.ReadOnly || v.Sync != e.Sync || v.Name != e.Name || len(v.allow) != len(e.MACs) {
 		return false
 	}
 	for i, m := range e.MACs {

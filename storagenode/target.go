@@ -20,6 +20,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/fabric-project/fabric/aoe/wire"
 	"github.com/mdlayher/aoe"
@@ -35,6 +36,11 @@ type Export struct {
 	Slot     uint8
 	Path     string // file or block device
 	ReadOnly bool
+	// Sync opens the volume with O_DSYNC: a write is acknowledged once it
+	// is on stable storage. The Linux aoe driver never sends FLUSH CACHE,
+	// so without Sync a storage node that loses power can lose writes its
+	// initiators saw acknowledged (vblade -s does the same).
+	Sync bool
 	// MACs, when not empty, is the only set of initiators that see the
 	// volume; frames from any other MAC are ignored.
 	MACs []net.HardwareAddr
@@ -178,6 +184,9 @@ func (t *Target) Add(e Export) error {
 	flag := os.O_RDWR
 	if e.ReadOnly {
 		flag = os.O_RDONLY
+	}
+	if e.Sync {
+		flag |= syscall.O_DSYNC
 	}
 	f, err := os.OpenFile(e.Path, flag, 0)
 	if err != nil {

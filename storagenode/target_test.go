@@ -3,9 +3,13 @@ package storagenode
 import (
 	"bytes"
 	"crypto/sha256"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/fabric-project/fabric/aoe/wire"
@@ -437,4 +441,48 @@ func FuzzHandle(f *testing.F) {
 			t.Fatalf("volume changed by a frame that is not a valid write: %x", b)
 		}
 	})
+}
+
+// TestSyncExport: a sync volume's file is open with O_DSYNC (as the kernel
+// reports it in fdinfo), a plain one without; and the pool carries the
+// option to the export.
+func TestSyncExport(t *testing.T) {
+	dir := t.TempDir()
+	pool, err := OpenPool(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Create("durable", 1<<20, VolumeOptions{Addr: "e3.0", Sync: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Create("fast", 1<<20, VolumeOptions{Addr: "e3.1"}); err != nil {
+		t.Fatal(err)
+	}
+	exports, err := pool.Exports()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg := NewTarget(TargetConfig{})
+	defer tg.Close()
+	for _, e := range exports {
+		if err := tg.Add(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, v := range tg.tab.Load().list {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", v.f.Fd()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var flags int64
+		for _, line := range strings.Split(string(b), "\n") {
+			if f, ok := strings.CutPrefix(line, "flags:"); ok {
+				flags, _ = strconv.ParseInt(strings.TrimSpace(f), 8, 64)
+			}
+		}
+		dsync := flags&syscall.O_DSYNC != 0
+		if dsync != (v.Slot == 0) {
+			t.Errorf("%s: O_DSYNC %v (fdinfo flags %o)", v.Addr(), dsync, flags)
+		}
+	}
 }

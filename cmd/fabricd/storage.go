@@ -59,19 +59,25 @@ given on the command line, on each --iface. Volume changes made with
 	}
 }
 
-// parseExport reads SHELF.SLOT=PATH[,ro].
+// parseExport reads SHELF.SLOT=PATH[,ro][,sync].
 func parseExport(s string) (storagenode.Export, error) {
 	addr, rest, ok := strings.Cut(s, "=")
 	if !ok || rest == "" {
-		return storagenode.Export{}, fmt.Errorf("--export %q: want SHELF.SLOT=PATH[,ro]", s)
+		return storagenode.Export{}, fmt.Errorf("--export %q: want SHELF.SLOT=PATH[,ro][,sync]", s)
 	}
 	shelf, slot, err := wire.ParseAddr(addr)
 	if err != nil {
 		return storagenode.Export{}, fmt.Errorf("--export %q: %w", s, err)
 	}
 	e := storagenode.Export{Shelf: shelf, Slot: slot, Path: rest}
-	if p, ok := strings.CutSuffix(rest, ",ro"); ok {
-		e.Path, e.ReadOnly = p, true
+	for {
+		if p, ok := strings.CutSuffix(e.Path, ",ro"); ok {
+			e.Path, e.ReadOnly = p, true
+		} else if p, ok := strings.CutSuffix(e.Path, ",sync"); ok {
+			e.Path, e.Sync = p, true
+		} else {
+			break
+		}
 	}
 	return e, nil
 }
@@ -101,14 +107,14 @@ func volumeCommand(dataDir *cli.StringFlag) *cli.Command {
 		Subcommands: []*cli.Command{
 			{
 				Name: "create", Usage: "create a sparse volume", ArgsUsage: "NAME SIZE (e.g. 10G)",
-				Flags: append([]cli.Flag{out, &cli.BoolFlag{Name: "ro", Usage: "read-only"}}, exportFlags...),
+				Flags: append([]cli.Flag{out, &cli.BoolFlag{Name: "ro", Usage: "read-only"}, &cli.BoolFlag{Name: "sync", Usage: "acknowledge writes once on stable storage (O_DSYNC; the Linux aoe driver never flushes)"}}, exportFlags...),
 				Action: func(c *cli.Context) error {
 					p, size, err := poolAndSize(c, pool)
 					if err != nil {
 						return err
 					}
 					v, err := p.Create(c.Args().Get(0), size, storagenode.VolumeOptions{
-						Addr: c.String("addr"), ReadOnly: c.Bool("ro"), MACs: c.StringSlice("mac")})
+						Addr: c.String("addr"), ReadOnly: c.Bool("ro"), Sync: c.Bool("sync"), MACs: c.StringSlice("mac")})
 					if err != nil {
 						return err
 					}
@@ -169,6 +175,9 @@ func volumeCommand(dataDir *cli.StringFlag) *cli.Command {
 						}
 						if v.Snapshot {
 							mode = "snapshot"
+						}
+						if v.Sync {
+							mode += ",sync"
 						}
 						fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, human(v.Size), dash(v.Addr()), mode,
 							dash(strings.Join(v.MACs, ",")), dash(v.Origin))
