@@ -219,6 +219,7 @@ func (c *Controller) heartbeat(w http.ResponseWriter, r *http.Request) {
 	}
 	_, _, wasAlive := c.agents.get(node, time.Now())
 	acked := c.agents.record(node, hb, time.Now())
+	c.settleOrphans()
 	if !wasAlive {
 		c.log.Info("agent up", "node", node, "vcpus", hb.Capacity.VCPUs, "memory_mib", hb.Capacity.MemoryMiB, "disk", hb.Capacity.Disk)
 	}

@@ -94,9 +94,10 @@ type Controller struct {
 	changed chan struct{} // closed and replaced on every committed change
 	gen     uint64        // counts committed changes: the agents' desired-state generation
 
-	agents  *agents
-	placeMu sync.Mutex // serialises placement decisions
-	migSeq  uint64
+	agents   *agents
+	placeMu  sync.Mutex      // serialises placement decisions
+	migSeq   uint64          // under placeMu
+	inflight map[string]bool // instances a Migrate call is working on, under placeMu
 
 	unknownMu   sync.Mutex
 	unknownSeen map[string]time.Time
@@ -142,7 +143,7 @@ func New(cfg Config) (*Controller, error) {
 	}
 	c := &Controller{cfg: cfg, log: log, st: st, ca: fca, token: token,
 		changed: make(chan struct{}), unknownSeen: map[string]time.Time{},
-		agents: newAgents(cfg.AgentTimeout), gen: 1}
+		agents: newAgents(cfg.AgentTimeout), gen: 1, inflight: map[string]bool{}}
 	reserved := map[netip.Addr]bool{}
 	if cfg.ServerIP.IsValid() {
 		reserved[cfg.ServerIP] = true

@@ -609,6 +609,12 @@ func (c *Controller) setMigration(name string, m *controllerapi.Migration, node 
 func (c *Controller) Migrate(name, to string) (controllerapi.MigrateResult, error) {
 	var res controllerapi.MigrateResult
 	c.placeMu.Lock()
+	c.inflight[name] = true
+	defer func() {
+		c.placeMu.Lock()
+		delete(c.inflight, name)
+		c.placeMu.Unlock()
+	}()
 	in, err := c.Instance(name)
 	if err != nil {
 		c.placeMu.Unlock()
@@ -886,4 +892,50 @@ func (c *Controller) Undrain(node string) error {
 		return appendEvent(tx, controllerapi.Event{Time: time.Now().UTC(), Type: controllerapi.EventNodeUpdated, Node: n.Name, MAC: n.MAC,
 			Message: fmt.Sprintf("%s takes instances again", n.Name)})
 	})
+}
+
+// settleOrphans finishes migrations no Migrate call is waiting for (the
+// controller restarted while one ran): a report from the source settles
+// it either way; without one, an instance the destination runs and the
+// source does not is recorded there.
+func (c *Controller) settleOrphans() {
+	ins, err := listJSON[controllerapi.Instance](c.st, bucketInstances)
+	if err != nil {
+		return
+	}
+	for _, in := range ins {
+		m := in.Migrate
+		if m == nil {
+			continue
+		}
+		c.placeMu.Lock()
+		busy := c.inflight[in.Name]
+		c.placeMu.Unlock()
+		if busy {
+			continue
+		}
+		vol := instanceVolume(in.Name)
+		rep, reported := c.agents.report(m.ID)
+		dst, onDst := c.agents.instance(m.To, in.Name)
+		src, onSrc := c.agents.instance(in.Node, in.Name)
+		var to, msg string
+		switch {
+		case reported && rep.OK, !reported && onDst && dst.State == "running" && !onSrc:
+			to, msg = m.To, fmt.Sprintf("migration of %s from %s to %s finished while no request waited for it (controller restart); recorded", in.Name, in.Node, m.To)
+		case reported && !rep.OK, !reported && m.Phase == controllerapi.PhasePrepare && onSrc && src.State == "running",
+			!reported && time.Since(m.Started) > c.cfg.migrateTimeout() && onSrc && src.State == "running":
+			to, msg = in.Node, fmt.Sprintf("migration of %s from %s to %s was abandoned (controller restart); it stays on %s", in.Name, in.Node, m.To, in.Node)
+		default:
+			continue
+		}
+		if err := c.setMigration(in.Name, nil, to); err != nil {
+			c.log.Error("settling a migration", "instance", in.Name, "err", err)
+			continue
+		}
+		if err := c.allow(vol, to); err != nil {
+			c.log.Error("settling a migration", "instance", in.Name, "err", err)
+		}
+		c.log.Warn(msg)
+		_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventInstanceMigrated, Node: to, Message: msg})
+	}
 }

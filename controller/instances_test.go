@@ -255,6 +255,21 @@ func TestInstancesAndMigration(t *testing.T) {
 	if got := allowed(); len(got) != 1 || got[0] != "52:54:00:00:00:02" {
 		t.Errorf("after migration web's volume allows %v, want hn2's MAC only", got)
 	}
+	// A migration left without a waiting request (as after a controller
+	// restart) is settled from the source's report.
+	if err := c.setMigration("web", &controllerapi.Migration{ID: 4242, To: "hn1", Phase: controllerapi.PhaseRun, Started: time.Now()}, ""); err != nil {
+		t.Fatal(err)
+	}
+	if !c.waitAgents(5*time.Second, func() bool {
+		in, err := c.Instance("web")
+		return err == nil && in.Node == "hn1" && in.Migrate == nil
+	}) {
+		got, _ := admin.Instance(ctx, "web")
+		t.Fatalf("orphaned migration not settled: %+v", got)
+	}
+	if res, err := admin.MigrateInstance(ctx, "web", "hn2"); err != nil || res.To != "hn2" {
+		t.Fatalf("migrating back to hn2: %+v %v", res, err)
+	}
 	// hn2 now holds 128 of 512 MiB: a 400 MiB instance does not fit.
 	if _, err := admin.CreateInstance(ctx, controllerapi.CreateInstanceRequest{Name: "fat", Image: "tiny", VCPUs: 1, MemoryMiB: 400, Node: "hn2"}); err == nil || !strings.Contains(err.Error(), "384 MiB of memory free") {
 		t.Errorf("create on a full node: %v", err)
