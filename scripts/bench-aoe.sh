@@ -4,6 +4,7 @@
 # windows 16 and 64. Prints a markdown table; CPU is the target process's
 # utime+stime from /proc/PID/stat, per GiB moved.
 #   usage: scripts/bench-aoe.sh [seconds-per-point]   (root; make build first)
+#   MTUS, WINDOWS, TARGETS, MODES narrow the sweep, e.g. MTUS=9000 MODES=seqread.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-4}
@@ -53,12 +54,12 @@ stop_target() { kill $TPID; wait $TPID 2>/dev/null || true; TPID=; }
 
 printf '| MTU | target | window | mode | MB/s | IOPS | p99 µs | target CPU s/GiB | target CPU %% |\n'
 printf '|---|---|---|---|---|---|---|---|---|\n'
-for MTU in 9000 1500; do
+for MTU in ${MTUS:-9000 1500}; do
   ip -n $S link set sto0 mtu $MTU; ip -n $I link set ini0 mtu $MTU
-  for W in 16 64; do
-    for T in vblade fabric; do
+  for W in ${WINDOWS:-16 64}; do
+    for T in ${TARGETS:-vblade fabric}; do
       start_target $T
-      for M in seqread seqwrite randread randwrite; do
+      for M in ${MODES:-seqread seqwrite randread randwrite}; do
         t0=$(ticks $TPID); s0=$(date +%s.%N)
         out=$(ip netns exec $I $BIN/fabric aoe bench -i ini0 --window $W --mode $M --duration ${SECS}s -o json e1.0)
         t1=$(ticks $TPID); s1=$(date +%s.%N)
