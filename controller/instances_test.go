@@ -262,7 +262,7 @@ func TestInstancesAndMigration(t *testing.T) {
 	}
 	if !c.waitAgents(5*time.Second, func() bool {
 		in, err := c.Instance("web")
-		return err == nil && in.Node == "hn1" && in.Migrate == nil
+		return err == nil && in.Node == "hn1" && in.Migrate == nil && in.State == "running"
 	}) {
 		got, _ := admin.Instance(ctx, "web")
 		t.Fatalf("orphaned migration not settled: %+v", got)
