@@ -278,9 +278,6 @@ func (a *Agent) probe() error {
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
-// Capacity is what the agent offers.
-func (a *Agent) Capacity() controllerapi.Capacity { return a.cap }
-
 // Run serves until ctx ends: the NBD server (nbd mode) and the heartbeat
 // and reconcile loop.
 func (a *Agent) Run(ctx context.Context) error {

@@ -118,13 +118,6 @@ func (s *Server) Remove(name string) {
 	s.mu.Unlock()
 }
 
-// Has reports whether an export exists.
-func (s *Server) Has(name string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.exports[name] != nil
-}
-
 // Clients returns the number of open connections to an export.
 func (s *Server) Clients(name string) int {
 	s.mu.Lock()
