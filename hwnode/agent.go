@@ -273,6 +273,15 @@ func (a *Agent) probe() error {
 	}
 	a.cap = controllerapi.Capacity{VCPUs: vcpus, MemoryMiB: mem, Hypervisor: hv, Disk: mode, MigrationURI: a.cfg.MigrationURI,
 		Libvirt: fmt.Sprintf("%d.%d.%d", ver/1000000, ver/1000%1000, ver%1000)}
+	if hv != Xen {
+		// libvirtd probes an emulator's capabilities on first use, which
+		// took about 3 s of the first migration into a fresh node: have it
+		// done now.
+		if _, err := a.lv.ConnectGetDomainCapabilities(libvirt.OptString{a.cfg.Emulator}, libvirt.OptString{"x86_64"},
+			libvirt.OptString{"pc"}, libvirt.OptString{hv}, 0); err != nil {
+			a.log.Warn("libvirt domain capabilities", "emulator", a.cfg.Emulator, "err", err)
+		}
+	}
 	return nil
 }
 
