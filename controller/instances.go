@@ -2,7 +2,6 @@ package controller
 
 import (
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -37,23 +36,9 @@ func (c *Controller) pool() (*storagenode.Pool, error) {
 }
 
 func getInstance(tx store.Tx, name string) (controllerapi.Instance, error) {
-	var in controllerapi.Instance
-	b, err := tx.Get(bucketInstances, name)
-	if errors.Is(err, store.ErrNotFound) {
-		return in, errorf(ErrNotFound, "no instance named %q; see `fabric instance list`", name)
-	}
-	if err != nil {
-		return in, err
-	}
-	return in, json.Unmarshal(b, &in)
-}
-
-func putJSON(tx store.Tx, bucket, key string, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	return tx.Put(bucket, key, b)
+	return getJSON[controllerapi.Instance](tx, bucketInstances, name, func() error {
+		return errorf(ErrNotFound, "no instance named %q; see `fabric instance list`", name)
+	})
 }
 
 // Images lists the images.
@@ -97,21 +82,6 @@ func (c *Controller) fillState(in *controllerapi.Instance) {
 	} else {
 		in.State = "pending"
 	}
-}
-
-func listJSON[T any](st store.Store, bucket string) ([]T, error) {
-	out := []T{}
-	err := st.View(func(tx store.Tx) error {
-		return tx.ForEach(bucket, "", func(_ string, v []byte) error {
-			var x T
-			if err := json.Unmarshal(v, &x); err != nil {
-				return err
-			}
-			out = append(out, x)
-			return nil
-		})
-	})
-	return out, err
 }
 
 // ImportImage stores size bytes read by fill as a new image's template

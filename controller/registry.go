@@ -197,23 +197,49 @@ func (r *Registry) allocateRoot(tx store.Tx) (string, error) {
 }
 
 func getNode(tx store.Tx, name string) (controllerapi.Node, error) {
-	var n controllerapi.Node
-	b, err := tx.Get(bucketNodes, name)
-	if errors.Is(err, store.ErrNotFound) {
-		return n, errorf(ErrNotFound, "no node named %q; see `fabric node list`", name)
-	}
-	if err != nil {
-		return n, err
-	}
-	return n, json.Unmarshal(b, &n)
+	return getJSON[controllerapi.Node](tx, bucketNodes, name, func() error {
+		return errorf(ErrNotFound, "no node named %q; see `fabric node list`", name)
+	})
 }
 
-func putNode(tx store.Tx, n controllerapi.Node) error {
-	b, err := json.Marshal(n)
+func putNode(tx store.Tx, n controllerapi.Node) error { return putJSON(tx, bucketNodes, n.Name, n) }
+
+// getJSON decodes the record under key, or returns missing() when there
+// is none.
+func getJSON[T any](tx store.Tx, bucket, key string, missing func() error) (T, error) {
+	var v T
+	b, err := tx.Get(bucket, key)
+	if errors.Is(err, store.ErrNotFound) {
+		return v, missing()
+	}
+	if err != nil {
+		return v, err
+	}
+	return v, json.Unmarshal(b, &v)
+}
+
+func putJSON(tx store.Tx, bucket, key string, v any) error {
+	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	return tx.Put(bucketNodes, n.Name, b)
+	return tx.Put(bucket, key, b)
+}
+
+// listJSON decodes every record of a bucket, in key order.
+func listJSON[T any](st store.Store, bucket string) ([]T, error) {
+	out := []T{}
+	err := st.View(func(tx store.Tx) error {
+		return tx.ForEach(bucket, "", func(_ string, v []byte) error {
+			var x T
+			if err := json.Unmarshal(v, &x); err != nil {
+				return err
+			}
+			out = append(out, x)
+			return nil
+		})
+	})
+	return out, err
 }
 
 func appendEvent(tx store.Tx, ev controllerapi.Event) error {
@@ -368,18 +394,7 @@ func (r *Registry) NodeByMAC(hw net.HardwareAddr) (n controllerapi.Node, token s
 
 // Nodes lists every node ordered by name.
 func (r *Registry) Nodes() ([]controllerapi.Node, error) {
-	ns := []controllerapi.Node{}
-	err := r.st.View(func(tx store.Tx) error {
-		return tx.ForEach(bucketNodes, "", func(_ string, v []byte) error {
-			var n controllerapi.Node
-			if err := json.Unmarshal(v, &n); err != nil {
-				return err
-			}
-			ns = append(ns, n)
-			return nil
-		})
-	})
-	return ns, err
+	return listJSON[controllerapi.Node](r.st, bucketNodes)
 }
 
 // Update changes a node's name, role or address.

@@ -137,13 +137,7 @@ func TestQEMUClient(t *testing.T) {
 func TestRemoveClosesClients(t *testing.T) {
 	s := NewServer(nil)
 	s.Add(&Export{Name: "a", Backend: &memBackend{b: make([]byte, 4096)}})
-	addr := startServer(t, s)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	goHandshake(t, c, "a")
+	c := dialExport(t, s, "a")
 	deadline := time.Now().Add(2 * time.Second)
 	for s.Clients("a") != 1 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
@@ -153,6 +147,19 @@ func TestRemoveClosesClients(t *testing.T) {
 	if _, err := c.Read(make([]byte, 1)); err == nil {
 		t.Fatal("connection still open after Remove")
 	}
+}
+
+// dialExport serves s on loopback and returns a connection in the
+// transmission phase on export name.
+func dialExport(t *testing.T, s *Server, name string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", startServer(t, s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	goHandshake(t, c, name)
+	return c
 }
 
 // goHandshake negotiates export name with NBD_OPT_GO.
@@ -197,13 +204,7 @@ func TestBadRequests(t *testing.T) {
 	orig := bytes.Clone(be.b)
 	s := NewServer(nil)
 	s.Add(&Export{Name: "a", Backend: be})
-	addr := startServer(t, s)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	goHandshake(t, c, "a")
+	c := dialExport(t, s, "a")
 	req := func(typ uint16, off uint64, n uint32, payload []byte) uint32 {
 		b := binary.BigEndian.AppendUint32(nil, magicRequest)
 		b = binary.BigEndian.AppendUint16(b, 0)

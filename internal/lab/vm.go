@@ -59,11 +59,15 @@ func BootVM(ns, tap, mac, done string, timeout time.Duration, opts ...VMOption) 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	mem := "384"
+	if vc.uefiVars != "" {
+		mem = "512" // OVMF wants more
+	}
 	args := []string{"netns", "exec", ns, qemu,
-		"-accel", "tcg", "-m", "384", "-smp", "1", "-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot",
+		"-accel", "tcg", "-m", mem, "-smp", "1", "-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot",
 		"-netdev", "tap,id=n0,ifname=" + tap + ",script=no,downscript=no"}
 	if vc.uefiVars != "" {
-		args = append(args, "-m", "512",
+		args = append(args,
 			"-drive", "if=pflash,format=raw,readonly=on,file="+OVMFCode,
 			"-drive", "if=pflash,format=raw,file="+vc.uefiVars,
 			// No option ROM: the firmware's own driver and PXE client.
