@@ -2,13 +2,13 @@ package initiator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
 	"sync"
 	"time"
 
-	"github.com/fabric-project/fabric/aoe/rawsock"
 	"github.com/fabric-project/fabric/aoe/wire"
 	"github.com/mdlayher/aoe"
 )
@@ -23,8 +23,6 @@ type Device struct {
 	Identity   wire.Identity
 
 	sem  chan int // free request slots
-	send sync.Mutex
-	sndr rawsock.Sender
 	mu   sync.Mutex
 	reqs []*request
 	gen  uint32
@@ -40,7 +38,7 @@ type request struct {
 	dst      []byte // read destination
 	deadline time.Time
 	tries    int
-	done     chan<- error
+	done     func(error)
 }
 
 const idxBits = 10 // window up to 1024
@@ -158,7 +156,8 @@ func (d *Device) do(ctx context.Context, cmd uint8, p []byte, lba uint64, sector
 	if sectors > 0 && cmd != wire.CmdIdentify {
 		nframes = (sectors + per - 1) / per
 	}
-	done := make(chan error, nframes)
+	results := make(chan error, nframes)
+	done := func(err error) { results <- err }
 	var batch [][]byte
 	issued := 0
 	for issued < nframes {
@@ -192,24 +191,64 @@ func (d *Device) do(ctx context.Context, cmd uint8, p []byte, lba uint64, sector
 			}
 			break
 		}
-		d.send.Lock()
-		err := d.in.c.SendFrames(&d.sndr, batch)
-		d.send.Unlock()
-		if err != nil {
+		if err := d.in.sendFrames(batch...); err != nil {
 			return err
 		}
 	}
 	var first error
 	for i := 0; i < nframes; i++ {
-		if err := <-done; err != nil && first == nil {
+		if err := <-results; err != nil && first == nil {
 			first = err
 		}
 	}
 	return first
 }
 
+// ErrWindowFull is returned by Submit when every request slot of the
+// window is in flight.
+var ErrWindowFull = errors.New("aoe: window full")
+
+// Submit starts one frame's worth of I/O without waiting: it reads len(p)
+// bytes at off into p, or writes p at off when write is set. off and len(p)
+// must be sector aligned and len(p) at most MaxSectors sectors. done runs
+// once, when the reply arrives or the request fails; it runs on the
+// initiator's receive (or retransmit) goroutine, must not block, and may
+// call Submit again: frames submitted while a batch of replies is being
+// handled leave together in one sendmmsg after it. p must not be touched
+// until done runs. Submit returns ErrWindowFull when the window has no free
+// slot.
+func (d *Device) Submit(write bool, p []byte, off int64, done func(error)) error {
+	if err := d.check(p, off); err != nil {
+		return err
+	}
+	n := len(p) / wire.SectorSize
+	if n == 0 || n > d.MaxSectors {
+		return fmt.Errorf("aoe: Submit of %d sectors: want 1 to %d", n, d.MaxSectors)
+	}
+	var idx int
+	select {
+	case idx = <-d.sem:
+	default:
+		return ErrWindowFull
+	}
+	cmd := uint8(wire.CmdReadSectorsExt)
+	if write {
+		cmd = wire.CmdWriteSectorsExt
+	}
+	r := d.reqs[idx]
+	d.fill(r, cmd, p, 0, n, uint64(off/wire.SectorSize), done)
+	if err := d.in.sendFrames(r.frame[:r.flen]); err != nil {
+		d.mu.Lock()
+		r.tag = 0
+		d.mu.Unlock()
+		d.sem <- idx
+		return err
+	}
+	return nil
+}
+
 // fill builds the request frame for sectors [s, s+n) of p in slot r.
-func (d *Device) fill(r *request, cmd uint8, p []byte, s, n int, lba uint64, done chan<- error) {
+func (d *Device) fill(r *request, cmd uint8, p []byte, s, n int, lba uint64, done func(error)) {
 	d.mu.Lock()
 	d.gen++
 	r.tag = (d.gen<<idxBits | uint32(r.idx)) & 0x7fffffff
@@ -271,7 +310,7 @@ func (d *Device) complete(f wire.Frame) {
 		}
 	}
 	d.sem <- idx
-	done <- err
+	done(err)
 }
 
 // expire retransmits requests past their deadline, each time through the
@@ -300,7 +339,7 @@ func (d *Device) expire(now time.Time) {
 	d.mu.Unlock()
 	for _, r := range failed {
 		d.sem <- r.idx
-		r.done <- fmt.Errorf("aoe: e%d.%d: %w after %d tries", d.Shelf, d.Slot, ErrTimeout, d.in.cfg.Retries)
+		r.done(fmt.Errorf("aoe: e%d.%d: %w after %d tries", d.Shelf, d.Slot, ErrTimeout, d.in.cfg.Retries))
 	}
 	for _, f := range resend {
 		_ = d.in.c.WriteFrame(f)
@@ -319,6 +358,6 @@ func (d *Device) failAll(err error) {
 	d.mu.Unlock()
 	for _, r := range failed {
 		d.sem <- r.idx
-		r.done <- err
+		r.done(err)
 	}
 }

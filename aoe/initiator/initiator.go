@@ -52,7 +52,17 @@ type Initiator struct {
 	control []chan wire.Frame // listeners for non-ATA replies
 	tagSeq  uint32
 	closed  chan struct{}
-	wg      sync.WaitGroup
+
+	// tx serialises ATA sends. While the receive goroutine handles a batch
+	// of replies (deferred), frames queue in pending and leave in one
+	// sendmmsg after the batch.
+	tx struct {
+		sync.Mutex
+		deferred bool
+		pending  [][]byte
+		sndr     rawsock.Sender
+	}
+	wg sync.WaitGroup
 }
 
 // ErrTimeout is returned when a frame got no answer after every retry.
@@ -119,30 +129,59 @@ func (in *Initiator) receive() {
 			in.failAll(err)
 			return
 		}
-		for i := 0; i < n; i++ {
-			f := wire.Frame(b.Bufs[i][:b.Lens[i]])
-			if f.Check() != nil || !f.Response() {
-				continue
-			}
-			if f.Command() == aoe.CommandIssueATACommand {
-				in.mu.Lock()
-				d := in.devices[key(f.Shelf(), f.Slot())]
-				in.mu.Unlock()
-				if d != nil {
-					d.complete(f)
-				}
-				continue
-			}
-			cp := wire.Frame(slices.Clone([]byte(f)))
-			in.mu.Lock()
-			for _, ch := range in.control {
-				select {
-				case ch <- cp:
-				default:
-				}
-			}
-			in.mu.Unlock()
+		in.tx.Lock()
+		in.tx.deferred = true
+		in.tx.Unlock()
+		in.dispatch(b, n)
+		in.tx.Lock()
+		in.tx.deferred = false
+		if len(in.tx.pending) > 0 {
+			// A lost frame is like one lost on the wire: retransmitted.
+			_ = in.c.SendFrames(&in.tx.sndr, in.tx.pending)
+			clear(in.tx.pending)
+			in.tx.pending = in.tx.pending[:0]
 		}
+		in.tx.Unlock()
+	}
+}
+
+// sendFrames sends ATA request frames, or queues them while a batch of
+// replies is being dispatched.
+func (in *Initiator) sendFrames(fs ...[]byte) error {
+	in.tx.Lock()
+	defer in.tx.Unlock()
+	if in.tx.deferred {
+		in.tx.pending = append(in.tx.pending, fs...)
+		return nil
+	}
+	return in.c.SendFrames(&in.tx.sndr, fs)
+}
+
+// dispatch hands n received frames of b to their devices and listeners.
+func (in *Initiator) dispatch(b *rawsock.Batch, n int) {
+	for i := 0; i < n; i++ {
+		f := wire.Frame(b.Bufs[i][:b.Lens[i]])
+		if f.Check() != nil || !f.Response() {
+			continue
+		}
+		if f.Command() == aoe.CommandIssueATACommand {
+			in.mu.Lock()
+			d := in.devices[key(f.Shelf(), f.Slot())]
+			in.mu.Unlock()
+			if d != nil {
+				d.complete(f)
+			}
+			continue
+		}
+		cp := wire.Frame(slices.Clone([]byte(f)))
+		in.mu.Lock()
+		for _, ch := range in.control {
+			select {
+			case ch <- cp:
+			default:
+			}
+		}
+		in.mu.Unlock()
 	}
 }
 

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -220,49 +219,18 @@ func benchCommand(iface, window, wait cli.Flag) *cli.Command {
 			}
 			frames := (bs/wire.SectorSize + d.MaxSectors - 1) / d.MaxSectors
 			workers := max(1, c.Int("window")/frames)
-			ctx, cancel := context.WithTimeout(c.Context, c.Duration("duration"))
-			defer cancel()
-			var next, nops, nerr atomic.Int64
-			lat := make([][]time.Duration, workers)
-			var wg sync.WaitGroup
+			b := &aoeBench{d: d, write: write, random: random, bs: bs, blocks: blocks,
+				frameBytes: d.MaxSectors * wire.SectorSize}
 			start := time.Now()
-			for w := 0; w < workers; w++ {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					buf := make([]byte, bs)
-					for i := range buf {
-						buf[i] = byte(i*7 + w)
-					}
-					rng := rand.New(rand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
-					l := make([]time.Duration, 0, 1<<16)
-					for ctx.Err() == nil {
-						var blk int64
-						if random {
-							blk = rng.Int64N(blocks)
-						} else {
-							blk = (next.Add(1) - 1) % blocks
-						}
-						t0 := time.Now()
-						var err error
-						if write {
-							_, err = d.WriteAt(buf, blk*int64(bs))
-						} else {
-							_, err = d.ReadAt(buf, blk*int64(bs))
-						}
-						if err != nil {
-							nerr.Add(1)
-							continue
-						}
-						l = append(l, time.Since(t0))
-						nops.Add(1)
-					}
-					lat[w] = l
-				}()
-			}
-			wg.Wait()
+			b.run(workers, c.Duration("duration"))
 			secs := time.Since(start).Seconds()
-			all := slices.Concat(lat...)
+			if b.submitErr != nil {
+				return b.submitErr
+			}
+			var all []time.Duration
+			for _, io := range b.ios {
+				all = append(all, io.lat...)
+			}
 			slices.Sort(all)
 			pct := func(p float64) float64 {
 				if len(all) == 0 {
@@ -270,6 +238,7 @@ func benchCommand(iface, window, wait cli.Flag) *cli.Command {
 				}
 				return float64(all[int(float64(len(all)-1)*p)].Microseconds())
 			}
+			nops, nerr := &b.nops, &b.nerr
 			ops := nops.Load()
 			r := benchResult{Volume: c.Args().First(), Mode: mode, Window: c.Int("window"), Block: bs, Seconds: secs,
 				Ops: ops, Errors: nerr.Load(), MBps: float64(ops) * float64(bs) / secs / 1e6, IOPS: float64(ops) / secs,
@@ -282,4 +251,110 @@ func benchCommand(iface, window, wait cli.Flag) *cli.Command {
 			return nil
 		},
 	}
+}
+
+// aoeBench keeps a fixed number of I/Os in flight on a device. Each I/O's
+// frames go out with Device.Submit, and the completion callback, running
+// on the initiator's receive goroutine, starts the next I/O: no goroutine
+// wakes per I/O, and replies handled in one batch send their follow-ups
+// in one sendmmsg. The client then costs little beside the target it
+// measures.
+type aoeBench struct {
+	d             *initiator.Device
+	write, random bool
+	bs            int
+	blocks        int64
+	frameBytes    int
+
+	deadline   time.Time
+	next       atomic.Int64
+	nops, nerr atomic.Int64
+	stop       atomic.Bool
+	submitErr  error // first synchronous Submit error; set before stop
+	errOnce    sync.Once
+	wg         sync.WaitGroup
+	ios        []*benchIO
+}
+
+type benchIO struct {
+	b      *aoeBench
+	buf    []byte
+	blk    int64
+	t0     time.Time
+	left   atomic.Int32
+	failed atomic.Bool
+	lat    []time.Duration
+	rng    *rand.Rand
+	done   func(error) // frameDone, bound once
+}
+
+func (b *aoeBench) run(ios int, d time.Duration) {
+	b.deadline = time.Now().Add(d)
+	for i := 0; i < ios; i++ {
+		io := &benchIO{b: b, buf: make([]byte, b.bs), lat: make([]time.Duration, 0, 1<<16),
+			rng: rand.New(rand.NewPCG(uint64(i), uint64(time.Now().UnixNano())))}
+		for j := range io.buf {
+			io.buf[j] = byte(j*7 + i)
+		}
+		io.done = io.frameDone
+		b.ios = append(b.ios, io)
+	}
+	for _, io := range b.ios {
+		b.wg.Add(1)
+		io.start()
+	}
+	b.wg.Wait()
+}
+
+func (io *benchIO) start() {
+	b := io.b
+	if b.random {
+		io.blk = io.rng.Int64N(b.blocks)
+	} else {
+		io.blk = (b.next.Add(1) - 1) % b.blocks
+	}
+	frames := (b.bs + b.frameBytes - 1) / b.frameBytes
+	io.failed.Store(false)
+	io.left.Store(int32(frames))
+	io.t0 = time.Now()
+	for f := 0; f < frames; f++ {
+		lo := f * b.frameBytes
+		hi := min(lo+b.frameBytes, b.bs)
+		if err := b.d.Submit(b.write, io.buf[lo:hi], io.blk*int64(b.bs)+int64(lo), io.done); err != nil {
+			// Not a lost frame but a broken setup (window too small,
+			// socket gone): stop the run rather than spin on it.
+			b.errOnce.Do(func() { b.submitErr = err })
+			b.stop.Store(true)
+			io.failed.Store(true)
+			if io.left.Add(-int32(frames-f)) == 0 {
+				io.finish()
+			}
+			return
+		}
+	}
+}
+
+func (io *benchIO) frameDone(err error) {
+	if err != nil {
+		io.failed.Store(true)
+	}
+	if io.left.Add(-1) == 0 {
+		io.finish()
+	}
+}
+
+func (io *benchIO) finish() {
+	b := io.b
+	now := time.Now()
+	if io.failed.Load() {
+		b.nerr.Add(1)
+	} else {
+		io.lat = append(io.lat, now.Sub(io.t0))
+		b.nops.Add(1)
+	}
+	if !b.stop.Load() && now.Before(b.deadline) {
+		io.start()
+		return
+	}
+	b.wg.Done()
 }
