@@ -2,6 +2,7 @@ package storagenode
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -77,6 +78,10 @@ type txq struct {
 	c *rawsock.Conn
 	b *rawsock.Batch
 	n int
+	// reads[i] says where frame i's Ext data comes from, to read it with
+	// pread instead if the kernel faults on the mapping.
+	reads []mappedRead
+	h     *Handler
 	// err is the first send error; the queue stops on it.
 	err error
 }
@@ -88,19 +93,57 @@ func (q *txq) Buf() []byte {
 	return q.b.Bufs[q.n]
 }
 
+type mappedRead struct {
+	v   *volume
+	off int64
+}
+
 func (q *txq) Commit(n int) {
 	q.b.Lens[q.n] = n
+	q.b.Ext[q.n] = nil
+	q.n++
+}
+
+func (q *txq) CommitRead(n int, v *volume, off int64, size int) {
+	q.b.Lens[q.n] = n
+	q.b.Ext[q.n] = v.mem[off : off+int64(size)]
+	q.reads[q.n] = mappedRead{v, off}
 	q.n++
 }
 
 func (q *txq) flush() {
-	if q.n == 0 {
+	from := 0
+	for from < q.n {
+		err := q.c.WriteBatchFrom(q.b, from, q.n)
+		var fe *rawsock.FaultError
+		if errors.As(err, &fe) {
+			q.repair(fe.Index)
+			from = fe.Index
+			continue
+		}
+		if err != nil && q.err == nil {
+			q.err = err
+		}
+		break
+	}
+	clear(q.b.Ext[:q.n])
+	q.n = 0
+}
+
+// repair turns frame i, whose mapped data the kernel could not read, into
+// a pread reply: the data if pread gets it, else an ATA error.
+func (q *txq) repair(i int) {
+	m, buf, n := q.reads[i], q.b.Bufs[i], q.b.Lens[i]
+	size := len(q.b.Ext[i])
+	q.b.Ext[i] = nil
+	got, err := m.v.f.ReadAt(buf[n:n+size], m.off)
+	if err != nil || got != size {
+		wire.SetATAStatus(buf, wire.ErrABRT, wire.StatusDRDY|wire.StatusERR)
+		q.h.c.ataErr.Add(1)
+		q.h.t.log.Warn("read failed", "shelf", m.v.Shelf, "slot", m.v.Slot, "offset", m.off, "err", err)
 		return
 	}
-	if err := q.c.WriteBatch(q.b, q.n); err != nil && q.err == nil {
-		q.err = err
-	}
-	q.n = 0
+	q.b.Lens[i] = n + size
 }
 
 // Serve answers AoE on p until ctx ends, one goroutine per queue. It
@@ -140,7 +183,7 @@ func (t *Target) Serve(ctx context.Context, p *Port) error {
 		h := t.NewHandler(p.ifi.HardwareAddr, p.ifi.MTU)
 		g.Go(func() error {
 			rx := rawsock.NewBatch(batchSize, size)
-			tx := &txq{c: c, b: rawsock.NewBatch(batchSize, size)}
+			tx := &txq{c: c, b: rawsock.NewBatch(batchSize, size), reads: make([]mappedRead, batchSize), h: h}
 			for {
 				n, err := c.ReadBatch(rx)
 				if err != nil {
@@ -149,10 +192,12 @@ func (t *Target) Serve(ctx context.Context, p *Port) error {
 					}
 					return fmt.Errorf("storagenode: %s: %w", p.ifi.Name, err)
 				}
+				t.inflight.RLock()
 				for i := 0; i < n; i++ {
 					h.Handle(rx.Bufs[i][:rx.Lens[i]], tx)
 				}
 				tx.flush()
+				t.inflight.RUnlock()
 				if tx.err != nil {
 					if ctx.Err() != nil || rawsock.IsClosed(tx.err) {
 						return nil
@@ -174,6 +219,10 @@ type oneShot struct {
 func (o *oneShot) Buf() []byte { return o.buf }
 func (o *oneShot) Commit(n int) {
 	_ = o.c.WriteFrame(o.buf[:n])
+}
+
+func (o *oneShot) CommitRead(n int, v *volume, off int64, size int) {
+	panic("storagenode: oneShot carries announcements, not reads")
 }
 
 // announce broadcasts v's Query Config reply on p.

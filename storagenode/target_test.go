@@ -35,6 +35,9 @@ func (r *replies) Buf() []byte {
 	return r.buf
 }
 func (r *replies) Commit(n int) { r.frames = append(r.frames, bytes.Clone(r.buf[:n])) }
+func (r *replies) CommitRead(n int, v *volume, off int64, size int) {
+	r.frames = append(r.frames, append(bytes.Clone(r.buf[:n]), v.mem[off:off+int64(size)]...))
+}
 
 // frame encodes a request with the mdlayher/aoe codec (not our fast path).
 func frame(t testing.TB, src net.HardwareAddr, h *aoe.Header) []byte {
