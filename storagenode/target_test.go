@@ -489,3 +489,61 @@ func TestSyncExport(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteFaultNoSpace fills a sparse volume on a 64 KiB tmpfs: writes
+// through the mapping fault (SIGBUS) once tmpfs has no page left. Each such
+// write must get an ATA error, not crash the target, and what was written
+// before must read back.
+func TestWriteFaultNoSpace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a tmpfs")
+	}
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=64k"); err != nil {
+		t.Skipf("mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	path := filepath.Join(dir, "vol.img")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	tg := NewTarget(TargetConfig{})
+	t.Cleanup(func() { tg.Close() })
+	if err := tg.Add(Export{Shelf: 1, Slot: 0, Path: path}); err != nil {
+		t.Fatal(err)
+	}
+	if v := tg.tab.Load().byAddr[key(1, 0)]; !v.writable {
+		t.Fatal("volume not mapped for writing: the test would not exercise the fault")
+	}
+	fx := &fixture{t: tg, h: tg.NewHandler(tgtMAC, 9000)}
+	pattern := bytes.Repeat([]byte{0x5a}, 16*512)
+	ok, failed := 0, 0
+	for lba := uint64(0); lba < 2048; lba += 16 {
+		_, a := fx.one(t, initA, ata(1, 0, wire.CmdWriteSectorsExt, lba, 16, pattern))
+		switch {
+		case a.CmdStatus == wire.StatusDRDY:
+			if failed > 0 {
+				t.Fatalf("write at LBA %d succeeded after the filesystem was full", lba)
+			}
+			ok++
+		case a.CmdStatus&wire.StatusERR != 0 && a.ErrFeature == wire.ErrABRT:
+			failed++
+		default:
+			t.Fatalf("write at LBA %d: status %#x error %#x", lba, a.CmdStatus, a.ErrFeature)
+		}
+	}
+	t.Logf("%d writes succeeded, %d failed with ABRT", ok, failed)
+	if ok == 0 || failed == 0 {
+		t.Fatalf("%d writes succeeded and %d failed; want both", ok, failed)
+	}
+	if s := tg.Stats(); s.ATAErrors != uint64(failed) {
+		t.Errorf("ATA errors counted %d, want %d", s.ATAErrors, failed)
+	}
+	_, a := fx.one(t, initA, ata(1, 0, wire.CmdReadSectorsExt, 0, 16, nil))
+	if !bytes.Equal(a.Data, pattern) {
+		t.Error("data written before the filesystem filled up does not read back")
+	}
+}
