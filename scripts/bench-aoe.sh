@@ -35,6 +35,9 @@ dd if=/dev/urandom of=$WORK/pool/volumes/bench.img bs=1M count=512 conv=notrunc 
 cat $WORK/pool/volumes/bench.img > /dev/null
 
 ticks() { awk '{print $14+$15}' /proc/$1/stat; }
+# Busy jiffies of the whole machine (target, client and the kernel's
+# softirq work, which on veth runs in whichever process sent the frame).
+busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 HZ=$(getconf CLK_TCK)
 
 start_target() {
@@ -52,26 +55,27 @@ start_target() {
 }
 stop_target() { kill $TPID; wait $TPID 2>/dev/null || true; TPID=; }
 
-printf '| MTU | target | window | mode | MB/s | IOPS | p99 µs | target CPU s/GiB | target CPU %% |\n'
-printf '|---|---|---|---|---|---|---|---|---|\n'
+printf '| MTU | target | window | mode | MB/s | IOPS | p99 µs | target CPU s/GiB | target CPU %% | machine CPU s/GiB |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|\n'
 for MTU in ${MTUS:-9000 1500}; do
   ip -n $S link set sto0 mtu $MTU; ip -n $I link set ini0 mtu $MTU
   for W in ${WINDOWS:-16 64}; do
     for T in ${TARGETS:-vblade fabric}; do
       start_target $T
       for M in ${MODES:-seqread seqwrite randread randwrite}; do
-        t0=$(ticks $TPID); s0=$(date +%s.%N)
+        t0=$(ticks $TPID); b0=$(busy); s0=$(date +%s.%N)
         out=$(ip netns exec $I $BIN/fabric aoe bench -i ini0 --window $W --mode $M --duration ${SECS}s -o json e1.0)
-        t1=$(ticks $TPID); s1=$(date +%s.%N)
-        python3 - "$MTU" "$T" "$W" "$M" "$out" "$t0" "$t1" "$HZ" "$s0" "$s1" <<'PY'
+        t1=$(ticks $TPID); b1=$(busy); s1=$(date +%s.%N)
+        python3 - "$MTU" "$T" "$W" "$M" "$out" "$t0" "$t1" "$HZ" "$s0" "$s1" "$b0" "$b1" <<'PY'
 import json, sys
-mtu, t, w, m, out, t0, t1, hz, s0, s1 = sys.argv[1:]
+mtu, t, w, m, out, t0, t1, hz, s0, s1, b0, b1 = sys.argv[1:]
 r = json.loads(out)
 cpu = (int(t1) - int(t0)) / int(hz)
 gib = r["bytes"] / 2**30
 per = cpu / gib if gib else float("nan")
 util = 100 * cpu / (float(s1) - float(s0))
-print(f"| {mtu} | {t} | {w} | {m} | {r['mb_per_s']:.0f} | {r['iops']:.0f} | {r['p99_us']:.0f} | {per:.2f} | {util:.0f} |" + (f" errors: {r['errors']}" if r['errors'] else ""))
+mach = (int(b1) - int(b0)) / int(hz) / gib if gib else float("nan")
+print(f"| {mtu} | {t} | {w} | {m} | {r['mb_per_s']:.0f} | {r['iops']:.0f} | {r['p99_us']:.0f} | {per:.2f} | {util:.0f} | {mach:.2f} |" + (f" errors: {r['errors']}" if r['errors'] else ""))
 PY
       done
       stop_target
