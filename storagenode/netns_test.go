@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -262,6 +264,44 @@ func TestHostileFrames(t *testing.T) {
 
 // TestInitiatorAgainstVblade proves the initiator against a peer: Debian's
 // vblade.
+// TestReadFaultFallsBack truncates a volume file behind the target's back:
+// a read beyond the new end faults inside sendmmsg (EFAULT on the
+// mapping). The target must answer that frame with an ATA error through
+// its pread fallback, not drop it or stop serving.
+func TestReadFaultFallsBack(t *testing.T) {
+	l := newAoELab(t, 9000)
+	path := filepath.Join(t.TempDir(), "vol.img")
+	data := bytes.Repeat([]byte{0xa5}, 1<<20)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tg := NewTarget(TargetConfig{})
+	t.Cleanup(func() { tg.Close() })
+	if err := tg.Add(Export{Shelf: 1, Slot: 0, Path: path}); err != nil {
+		t.Fatal(err)
+	}
+	l.serve(t, tg)
+	in := l.initiator(t, initiator.Config{Window: 4, Timeout: 100 * time.Millisecond, Retries: 3})
+	d, err := in.Open(context.Background(), 1, 0, 200*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, 512<<10); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	_, err = d.ReadAt(buf, 768<<10)
+	if err == nil || errors.Is(err, initiator.ErrTimeout) || !strings.Contains(err.Error(), "ATA error") {
+		t.Fatalf("read past the truncated end: %v; want an ATA error", err)
+	}
+	if s := tg.Stats(); s.ATAErrors == 0 {
+		t.Errorf("ATA error not counted: %+v", s)
+	}
+	if _, err := d.ReadAt(buf, 4096); err != nil || !bytes.Equal(buf, data[:4096]) {
+		t.Fatalf("read inside the file after the fault: %v", err)
+	}
+}
+
 func TestInitiatorAgainstVblade(t *testing.T) {
 	vblade, err := exec.LookPath("vblade")
 	if err != nil {

@@ -8,6 +8,13 @@
 // FLUSH CACHE (EXT) and CHECK POWER MODE. Data frames are handled in place
 // (aoe/wire) with no allocation; control frames go through
 // github.com/mdlayher/aoe.
+//
+// Volumes are memory-mapped. A read reply is sent straight from the
+// mapping (the kernel copies page-cache pages into the frame once), and a
+// write is copied into it, with no pread/pwrite per frame. Volumes opened
+// sync are the exception for writes: O_DSYNC pwrite, stable before the
+// reply. FLUSH CACHE is fdatasync, which covers pages written through the
+// mapping.
 package storagenode
 
 import (
