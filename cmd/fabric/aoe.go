@@ -220,7 +220,7 @@ func benchCommand(iface, window, wait cli.Flag) *cli.Command {
 			frames := (bs/wire.SectorSize + d.MaxSectors - 1) / d.MaxSectors
 			workers := max(1, c.Int("window")/frames)
 			b := &aoeBench{d: d, write: write, random: random, bs: bs, blocks: blocks,
-				frameBytes: d.MaxSectors * wire.SectorSize}
+				frameBytes: d.MaxSectors * wire.SectorSize, frames: frames}
 			start := time.Now()
 			b.run(workers, c.Duration("duration"))
 			secs := time.Since(start).Seconds()
@@ -238,10 +238,9 @@ func benchCommand(iface, window, wait cli.Flag) *cli.Command {
 				}
 				return float64(all[int(float64(len(all)-1)*p)].Microseconds())
 			}
-			nops, nerr := &b.nops, &b.nerr
-			ops := nops.Load()
+			ops := b.nops.Load()
 			r := benchResult{Volume: c.Args().First(), Mode: mode, Window: c.Int("window"), Block: bs, Seconds: secs,
-				Ops: ops, Errors: nerr.Load(), MBps: float64(ops) * float64(bs) / secs / 1e6, IOPS: float64(ops) / secs,
+				Ops: ops, Errors: b.nerr.Load(), MBps: float64(ops) * float64(bs) / secs / 1e6, IOPS: float64(ops) / secs,
 				P50us: pct(0.50), P99us: pct(0.99), Sectors: d.MaxSectors, Workers: workers, Bytes: ops * int64(bs)}
 			if c.String("output") == "json" {
 				return json.NewEncoder(c.App.Writer).Encode(r)
@@ -265,6 +264,7 @@ type aoeBench struct {
 	bs            int
 	blocks        int64
 	frameBytes    int
+	frames        int // frames per I/O
 
 	deadline   time.Time
 	next       atomic.Int64
@@ -313,7 +313,7 @@ func (io *benchIO) start() {
 	} else {
 		io.blk = (b.next.Add(1) - 1) % b.blocks
 	}
-	frames := (b.bs + b.frameBytes - 1) / b.frameBytes
+	frames := b.frames
 	io.failed.Store(false)
 	io.left.Store(int32(frames))
 	io.t0 = time.Now()
