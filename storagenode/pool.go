@@ -145,7 +145,7 @@ func findVol(s *poolState, name string) int {
 }
 
 // applyOptions validates and sets address, read-only and MACs on v.
-func applyOptions(s *poolState, v *Volume, o VolumeOptions) error {
+func (p *Pool) applyOptions(s *poolState, v *Volume, o VolumeOptions) error {
 	if o.Addr != "" {
 		shelf, slot, err := wire.ParseAddr(o.Addr)
 		if err != nil {
@@ -155,6 +155,9 @@ func applyOptions(s *poolState, v *Volume, o VolumeOptions) error {
 			if w.Name != v.Name && w.Shelf != nil && *w.Shelf == shelf && *w.Slot == slot {
 				return fmt.Errorf("storagenode: e%d.%d is already the address of volume %q: %w", shelf, slot, w.Name, ErrConflict)
 			}
+		}
+		if err := p.checkDaemonExports(wire.Addr(shelf, slot)); err != nil {
+			return err
 		}
 		v.Shelf, v.Slot = &shelf, &slot
 	}
@@ -185,7 +188,7 @@ func (p *Pool) Create(name string, size int64, o VolumeOptions) (Volume, error) 
 			return fmt.Errorf("storagenode: volume %q already exists: %w", name, ErrConflict)
 		}
 		v := Volume{Name: name, File: filepath.Join("volumes", name+".img"), Size: size, Created: time.Now().UTC()}
-		if err := applyOptions(s, &v, o); err != nil {
+		if err := p.applyOptions(s, &v, o); err != nil {
 			return err
 		}
 		// A file without a state entry is left over from a crash between
@@ -276,7 +279,7 @@ func (p *Pool) SetExport(name, addr string, macs []string, clearAddr bool) (Volu
 		if macs != nil {
 			v.MACs = nil
 		}
-		if err := applyOptions(s, v, VolumeOptions{Addr: addr, MACs: macs}); err != nil {
+		if err := p.applyOptions(s, v, VolumeOptions{Addr: addr, MACs: macs}); err != nil {
 			return err
 		}
 		out = *v
@@ -315,7 +318,7 @@ func (p *Pool) clone(src, name string, o VolumeOptions, snap bool) (Volume, stri
 		from := s.Volumes[i]
 		v := Volume{Name: name, File: filepath.Join("volumes", name+".img"), Size: from.Size,
 			Origin: src, Snapshot: snap, Created: time.Now().UTC()}
-		if err := applyOptions(s, &v, o); err != nil {
+		if err := p.applyOptions(s, &v, o); err != nil {
 			return err
 		}
 		m, err := CopyFile(p.Path(from), p.Path(v))

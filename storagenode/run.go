@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"syscall"
@@ -42,9 +43,22 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	info := DaemonInfo{PID: os.Getpid(), Interfaces: cfg.Interfaces, Started: time.Now().UTC(), Exports: map[string]string{}}
+	for _, e := range cfg.Exports {
+		if prev, dup := info.Exports[e.Addr()]; dup {
+			return fmt.Errorf("storagenode: --export %s=%s: %s is already exported from %s", e.Addr(), e.Path, e.Addr(), prev)
+		}
+		info.Exports[e.Addr()] = e.Path
+	}
+	release, err := lockDaemon(pool.Dir(), info)
+	if err != nil {
+		return err
+	}
+	defer release()
 	t := NewTarget(TargetConfig{Logger: log, Configs: pool, BufferCount: cfg.BufferCount})
 	defer t.Close()
-	if err := reconcile(t, pool, cfg.Exports, log); err != nil {
+	rep := &reporter{pool: pool, info: info, log: log}
+	if err := reconcile(t, pool, cfg.Exports, rep); err != nil {
 		return err
 	}
 	var ports []*Port
@@ -86,7 +100,7 @@ func Run(ctx context.Context, cfg Config) error {
 					continue
 				}
 				last, lastStamp = time.Now(), stamp
-				if err := reconcile(t, pool, cfg.Exports, log); err != nil {
+				if err := reconcile(t, pool, cfg.Exports, rep); err != nil {
 					log.Error("reloading volumes", "err", err)
 				}
 			}
@@ -109,18 +123,27 @@ func stateStamp(p *Pool) string {
 
 // reconcile makes the target export exactly the pool's exported volumes
 // plus the static ones: new ones are added, removed ones withdrawn, changed
-// ones (path, read-only, MACs, size) re-added.
-func reconcile(t *Target, pool *Pool, static []Export, log *slog.Logger) error {
-	want, err := pool.Exports()
+// ones (path, read-only, MACs, size) re-added. A pool volume that cannot be
+// served (its address is a static export's, its file is gone) is left out
+// and reported; it never stops the others. The error is for the static
+// exports and the pool's state file only.
+func reconcile(t *Target, pool *Pool, static []Export, rep *reporter) error {
+	vols, err := pool.Exports()
 	if err != nil {
 		return err
 	}
+	problems := map[string]string{}
+	staticAt := map[uint32]Export{}
 	for _, s := range static {
-		for _, w := range want {
-			if w.Shelf == s.Shelf && w.Slot == s.Slot {
-				return fmt.Errorf("storagenode: --export %s: the pool's volume %q has that address", s.Addr(), w.Name)
-			}
+		staticAt[key(s.Shelf, s.Slot)] = s
+	}
+	var want []Export
+	for _, w := range vols {
+		if s, ok := staticAt[key(w.Shelf, w.Slot)]; ok {
+			problems[w.Name] = fmt.Sprintf("address %s is taken by this daemon's --export %s", w.Addr(), s.Path)
+			continue
 		}
+		want = append(want, w)
 	}
 	want = append(want, static...)
 	cur := map[uint32]*volume{}
@@ -131,24 +154,63 @@ func reconcile(t *Target, pool *Pool, static []Export, log *slog.Logger) error {
 	var errs []error
 	for _, w := range want {
 		k := key(w.Shelf, w.Slot)
-		seen[k] = true
 		if v := cur[k]; v != nil {
 			if same(v, w) {
+				seen[k] = true
 				continue
 			}
-			log.Info("volume changed, re-exporting", "shelf", w.Shelf, "slot", w.Slot)
+			rep.log.Info("volume changed, re-exporting", "shelf", w.Shelf, "slot", w.Slot)
 			_ = t.Remove(w.Shelf, w.Slot)
 		}
 		if err := t.Add(w); err != nil {
-			errs = append(errs, err)
+			if _, isStatic := staticAt[k]; isStatic {
+				errs = append(errs, err)
+			} else {
+				problems[w.Name] = err.Error()
+			}
+			continue
 		}
+		seen[k] = true
 	}
 	for k, v := range cur {
 		if !seen[k] {
 			_ = t.Remove(v.Shelf, v.Slot)
 		}
 	}
+	rep.report(problems)
 	return errors.Join(errs...)
+}
+
+// reporter publishes which pool volumes the daemon cannot serve: in the
+// pool's status file (read by `volume list`) and, once per change, in the
+// log.
+type reporter struct {
+	pool *Pool
+	info DaemonInfo
+	log  *slog.Logger
+	last map[string]string
+	done bool
+}
+
+func (r *reporter) report(problems map[string]string) {
+	if r.done && maps.Equal(problems, r.last) {
+		return
+	}
+	for name, why := range problems {
+		if r.last[name] != why {
+			r.log.Warn("volume not served", "volume", name, "reason", why)
+		}
+	}
+	for name := range r.last {
+		if _, still := problems[name]; !still {
+			r.log.Info("volume served again", "volume", name)
+		}
+	}
+	if err := r.pool.writeStatus(Status{Daemon: r.info, Updated: time.Now().UTC(), Errors: problems}); err != nil {
+		r.log.Error("writing status", "err", err)
+		return
+	}
+	r.last, r.done = problems, true
 }
 
 func same(v *volume, e Export) bool {

@@ -160,14 +160,31 @@ func volumeCommand(dataDir *cli.StringFlag) *cli.Command {
 					if err != nil {
 						return err
 					}
-					if c.String("output") == "json" {
-						if vs == nil {
-							vs = []storagenode.Volume{}
+					st, running := p.DaemonStatus()
+					status := func(v storagenode.Volume) string {
+						switch {
+						case !running:
+							return "no daemon"
+						case st.Errors[v.Name] != "":
+							return "error: " + st.Errors[v.Name]
+						case v.Addr() == "":
+							return "-"
 						}
-						return json.NewEncoder(c.App.Writer).Encode(vs)
+						return "served"
+					}
+					if c.String("output") == "json" {
+						type row struct {
+							storagenode.Volume
+							Status string `json:"status"`
+						}
+						rows := []row{}
+						for _, v := range vs {
+							rows = append(rows, row{v, status(v)})
+						}
+						return json.NewEncoder(c.App.Writer).Encode(rows)
 					}
 					w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(w, "NAME\tSIZE\tADDRESS\tMODE\tMACS\tORIGIN")
+					fmt.Fprintln(w, "NAME\tSIZE\tADDRESS\tMODE\tMACS\tORIGIN\tSTATUS")
 					for _, v := range vs {
 						mode := "rw"
 						if v.ReadOnly {
@@ -179,8 +196,8 @@ func volumeCommand(dataDir *cli.StringFlag) *cli.Command {
 						if v.Sync {
 							mode += ",sync"
 						}
-						fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, human(v.Size), dash(v.Addr()), mode,
-							dash(strings.Join(v.MACs, ",")), dash(v.Origin))
+						fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, human(v.Size), dash(v.Addr()), mode,
+							dash(strings.Join(v.MACs, ",")), dash(v.Origin), status(v))
 					}
 					return w.Flush()
 				},
