@@ -2,22 +2,14 @@ package controller
 
 import (
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
-	"errors"
-	"fmt"
 	"net/http"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/fabric-project/fabric/controller/controllerapi"
-	"github.com/fabric-project/fabric/controller/store"
 )
-
-// bucketAgentCreds maps a node name to the SHA-256 of its agent credential.
-const bucketAgentCreds = "agentcreds"
 
 // DefaultAgentTimeout is how long a hardware node may go without a
 // heartbeat before the controller treats it as dead.
@@ -57,6 +49,33 @@ func (a *agents) record(node string, hb controllerapi.Heartbeat, now time.Time) 
 	close(a.changed)
 	a.changed = make(chan struct{})
 	return acked
+}
+
+// forget drops what a node's agent reported: its certificate was revoked.
+func (a *agents) forget(node string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.seen, node)
+	delete(a.last, node)
+}
+
+// rename moves a node's reports to its new name.
+func (a *agents) rename(from, to string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if t, ok := a.seen[from]; ok {
+		a.seen[to], a.last[to] = t, a.last[from]
+		delete(a.seen, from)
+		delete(a.last, from)
+	}
+}
+
+// lastSeen is when a node's agent last called (zero: not since the
+// controller started).
+func (a *agents) lastSeen(node string) time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.seen[node]
 }
 
 func (a *agents) changedCh() <-chan struct{} {
@@ -115,99 +134,24 @@ func hashCred(s string) string {
 	return hex.EncodeToString(h[:])
 }
 
-// Enroll exchanges a node's one-time enrollment token for an agent
-// credential. The token is replaced, so it cannot be used twice.
-func (r *Registry) Enroll(node, token string) (string, error) {
-	cred := node + "." + newToken()
-	err := r.update(func(tx store.Tx) error {
-		n, err := getNode(tx, node)
-		if err != nil {
-			return errorf(ErrUnauthorized, "enrollment refused: unknown node or wrong token")
-		}
-		want, err := tx.Get(bucketTokens, node)
-		if err != nil || subtle.ConstantTimeCompare(want, []byte(token)) != 1 {
-			return errorf(ErrUnauthorized, "enrollment refused: unknown node or wrong token")
-		}
-		if n.Role != controllerapi.RoleHWNode {
-			return errorf(ErrInvalid, "node %s has role %s; only hardware nodes run an agent", node, n.Role)
-		}
-		if err := tx.Put(bucketTokens, node, []byte(newToken())); err != nil {
-			return err
-		}
-		if err := tx.Put(bucketAgentCreds, node, []byte(hashCred(cred))); err != nil {
-			return err
-		}
-		return appendEvent(tx, controllerapi.Event{Time: r.now().UTC(), Type: controllerapi.EventAgentEnrolled, Node: node, MAC: n.MAC,
-			Message: fmt.Sprintf("hardware node agent %s enrolled", node)})
-	})
-	return cred, err
-}
-
-// EnrollmentToken returns a node's current one-time enrollment token, for
-// a sysadmin starting an agent by hand.
-func (r *Registry) EnrollmentToken(nameOrMAC string) (string, error) {
-	var tok string
-	err := r.st.View(func(tx store.Tx) error {
-		n, err := resolve(tx, nameOrMAC)
-		if err != nil {
-			return err
-		}
-		b, err := tx.Get(bucketTokens, n.Name)
-		tok = string(b)
-		return err
-	})
-	return tok, err
-}
-
-// agentNode checks an agent credential ("node.secret") and returns the
-// node name.
-func (r *Registry) agentNode(cred string) (string, error) {
-	node, _, ok := strings.Cut(cred, ".")
-	if !ok {
-		return "", errorf(ErrUnauthorized, "malformed agent credential")
-	}
-	err := r.st.View(func(tx store.Tx) error {
-		want, err := tx.Get(bucketAgentCreds, node)
-		if err != nil || subtle.ConstantTimeCompare(want, []byte(hashCred(cred))) != 1 {
-			return errorf(ErrUnauthorized, "unknown agent credential; enroll again")
-		}
-		return nil
-	})
-	return node, err
-}
-
-// ErrUnauthorized is a wrong credential.
-var ErrUnauthorized = errors.New("unauthorized")
-
-func (c *Controller) enroll(w http.ResponseWriter, r *http.Request) {
-	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
-	var req controllerapi.EnrollRequest
-	if !decode(w, r, &req) {
-		return
-	}
-	cred, err := c.reg.Enroll(req.Node, req.Token)
-	if err != nil {
-		c.fail(w, err)
-		return
-	}
-	c.log.Info("agent enrolled", "node", req.Node)
-	writeJSON(w, http.StatusOK, controllerapi.EnrollResponse{Credential: cred})
-}
-
 // heartbeat answers POST /v1/agent/heartbeat?wait=D: it records the
 // agent's report and answers with the node's desired state, holding the
 // request up to wait while that state is unchanged from the generation the
 // agent already has.
 func (c *Controller) heartbeat(w http.ResponseWriter, r *http.Request) {
-	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	node, err := c.reg.agentNode(tok)
+	n, leaf, err := c.agentAuth(r, controllerapi.RoleHWNode)
 	if err != nil {
 		c.fail(w, err)
 		return
 	}
+	node := n.Name
 	r.Body = http.MaxBytesReader(w, r.Body, 1<<20)
 	var hb controllerapi.Heartbeat
 	if !decode(w, r, &hb) {
+		return
+	}
+	if hb.Node != "" && hb.Node != leaf.Subject.CommonName {
+		c.fail(w, errorf(ErrForbidden, "the certificate is %s's; a heartbeat for %s is refused", leaf.Subject.CommonName, hb.Node))
 		return
 	}
 	var wait time.Duration
@@ -233,7 +177,7 @@ func (c *Controller) heartbeat(w http.ResponseWriter, r *http.Request) {
 			c.fail(w, err)
 			return true
 		}
-		ds.Generation, ds.Acked = gen, acked
+		ds.Generation, ds.Acked, ds.Node = gen, acked, node
 		writeJSON(w, http.StatusOK, ds)
 		return true
 	})
@@ -246,6 +190,9 @@ func (c *Controller) nodeStatus(n controllerapi.Node, insts []controllerapi.Inst
 	}
 	hb, seen, alive := c.agents.get(n.Name, time.Now())
 	st := &controllerapi.NodeStatus{Alive: alive, Drained: c.drained(n.Name), LastSeen: seen, Capacity: hb.Capacity, Instances: []string{}}
+	if rec, ok := c.reg.certRecord(n.ID); ok {
+		st.CertExpires = rec.NotAfter
+	}
 	for _, in := range insts {
 		if in.Node == n.Name || in.Migrate != nil && in.Migrate.To == n.Name {
 			st.UsedVCPUs += in.VCPUs

@@ -2,13 +2,11 @@ package controller
 
 import (
 	"context"
-	"crypto/subtle"
-	"encoding/json"
+		"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/fabric-project/fabric/controller/controllerapi"
@@ -30,7 +28,11 @@ func (c *Controller) Handler() http.Handler {
 	mux.Handle("PATCH /v1/nodes/{name}", c.auth(c.updateNode))
 	mux.Handle("DELETE /v1/nodes/{name}", c.auth(c.removeNode))
 	mux.Handle("GET /v1/events", c.auth(c.events))
-	mux.Handle("GET /v1/nodes/{name}/token", c.auth(c.nodeToken))
+	mux.Handle("POST /v1/nodes/{name}/token", c.auth(c.nodeToken))
+	mux.Handle("POST /v1/nodes/{name}/reset", c.auth(c.resetNode))
+	mux.Handle("POST /v1/tokens", c.auth(c.createToken))
+	mux.Handle("GET /v1/tokens", c.auth(c.listTokens))
+	mux.Handle("DELETE /v1/tokens/{name}", c.auth(c.revokeToken))
 	mux.Handle("POST /v1/nodes/{name}/drain", c.auth(c.drainNode))
 	mux.Handle("POST /v1/nodes/{name}/undrain", c.auth(c.undrainNode))
 	mux.Handle("PUT /v1/images/{name}", c.authUpload(c.importImage))
@@ -45,6 +47,7 @@ func (c *Controller) Handler() http.Handler {
 	mux.Handle("POST /v1/instances/{name}/migrate", c.auth(c.migrateInstance))
 	mux.HandleFunc("POST /v1/agent/enroll", c.enroll)
 	mux.HandleFunc("POST /v1/agent/heartbeat", c.heartbeat)
+	mux.HandleFunc("POST /v1/agent/renew", c.renew)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, controllerapi.CodeNotFound, fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path))
 	})
@@ -55,20 +58,6 @@ func (c *Controller) Handler() http.Handler {
 func (c *Controller) auth(h http.HandlerFunc) http.Handler {
 	return c.authUpload(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
-		h(w, r)
-	})
-}
-
-// authUpload is auth without the body limit, for image uploads.
-func (c *Controller) authUpload(h http.HandlerFunc) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(tok), []byte(c.token)) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="fabric"`)
-			writeError(w, http.StatusUnauthorized, controllerapi.CodeUnauthorized,
-				"missing or wrong admin credential; pass --token or set FABRIC_TOKEN (the controller wrote it to its state directory as "+AdminTokenFile+")")
-			return
-		}
 		h(w, r)
 	})
 }
@@ -94,6 +83,10 @@ func (c *Controller) fail(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusConflict, controllerapi.CodeConflict, err.Error())
 	case errors.Is(err, ErrUnauthorized):
 		writeError(w, http.StatusUnauthorized, controllerapi.CodeUnauthorized, err.Error())
+	case errors.Is(err, ErrRevoked):
+		writeError(w, http.StatusForbidden, controllerapi.CodeRevoked, err.Error())
+	case errors.Is(err, ErrForbidden):
+		writeError(w, http.StatusForbidden, controllerapi.CodeForbidden, err.Error())
 	case errors.Is(err, ErrNodeFailed):
 		writeError(w, http.StatusBadGateway, controllerapi.CodeNodeFailed, err.Error())
 	case errors.Is(err, ErrUnplaceable):
@@ -175,16 +168,24 @@ func (c *Controller) updateNode(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
+	old, err := c.reg.Node(r.PathValue("name"))
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
 	n, err := c.reg.Update(r.PathValue("name"), req)
 	if err != nil {
 		c.fail(w, err)
 		return
 	}
+	if n.Name != old.Name {
+		c.agents.rename(old.Name, n.Name)
+	}
 	writeJSON(w, http.StatusOK, n)
 }
 
 func (c *Controller) removeNode(w http.ResponseWriter, r *http.Request) {
-	n, err := c.reg.Remove(r.PathValue("name"))
+	n, err := c.RemoveNode(r.PathValue("name"), r.URL.Query().Get("force") == "true", actorOf(r))
 	if err != nil {
 		c.fail(w, err)
 		return
@@ -195,6 +196,16 @@ func (c *Controller) removeNode(w http.ResponseWriter, r *http.Request) {
 
 // events answers GET /v1/events?since=N[&wait=30s][&limit=N]. With wait, the
 // request is held until at least one event with Seq >= since exists.
+func (c *Controller) resetNode(w http.ResponseWriter, r *http.Request) {
+	n, err := c.Reset(r.PathValue("name"), actorOf(r))
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	c.log.Info("node reset", "node", n.Name, "by", actorOf(r))
+	writeJSON(w, http.StatusOK, n)
+}
+
 func (c *Controller) events(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	var since uint64

@@ -142,7 +142,16 @@ func (c *Controller) migrateInstance(w http.ResponseWriter, r *http.Request) {
 }
 
 func (c *Controller) nodeToken(w http.ResponseWriter, r *http.Request) {
-	tok, err := c.reg.EnrollmentToken(r.PathValue("name"))
+	ttl := DefaultManualTokenTTL
+	if v := r.URL.Query().Get("ttl"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 || d > 7*24*time.Hour {
+			writeError(w, http.StatusBadRequest, controllerapi.CodeInvalid, "ttl must be a duration up to 168h")
+			return
+		}
+		ttl = d
+	}
+	tok, _, err := c.reg.IssueToken(r.PathValue("name"), actorOf(r), ttl)
 	if err != nil {
 		c.fail(w, err)
 		return

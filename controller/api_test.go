@@ -58,7 +58,7 @@ func TestAPIRequiresCredential(t *testing.T) {
 		if _, err := cl.Nodes(ctx); apiStatus(err) != http.StatusUnauthorized {
 			t.Errorf("list with token %q: %v; want 401", tok, err)
 		}
-		if err := cl.RemoveNode(ctx, "x"); apiStatus(err) != http.StatusUnauthorized {
+		if err := cl.RemoveNode(ctx, "x", false); apiStatus(err) != http.StatusUnauthorized {
 			t.Errorf("remove with token %q: %v; want 401", tok, err)
 		}
 	}
@@ -142,9 +142,10 @@ func TestAPIEventsLongPoll(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("long poll not answered after a registration")
 	}
+	// The call itself is recorded next, with the token that made it.
 	r, err := cl.Events(ctx, 2, 0)
-	if err != nil || len(r.Events) != 0 || r.Next != 2 {
-		t.Errorf("events since 2 without wait = %+v, %v; want none, next 2", r, err)
+	if err != nil || len(r.Events) != 1 || r.Events[0].Type != controllerapi.EventAPICall || r.Events[0].Actor != controllerapi.RootTokenName || r.Next != 3 {
+		t.Errorf("events since 2 without wait = %+v, %v; want the api.call by root, next 3", r, err)
 	}
 }
 

@@ -18,14 +18,15 @@ import (
 type bootBackend struct {
 	c *Controller
 
-	mu     sync.Mutex
-	offers map[string]pxe.Lease // offered leases live only in memory
+	mu      sync.Mutex
+	offers  map[string]pxe.Lease  // offered leases live only in memory
+	windows map[string]bootWindow // by MAC: opened when DHCP binds an address
 }
 
 var _ pxe.Backend = (*bootBackend)(nil)
 
 func (b *bootBackend) Host(mac net.HardwareAddr) (pxe.Host, bool, error) {
-	n, token, ok, err := b.c.reg.NodeByMAC(mac)
+	n, ok, err := b.c.reg.NodeByMAC(mac)
 	if err != nil || !ok {
 		return pxe.Host{}, false, err
 	}
@@ -34,7 +35,43 @@ func (b *bootBackend) Host(mac net.HardwareAddr) (pxe.Host, bool, error) {
 		return pxe.Host{}, false, err
 	}
 	hw, _ := net.ParseMAC(n.MAC)
-	return pxe.Host{Name: n.Name, Role: n.Role, MAC: hw, IP: ip, RootVolume: n.RootVolume, Token: token}, true, nil
+	return pxe.Host{Name: n.Name, Role: n.Role, MAC: hw, IP: ip, RootVolume: n.RootVolume}, true, nil
+}
+
+// BootToken mints the enrollment token for a boot script, if the script
+// is fetched from the address DHCP just bound for the MAC, within the boot
+// window, and no token was served in this window yet.
+func (b *bootBackend) BootToken(mac net.HardwareAddr, from netip.Addr) (string, error) {
+	now := b.c.reg.now()
+	window := b.c.cfg.BootWindow
+	if window <= 0 {
+		window = DefaultBootWindow
+	}
+	b.mu.Lock()
+	w, open := b.windows[mac.String()]
+	ok, why := decideBootToken(w, open, from.Unmap(), now, window)
+	if ok {
+		w.Served = true
+		b.windows[mac.String()] = w
+	}
+	b.mu.Unlock()
+	if !ok {
+		return "", errors.New(why)
+	}
+	ttl := b.c.cfg.BootTokenTTL
+	if ttl <= 0 {
+		ttl = DefaultBootTokenTTL
+	}
+	var tok string
+	err := b.c.reg.update(func(tx store.Tx) error {
+		name, err := tx.Get(bucketMACs, mac.String())
+		if err != nil {
+			return err
+		}
+		tok, err = b.c.reg.issueToken(tx, string(name), tokenBoot, from.String(), ttl)
+		return err
+	})
+	return tok, err
 }
 
 func (b *bootBackend) Lease(mac net.HardwareAddr) (pxe.Lease, bool, error) {
@@ -61,6 +98,14 @@ func (b *bootBackend) SaveLease(l pxe.Lease) error {
 		return nil
 	}
 	delete(b.offers, l.MAC)
+	if l.State == pxe.LeaseBound {
+		if len(b.windows) > 65536 {
+			clear(b.windows)
+		}
+		b.windows[l.MAC] = bootWindow{IP: l.IP, Opened: b.c.reg.now()}
+	} else {
+		delete(b.windows, l.MAC)
+	}
 	b.mu.Unlock()
 	return b.c.reg.saveLease(l)
 }

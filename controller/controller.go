@@ -75,6 +75,13 @@ type Config struct {
 	// AgentTimeout: a hardware node silent for this long is dead
 	// (default DefaultAgentTimeout).
 	AgentTimeout time.Duration
+	// CertTTL is the lifetime of node certificates (default
+	// DefaultCertTTL); agents renew at half of it.
+	CertTTL time.Duration
+	// BootWindow is how long after DHCP binds a node's address its boot
+	// script may carry an enrollment token (default DefaultBootWindow);
+	// BootTokenTTL how long that token stays usable (DefaultBootTokenTTL).
+	BootWindow, BootTokenTTL time.Duration
 	// PrepareTimeout bounds the destination's disk attach before a
 	// migration, MigrateTimeout the migration itself.
 	PrepareTimeout, MigrateTimeout time.Duration
@@ -101,6 +108,8 @@ type Controller struct {
 
 	unknownMu   sync.Mutex
 	unknownSeen map[string]time.Time
+
+	started time.Time // agents not heard from since may still be alive
 }
 
 // New opens the state directory (initialising it on first use).
@@ -143,7 +152,7 @@ func New(cfg Config) (*Controller, error) {
 	}
 	c := &Controller{cfg: cfg, log: log, st: st, ca: fca, token: token,
 		changed: make(chan struct{}), unknownSeen: map[string]time.Time{},
-		agents: newAgents(cfg.AgentTimeout), gen: 1, inflight: map[string]bool{}}
+		agents: newAgents(cfg.AgentTimeout), gen: 1, inflight: map[string]bool{}, started: time.Now()}
 	reserved := map[netip.Addr]bool{}
 	if cfg.ServerIP.IsValid() {
 		reserved[cfg.ServerIP] = true
@@ -234,7 +243,11 @@ func (c *Controller) TLSConfig() (*tls.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+	// Agents present their node certificate; the CLI presents none and
+	// authenticates with a token. A certificate that is given must be
+	// the fabric CA's and unexpired, or the handshake fails.
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
+		ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: c.ca.Pool()}, nil
 }
 
 // Serve serves the HTTPS API on ln until ctx ends.
@@ -295,7 +308,7 @@ func (c *Controller) Run(ctx context.Context) error {
 // controller's registry.
 func (c *Controller) BootConfig(apiURL string) pxe.Config {
 	bc := c.cfg.Boot
-	bc.Backend = &bootBackend{c: c, offers: map[string]pxe.Lease{}}
+	bc.Backend = &bootBackend{c: c, offers: map[string]pxe.Lease{}, windows: map[string]bootWindow{}}
 	if !bc.Network.ServerIP.IsValid() {
 		bc.Network.ServerIP = c.cfg.ServerIP
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"net/http"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -87,24 +88,36 @@ func (f *fakeAgent) run(ctx context.Context) {
 	}
 }
 
+// newAgentClient is an agent client with an identity that has not
+// enrolled yet.
+func newAgentClient(t *testing.T, c *Controller, admin *controllerapi.Client) *controllerapi.Client {
+	t.Helper()
+	id, err := controllerapi.LoadIdentity(filepath.Join(t.TempDir(), "identity.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := controllerapi.NewAgentClient(admin.BaseURL, c.CACertPEM(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
 func startFakeAgent(t *testing.T, c *Controller, admin *controllerapi.Client, name string, memMiB int) *fakeAgent {
 	t.Helper()
 	ctx := context.Background()
-	tok, err := admin.NodeToken(ctx, name)
+	tok, err := admin.NodeToken(ctx, name, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl := *admin
-	cl.Token = ""
-	cred, err := cl.Enroll(ctx, name, tok)
-	if err != nil {
+	cl := newAgentClient(t, c, admin)
+	if _, err := cl.Enroll(ctx, name, tok); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cl.Enroll(ctx, name, tok); apiStatus(err) != http.StatusUnauthorized {
+	if _, err := newAgentClient(t, c, admin).Enroll(ctx, name, tok); apiStatus(err) != http.StatusUnauthorized {
 		t.Errorf("enrollment token used twice: %v", err)
 	}
-	cl.Token = cred
-	f := &fakeAgent{t: t, cl: &cl, name: name, migrated: map[uint64]bool{},
+	f := &fakeAgent{t: t, cl: cl, name: name, migrated: map[uint64]bool{},
 		cap: controllerapi.Capacity{VCPUs: 2, MemoryMiB: memMiB, Hypervisor: "qemu", Disk: "nbd", MigrationURI: "qemu+tcp://" + name + "/system"}}
 	actx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -127,22 +140,26 @@ func TestInstancesAndMigration(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Agents must enroll with the node's token; a storage node cannot.
-	anon := *admin
-	anon.Token = ""
+	// Agents must enroll with the node's token; a storage node's
+	// certificate is not a hardware node agent's.
+	anon := newAgentClient(t, c, admin)
 	if _, err := anon.Enroll(ctx, "hn1", "guess"); apiStatus(err) != http.StatusUnauthorized {
 		t.Errorf("enroll with a wrong token: %v", err)
 	}
-	stTok, _ := admin.NodeToken(ctx, "st1")
-	if _, err := anon.Enroll(ctx, "st1", stTok); apiStatus(err) != http.StatusBadRequest {
-		t.Errorf("storage node enrolled as an agent: %v", err)
+	stTok, _ := admin.NodeToken(ctx, "st1", 0)
+	st := newAgentClient(t, c, admin)
+	if _, err := st.Enroll(ctx, "st1", stTok); err != nil {
+		t.Fatalf("storage node enrollment: %v", err)
 	}
-	anon.Token = "hn1.forged"
-	if _, err := anon.Heartbeat(ctx, controllerapi.Heartbeat{}, 0); apiStatus(err) != http.StatusUnauthorized {
-		t.Errorf("heartbeat with a forged credential: %v", err)
+	if _, err := st.Heartbeat(ctx, controllerapi.Heartbeat{}, 0); apiStatus(err) != http.StatusForbidden {
+		t.Errorf("storage node heartbeat as a hardware node: %v; want 403", err)
 	}
-	anon.Token = admin.Token
 	if _, err := anon.Heartbeat(ctx, controllerapi.Heartbeat{}, 0); apiStatus(err) != http.StatusUnauthorized {
+		t.Errorf("heartbeat without a certificate: %v", err)
+	}
+	bearer := *anon
+	bearer.Token = admin.Token
+	if _, err := bearer.Heartbeat(ctx, controllerapi.Heartbeat{}, 0); apiStatus(err) != http.StatusUnauthorized {
 		t.Errorf("heartbeat with the admin credential: %v", err)
 	}
 

@@ -22,7 +22,6 @@ const (
 	bucketMACs   = "macs"   // mac (aa:bb:..) -> name
 	bucketIPs    = "ips"    // 4-byte address -> name (sorted for allocation)
 	bucketEvents = "events" // 8-byte big-endian seq -> Event JSON
-	bucketTokens = "tokens" // name -> enrollment token
 	bucketAoE    = "aoe"    // 2-byte shelf + 1-byte slot -> name (root volumes)
 	bucketLeases = "leases" // mac -> pxe.Lease JSON
 )
@@ -218,6 +217,12 @@ func getJSON[T any](tx store.Tx, bucket, key string, missing func() error) (T, e
 	return v, json.Unmarshal(b, &v)
 }
 
+func decodeJSON[T any](b []byte) (T, error) {
+	var v T
+	err := json.Unmarshal(b, &v)
+	return v, err
+}
+
 func putJSON(tx store.Tx, bucket, key string, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -289,7 +294,6 @@ func (r *Registry) Register(req controllerapi.RegisterRequest) (controllerapi.No
 		}
 	}
 	mac := hw.String()
-	token := newToken()
 	err = r.update(func(tx store.Tx) error {
 		if _, err := tx.Get(bucketNodes, req.Name); err == nil {
 			return errorf(ErrConflict, "a node named %q is already registered; choose another name or see `fabric node show %s`", req.Name, req.Name)
@@ -309,7 +313,7 @@ func (r *Registry) Register(req controllerapi.RegisterRequest) (controllerapi.No
 			}
 		}
 		now := r.now().UTC()
-		n = controllerapi.Node{Name: req.Name, MAC: mac, Role: req.Role, IP: addr.String(), Created: now, Updated: now}
+		n = controllerapi.Node{Name: req.Name, ID: newNodeID(), MAC: mac, Role: req.Role, IP: addr.String(), Created: now, Updated: now}
 		if n.Role == controllerapi.RoleHWNode {
 			root, err := r.allocateRoot(tx)
 			if err != nil {
@@ -328,9 +332,6 @@ func (r *Registry) Register(req controllerapi.RegisterRequest) (controllerapi.No
 			return err
 		}
 		if err := tx.Put(bucketIPs, ipKey(addr), []byte(n.Name)); err != nil {
-			return err
-		}
-		if err := tx.Put(bucketTokens, n.Name, []byte(token)); err != nil {
 			return err
 		}
 		return appendEvent(tx, controllerapi.Event{Time: now, Type: controllerapi.EventNodeRegistered, Node: n.Name, MAC: mac,
@@ -372,8 +373,8 @@ func (r *Registry) Node(nameOrMAC string) (controllerapi.Node, error) {
 	return n, err
 }
 
-// NodeByMAC returns the node with the given MAC, and its enrollment token.
-func (r *Registry) NodeByMAC(hw net.HardwareAddr) (n controllerapi.Node, token string, ok bool, err error) {
+// NodeByMAC returns the node with the given MAC.
+func (r *Registry) NodeByMAC(hw net.HardwareAddr) (n controllerapi.Node, ok bool, err error) {
 	err = r.st.View(func(tx store.Tx) error {
 		name, err := tx.Get(bucketMACs, hw.String())
 		if errors.Is(err, store.ErrNotFound) {
@@ -385,11 +386,10 @@ func (r *Registry) NodeByMAC(hw net.HardwareAddr) (n controllerapi.Node, token s
 		if n, err = getNode(tx, string(name)); err != nil {
 			return err
 		}
-		t, _ := tx.Get(bucketTokens, n.Name)
-		token, ok = string(t), true
+		ok = true
 		return nil
 	})
-	return n, token, ok, err
+	return n, ok, err
 }
 
 // Nodes lists every node ordered by name.
@@ -428,12 +428,13 @@ func (r *Registry) Update(nameOrMAC string, req controllerapi.UpdateRequest) (co
 			if _, err := tx.Get(bucketNodes, *req.Name); err == nil {
 				return errorf(ErrConflict, "a node named %q is already registered", *req.Name)
 			}
-			tok, _ := tx.Get(bucketTokens, old.Name)
 			for _, op := range []func() error{
 				func() error { return tx.Delete(bucketNodes, old.Name) },
-				func() error { return tx.Delete(bucketTokens, old.Name) },
-				func() error { return tx.Put(bucketTokens, *req.Name, tok) },
 				func() error { return tx.Put(bucketMACs, old.MAC, []byte(*req.Name)) },
+				func() error { return moveKey(tx, bucketTokens, old.Name, *req.Name) },
+				func() error { return moveKey(tx, bucketDrained, old.Name, *req.Name) },
+				func() error { return renameCertHolder(tx, old.ID, *req.Name) },
+				func() error { return renameInstanceNode(tx, old.Name, *req.Name) },
 				func() error {
 					if old.RootVolume == "" {
 						return nil
@@ -499,7 +500,69 @@ func (r *Registry) Update(nameOrMAC string, req controllerapi.UpdateRequest) (co
 	return n, err
 }
 
-// Remove deletes a node.
+// moveKey moves a record to another key, if there is one.
+func moveKey(tx store.Tx, bucket, from, to string) error {
+	v, err := tx.Get(bucket, from)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := tx.Delete(bucket, from); err != nil {
+		return err
+	}
+	return tx.Put(bucket, to, v)
+}
+
+// renameCertHolder makes a node's certificate record follow its rename, so
+// that its agent keeps working under the new name.
+func renameCertHolder(tx store.Tx, id, to string) error {
+	if id == "" {
+		return nil
+	}
+	rec, err := getJSON[certRecord](tx, bucketCerts, id, func() error { return store.ErrNotFound })
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	rec.Node = to
+	return putJSON(tx, bucketCerts, id, rec)
+}
+
+// renameInstanceNode keeps a renamed node's instances (and the migrations
+// coming to it) on it.
+func renameInstanceNode(tx store.Tx, from, to string) error {
+	var changed []controllerapi.Instance
+	if err := tx.ForEach(bucketInstances, "", func(_ string, v []byte) error {
+		in, err := decodeJSON[controllerapi.Instance](v)
+		if err != nil {
+			return err
+		}
+		if in.Node == from || in.Migrate != nil && in.Migrate.To == from {
+			if in.Node == from {
+				in.Node = to
+			}
+			if in.Migrate != nil && in.Migrate.To == from {
+				in.Migrate.To = to
+			}
+			changed = append(changed, in)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, in := range changed {
+		if err := putJSON(tx, bucketInstances, in.Name, in); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Remove deletes a node and revokes its certificate.
 func (r *Registry) Remove(nameOrMAC string) (controllerapi.Node, error) {
 	var n controllerapi.Node
 	err := r.update(func(tx store.Tx) error {
@@ -512,6 +575,13 @@ func (r *Registry) Remove(nameOrMAC string) (controllerapi.Node, error) {
 			func() error { return tx.Delete(bucketMACs, n.MAC) },
 			func() error { return tx.Delete(bucketIPs, ipKey(netip.MustParseAddr(n.IP))) },
 			func() error { return tx.Delete(bucketTokens, n.Name) },
+			func() error { return tx.Delete(bucketDrained, n.Name) },
+			func() error {
+				if n.ID == "" {
+					return nil
+				}
+				return tx.Delete(bucketCerts, n.ID)
+			},
 			func() error { return tx.Delete(bucketLeases, n.MAC) },
 			func() error { return deleteRoot(tx, n.RootVolume) },
 		} {

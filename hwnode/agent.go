@@ -23,7 +23,6 @@ import (
 	"github.com/digitalocean/go-libvirt"
 	"github.com/digitalocean/go-libvirt/socket/dialers"
 	"github.com/fabric-project/fabric/controller/controllerapi"
-	"github.com/fabric-project/fabric/internal/atomicfile"
 )
 
 // Disk modes.
@@ -110,7 +109,10 @@ type Agent struct {
 	cfg Config
 	log *slog.Logger
 	api *controllerapi.Client
+	id  *controllerapi.Identity
 	lv  *libvirt.Libvirt
+
+	renewRetry time.Time // no renewal attempt before
 	cap controllerapi.Capacity
 
 	dk    Disks
@@ -131,7 +133,13 @@ type Agent struct {
 
 }
 
-const credentialFile = "credential"
+// identityFile holds the node's key and certificate, in StateDir.
+const identityFile = "identity.pem"
+
+// ErrRevoked is returned by Run when the controller refused the node's
+// certificate: the node was removed or reset. The agent stops managing
+// guests (they keep running, untouched) until it enrolls again.
+var ErrRevoked = errors.New("hwnode: the controller revoked this node's certificate")
 
 // New connects to libvirt and the controller (enrolling if the agent has
 // no credential yet) and prepares the disk path.
@@ -149,17 +157,23 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hwnode: fabric CA: %w", err)
 	}
-	if a.api, err = controllerapi.NewClient(cfg.Controller, "", ca); err != nil {
+	if a.id, err = controllerapi.LoadIdentity(filepath.Join(cfg.StateDir, identityFile)); err != nil {
+		return nil, fmt.Errorf("hwnode: %w", err)
+	}
+	if a.api, err = controllerapi.NewAgentClient(cfg.Controller, ca, a.id); err != nil {
 		return nil, err
 	}
-	if err := a.credential(ctx); err != nil {
-		return nil, err
-	}
+	// libvirtd first: a node that cannot run guests must not spend its
+	// one-time token.
 	a.lv = libvirt.NewWithDialer(dialers.NewLocal(dialers.WithSocket(cfg.LibvirtSocket), dialers.WithLocalTimeout(5*time.Second)))
 	if err := a.lv.ConnectToURI(libvirt.QEMUSystem); err != nil {
 		return nil, fmt.Errorf("hwnode: libvirtd at %s: %w", cfg.LibvirtSocket, err)
 	}
 	if err := a.probe(); err != nil {
+		a.lv.Disconnect()
+		return nil, err
+	}
+	if err := a.enroll(ctx); err != nil {
 		a.lv.Disconnect()
 		return nil, err
 	}
@@ -189,11 +203,10 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	return a, nil
 }
 
-// credential loads the agent credential, or enrolls for one.
-func (a *Agent) credential(ctx context.Context) error {
-	path := filepath.Join(a.cfg.StateDir, credentialFile)
-	if b, err := os.ReadFile(path); err == nil {
-		a.api.Token = strings.TrimSpace(string(b))
+// enroll gets the node a certificate with its one-time token, unless it
+// has one.
+func (a *Agent) enroll(ctx context.Context) error {
+	if a.id.Enrolled() {
 		return nil
 	}
 	tok := a.cfg.Token
@@ -201,21 +214,36 @@ func (a *Agent) credential(ctx context.Context) error {
 		tok = cmdlineArg("fabric.token")
 	}
 	if tok == "" {
-		return fmt.Errorf("hwnode: not enrolled (%s missing) and no enrollment token: pass --token (`fabric node token %s`) or boot with fabric.token=", path, a.cfg.Node)
-	}
-	cred, err := a.api.Enroll(ctx, a.cfg.Node, tok)
-	if err != nil {
-		return fmt.Errorf("hwnode: enrolling %s: %w", a.cfg.Node, err)
+		return fmt.Errorf("hwnode: not enrolled (no %s in %s) and no enrollment token: pass --token (`fabric node token %s`) or boot with fabric.token=",
+			identityFile, a.cfg.StateDir, a.cfg.Node)
 	}
 	if err := os.MkdirAll(a.cfg.StateDir, 0o700); err != nil {
 		return err
 	}
-	if err := atomicfile.Write(path, []byte(cred+"\n"), 0o600); err != nil {
-		return fmt.Errorf("hwnode: saving credential: %w", err)
+	r, err := a.api.Enroll(ctx, a.cfg.Node, tok)
+	if err != nil {
+		return fmt.Errorf("hwnode: enrolling %s: %w", a.cfg.Node, err)
 	}
-	a.api.Token = cred
-	a.log.Info("enrolled with the controller", "node", a.cfg.Node)
+	a.log.Info("enrolled with the controller", "node", r.Node, "cert_not_after", r.NotAfter)
 	return nil
+}
+
+// renew replaces the node certificate once half its lifetime has passed;
+// a failure is retried at the next heartbeat.
+func (a *Agent) renew(ctx context.Context) {
+	if !a.id.RenewDue(time.Now()) || time.Now().Before(a.renewRetry) {
+		return
+	}
+	r, err := a.api.Renew(ctx, a.cfg.Node)
+	if err != nil {
+		if controllerapi.IsRevoked(err) {
+			return // the heartbeat says so and stops the agent
+		}
+		a.renewRetry = time.Now().Add(5 * time.Second)
+		a.log.Warn("certificate renewal failed; retrying", "err", err, "not_after", a.id.Leaf().NotAfter)
+		return
+	}
+	a.log.Info("certificate renewed", "node", r.Node, "not_after", r.NotAfter)
 }
 
 func cmdlineArg(key string) string {
@@ -285,6 +313,14 @@ func (a *Agent) probe() error {
 	return nil
 }
 
+// certName is the node name in the current certificate.
+func (a *Agent) certName() string {
+	if l := a.id.Leaf(); l != nil {
+		return l.Subject.CommonName
+	}
+	return a.cfg.Node
+}
+
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // Run serves until ctx ends: the NBD server (nbd mode) and the heartbeat
@@ -303,6 +339,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	backoff := time.Second
 	for ctx.Err() == nil {
 		a.reconnect()
+		a.renew(ctx)
 		hb := a.status()
 		hctx, cancel := context.WithCancel(ctx)
 		lost := a.lv.Disconnected()
@@ -333,6 +370,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				break
 			}
+			if controllerapi.IsRevoked(err) {
+				a.log.Error("the controller refused this node's certificate: the node was removed or reset; no longer managing guests", "node", a.cfg.Node, "err", err)
+				return fmt.Errorf("%w: %v", ErrRevoked, err)
+			}
 			a.log.Warn("heartbeat failed", "err", err)
 			select {
 			case <-time.After(backoff):
@@ -343,6 +384,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.mu.Lock()
 		a.soon = false // set again by this reconcile if it must retry
 		a.mu.Unlock()
+		if ds.Node != "" && ds.Node != a.cfg.Node {
+			a.log.Info("node renamed by the controller", "from", a.cfg.Node, "to", ds.Node)
+			a.cfg.Node = ds.Node
+		}
 		a.ack(ds.Acked)
 		a.reconcile(ctx, ds)
 		a.mu.Lock()
@@ -441,7 +486,7 @@ func stateName(s int32) string {
 // attached for an incoming migration.
 func (a *Agent) status() controllerapi.Heartbeat {
 	a.mu.Lock()
-	hb := controllerapi.Heartbeat{Generation: a.gen, Capacity: a.cap, Instances: []controllerapi.InstanceStatus{},
+	hb := controllerapi.Heartbeat{Node: a.certName(), Generation: a.gen, Capacity: a.cap, Instances: []controllerapi.InstanceStatus{},
 		Migrations: append([]controllerapi.MigrationReport(nil), a.reports...)}
 	a.mu.Unlock()
 	doms, states, err := a.managed()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync/atomic"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -19,6 +20,9 @@ type Backend interface {
 	Lease(mac net.HardwareAddr) (Lease, bool, error)
 	SaveLease(Lease) error
 	Report(Event)
+	// BootToken returns a new one-time enrollment token for the boot
+	// script of mac fetched from the address from, or why it may not.
+	BootToken(mac net.HardwareAddr, from netip.Addr) (string, error)
 }
 
 // DHCPStats counts what the DHCP server saw.

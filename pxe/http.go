@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"text/template"
@@ -117,11 +118,24 @@ func (h *HTTPBoot) script(w http.ResponseWriter, r *http.Request) {
 	if cmdTmpl == "" {
 		cmdTmpl = DefaultCmdline
 	}
+	// The enrollment token goes only to the machine DHCP just booted, once
+	// per boot (the backend decides); anyone else gets the script without
+	// one, and the event says why.
+	token, tokenNote := "", ""
+	if !prof.SANBoot && strings.Contains(cmdTmpl, ".Token") {
+		from, _ := netip.ParseAddrPort(r.RemoteAddr)
+		t, err := h.Backend.BootToken(mac, from.Addr())
+		if err != nil {
+			tokenNote = " without an enrollment token: " + err.Error()
+		} else {
+			token, tokenNote = t, " with a new enrollment token"
+		}
+	}
 	ct, err := template.New("cmdline").Option("missingkey=error").Parse(cmdTmpl)
 	var cmdline bytes.Buffer
 	if err == nil {
 		err = ct.Execute(&cmdline, map[string]any{"Name": host.Name, "MAC": host.MAC.String(), "IP": host.IP.String(),
-			"Role": host.Role, "RootVolume": host.RootVolume, "Token": host.Token, "Controller": h.Controller})
+			"Role": host.Role, "RootVolume": host.RootVolume, "Token": token, "Controller": h.Controller})
 	}
 	if err != nil {
 		h.log().Error("http boot: command line template", "role", host.Role, "err", err)
@@ -135,6 +149,6 @@ func (h *HTTPBoot) script(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.Backend.Report(Event{Kind: EventScript, MAC: mac, Host: host.Name,
-		Message: fmt.Sprintf("%s (%s) fetched its iPXE script from %s", host.Name, mac, r.RemoteAddr)})
+		Message: fmt.Sprintf("%s (%s) fetched its iPXE script from %s%s", host.Name, mac, r.RemoteAddr, tokenNote)})
 	_, _ = w.Write(buf.Bytes())
 }

@@ -19,7 +19,6 @@ type Host struct {
 	MAC        net.HardwareAddr
 	IP         netip.Addr
 	RootVolume string // AoE address of the root volume, "e<shelf>.<slot>"
-	Token      string // one-time enrollment token for the node agent
 }
 
 // Lease states.

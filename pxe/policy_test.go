@@ -13,7 +13,7 @@ import (
 
 var (
 	testMAC  = net.HardwareAddr{0x52, 0x54, 0x00, 0x12, 0x34, 0x56}
-	testHost = Host{Name: "hn1", Role: "hwnode", MAC: testMAC, IP: netip.MustParseAddr("10.233.0.10"), RootVolume: "e1.0", Token: "t"}
+	testHost = Host{Name: "hn1", Role: "hwnode", MAC: testMAC, IP: netip.MustParseAddr("10.233.0.10"), RootVolume: "e1.0"}
 	testNet  = Network{
 		ServerIP: netip.MustParseAddr("10.233.0.1"),
 		Subnets:  []Subnet{{Prefix: netip.MustParsePrefix("10.233.0.0/24"), Router: netip.MustParseAddr("10.233.0.1")}},

@@ -73,6 +73,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			imageCommand(),
 			instanceCommand(),
 			eventsCommand(),
+			tokenCommand(),
 			aoeCommand(),
 			completionCommand(),
 		},
@@ -373,10 +374,11 @@ func nodeCommand() *cli.Command {
 			},
 			{
 				Name:      "token",
-				Usage:     "print a hardware node's one-time enrollment token (for `fabricd hwnode --token`)",
+				Usage:     "issue a node a new one-time enrollment token (for fabricd hwnode --token); the previous one you were given stops working",
 				ArgsUsage: "NAME|MAC",
+				Flags:     []cli.Flag{&cli.DurationFlag{Name: "ttl", Value: time.Hour, Usage: "how long the token stays usable"}},
 				Action: withName("NAME or MAC", func(c *cli.Context, cl *controllerapi.Client, name string) error {
-					tok, err := cl.NodeToken(c.Context, name)
+					tok, err := cl.NodeToken(c.Context, name, c.Duration("ttl"))
 					if err != nil {
 						return err
 					}
@@ -387,18 +389,42 @@ func nodeCommand() *cli.Command {
 			{
 				Name:      "remove",
 				Aliases:   []string{"rm"},
-				Usage:     "remove a node from the registry",
+				Usage:     "remove a node from the registry and revoke its certificate (its agent is refused from its next call)",
 				ArgsUsage: "NAME|MAC",
+				Flags:     []cli.Flag{&cli.BoolFlag{Name: "force", Usage: "also delete the instances the node holds (stopping them first)"}},
 				Action: withName("NAME or MAC", func(c *cli.Context, cl *controllerapi.Client, name string) error {
-					if err := cl.RemoveNode(c.Context, name); err != nil {
+					if err := cl.RemoveNode(c.Context, name, c.Bool("force")); err != nil {
 						return err
 					}
-					fmt.Fprintf(c.App.Writer, "removed %s\n", name)
+					fmt.Fprintf(c.App.Writer, "removed %s; its certificate is revoked\n", name)
+					return nil
+				}),
+			},
+			{
+				Name:      "reset",
+				Usage:     "revoke a node's certificate so that it may enroll again (a reinstalled node; a stolen identity)",
+				ArgsUsage: "NAME|MAC",
+				Action: withName("NAME or MAC", func(c *cli.Context, cl *controllerapi.Client, name string) error {
+					if err := cl.ResetNode(c.Context, name); err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "%s reset: its certificate is revoked; it enrolls again with a new token (fabric node token %s) or at its next PXE boot\n", name, name)
 					return nil
 				}),
 			},
 		},
 	}
+}
+
+// eventWho says who caused an event and from where, when known.
+func eventWho(ev controllerapi.Event) string {
+	switch {
+	case ev.Actor != "" && ev.Source != "":
+		return fmt.Sprintf(" [%s from %s]", ev.Actor, ev.Source)
+	case ev.Actor != "":
+		return " [" + ev.Actor + "]"
+	}
+	return ""
 }
 
 func oneArg(c *cli.Context, what string) (string, error) {
@@ -449,7 +475,7 @@ func eventsCommand() *cli.Command {
 						}
 						continue
 					}
-					fmt.Fprintf(w, "%6d  %s  %-22s %s\n", ev.Seq, ev.Time.Local().Format("2006-01-02 15:04:05.000"), ev.Type, ev.Message)
+					fmt.Fprintf(w, "%6d  %s  %-22s %s%s\n", ev.Seq, ev.Time.Local().Format("2006-01-02 15:04:05.000"), ev.Type, ev.Message, eventWho(ev))
 				}
 				since = r.Next
 				if !follow && len(r.Events) < 1000 { // the last page

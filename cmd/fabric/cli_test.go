@@ -113,8 +113,12 @@ func TestCLINodeLifecycle(t *testing.T) {
 			t.Fatalf("events line %q: %v", l, err)
 		}
 		types = append(types, ev.Type)
+		if ev.Type == controllerapi.EventAPICall && ev.Actor != controllerapi.RootTokenName {
+			t.Errorf("call recorded without the token that made it: %+v", ev)
+		}
 	}
-	if d := cmp.Diff([]string{"node.registered", "node.registered", "node.updated", "node.removed"}, types); d != "" || code != 0 {
+	want := []string{"node.registered", "api.call", "node.registered", "api.call", "node.updated", "api.call", "node.removed", "api.call"}
+	if d := cmp.Diff(want, types); d != "" || code != 0 {
 		t.Errorf("events (-want +got):\n%s", d)
 	}
 	code, out, _ = fabric(t, cfg, "events")

@@ -17,6 +17,9 @@ const (
 // Node is a registered machine.
 type Node struct {
 	Name string `json:"name"`
+	// ID is this registration's identity: a name registered again after
+	// removal gets a new one, and certificates carry it.
+	ID   string `json:"id,omitempty"`
 	MAC  string `json:"mac"`
 	Role string `json:"role"`
 	IP   string `json:"ip"`
@@ -65,6 +68,10 @@ const (
 	EventBootScript     = "boot.script"
 	EventAddrConflict   = "boot.address_conflict"
 	EventControllerUp   = "controller.started"
+	EventNodeReset      = "node.reset"
+	EventTokenIssued    = "node.token_issued"
+	EventAPICall        = "api.call"
+	EventAdminToken     = "admin.token"
 )
 
 // Event is one entry of the append-only event log.
@@ -75,6 +82,10 @@ type Event struct {
 	Node    string    `json:"node,omitempty"`
 	MAC     string    `json:"mac,omitempty"`
 	Message string    `json:"message"`
+	// Actor is who caused it: an admin token's name, or agent:NODE.
+	Actor string `json:"actor,omitempty"`
+	// Source is the network address a request came from.
+	Source string `json:"source,omitempty"`
 }
 
 // EventsResponse is the body of GET /v1/events.
@@ -94,6 +105,8 @@ type ErrorResponse struct {
 const (
 	CodeInvalid      = "invalid"      // 400
 	CodeUnauthorized = "unauthorized" // 401
+	CodeForbidden    = "forbidden"    // 403: authenticated, not allowed
+	CodeRevoked      = "revoked"      // 403: the node's certificate was revoked (node removed or reset)
 	CodeNotFound     = "not_found"    // 404
 	CodeConflict     = "conflict"     // 409
 	CodeTooLarge     = "too_large"    // 413
@@ -116,3 +129,30 @@ func (e *APIError) Error() string {
 	}
 	return e.Message
 }
+
+// Admin token kinds.
+const (
+	TokenAdmin    = "admin"     // every call
+	TokenReadOnly = "read-only" // GET only: dashboards, monitoring
+)
+
+// AdminToken is a named API credential (its secret is shown once, at
+// creation).
+type AdminToken struct {
+	Name    string    `json:"name"`
+	Kind    string    `json:"kind"`
+	Created time.Time `json:"created"`
+	// CreatedBy is the token that created it.
+	CreatedBy string `json:"created_by,omitempty"`
+	Secret    string `json:"secret,omitempty"`
+}
+
+// CreateTokenRequest is the body of POST /v1/tokens.
+type CreateTokenRequest struct {
+	Name string `json:"name"`
+	Kind string `json:"kind"`
+}
+
+// RootTokenName names the admin credential the controller writes to its
+// state directory on first start.
+const RootTokenName = "root"

@@ -20,6 +20,9 @@ type Client struct {
 	BaseURL string // https://host:port
 	Token   string // admin credential
 	HTTP    *http.Client
+
+	roots *x509.CertPool
+	id    *Identity // agents: the node's key and certificate
 }
 
 // NewClient returns a client that trusts only the fabric CA in caPEM.
@@ -30,7 +33,7 @@ func NewClient(baseURL, token string, caPEM []byte) (*Client, error) {
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	return &Client{BaseURL: baseURL, Token: token, HTTP: &http.Client{Transport: tr}}, nil
+	return &Client{BaseURL: baseURL, Token: token, HTTP: &http.Client{Transport: tr}, roots: pool}, nil
 }
 
 // RegisterNode registers a node.
@@ -61,9 +64,40 @@ func (c *Client) UpdateNode(ctx context.Context, name string, r UpdateRequest) (
 	return n, err
 }
 
-// RemoveNode removes a node.
-func (c *Client) RemoveNode(ctx context.Context, name string) error {
-	return c.do(ctx, http.MethodDelete, "/v1/nodes/"+url.PathEscape(name), nil, nil)
+// RemoveNode removes a node and revokes its certificates. A node that
+// holds instances is refused unless force is set, which deletes them.
+func (c *Client) RemoveNode(ctx context.Context, name string, force bool) error {
+	p := "/v1/nodes/" + url.PathEscape(name)
+	if force {
+		p += "?force=true"
+	}
+	return c.do(ctx, http.MethodDelete, p, nil, nil)
+}
+
+// ResetNode revokes a node's certificates, so that it may enroll again
+// (with a new token).
+func (c *Client) ResetNode(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(name)+"/reset", nil, nil)
+}
+
+// CreateAdminToken makes a named API credential; the answer carries its
+// secret, shown only this once.
+func (c *Client) CreateAdminToken(ctx context.Context, name, kind string) (AdminToken, error) {
+	var t AdminToken
+	err := c.do(ctx, http.MethodPost, "/v1/tokens", CreateTokenRequest{Name: name, Kind: kind}, &t)
+	return t, err
+}
+
+// AdminTokens lists the named API credentials (without secrets).
+func (c *Client) AdminTokens(ctx context.Context) ([]AdminToken, error) {
+	var ts []AdminToken
+	err := c.do(ctx, http.MethodGet, "/v1/tokens", nil, &ts)
+	return ts, err
+}
+
+// RevokeAdminToken deletes a named API credential.
+func (c *Client) RevokeAdminToken(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/tokens/"+url.PathEscape(name), nil, nil)
 }
 
 // Events returns events with Seq >= since. With wait > 0 the controller
@@ -129,10 +163,15 @@ func (c *Client) send(req *http.Request, out any) error {
 	return nil
 }
 
-// NodeToken returns a node's one-time enrollment token.
-func (c *Client) NodeToken(ctx context.Context, name string) (string, error) {
+// NodeToken issues a new one-time enrollment token for a node (the
+// previous one the admin was given stops working).
+func (c *Client) NodeToken(ctx context.Context, name string, ttl time.Duration) (string, error) {
 	var r struct{ Token string }
-	err := c.do(ctx, http.MethodGet, "/v1/nodes/"+url.PathEscape(name)+"/token", nil, &r)
+	p := "/v1/nodes/" + url.PathEscape(name) + "/token"
+	if ttl > 0 {
+		p += "?ttl=" + url.QueryEscape(ttl.String())
+	}
+	err := c.do(ctx, http.MethodPost, p, nil, &r)
 	return r.Token, err
 }
 
@@ -208,15 +247,8 @@ func (c *Client) MigrateInstance(ctx context.Context, name, to string) (MigrateR
 	return r, err
 }
 
-// Enroll exchanges an enrollment token for an agent credential.
-func (c *Client) Enroll(ctx context.Context, node, token string) (string, error) {
-	var r EnrollResponse
-	err := c.do(ctx, http.MethodPost, "/v1/agent/enroll", EnrollRequest{Node: node, Token: token}, &r)
-	return r.Credential, err
-}
-
-// Heartbeat reports an agent's state (the client's Token is the agent
-// credential) and returns its desired state, waiting up to wait for it to
+// Heartbeat reports an agent's state (authenticated by its certificate)
+// and returns its desired state, waiting up to wait for it to
 // differ from hb.Generation.
 func (c *Client) Heartbeat(ctx context.Context, hb Heartbeat, wait time.Duration) (DesiredState, error) {
 	var ds DesiredState

@@ -118,6 +118,8 @@ type MigrationReport struct {
 
 // Heartbeat is the body of POST /v1/agent/heartbeat.
 type Heartbeat struct {
+	// Node is the name the agent runs as; it must be its certificate's.
+	Node string `json:"node,omitempty"`
 	// Generation is the desired-state generation the agent last applied;
 	// the controller holds the request (up to wait) until it changes.
 	Generation uint64            `json:"generation"`
@@ -149,6 +151,9 @@ type InstanceSpec struct {
 
 // DesiredState is the answer to a heartbeat.
 type DesiredState struct {
+	// Node is the node's current name (it changes with `fabric node
+	// update --name`); the agent adopts it.
+	Node       string         `json:"node,omitempty"`
 	Generation uint64         `json:"generation"`
 	Instances  []InstanceSpec `json:"instances"`
 	// Acked lists migration reports the controller has recorded; the
@@ -156,15 +161,25 @@ type DesiredState struct {
 	Acked []uint64 `json:"acked,omitempty"`
 }
 
-// EnrollRequest is the body of POST /v1/agent/enroll.
+// EnrollRequest is the body of POST /v1/agent/enroll: a one-time token
+// and a PKCS #10 certificate request for the agent's own key.
 type EnrollRequest struct {
 	Node  string `json:"node"`
 	Token string `json:"token"`
+	CSR   []byte `json:"csr"` // DER
 }
 
-// EnrollResponse carries the node's agent credential.
+// RenewRequest is the body of POST /v1/agent/renew, made with the agent's
+// current certificate: a request for a fresh key.
+type RenewRequest struct {
+	CSR []byte `json:"csr"` // DER
+}
+
+// EnrollResponse carries the node's certificate.
 type EnrollResponse struct {
-	Credential string `json:"credential"`
+	Node        string    `json:"node"`        // the name the certificate is issued to
+	Certificate string    `json:"certificate"` // PEM: the node certificate, then the fabric CA
+	NotAfter    time.Time `json:"not_after"`
 }
 
 // DrainResult is what `fabric node drain` did with one instance.
@@ -185,11 +200,16 @@ type NodeStatus struct {
 	UsedVCPUs int       `json:"used_vcpus"`
 	UsedMiB   int       `json:"used_memory_mib"`
 	Instances []string  `json:"instances"`
+	// CertExpires is when the agent's current certificate expires
+	// (agents renew at half its lifetime).
+	CertExpires time.Time `json:"cert_expires,omitzero"`
 }
 
 // Event types of instances and agents.
 const (
 	EventAgentEnrolled     = "agent.enrolled"
+	EventEnrollRefused     = "agent.enroll_refused"
+	EventAgentRefused      = "agent.refused" // a call with a revoked or foreign certificate
 	EventAgentLost         = "agent.lost"
 	EventImageImported     = "image.imported"
 	EventInstanceCreated   = "instance.created"

@@ -1,0 +1,190 @@
+package controllerapi
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/fabric-project/fabric/internal/atomicfile"
+)
+
+// Identity is a node agent's private key and certificate, kept together
+// in one PEM file (written atomically, mode 0600) so that a crash never
+// leaves a key beside another key's certificate.
+type Identity struct {
+	path string
+	mu   sync.Mutex
+	cert *tls.Certificate // nil: not enrolled
+}
+
+// LoadIdentity reads the identity at path; a missing file is an identity
+// that has not enrolled yet.
+func LoadIdentity(path string) (*Identity, error) {
+	id := &Identity{path: path}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return id, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	cert, err := tls.X509KeyPair(b, b)
+	if err != nil {
+		return nil, fmt.Errorf("identity %s: %w; delete it and enroll again with a new token", path, err)
+	}
+	id.cert = &cert
+	return id, nil
+}
+
+// Enrolled reports whether the identity holds a certificate.
+func (id *Identity) Enrolled() bool {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	return id.cert != nil
+}
+
+// Leaf returns the current certificate, or nil.
+func (id *Identity) Leaf() *x509.Certificate {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	if id.cert == nil {
+		return nil
+	}
+	return id.cert.Leaf
+}
+
+// RenewDue reports whether half of the certificate's lifetime has passed.
+func (id *Identity) RenewDue(now time.Time) bool {
+	l := id.Leaf()
+	if l == nil {
+		return false
+	}
+	return now.After(l.NotBefore.Add(l.NotAfter.Sub(l.NotBefore) / 2))
+}
+
+// clientCertificate hands TLS the current certificate at each handshake.
+func (id *Identity) clientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	if id.cert == nil {
+		return &tls.Certificate{}, nil // no certificate: the server decides
+	}
+	return id.cert, nil
+}
+
+// newRequest makes a fresh key and a certificate request for it.
+func newRequest(node string) (*ecdsa.PrivateKey, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: node}}, key)
+	return key, csr, err
+}
+
+// install checks the issued chain against key and saves both.
+func (id *Identity) install(key *ecdsa.PrivateKey, chainPEM string) error {
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	b := append(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), chainPEM...)
+	cert, err := tls.X509KeyPair(b, b)
+	if err != nil {
+		return fmt.Errorf("identity: the controller's certificate does not match our key: %w", err)
+	}
+	if err := atomicfile.Write(id.path, b, 0o600); err != nil {
+		return fmt.Errorf("identity: %w", err)
+	}
+	id.mu.Lock()
+	id.cert = &cert
+	id.mu.Unlock()
+	return nil
+}
+
+// NewAgentClient returns a client that trusts only the fabric CA and
+// authenticates with id's certificate.
+func NewAgentClient(baseURL string, caPEM []byte, id *Identity) (*Client, error) {
+	c, err := NewClient(baseURL, "", caPEM)
+	if err != nil {
+		return nil, err
+	}
+	c.id = id
+	c.HTTP = c.agentHTTP()
+	return c, nil
+}
+
+func (c *Client) agentHTTP() *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: c.roots, MinVersion: tls.VersionTLS12, GetClientCertificate: c.id.clientCertificate}
+	return &http.Client{Transport: tr}
+}
+
+// reconnect drops the client's connections so that the next call makes a
+// new TLS handshake with the identity's new certificate.
+func (c *Client) reconnect() {
+	old := c.HTTP
+	c.HTTP = c.agentHTTP()
+	old.CloseIdleConnections()
+}
+
+// Enroll exchanges a one-time enrollment token for a certificate for a
+// fresh key, and saves both in the client's identity.
+func (c *Client) Enroll(ctx context.Context, node, token string) (EnrollResponse, error) {
+	var r EnrollResponse
+	if c.id == nil {
+		return r, errors.New("controllerapi: enrolling needs an agent client (NewAgentClient)")
+	}
+	key, csr, err := newRequest(node)
+	if err != nil {
+		return r, err
+	}
+	if err := c.do(ctx, http.MethodPost, "/v1/agent/enroll", EnrollRequest{Node: node, Token: token, CSR: csr}, &r); err != nil {
+		return r, err
+	}
+	if err := c.id.install(key, r.Certificate); err != nil {
+		return r, err
+	}
+	c.reconnect()
+	return r, nil
+}
+
+// Renew replaces the identity's key and certificate before it expires,
+// authenticated by the current one. Not safe to call concurrently with
+// other calls of the same client.
+func (c *Client) Renew(ctx context.Context, node string) (EnrollResponse, error) {
+	var r EnrollResponse
+	if c.id == nil {
+		return r, errors.New("controllerapi: renewing needs an agent client (NewAgentClient)")
+	}
+	key, csr, err := newRequest(node)
+	if err != nil {
+		return r, err
+	}
+	if err := c.do(ctx, http.MethodPost, "/v1/agent/renew", RenewRequest{CSR: csr}, &r); err != nil {
+		return r, err
+	}
+	if err := c.id.install(key, r.Certificate); err != nil {
+		return r, err
+	}
+	c.reconnect()
+	return r, nil
+}
+
+// IsRevoked reports whether err is the controller refusing a revoked node
+// certificate.
+func IsRevoked(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Code == CodeRevoked
+}
