@@ -2,7 +2,7 @@ package controller
 
 import (
 	"context"
-		"encoding/json"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"

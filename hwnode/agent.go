@@ -113,7 +113,7 @@ type Agent struct {
 	lv  *libvirt.Libvirt
 
 	renewRetry time.Time // no renewal attempt before
-	cap controllerapi.Capacity
+	cap        controllerapi.Capacity
 
 	dk    Disks
 	local *DiskServer // in-process NBD serving (nbd mode without DiskServer)
