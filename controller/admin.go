@@ -88,18 +88,18 @@ func (c *Controller) authUpload(h http.HandlerFunc) http.Handler {
 			return
 		}
 		read := r.Method == http.MethodGet || r.Method == http.MethodHead
-		if !read && a.kind != controllerapi.TokenAdmin {
-			writeError(w, http.StatusForbidden, controllerapi.CodeForbidden,
-				fmt.Sprintf("token %q is %s: it may only read; use an admin token for %s %s", a.name, a.kind, r.Method, r.URL.Path))
-			return
-		}
 		r = r.WithContext(context.WithValue(r.Context(), actorKey{}, a))
 		if read {
 			h(w, r)
 			return
 		}
 		sw := &statusWriter{ResponseWriter: w}
-		h(sw, r)
+		if a.kind != controllerapi.TokenAdmin {
+			writeError(sw, http.StatusForbidden, controllerapi.CodeForbidden,
+				fmt.Sprintf("token %q is %s: it may only read; use an admin token for %s %s", a.name, a.kind, r.Method, r.URL.Path))
+		} else {
+			h(sw, r)
+		}
 		if err := c.reg.Record(controllerapi.Event{Type: controllerapi.EventAPICall, Actor: a.name, Source: remoteHost(r),
 			Message: fmt.Sprintf("%s %s by %s: %d %s", r.Method, r.URL.RequestURI(), a.name, sw.status, http.StatusText(sw.status))}); err != nil {
 			c.log.Error("recording API call", "err", err)

@@ -34,7 +34,7 @@ type bootLab struct {
 	bootDir  string
 }
 
-func newBootLab(t *testing.T) *bootLab {
+func newBootLab(t *testing.T, opts ...func(*Config)) *bootLab {
 	t.Helper()
 	netns.Skip(t)
 	l := &bootLab{srv: netns.New(t, "fsrv"), cli: netns.New(t, "fcli"), bootDir: t.TempDir()}
@@ -47,9 +47,13 @@ func newBootLab(t *testing.T) *bootLab {
 	if err := os.Symlink("/etc/hostname", filepath.Join(l.bootDir, "escape")); err != nil {
 		t.Fatal(err)
 	}
-	c, err := New(Config{StateDir: t.TempDir(), BootSubnet: netip.MustParsePrefix("10.233.0.0/24"), ServerIP: netip.MustParseAddr("10.233.0.1"),
+	cfg := Config{StateDir: t.TempDir(), BootSubnet: netip.MustParsePrefix("10.233.0.0/24"), ServerIP: netip.MustParseAddr("10.233.0.1"),
 		Boot: pxe.Config{Iface: "boot0", BootDir: l.bootDir, RA: true, TFTPSinglePort: true, // in-process: one thread in the namespace
-			Profiles: map[string]pxe.Profile{"hwnode": {Kernel: "vmlinuz", Initrd: "initrd.img"}}}})
+			Profiles: map[string]pxe.Profile{"hwnode": {Kernel: "vmlinuz", Initrd: "initrd.img"}}}}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	c, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,6 +31,19 @@ type fakeAgent struct {
 	specs    []controllerapi.InstanceSpec
 	reports  []controllerapi.MigrationReport
 	migrated map[uint64]bool
+	done     chan struct{}
+	err      error // why run ended
+}
+
+// waitRefused waits for the agent's loop to end and returns the error that
+// ended it.
+func (f *fakeAgent) waitRefused(timeout time.Duration) error {
+	select {
+	case <-f.done:
+		return f.err
+	case <-time.After(timeout):
+		return nil
+	}
 }
 
 func (f *fakeAgent) set(fn func(*fakeAgent)) {
@@ -62,9 +75,10 @@ func (f *fakeAgent) run(ctx context.Context) {
 	for ctx.Err() == nil {
 		ds, err := f.cl.Heartbeat(ctx, f.status(), 100*time.Millisecond)
 		if err != nil {
-			if ctx.Err() == nil {
+			if ctx.Err() == nil && !controllerapi.IsRevoked(err) {
 				f.t.Errorf("%s heartbeat: %v", f.name, err)
 			}
+			f.err = err
 			return
 		}
 		f.mu.Lock()
@@ -117,12 +131,11 @@ func startFakeAgent(t *testing.T, c *Controller, admin *controllerapi.Client, na
 	if _, err := newAgentClient(t, c, admin).Enroll(ctx, name, tok); apiStatus(err) != http.StatusUnauthorized {
 		t.Errorf("enrollment token used twice: %v", err)
 	}
-	f := &fakeAgent{t: t, cl: cl, name: name, migrated: map[uint64]bool{},
+	f := &fakeAgent{t: t, cl: cl, name: name, migrated: map[uint64]bool{}, done: make(chan struct{}),
 		cap: controllerapi.Capacity{VCPUs: 2, MemoryMiB: memMiB, Hypervisor: "qemu", Disk: "nbd", MigrationURI: "qemu+tcp://" + name + "/system"}}
 	actx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { f.run(actx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	go func() { f.run(actx); close(f.done) }()
+	t.Cleanup(func() { cancel(); <-f.done })
 	return f
 }
 

@@ -131,6 +131,9 @@ func (c *Client) agentHTTP() *http.Client {
 	return &http.Client{Transport: tr}
 }
 
+// Identity returns an agent client's identity (nil for an admin client).
+func (c *Client) Identity() *Identity { return c.id }
+
 // reconnect drops the client's connections so that the next call makes a
 // new TLS handshake with the identity's new certificate.
 func (c *Client) reconnect() {
