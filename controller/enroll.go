@@ -101,7 +101,7 @@ func decideEnroll(f enrollFacts) error {
 	}
 	if !f.LastSeen.IsZero() && f.Now.Sub(f.LastSeen) < f.AgentTimeout {
 		return errorf(ErrConflict, "enrollment refused: this node's enrolled agent is alive (last call %s ago); if the node was reinstalled, run `fabric node reset NAME` first",
-			f.Now.Sub(f.LastSeen).Round(time.Millisecond))
+			max(0, f.Now.Sub(f.LastSeen)).Round(time.Millisecond))
 	}
 	if f.LastSeen.IsZero() && f.Now.Sub(f.Started) < f.AgentTimeout {
 		return errorf(ErrConflict, "enrollment refused: the controller restarted %s ago and this node's enrolled agent may still be alive; retry in %s, or run `fabric node reset NAME`",
@@ -355,6 +355,11 @@ func (c *Controller) Reset(nameOrMAC, actor string) (controllerapi.Node, error) 
 			if err := tx.Delete(bucketCerts, n.ID); err != nil {
 				return err
 			}
+		}
+		// Tokens issued before the reset are spent too: whoever holds one
+		// (the revoked agent itself, say) cannot use it to come back.
+		if err := tx.Delete(bucketTokens, n.Name); err != nil {
+			return err
 		}
 		return appendEvent(tx, controllerapi.Event{Time: c.reg.now().UTC(), Type: controllerapi.EventNodeReset, Node: n.Name, MAC: n.MAC, Actor: actor,
 			Message: fmt.Sprintf("%s reset: its certificate is revoked; it may enroll again with a new token (`fabric node token %s`, or its next PXE boot)", n.Name, n.Name)})

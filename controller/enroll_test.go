@@ -1,11 +1,16 @@
 package controller
 
 import (
+	"bytes"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fabric-project/fabric/controller/controllerapi"
 )
 
 func TestDecideEnroll(t *testing.T) {
@@ -71,5 +76,39 @@ func TestDecideBootToken(t *testing.T) {
 				t.Errorf("decideBootToken = %v, %q; want %v, %q", serve, why, tc.serve, tc.words)
 			}
 		})
+	}
+}
+
+// FuzzEnroll: no enrollment body grants a certificate without the node's
+// token, none makes the controller fail (5xx), and every refusal keeps the
+// store consistent.
+func FuzzEnroll(f *testing.F) {
+	c, err := New(Config{StateDir: f.TempDir(), BootSubnet: netip.MustParsePrefix("10.9.0.0/24")})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.reg.Register(controllerapi.RegisterRequest{Name: "hn1", MAC: "52:54:00:00:00:01", Role: "hwnode"}); err != nil {
+		f.Fatal(err)
+	}
+	if _, _, err := c.reg.IssueToken("hn1", "test", time.Hour); err != nil {
+		f.Fatal(err)
+	}
+	h := c.Handler()
+	f.Add([]byte(`{"node":"hn1","token":"guess","csr":"MIIB"}`))
+	f.Add([]byte(`{"node":"hn1","token":"","csr":null}`))
+	f.Add([]byte(`{"node":"nobody","token":"x"}`))
+	f.Add([]byte(`{"node":"hn1"`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest("POST", "/v1/agent/enroll", bytes.NewReader(body))
+		h.ServeHTTP(rec, req)
+		if rec.Code == http.StatusOK || rec.Code >= 500 {
+			t.Fatalf("body %q: status %d: %s", body, rec.Code, rec.Body)
+		}
+	})
+	if err := c.reg.CheckInvariants(); err != nil {
+		f.Error(err)
 	}
 }

@@ -148,8 +148,9 @@ func TestAgentRenewal(t *testing.T) {
 			t.Fatalf("heartbeat after %d renewals: %v", renewals, err)
 		}
 	}
-	if renewals < 4 {
-		t.Errorf("%d renewals in 10 s of 4 s certificates; want at least 4", renewals)
+	// At half-life: one renewal every 2 s.
+	if renewals < 4 || renewals > 6 {
+		t.Errorf("%d renewals in 10 s of 4 s certificates; want 4 to 6 (every 2 s)", renewals)
 	}
 	if !time.Now().After(first.NotAfter) {
 		t.Fatal("test ended before the first certificate expired")
@@ -269,8 +270,12 @@ func TestResetAllowsReenrollment(t *testing.T) {
 		t.Errorf("%d enroll_refused events with a source; want 2", refused)
 	}
 	// The admin resets: the old agent is refused, a new one may enroll.
+	spare, _ := admin.NodeToken(ctx, "hn1", 0)
 	if err := admin.ResetNode(ctx, "hn1"); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := newAgentClient(t, c, admin).Enroll(ctx, "hn1", spare); apiStatus(err) != http.StatusUnauthorized {
+		t.Errorf("a token issued before the reset: %v; want 401 (spent by the reset)", err)
 	}
 	if _, err := hn1.Heartbeat(ctx, controllerapi.Heartbeat{}, 0); !controllerapi.IsRevoked(err) {
 		t.Errorf("agent after reset: %v; want revoked", err)

@@ -46,8 +46,14 @@ type Config struct {
 	// asks libvirt and looks for /dev/kvm.
 	Hypervisor string
 	// MigrationURI is how peers' libvirtd reach this one, e.g.
-	// qemu+tcp://10.0.0.11/system.
+	// qemu+tcp://10.0.0.11/system, or qemu+tls://10.0.0.11/system with
+	// LibvirtPKIDir.
 	MigrationURI string
+	// LibvirtPKIDir, when set, receives the node certificate in the
+	// files libvirt's TLS reads (see writeLibvirtPKI), after enrollment
+	// and every renewal; LibvirtAdminURI (virt-admin -c) is how libvirtd
+	// is told to reload them.
+	LibvirtPKIDir, LibvirtAdminURI string
 
 	DiskMode string // kernel, nbd, or ""/"auto"
 	AoEIface string // interface for the agent's initiator (nbd mode)
@@ -113,6 +119,7 @@ type Agent struct {
 	lv  *libvirt.Libvirt
 
 	renewRetry time.Time // no renewal attempt before
+	triedToken string    // the last token enrollment was tried with
 	cap        controllerapi.Capacity
 
 	dk    Disks
@@ -177,6 +184,9 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		a.lv.Disconnect()
 		return nil, err
 	}
+	if err := a.writeLibvirtPKI(ctx); err != nil {
+		a.log.Warn("libvirt TLS credentials", "err", err)
+	}
 	switch {
 	case a.cap.Disk == DiskKernel:
 		a.dk = kernelDisks{}
@@ -220,12 +230,41 @@ func (a *Agent) enroll(ctx context.Context) error {
 	if err := os.MkdirAll(a.cfg.StateDir, 0o700); err != nil {
 		return err
 	}
+	a.triedToken = tok
 	r, err := a.api.Enroll(ctx, a.cfg.Node, tok)
 	if err != nil {
 		return fmt.Errorf("hwnode: enrolling %s: %w", a.cfg.Node, err)
 	}
 	a.log.Info("enrolled with the controller", "node", r.Node, "cert_not_after", r.NotAfter)
 	return nil
+}
+
+// reenroll tries, once per token, to enroll again after the controller
+// revoked the node's certificate (`fabric node reset`): with a token given
+// for that (`fabric node token`, or the kernel command line of a new PXE
+// boot). A spent or wrong token changes nothing.
+func (a *Agent) reenroll(ctx context.Context) bool {
+	tok := ""
+	for _, t := range []string{a.cfg.Token, cmdlineArg("fabric.token")} {
+		if t != "" && t != a.triedToken {
+			tok = t
+			break
+		}
+	}
+	if tok == "" {
+		return false
+	}
+	a.triedToken = tok
+	r, err := a.api.Enroll(ctx, a.cfg.Node, tok)
+	if err != nil {
+		a.log.Warn("enrolling again after the certificate was revoked failed", "node", a.cfg.Node, "err", err)
+		return false
+	}
+	a.log.Info("enrolled again after the certificate was revoked", "node", r.Node, "cert_not_after", r.NotAfter)
+	if err := a.writeLibvirtPKI(ctx); err != nil {
+		a.log.Warn("libvirt TLS credentials", "err", err)
+	}
+	return true
 }
 
 // renew replaces the node certificate once half its lifetime has passed;
@@ -244,6 +283,9 @@ func (a *Agent) renew(ctx context.Context) {
 		return
 	}
 	a.log.Info("certificate renewed", "node", r.Node, "not_after", r.NotAfter)
+	if err := a.writeLibvirtPKI(ctx); err != nil {
+		a.log.Warn("libvirt TLS credentials", "err", err)
+	}
 }
 
 func cmdlineArg(key string) string {
@@ -369,6 +411,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			if ctx.Err() != nil {
 				break
+			}
+			if controllerapi.IsRevoked(err) && a.reenroll(ctx) {
+				continue
 			}
 			if controllerapi.IsRevoked(err) {
 				a.log.Error("the controller refused this node's certificate: the node was removed or reset; no longer managing guests", "node", a.cfg.Node, "err", err)

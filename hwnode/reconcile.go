@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"path/filepath"
 	"time"
 
 	"github.com/digitalocean/go-libvirt"
-	"github.com/digitalocean/go-libvirt/socket/dialers"
 	"github.com/fabric-project/fabric/controller/controllerapi"
 )
 
@@ -279,9 +277,10 @@ func (a *Agent) migrate(s controllerapi.InstanceSpec) {
 	if err := a.lv.DomainMigrateSetMaxDowntime(dom, uint64(a.cfg.MaxDowntime.Milliseconds()), 0); err != nil {
 		a.log.Warn("setting migration max downtime", "err", err)
 	}
-	a.log.Info("migrating", "instance", s.Name, "to", m.To, "uri", m.ToURI)
+	uri := m.ToURI
+	a.log.Info("migrating", "instance", s.Name, "to", m.To, "uri", uri)
 	t0 := time.Now()
-	_, err = a.lv.DomainMigratePerform3Params(dom, libvirt.OptString{m.ToURI}, []libvirt.TypedParam{}, nil,
+	_, err = a.lv.DomainMigratePerform3Params(dom, libvirt.OptString{uri}, []libvirt.TypedParam{}, nil,
 		libvirt.MigrateLive|libvirt.MigratePeer2peer|libvirt.MigratePersistDest|libvirt.MigrateUndefineSource)
 	rep.WallMS = float64(time.Since(t0).Microseconds()) / 1000
 	if err != nil {
@@ -290,7 +289,7 @@ func (a *Agent) migrate(s controllerapi.InstanceSpec) {
 		return
 	}
 	rep.OK = true
-	dt, err := downtime(m.ToURI, s.Name)
+	dt, err := a.downtime(uri, s.Name)
 	if err != nil {
 		a.log.Warn("reading migration downtime at the destination", "err", err)
 	}
@@ -300,17 +299,9 @@ func (a *Agent) migrate(s controllerapi.InstanceSpec) {
 
 // downtime asks the destination's libvirtd for the completed migration
 // job's downtime.
-func downtime(uri, name string) (float64, error) {
-	u, err := url.Parse(uri)
-	if err != nil || u.Hostname() == "" {
-		return 0, fmt.Errorf("migration URI %q has no host", uri)
-	}
-	port := u.Port()
-	if port == "" {
-		port = "16509"
-	}
-	l := libvirt.NewWithDialer(dialers.NewRemote(u.Hostname(), dialers.UsePort(port), dialers.WithRemoteTimeout(5*time.Second)))
-	if err := l.ConnectToURI(libvirt.QEMUSystem); err != nil {
+func (a *Agent) downtime(uri, name string) (float64, error) {
+	l, err := a.dialLibvirt(uri)
+	if err != nil {
 		return 0, err
 	}
 	defer l.Disconnect()

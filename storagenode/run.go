@@ -159,7 +159,7 @@ func reconcile(t *Target, pool *Pool, static []Export, rep *reporter) error {
 				seen[k] = true
 				continue
 			}
-			rep.log.Info("volume changed, re-exporting", "shelf", w.Shelf, "slot", w.Slot)
+			t.log.Info("volume changed, re-exporting", "shelf", w.Shelf, "slot", w.Slot)
 			_ = t.Remove(w.Shelf, w.Slot)
 		}
 		if err := t.Add(w); err != nil {
@@ -181,7 +181,7 @@ func reconcile(t *Target, pool *Pool, static []Export, rep *reporter) error {
 	return errors.Join(errs...)
 }
 
-// reporter publishes which pool volumes the daemon cannot serve: in the
+// reporter (nil: none) publishes which pool volumes the daemon cannot serve: in the
 // pool's status file (read by `volume list`) and, once per change, in the
 // log.
 type reporter struct {
@@ -193,6 +193,9 @@ type reporter struct {
 }
 
 func (r *reporter) report(problems map[string]string) {
+	if r == nil {
+		return
+	}
 	if r.done && maps.Equal(problems, r.last) {
 		return
 	}

@@ -107,6 +107,9 @@ func controllerCommand() *cli.Command {
 			&cli.StringFlag{Name: "hwnode-root-image", Usage: "image (`fabric image import`) cloned into each hardware node's root volume at registration"},
 			&cli.IntFlag{Name: "vcpu-overcommit", Value: 4, Usage: "guest vCPUs per host CPU"},
 			&cli.DurationFlag{Name: "agent-timeout", Value: controller.DefaultAgentTimeout, Usage: "a hardware node silent this long is dead"},
+			&cli.DurationFlag{Name: "cert-ttl", Value: controller.DefaultCertTTL, Usage: "lifetime of node certificates; agents renew at half of it"},
+			&cli.DurationFlag{Name: "boot-window", Value: controller.DefaultBootWindow, Usage: "how long after DHCP binds a node's address its boot script may carry an enrollment token"},
+			&cli.DurationFlag{Name: "boot-token-ttl", Value: controller.DefaultBootTokenTTL, Usage: "how long an enrollment token served in a boot script stays usable"},
 		},
 		Action: func(c *cli.Context) error {
 			log, err := logger(c)
@@ -123,6 +126,9 @@ func controllerCommand() *cli.Command {
 				HWNodeRootImage: c.String("hwnode-root-image"),
 				VCPUOvercommit:  c.Int("vcpu-overcommit"),
 				AgentTimeout:    c.Duration("agent-timeout"),
+				CertTTL:         c.Duration("cert-ttl"),
+				BootWindow:      c.Duration("boot-window"),
+				BootTokenTTL:    c.Duration("boot-token-ttl"),
 			}
 			if cfg.BootSubnet, err = prefixFlag(c, "boot-subnet"); err != nil {
 				return err

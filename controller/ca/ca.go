@@ -179,11 +179,13 @@ func (c *CA) SignNode(csrDER []byte, id NodeIdentity, ttl time.Duration, now tim
 		Subject:      pkix.Name{CommonName: id.Name, OrganizationalUnit: []string{id.Role}, SerialNumber: id.MAC, Organization: []string{"fabric"}},
 		NotBefore:    now.Add(-5 * time.Minute), // clocks of freshly booted nodes lag
 		NotAfter:     now.Add(ttl),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{id.Name},
-		IPAddresses:  id.IPs,
-		URIs:         []*url.URL{u},
+		// libvirt refuses a certificate whose (critical) key usage lacks
+		// key encipherment, whatever the key type.
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
+		DNSNames:    []string{id.Name},
+		IPAddresses: id.IPs,
+		URIs:        []*url.URL{u},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.Cert, csr.PublicKey, c.key)
 	if err != nil {

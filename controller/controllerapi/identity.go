@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,6 +27,11 @@ type Identity struct {
 	path string
 	mu   sync.Mutex
 	cert *tls.Certificate // nil: not enrolled
+	// got is when the certificate was received (the file's time after a
+	// restart): its NotBefore is backdated for clock skew, so it does
+	// not say when the lifetime began.
+	got time.Time
+	pem []byte // the file: key, certificate, CA
 }
 
 // LoadIdentity reads the identity at path; a missing file is an identity
@@ -39,11 +45,14 @@ func LoadIdentity(path string) (*Identity, error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
+	if fi, err := os.Stat(path); err == nil {
+		id.got = fi.ModTime()
+	}
 	cert, err := tls.X509KeyPair(b, b)
 	if err != nil {
 		return nil, fmt.Errorf("identity %s: %w; delete it and enroll again with a new token", path, err)
 	}
-	id.cert = &cert
+	id.cert, id.pem = &cert, b
 	return id, nil
 }
 
@@ -64,13 +73,39 @@ func (id *Identity) Leaf() *x509.Certificate {
 	return id.cert.Leaf
 }
 
-// RenewDue reports whether half of the certificate's lifetime has passed.
+// PEM returns the private key and the certificate chain, PEM-encoded,
+// for programs that need them as files (libvirtd's TLS).
+func (id *Identity) PEM() (key, chain []byte) {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	rest := id.pem
+	for {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			return key, chain
+		}
+		if strings.HasSuffix(b.Type, "PRIVATE KEY") {
+			key = append(key, pem.EncodeToMemory(b)...)
+		} else {
+			chain = append(chain, pem.EncodeToMemory(b)...)
+		}
+	}
+}
+
+// RenewDue reports whether half of the certificate's lifetime, counted
+// from when it was received, has passed.
 func (id *Identity) RenewDue(now time.Time) bool {
-	l := id.Leaf()
-	if l == nil {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	if id.cert == nil {
 		return false
 	}
-	return now.After(l.NotBefore.Add(l.NotAfter.Sub(l.NotBefore) / 2))
+	start := id.got
+	if start.IsZero() || start.Before(id.cert.Leaf.NotBefore) {
+		start = id.cert.Leaf.NotBefore
+	}
+	return now.After(start.Add(id.cert.Leaf.NotAfter.Sub(start) / 2))
 }
 
 // clientCertificate hands TLS the current certificate at each handshake.
@@ -108,7 +143,7 @@ func (id *Identity) install(key *ecdsa.PrivateKey, chainPEM string) error {
 		return fmt.Errorf("identity: %w", err)
 	}
 	id.mu.Lock()
-	id.cert = &cert
+	id.cert, id.got, id.pem = &cert, time.Now(), b
 	id.mu.Unlock()
 	return nil
 }

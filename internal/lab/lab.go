@@ -55,6 +55,7 @@ type Lab struct {
 	Images      string   `json:"images"`
 	Prefix      string   `json:"prefix"`
 	MaxDowntime string   `json:"max_downtime,omitempty"`
+	LibvirtTLS  bool     `json:"libvirt_tls,omitempty"`
 	Namespaces  []string `json:"namespaces"`
 	Mounts      []string `json:"created_mountpoints"`
 	Procs       []Proc   `json:"procs"`
@@ -89,6 +90,13 @@ type Config struct {
 	// MaxDowntime is the agents' live migration downtime target ("" =
 	// the agent's default).
 	MaxDowntime string
+	// CertTTL is the lifetime of node certificates ("" = the
+	// controller's default); short in tests, so that agents renew.
+	CertTTL string
+	// LibvirtTLS has the hardware nodes' libvirtd migrate over TLS with
+	// the fabric-issued node certificates (qemu+tls://, port 16514)
+	// instead of plain TCP.
+	LibvirtTLS bool
 }
 
 func (l *Lab) logf(format string, a ...any) {
@@ -129,7 +137,10 @@ func In(ns string, name string, args ...string) (string, error) {
 	return string(out), nil
 }
 
-var libvirtDirs = []string{"/etc/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/log/libvirt", "/var/cache/libvirt"}
+// libvirtDirs are bind-mounted per hardware node in its libvirtd's mount
+// namespace; /etc/pki holds the node's libvirt TLS credentials (the
+// agent writes them to HOST/pki).
+var libvirtDirs = []string{"/etc/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/log/libvirt", "/var/cache/libvirt", "/etc/pki"}
 
 // Up builds the lab. On error everything made so far is removed.
 func Up(cfg Config) (l *Lab, err error) {
@@ -144,7 +155,7 @@ func Up(cfg Config) (l *Lab, err error) {
 		old.logf("removing the lab left in %s", dir)
 		_ = old.Down()
 	}
-	l = &Lab{Dir: dir, Bin: cfg.Bin, Images: cfg.Images, Prefix: cfg.Prefix, MaxDowntime: cfg.MaxDowntime, log: cfg.Log, trace: cfg.Trace}
+	l = &Lab{Dir: dir, Bin: cfg.Bin, Images: cfg.Images, Prefix: cfg.Prefix, MaxDowntime: cfg.MaxDowntime, LibvirtTLS: cfg.LibvirtTLS, log: cfg.Log, trace: cfg.Trace}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -268,6 +279,9 @@ func Up(cfg Config) (l *Lab, err error) {
 	ctlArgs := []string{"controller", "--state-dir", l.StateDir,
 		"--api-addr", ControllerIP + ":" + APIPort, "--api-host", ControllerIP, "--boot-subnet", Subnet, "--server-ip", ControllerIP,
 		"--first-ip", "10.234.0.50", "--storage-dir", l.DataDir, "--agent-timeout", "4s"}
+	if cfg.CertTTL != "" {
+		ctlArgs = append(ctlArgs, "--cert-ttl", cfg.CertTTL)
+	}
 	if cfg.Boot {
 		ctlArgs = append(ctlArgs, "--boot-iface", "eth0", "--boot-dir", filepath.Join(l.Images, "boot"), "--hwnode-root-image", "hwnode-root")
 	}
@@ -308,9 +322,34 @@ func Up(cfg Config) (l *Lab, err error) {
 		out, _ := l.Fabric("node", "list")
 		return l, fmt.Errorf("hardware node agents did not report: %w\n%s", err, out)
 	}
+	if cfg.LibvirtTLS {
+		// libvirtd needs its certificate before it can listen for TLS,
+		// and the agent enrolls only once libvirtd answers: libvirtd
+		// started without TLS, the agents enrolled and wrote their
+		// certificates; now it restarts with TLS (the agents reconnect,
+		// guests are not affected).
+		for _, h := range l.Hosts {
+			if err := waitFor(10*time.Second, func() bool { return fileExists(filepath.Join(h.pkiDir(), "libvirt", "private", "serverkey.pem")) }); err != nil {
+				return l, fmt.Errorf("agent of %s wrote no libvirt TLS credentials: %w", h.Name, err)
+			}
+			if err := l.StopLibvirtd(h); err != nil {
+				return l, err
+			}
+			if err := l.StartLibvirtd(h); err != nil {
+				return l, err
+			}
+		}
+		l.logf("libvirtd on hn1 and hn2 restarted with TLS (fabric node certificates)")
+	}
 	l.logf("agents enrolled and reporting; lab up in %.1fs", time.Since(t0).Seconds())
 	return l, l.save()
 }
+
+// pkiDir is where a host's agent writes its libvirt TLS credentials: its
+// libvirtd sees it as /etc/pki.
+func (h Host) pkiDir() string { return filepath.Join(h.Dir, "pki") }
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // URI is the libvirt URI of a host's daemon, from the host namespace.
 func (h Host) URI() string {
@@ -319,14 +358,21 @@ func (h Host) URI() string {
 
 func (l *Lab) startLibvirtd(h *Host, i int) error {
 	h.Dir = filepath.Join(l.Dir, h.Name)
-	for _, d := range []string{"etc", "run", "lib", "log/qemu", "cache", "agent"} {
+	for _, d := range []string{"etc", "run", "lib", "log/qemu", "cache", "agent", "pki"} {
 		if err := os.MkdirAll(filepath.Join(h.Dir, d), 0o755); err != nil {
 			return err
 		}
 	}
-	conf := fmt.Sprintf(`listen_tls = 0
-listen_tcp = 1
-listen_addr = "%s"
+	listen := "listen_tls = 0\nlisten_tcp = 1\n"
+	if l.LibvirtTLS && fileExists(filepath.Join(h.pkiDir(), "libvirt", "private", "serverkey.pem")) {
+		// The credentials at their default paths (/etc/pki is HOST/pki
+		// in libvirtd's mount namespace), where virt-admin
+		// server-update-tls rereads them. Any certificate of the
+		// fabric CA may connect (tls_allowed_dn_list could pin the OU
+		// to hwnode).
+		listen = "listen_tls = 1\nlisten_tcp = 0\ntls_port = \"16514\"\n"
+	}
+	conf := listen + fmt.Sprintf(`listen_addr = "%s"
 tcp_port = "16509"
 auth_tcp = "none"
 auth_unix_rw = "none"
@@ -357,7 +403,7 @@ migration_port_max = 49215
 	}
 	script := fmt.Sprintf(`hostname %s
 mount --bind %[2]s/etc /etc/libvirt && mount --bind %[2]s/run /run/libvirt && mount --bind %[2]s/lib /var/lib/libvirt &&
-mount --bind %[2]s/log /var/log/libvirt && mount --bind %[2]s/cache /var/cache/libvirt || exit 1
+mount --bind %[2]s/log /var/log/libvirt && mount --bind %[2]s/cache /var/cache/libvirt && mount --bind %[2]s/pki /etc/pki || exit 1
 exec libvirtd --listen --pid-file %[2]s/libvirtd.pid --config /etc/libvirt/libvirtd.conf`, h.Name, h.Dir)
 	return l.start("libvirtd-"+h.Name, h.NS, "unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script)
 }
@@ -381,26 +427,74 @@ func (l *Lab) StartAgent(h Host, memory string) error {
 	if err != nil {
 		return err
 	}
+	return l.start("agent-"+h.Name, h.NS, filepath.Join(l.Bin, "fabricd"), l.agentArgs(h, strings.TrimSpace(tok), memory)...)
+}
+
+// agentArgs is a hardware node agent's command line ("" token: none).
+func (l *Lab) agentArgs(h Host, token, memory string) []string {
 	args := []string{"hwnode", "--name", h.Name, "--controller", "https://" + ControllerIP + ":" + APIPort,
-		"--ca", filepath.Join(l.StateDir, "ca", "ca.crt"), "--token", strings.TrimSpace(tok),
+		"--ca", filepath.Join(l.StateDir, "ca", "ca.crt"),
 		"--state-dir", filepath.Join(h.Dir, "agent"), "--libvirt-socket", filepath.Join(h.Dir, "run", "libvirt-sock"),
-		"--hypervisor", "qemu", "--migration-uri", "qemu+tcp://" + h.IP + "/system", "--disk", "nbd", "--disk-server", h.diskSocket(),
+		"--hypervisor", "qemu", "--disk", "nbd", "--disk-server", h.diskSocket(),
 		"--kernel", filepath.Join(l.Images, "instance", "vmlinuz"), "--initrd", filepath.Join(l.Images, "instance", "initrd.img"),
 		"--serial-dir", "/var/log/libvirt/qemu", "--shutdown-timeout", "5s"}
+	if l.LibvirtTLS {
+		args = append(args, "--migration-uri", "qemu+tls://"+h.IP+"/system", "--libvirt-pki-dir", h.pkiDir(),
+			"--libvirt-admin-uri", "libvirtd:///system?socket="+filepath.Join(h.Dir, "run", "libvirt-admin-sock"))
+	} else {
+		args = append(args, "--migration-uri", "qemu+tcp://"+h.IP+"/system")
+	}
+	if token != "" {
+		args = append(args, "--token", token)
+	}
 	if memory != "" {
 		args = append(args, "--memory", memory)
 	}
 	if l.MaxDowntime != "" {
 		args = append(args, "--max-downtime", l.MaxDowntime)
 	}
-	return l.start("agent-"+h.Name, h.NS, filepath.Join(l.Bin, "fabricd"), args...)
+	return args
 }
 
 // StopAgent kills a hardware node's agent (SIGKILL: a dead node).
 func (l *Lab) StopAgent(h Host) error { return l.Kill("agent-" + h.Name) }
 
+// StartLibvirtd starts a hardware node's libvirtd again after
+// StopLibvirtd and waits until it answers.
+func (l *Lab) StartLibvirtd(h Host) error {
+	for i := range l.Hosts {
+		if l.Hosts[i].Name != h.Name {
+			continue
+		}
+		if err := l.startLibvirtd(&l.Hosts[i], i); err != nil {
+			return err
+		}
+		return waitFor(20*time.Second, func() bool {
+			_, err := exec.Command("virsh", "-c", h.URI(), "uri").CombinedOutput()
+			return err == nil
+		})
+	}
+	return fmt.Errorf("no host %s in the lab", h.Name)
+}
+
 // StopLibvirtd kills a hardware node's libvirtd; its guests keep running.
 func (l *Lab) StopLibvirtd(h Host) error { return l.Kill("libvirtd-" + h.Name) }
+
+// Exited reports whether a process the lab started has ended by itself
+// (it is forgotten then).
+func (l *Lab) Exited(name string) bool {
+	for i, p := range l.Procs {
+		if p.Name == name {
+			if syscall.Kill(p.PID, 0) == nil {
+				return false
+			}
+			l.Procs = append(l.Procs[:i], l.Procs[i+1:]...)
+			_ = l.save()
+			return true
+		}
+	}
+	return false
+}
 
 func (l *Lab) running(name string) bool {
 	for _, p := range l.Procs {

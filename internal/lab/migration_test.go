@@ -76,6 +76,7 @@ func upLab(t *testing.T, cfg Config) *Lab {
 				tail(t, filepath.Join(l.Dir, p), 40)
 			}
 			for _, h := range l.Hosts {
+				tail(t, filepath.Join(h.Dir, "log", "libvirtd.log"), 15)
 				logs, _ := filepath.Glob(filepath.Join(h.Dir, "log", "qemu", "*"))
 				for _, f := range logs {
 					tail(t, f, 15)
@@ -128,7 +129,9 @@ func TestLiveMigration(t *testing.T) {
 	// hn2 offers 448 MiB: room for the 128 MiB instance, not for it plus
 	// the 384 MiB filler made later.
 	// FABRIC_MAX_DOWNTIME (e.g. 10ms) tries another downtime target.
-	l := upLab(t, Config{Bin: bin, Images: images, HostMemory: []string{"", "448MiB"}, MaxDowntime: os.Getenv("FABRIC_MAX_DOWNTIME")})
+	// Node certificates live 30 s, so the agents renew them several
+	// times during the test.
+	l := upLab(t, Config{Bin: bin, Images: images, HostMemory: []string{"", "448MiB"}, MaxDowntime: os.Getenv("FABRIC_MAX_DOWNTIME"), CertTTL: "30s"})
 
 	if out, err := l.Fabric("image", "import", "tiny", filepath.Join(images, "instance-template.img")); err != nil {
 		t.Fatal(err)
@@ -391,8 +394,95 @@ func TestLiveMigration(t *testing.T) {
 		t.Logf("migration to a dead node refused: %s", strings.TrimSpace(out))
 	}
 	stillRunsOn(t, l, ip, "hn1")
+	checkTrust(t, l, ip)
 	if out, err := l.Fabric("events"); err == nil {
 		t.Logf("fabric events:\n%s", out)
+	}
+}
+
+// checkTrust: the real agents renewed their certificates all along; a
+// node's agent whose certificate is revoked stops and leaves its guests
+// alone; a removed node's agent stays refused when the name comes back.
+func checkTrust(t *testing.T, l *Lab, ip string) {
+	t.Helper()
+	b, _ := os.ReadFile(filepath.Join(l.Dir, "agent-hn1.log"))
+	renewals := strings.Count(string(b), "certificate renewed")
+	var n controllerapi.Node
+	fabricJSON(t, l, &n, "node", "show", "hn1")
+	if renewals < 2 || renewals > 30 || n.Status == nil || !n.Status.Alive || time.Until(n.Status.CertExpires) <= 0 {
+		t.Errorf("hn1's agent renewed %d times; status %+v; want 2 to 30 (one per 15 s) renewals of its 30 s certificate and alive", renewals, n.Status)
+	} else {
+		t.Logf("hn1's agent renewed its 30 s certificate %d times; it expires in %.0fs", renewals, time.Until(n.Status.CertExpires).Seconds())
+	}
+
+	// A node holding an instance is not removed by accident.
+	out, err := l.Fabric("node", "remove", "hn1")
+	if err == nil || !strings.Contains(out, "web") || !strings.Contains(out, "--force") {
+		t.Errorf("removing hn1 with web on it: err=%v\n%s", err, out)
+	}
+	// Reset: hn1's agent is refused, stops, and leaves web running.
+	if _, err := l.Fabric("node", "reset", "hn1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(10*time.Second, func() bool { return l.Exited("agent-hn1") }); err != nil {
+		t.Errorf("hn1's agent still runs after its certificate was revoked")
+	}
+	if _, err := In(l.ClientNS, "ping", "-c2", "-W1", ip); err != nil {
+		t.Errorf("web stopped answering ping when its node's agent was revoked: %v", err)
+	}
+	// With a new token, the agent enrolls again and adopts web.
+	if err := l.StartAgent(l.Hosts[0], ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(20*time.Second, func() bool {
+		var in controllerapi.Instance
+		fabricJSON(t, l, &in, "instance", "show", "web")
+		return in.State == "running"
+	}); err != nil {
+		t.Errorf("hn1's agent did not come back after re-enrolling")
+	}
+	stillRunsOn(t, l, ip, "hn1")
+
+	// Remove hn2 while its agent runs: the agent is refused at its next
+	// call and stops; re-registering the name does not let it back.
+	if err := l.StartLibvirtd(l.Hosts[1]); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartAgent(l.Hosts[1], "448MiB"); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(20*time.Second, func() bool {
+		var n controllerapi.Node
+		fabricJSON(t, l, &n, "node", "show", "hn2")
+		return n.Status != nil && n.Status.Alive
+	}); err != nil {
+		t.Fatal("hn2's agent did not come back")
+	}
+	fabricJSON(t, l, &n, "node", "show", "hn2")
+	if _, err := l.Fabric("node", "remove", "hn2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(10*time.Second, func() bool { return l.Exited("agent-hn2") }); err != nil {
+		t.Errorf("the removed node's agent still runs")
+	}
+	if _, err := l.Fabric("node", "register", "--mac", n.MAC, "--role", "hwnode", "--name", "hn2"); err != nil {
+		t.Fatal(err)
+	}
+	// The old agent, started again with its old certificate and no new
+	// token, stays refused.
+	if err := l.start("agent-hn2-old", l.Hosts[1].NS, filepath.Join(l.Bin, "fabricd"), l.agentArgs(l.Hosts[1], "", "448MiB")...); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(10*time.Second, func() bool { return l.Exited("agent-hn2-old") }); err != nil {
+		t.Errorf("the removed node's old agent runs again after the name was re-registered")
+	}
+	fabricJSON(t, l, &n, "node", "show", "hn2")
+	if n.Status == nil || n.Status.Alive {
+		t.Errorf("re-registered hn2 is alive through the old agent: %+v", n.Status)
+	}
+	b, _ = os.ReadFile(filepath.Join(l.Dir, "agent-hn2-old.log"))
+	if !strings.Contains(string(b), "revoked") {
+		t.Errorf("the old agent's log does not say it was revoked:\n%s", b)
 	}
 }
 
