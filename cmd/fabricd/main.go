@@ -25,6 +25,9 @@ func main() {
 	app := &cli.App{
 		Name:  "fabricd",
 		Usage: "fabric daemon: run one role of the fabric",
+		// Repeatable flags are repeated, never comma-split: an --export
+		// carries its options after commas (SHELF.SLOT=PATH,ro,sync).
+		DisableSliceFlagSeparator: true,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "cpu-profile", Usage: "write a Go CPU profile to this file until exit"},
