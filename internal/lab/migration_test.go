@@ -153,8 +153,14 @@ func TestLiveMigration(t *testing.T) {
 	pb := make([]byte, 12)
 	_, _ = rand.Read(pb)
 	proof := hex.EncodeToString(pb)
-	if out, err := curl(l, "http://"+ip+"/cgi-bin/write?proof="+proof); err != nil || !strings.Contains(out, "wrote proof") {
-		t.Fatalf("writing a file on the instance's disk: %v %q", err, out)
+	// The guest answers ping a moment before its httpd listens.
+	var wout string
+	if err := waitFor(20*time.Second, func() bool {
+		out, err := curl(l, "http://"+ip+"/cgi-bin/write?proof="+proof)
+		wout = out
+		return err == nil && strings.Contains(out, "wrote proof")
+	}); err != nil {
+		t.Fatalf("writing a file on the instance's disk: %v %q", err, wout)
 	}
 	out, _ := l.Fabric("instance", "show", "web")
 	t.Logf("fabric instance show web:\n%s", out)
