@@ -20,6 +20,20 @@ type actor struct{ name, kind string }
 
 type actorKey struct{}
 
+// audit is a mutating call's record: a handler that wrote its own event
+// naming the actor sets recorded, and the generic api.call event is left
+// out.
+type audit struct{ recorded bool }
+
+type auditKey struct{}
+
+// recorded notes that the handler's own event names the call's actor.
+func recorded(r *http.Request) {
+	if a, ok := r.Context().Value(auditKey{}).(*audit); ok {
+		a.recorded = true
+	}
+}
+
 // actorOf returns the admin token a request was authenticated with.
 func actorOf(r *http.Request) string {
 	if a, ok := r.Context().Value(actorKey{}).(actor); ok {
@@ -94,11 +108,16 @@ func (c *Controller) authUpload(h http.HandlerFunc) http.Handler {
 			return
 		}
 		sw := &statusWriter{ResponseWriter: w}
+		rec := &audit{}
+		r = r.WithContext(context.WithValue(r.Context(), auditKey{}, rec))
 		if a.kind != controllerapi.TokenAdmin {
 			writeError(sw, http.StatusForbidden, controllerapi.CodeForbidden,
 				fmt.Sprintf("token %q is %s: it may only read; use an admin token for %s %s", a.name, a.kind, r.Method, r.URL.Path))
 		} else {
 			h(sw, r)
+		}
+		if rec.recorded {
+			return
 		}
 		if err := c.reg.Record(controllerapi.Event{Type: controllerapi.EventAPICall, Actor: a.name, Source: remoteHost(r),
 			Message: fmt.Sprintf("%s %s by %s: %d %s", r.Method, r.URL.RequestURI(), a.name, sw.status, http.StatusText(sw.status))}); err != nil {

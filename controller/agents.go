@@ -184,13 +184,13 @@ func (c *Controller) heartbeat(w http.ResponseWriter, r *http.Request) {
 }
 
 // nodeStatus is a hardware node's live state for `fabric node show`.
-func (c *Controller) nodeStatus(n controllerapi.Node, insts []controllerapi.Instance) *controllerapi.NodeStatus {
+func (c *Controller) nodeStatus(n controllerapi.Node, insts []controllerapi.Instance, certs map[string]certRecord) *controllerapi.NodeStatus {
 	if n.Role != controllerapi.RoleHWNode {
 		return nil
 	}
 	hb, seen, alive := c.agents.get(n.Name, time.Now())
 	st := &controllerapi.NodeStatus{Alive: alive, Drained: c.drained(n.Name), LastSeen: seen, Capacity: hb.Capacity, Instances: []string{}}
-	if rec, ok := c.reg.certRecord(n.ID); ok {
+	if rec, ok := certs[n.ID]; ok && n.ID != "" {
 		st.CertExpires = rec.NotAfter
 	}
 	for _, in := range insts {

@@ -125,11 +125,12 @@ func (c *Controller) registerNode(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
-	n, err := c.reg.Register(req)
+	n, err := c.reg.RegisterAs(req, actorOf(r), remoteHost(r))
 	if err != nil {
 		c.fail(w, err)
 		return
 	}
+	recorded(r) // node.registered names the token
 	c.log.Info("node registered", "node", n.Name, "mac", n.MAC, "role", n.Role, "ip", n.IP)
 	if err := c.ensureRootVolume(n); err != nil {
 		c.log.Error("no root volume for the new node", "node", n.Name, "err", err)
@@ -146,8 +147,9 @@ func (c *Controller) listNodes(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ins, _ := listJSON[controllerapi.Instance](c.st, bucketInstances)
+	certs := c.reg.certRecords()
 	for i := range ns {
-		ns[i].Status = c.nodeStatus(ns[i], ins)
+		ns[i].Status = c.nodeStatus(ns[i], ins, certs)
 	}
 	writeJSON(w, http.StatusOK, ns)
 }
@@ -159,7 +161,7 @@ func (c *Controller) showNode(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ins, _ := listJSON[controllerapi.Instance](c.st, bucketInstances)
-	n.Status = c.nodeStatus(n, ins)
+	n.Status = c.nodeStatus(n, ins, c.reg.certRecords())
 	writeJSON(w, http.StatusOK, n)
 }
 

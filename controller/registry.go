@@ -276,6 +276,11 @@ func (r *Registry) update(fn func(tx store.Tx) error) error {
 
 // Register adds a node. The returned node carries its assigned address.
 func (r *Registry) Register(req controllerapi.RegisterRequest) (controllerapi.Node, error) {
+	return r.RegisterAs(req, "", "")
+}
+
+// RegisterAs is Register with the event naming who asked and from where.
+func (r *Registry) RegisterAs(req controllerapi.RegisterRequest, actor, source string) (controllerapi.Node, error) {
 	var n controllerapi.Node
 	hw, err := ParseMAC(req.MAC)
 	if err != nil {
@@ -334,7 +339,7 @@ func (r *Registry) Register(req controllerapi.RegisterRequest) (controllerapi.No
 		if err := tx.Put(bucketIPs, ipKey(addr), []byte(n.Name)); err != nil {
 			return err
 		}
-		return appendEvent(tx, controllerapi.Event{Time: now, Type: controllerapi.EventNodeRegistered, Node: n.Name, MAC: mac,
+		return appendEvent(tx, controllerapi.Event{Time: now, Type: controllerapi.EventNodeRegistered, Node: n.Name, MAC: mac, Actor: actor, Source: source,
 			Message: fmt.Sprintf("registered %s %s (%s) at %s", n.Role, n.Name, mac, n.IP)})
 	})
 	return n, err
