@@ -172,17 +172,29 @@ func TestBootServicesFollowRegistry(t *testing.T) {
 // httpGet fetches url from inside the config node namespace.
 func (l *bootLab) httpGet(t *testing.T, url string) string {
 	t.Helper()
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
-		err = l.srv.Do(func() (err error) { c, err = net.Dial(network, addr); return err })
-		return c, err
-	}}}
-	resp, err := hc.Get(url)
+	resp, err := nsHTTPClient(l.srv, "").Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// nsHTTPClient is an HTTP client whose connections start in ns, from the
+// source address src ("" for any).
+func nsHTTPClient(ns *netns.NS, src string) *http.Client {
+	return &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+		err = ns.Do(func() (err error) {
+			var d net.Dialer
+			if src != "" {
+				d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+			}
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}}}
 }
 
 func TestBootServicesRelayAndMalformed(t *testing.T) {

@@ -120,17 +120,7 @@ func newAgentClient(t *testing.T, c *Controller, admin *controllerapi.Client) *c
 func startFakeAgent(t *testing.T, c *Controller, admin *controllerapi.Client, name string, memMiB int) *fakeAgent {
 	t.Helper()
 	ctx := context.Background()
-	tok, err := admin.NodeToken(ctx, name, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl := newAgentClient(t, c, admin)
-	if _, err := cl.Enroll(ctx, name, tok); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := newAgentClient(t, c, admin).Enroll(ctx, name, tok); apiStatus(err) != http.StatusUnauthorized {
-		t.Errorf("enrollment token used twice: %v", err)
-	}
+	cl := enrollAgent(t, c, admin, name)
 	f := &fakeAgent{t: t, cl: cl, name: name, migrated: map[uint64]bool{}, done: make(chan struct{}),
 		cap: controllerapi.Capacity{VCPUs: 2, MemoryMiB: memMiB, Hypervisor: "qemu", Disk: "nbd", MigrationURI: "qemu+tcp://" + name + "/system"}}
 	actx, cancel := context.WithCancel(ctx)

@@ -19,15 +19,7 @@ var tokenRE = regexp.MustCompile(`fabric\.token=(\S*)`)
 // from the source address src, and returns the token in it ("" if none).
 func (l *bootLab) fetchScript(t *testing.T, src, url string) string {
 	t.Helper()
-	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
-		err = l.cli.Do(func() (err error) {
-			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
-			c, err = d.DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}}}
-	resp, err := hc.Get(url)
+	resp, err := nsHTTPClient(l.cli, src).Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,10 +21,17 @@ import (
 // enrolled registers a hardware node and enrolls an agent client for it.
 func enrolled(t *testing.T, c *Controller, admin *controllerapi.Client, name, mac string) *controllerapi.Client {
 	t.Helper()
-	ctx := context.Background()
-	if _, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: name, MAC: mac, Role: controllerapi.RoleHWNode}); err != nil {
+	if _, err := admin.RegisterNode(context.Background(), controllerapi.RegisterRequest{Name: name, MAC: mac, Role: controllerapi.RoleHWNode}); err != nil {
 		t.Fatal(err)
 	}
+	return enrollAgent(t, c, admin, name)
+}
+
+// enrollAgent enrolls an agent client for a registered node with a new
+// token, and checks that the token cannot be used twice.
+func enrollAgent(t *testing.T, c *Controller, admin *controllerapi.Client, name string) *controllerapi.Client {
+	t.Helper()
+	ctx := context.Background()
 	tok, err := admin.NodeToken(ctx, name, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -32,6 +39,9 @@ func enrolled(t *testing.T, c *Controller, admin *controllerapi.Client, name, ma
 	cl := newAgentClient(t, c, admin)
 	if _, err := cl.Enroll(ctx, name, tok); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := newAgentClient(t, c, admin).Enroll(ctx, name, tok); apiStatus(err) != http.StatusUnauthorized {
+		t.Errorf("enrollment token used twice: %v", err)
 	}
 	return cl
 }
@@ -266,8 +276,9 @@ func TestResetAllowsReenrollment(t *testing.T) {
 			refused++
 		}
 	}
-	if refused != 2 {
-		t.Errorf("%d enroll_refused events with a source; want 2", refused)
+	// enrollAgent's own reuse check, then the two attempts above.
+	if refused != 3 {
+		t.Errorf("%d enroll_refused events with a source; want 3", refused)
 	}
 	// The admin resets: the old agent is refused, a new one may enroll.
 	spare, _ := admin.NodeToken(ctx, "hn1", 0)

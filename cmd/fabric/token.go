@@ -2,7 +2,7 @@ package main
 
 import (
 	"fmt"
-	"text/tabwriter"
+	"io"
 
 	"github.com/urfave/cli/v2"
 
@@ -43,37 +43,26 @@ func tokenCommand() *cli.Command {
 				Name:  "list",
 				Usage: "list the named credentials (never their secrets)",
 				Flags: []cli.Flag{outputFlag},
-				Action: func(c *cli.Context) error {
-					j, err := wantJSON(c)
-					if err != nil {
-						return err
-					}
-					cl, err := client(c)
-					if err != nil {
-						return err
-					}
+				Action: withClient(func(c *cli.Context, cl *controllerapi.Client) error {
 					ts, err := cl.AdminTokens(c.Context)
 					if err != nil {
 						return err
 					}
-					if j {
-						return printJSON(c.App.Writer, ts)
-					}
-					w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(w, "NAME\tKIND\tCREATED\tBY")
-					for _, t := range ts {
-						created := "-"
-						if !t.Created.IsZero() {
-							created = t.Created.Local().Format("2006-01-02 15:04:05")
+					return show(c, ts, func(w io.Writer) {
+						fmt.Fprintln(w, "NAME\tKIND\tCREATED\tBY")
+						for _, t := range ts {
+							created := "-"
+							if !t.Created.IsZero() {
+								created = t.Created.Local().Format("2006-01-02 15:04:05")
+							}
+							by := t.CreatedBy
+							if by == "" {
+								by = "-"
+							}
+							fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", t.Name, t.Kind, created, by)
 						}
-						by := t.CreatedBy
-						if by == "" {
-							by = "-"
-						}
-						fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", t.Name, t.Kind, created, by)
-					}
-					return w.Flush()
-				},
+					})
+				}),
 			},
 			{
 				Name:      "revoke",

@@ -180,37 +180,29 @@ func (c *Client) reconnect() {
 // Enroll exchanges a one-time enrollment token for a certificate for a
 // fresh key, and saves both in the client's identity.
 func (c *Client) Enroll(ctx context.Context, node, token string) (EnrollResponse, error) {
-	var r EnrollResponse
-	if c.id == nil {
-		return r, errors.New("controllerapi: enrolling needs an agent client (NewAgentClient)")
-	}
-	key, csr, err := newRequest(node)
-	if err != nil {
-		return r, err
-	}
-	if err := c.do(ctx, http.MethodPost, "/v1/agent/enroll", EnrollRequest{Node: node, Token: token, CSR: csr}, &r); err != nil {
-		return r, err
-	}
-	if err := c.id.install(key, r.Certificate); err != nil {
-		return r, err
-	}
-	c.reconnect()
-	return r, nil
+	return c.certify(ctx, node, "/v1/agent/enroll", func(csr []byte) any { return EnrollRequest{Node: node, Token: token, CSR: csr} })
 }
 
 // Renew replaces the identity's key and certificate before it expires,
 // authenticated by the current one. Not safe to call concurrently with
 // other calls of the same client.
 func (c *Client) Renew(ctx context.Context, node string) (EnrollResponse, error) {
+	return c.certify(ctx, node, "/v1/agent/renew", func(csr []byte) any { return RenewRequest{CSR: csr} })
+}
+
+// certify makes a fresh key, sends its certificate request in the body
+// that req builds, and installs the certificate the controller answers
+// with; the client's next calls use it.
+func (c *Client) certify(ctx context.Context, node, path string, req func(csr []byte) any) (EnrollResponse, error) {
 	var r EnrollResponse
 	if c.id == nil {
-		return r, errors.New("controllerapi: renewing needs an agent client (NewAgentClient)")
+		return r, errors.New("controllerapi: an agent call needs an agent client (NewAgentClient)")
 	}
 	key, csr, err := newRequest(node)
 	if err != nil {
 		return r, err
 	}
-	if err := c.do(ctx, http.MethodPost, "/v1/agent/renew", RenewRequest{CSR: csr}, &r); err != nil {
+	if err := c.do(ctx, http.MethodPost, path, req(csr), &r); err != nil {
 		return r, err
 	}
 	if err := c.id.install(key, r.Certificate); err != nil {
