@@ -151,10 +151,10 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("FWLG"), uint64(0), uint64(0), uint64(0), 40, 0)
 	f.Fuzz(func(t *testing.T, junk []byte, run, block, seq uint64, size, flip int) {
 		_, _ = Parse(junk)
+		size -= size % 8
 		if size < MinBlockSize || size > 1<<16 {
 			return
 		}
-		size -= size % 8
 		b := make([]byte, size)
 		s := Stamp{run, block, seq}
 		Encode(b, s)
