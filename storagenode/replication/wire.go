@@ -1,0 +1,368 @@
+// Package replication is the wire format between the two storage nodes of
+// a pair (docs/storage-pairs.md): a hello that compares the nodes' volumes
+// and epoch history, writes sent for replication or forwarded to the
+// owner, their acknowledgements, and pings that carry the follower's read
+// lease. It is a pure codec: bytes in, values out; the connection belongs
+// to its user.
+//
+// Every message is a frame: magic (2 bytes), version (1), type (1),
+// payload length (4, big-endian), CRC-32C of the header's first 8 bytes
+// and the payload (4), then the payload.
+package replication
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+)
+
+// Frame constants.
+const (
+	Magic      = 0xFA1B
+	Version    = 1
+	HeaderLen  = 12
+	MaxPayload = 1 << 20 // a write of up to 1 MiB
+	SectorSize = 512
+	MaxSerial  = 20 // ATA IDENTIFY serial number field
+	MaxVolumes = 4096
+)
+
+// Type is a message type.
+type Type uint8
+
+// Message types.
+const (
+	TypeHello Type = 1
+	TypeWrite Type = 2
+	TypeAck   Type = 3
+	TypePing  Type = 4
+)
+
+// Decoding errors; a connection that yields one is closed.
+var (
+	ErrTruncated   = errors.New("replication: truncated message")
+	ErrBadMagic    = errors.New("replication: not a replication message (bad magic)")
+	ErrVersion     = errors.New("replication: unsupported version")
+	ErrChecksum    = errors.New("replication: checksum mismatch")
+	ErrTooLarge    = errors.New("replication: payload too large")
+	ErrUnknownType = errors.New("replication: unknown message type")
+	ErrMalformed   = errors.New("replication: malformed payload")
+)
+
+// Message is one of *Hello, *Write, *Ack, *Ping.
+type Message interface {
+	Type() Type
+	check() error
+	appendPayload([]byte) []byte
+	parsePayload([]byte) error
+}
+
+// VolumeInfo is what a node says of one replicated volume in its hello:
+// both nodes must agree on all of it.
+type VolumeInfo struct {
+	Shelf   uint16
+	Slot    uint8
+	Sectors uint64
+	Serial  string // at most MaxSerial bytes
+}
+
+// Hello opens a replication connection.
+type Hello struct {
+	Pair       [16]byte // the pair's ID
+	Node       [16]byte // the sender's ID
+	Epoch      uint64   // the highest epoch the sender has seen
+	Generation [16]byte // the sender's data generation (new at every degraded start)
+	Volumes    []VolumeInfo
+}
+
+// Write flags.
+const (
+	FlagForward = 1 << 0 // from the follower to the owner: apply, replicate, then acknowledge
+	FlagSync    = 1 << 1 // the volume is a sync (O_DSYNC) volume
+)
+
+// Write carries sectors to apply at LBA of the volume at Shelf.Slot.
+type Write struct {
+	Epoch uint64
+	Seq   uint64 // the sender's sequence number, echoed in the Ack
+	Shelf uint16
+	Slot  uint8
+	Flags uint8
+	LBA   uint64
+	Data  []byte // a whole number of sectors
+}
+
+// Status is the outcome of a Write.
+type Status uint8
+
+// Write outcomes.
+const (
+	StatusOK         Status = 0
+	StatusStaleEpoch Status = 1 // the write's epoch is older than the receiver's
+	StatusNotOwner   Status = 2 // a forward reached a node that does not own writes
+	StatusIOError    Status = 3
+	StatusNoVolume   Status = 4
+	StatusOutOfRange Status = 5
+)
+
+// Ack answers a Write.
+type Ack struct {
+	Epoch  uint64 // the receiver's epoch (a stale sender learns the new one)
+	Seq    uint64
+	Status Status
+}
+
+// Ping keeps the connection alive and renews the follower's read lease.
+type Ping struct {
+	Epoch       uint64
+	ReadLeaseMS uint32 // the follower may serve reads this long from receipt
+}
+
+func (*Hello) Type() Type { return TypeHello }
+func (*Write) Type() Type { return TypeWrite }
+func (*Ack) Type() Type   { return TypeAck }
+func (*Ping) Type() Type  { return TypePing }
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Append appends m as one frame to b. A message the decoder would refuse
+// is refused here too.
+func Append(b []byte, m Message) ([]byte, error) {
+	if err := m.check(); err != nil {
+		return b, err
+	}
+	start := len(b)
+	b = append(b, byte(Magic>>8), byte(Magic&0xff), Version, byte(m.Type()), 0, 0, 0, 0, 0, 0, 0, 0)
+	b = m.appendPayload(b)
+	n := len(b) - start - HeaderLen
+	if n > MaxPayload {
+		return b[:start], fmt.Errorf("%w: %d bytes", ErrTooLarge, n)
+	}
+	binary.BigEndian.PutUint32(b[start+4:], uint32(n))
+	binary.BigEndian.PutUint32(b[start+8:], crcOf(b[start:]))
+	return b, nil
+}
+
+// crcOf is the checksum of a frame: its first 8 header bytes and its
+// payload.
+func crcOf(frame []byte) uint32 {
+	return crc32.Update(crc32.Checksum(frame[:8], castagnoli), castagnoli, frame[HeaderLen:])
+}
+
+// header checks a frame header and returns the type and payload length.
+func header(h []byte) (Type, int, error) {
+	if len(h) < HeaderLen {
+		return 0, 0, ErrTruncated
+	}
+	if binary.BigEndian.Uint16(h) != Magic {
+		return 0, 0, ErrBadMagic
+	}
+	if h[2] != Version {
+		return 0, 0, fmt.Errorf("%w %d", ErrVersion, h[2])
+	}
+	n := binary.BigEndian.Uint32(h[4:])
+	if n > MaxPayload {
+		return 0, 0, fmt.Errorf("%w: %d bytes", ErrTooLarge, n)
+	}
+	return Type(h[3]), int(n), nil
+}
+
+func newMessage(t Type) (Message, error) {
+	switch t {
+	case TypeHello:
+		return &Hello{}, nil
+	case TypeWrite:
+		return &Write{}, nil
+	case TypeAck:
+		return &Ack{}, nil
+	case TypePing:
+		return &Ping{}, nil
+	}
+	return nil, fmt.Errorf("%w %d", ErrUnknownType, t)
+}
+
+// Parse decodes the frame at the start of b and returns the message and
+// the number of bytes it took. A Write's Data aliases b.
+func Parse(b []byte) (Message, int, error) {
+	t, n, err := header(b)
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(b) < HeaderLen+n {
+		return nil, 0, ErrTruncated
+	}
+	if crcOf(b[:HeaderLen+n]) != binary.BigEndian.Uint32(b[8:]) {
+		return nil, 0, ErrChecksum
+	}
+	m, err := newMessage(t)
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := m.parsePayload(b[HeaderLen : HeaderLen+n]); err != nil {
+		return nil, 0, err
+	}
+	return m, HeaderLen + n, nil
+}
+
+// Read reads one frame from r into buf (grown as needed) and decodes it.
+// The message may alias the returned buffer.
+func Read(r io.Reader, buf []byte) (Message, []byte, error) {
+	if cap(buf) < HeaderLen {
+		buf = make([]byte, HeaderLen, 64<<10)
+	}
+	buf = buf[:HeaderLen]
+	if _, err := io.ReadFull(r, buf); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			err = ErrTruncated
+		}
+		return nil, buf, err
+	}
+	_, n, err := header(buf)
+	if err != nil {
+		return nil, buf, err
+	}
+	if cap(buf) < HeaderLen+n {
+		nb := make([]byte, HeaderLen, HeaderLen+n)
+		copy(nb, buf)
+		buf = nb
+	}
+	buf = buf[:HeaderLen+n]
+	if _, err := io.ReadFull(r, buf[HeaderLen:]); err != nil {
+		return nil, buf, ErrTruncated
+	}
+	m, _, err := Parse(buf)
+	return m, buf, err
+}
+
+func (h *Hello) check() error {
+	if len(h.Volumes) > MaxVolumes {
+		return fmt.Errorf("%w: %d volumes", ErrMalformed, len(h.Volumes))
+	}
+	for _, v := range h.Volumes {
+		if len(v.Serial) > MaxSerial {
+			return fmt.Errorf("%w: serial %q longer than %d bytes", ErrMalformed, v.Serial, MaxSerial)
+		}
+	}
+	return nil
+}
+
+func (w *Write) check() error {
+	if len(w.Data) == 0 || len(w.Data)%SectorSize != 0 {
+		return fmt.Errorf("%w: write of %d bytes, not a whole number of sectors", ErrMalformed, len(w.Data))
+	}
+	if w.Flags&^(FlagForward|FlagSync) != 0 {
+		return fmt.Errorf("%w: unknown write flags %#x", ErrMalformed, w.Flags)
+	}
+	return nil
+}
+
+func (a *Ack) check() error {
+	if a.Status > StatusOutOfRange {
+		return fmt.Errorf("%w: status %d", ErrMalformed, a.Status)
+	}
+	return nil
+}
+
+func (*Ping) check() error { return nil }
+
+func (h *Hello) appendPayload(b []byte) []byte {
+	b = append(b, h.Pair[:]...)
+	b = append(b, h.Node[:]...)
+	b = binary.BigEndian.AppendUint64(b, h.Epoch)
+	b = append(b, h.Generation[:]...)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(h.Volumes)))
+	for _, v := range h.Volumes {
+		b = binary.BigEndian.AppendUint16(b, v.Shelf)
+		b = append(b, v.Slot)
+		b = binary.BigEndian.AppendUint64(b, v.Sectors)
+		b = append(b, byte(len(v.Serial)))
+		b = append(b, v.Serial...)
+	}
+	return b
+}
+
+func (h *Hello) parsePayload(p []byte) error {
+	const fixed = 16 + 16 + 8 + 16 + 2
+	if len(p) < fixed {
+		return fmt.Errorf("%w: hello of %d bytes", ErrMalformed, len(p))
+	}
+	copy(h.Pair[:], p)
+	copy(h.Node[:], p[16:])
+	h.Epoch = binary.BigEndian.Uint64(p[32:])
+	copy(h.Generation[:], p[40:])
+	count := int(binary.BigEndian.Uint16(p[56:]))
+	if count > MaxVolumes {
+		return fmt.Errorf("%w: %d volumes", ErrMalformed, count)
+	}
+	p = p[fixed:]
+	h.Volumes = make([]VolumeInfo, 0, count)
+	for i := 0; i < count; i++ {
+		if len(p) < 12 {
+			return fmt.Errorf("%w: volume %d cut short", ErrMalformed, i)
+		}
+		v := VolumeInfo{Shelf: binary.BigEndian.Uint16(p), Slot: p[2], Sectors: binary.BigEndian.Uint64(p[3:])}
+		sl := int(p[11])
+		if sl > MaxSerial || len(p) < 12+sl {
+			return fmt.Errorf("%w: volume %d serial", ErrMalformed, i)
+		}
+		v.Serial = string(p[12 : 12+sl])
+		h.Volumes = append(h.Volumes, v)
+		p = p[12+sl:]
+	}
+	if len(p) != 0 {
+		return fmt.Errorf("%w: %d bytes after the volumes", ErrMalformed, len(p))
+	}
+	return nil
+}
+
+func (w *Write) appendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, w.Epoch)
+	b = binary.BigEndian.AppendUint64(b, w.Seq)
+	b = binary.BigEndian.AppendUint16(b, w.Shelf)
+	b = append(b, w.Slot, w.Flags)
+	b = binary.BigEndian.AppendUint64(b, w.LBA)
+	return append(b, w.Data...)
+}
+
+func (w *Write) parsePayload(p []byte) error {
+	const fixed = 8 + 8 + 2 + 1 + 1 + 8
+	if len(p) < fixed {
+		return fmt.Errorf("%w: write of %d bytes", ErrMalformed, len(p))
+	}
+	w.Epoch = binary.BigEndian.Uint64(p)
+	w.Seq = binary.BigEndian.Uint64(p[8:])
+	w.Shelf = binary.BigEndian.Uint16(p[16:])
+	w.Slot, w.Flags = p[18], p[19]
+	w.LBA = binary.BigEndian.Uint64(p[20:])
+	w.Data = p[fixed:]
+	return w.check()
+}
+
+func (a *Ack) appendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, a.Epoch)
+	b = binary.BigEndian.AppendUint64(b, a.Seq)
+	return append(b, byte(a.Status))
+}
+
+func (a *Ack) parsePayload(p []byte) error {
+	if len(p) != 17 {
+		return fmt.Errorf("%w: ack of %d bytes", ErrMalformed, len(p))
+	}
+	a.Epoch, a.Seq, a.Status = binary.BigEndian.Uint64(p), binary.BigEndian.Uint64(p[8:]), Status(p[16])
+	return a.check()
+}
+
+func (p *Ping) appendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, p.Epoch)
+	return binary.BigEndian.AppendUint32(b, p.ReadLeaseMS)
+}
+
+func (p *Ping) parsePayload(b []byte) error {
+	if len(b) != 12 {
+		return fmt.Errorf("%w: ping of %d bytes", ErrMalformed, len(b))
+	}
+	p.Epoch, p.ReadLeaseMS = binary.BigEndian.Uint64(b), binary.BigEndian.Uint32(b[8:])
+	return nil
+}
