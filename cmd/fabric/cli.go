@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"github.com/xrash/smetrics"
 
 	"github.com/fabric-project/fabric/controller/controllerapi"
 	"github.com/fabric-project/fabric/internal/cliargs"
@@ -51,6 +52,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// version is set at build time (make build: -ldflags -X main.version=...).
+var version = "dev"
+
 var outputFlag = &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "output format: table or json"}
 
 func newApp(stdout, stderr io.Writer) *cli.App {
@@ -59,8 +63,22 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Usage:                "drive a diskless cloud fabric",
 		Writer:               stdout,
 		ErrWriter:            stderr,
+		Version:              version,
 		EnableBashCompletion: true,
 		HideHelpCommand:      true,
+		Suggest:              true,
+		// Without a command: the help. An unknown one: say so, with the
+		// nearest command (urfave/cli's default prints "No help topic").
+		Action: func(c *cli.Context) error {
+			name := c.Args().First()
+			if name == "" || name == "help" {
+				return cli.ShowAppHelp(c)
+			}
+			if near := nearest(c.App.Commands, name); near != "" {
+				return fmt.Errorf("%q is not a fabric command; did you mean %q? See `fabric --help`", name, near)
+			}
+			return fmt.Errorf("%q is not a fabric command; see `fabric --help` for the list", name)
+		},
 		ExitErrHandler:       func(*cli.Context, error) {}, // run prints errors and picks the exit code
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", EnvVars: []string{"FABRIC_CONFIG"}, Usage: "client configuration file (written by the controller as client.json in its state directory)"},
@@ -76,6 +94,14 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			tokenCommand(),
 			aoeCommand(),
 			completionCommand(),
+			{
+				Name:  "version",
+				Usage: "print the version of this CLI",
+				Action: func(c *cli.Context) error {
+					fmt.Fprintf(c.App.Writer, "fabric %s\n", version)
+					return nil
+				},
+			},
 		},
 	}
 }
@@ -414,6 +440,20 @@ func nodeCommand() *cli.Command {
 			},
 		},
 	}
+}
+
+// nearest returns the command whose name is within two edits of name, or
+// "".
+func nearest(cmds []*cli.Command, name string) string {
+	best, bestD := "", 3
+	for _, c := range cmds {
+		for _, n := range c.Names() {
+			if d := smetrics.WagnerFischer(n, name, 1, 1, 1); d < bestD {
+				best, bestD = c.Name, d
+			}
+		}
+	}
+	return best
 }
 
 // eventWho says who caused an event and from where, when known.

@@ -232,3 +232,27 @@ func TestCLIEventsFollow(t *testing.T) {
 		t.Errorf("follow printed:\n%s", out.String())
 	}
 }
+
+// No controller is needed to ask for help or the version, and a mistyped
+// command is named with the nearest real one.
+func TestCLIHelpVersionAndTypos(t *testing.T) {
+	for _, tc := range []struct {
+		args     []string
+		code     int
+		out, err string
+	}{
+		{[]string{"help"}, 0, "USAGE:", ""},
+		{[]string{}, 0, "USAGE:", ""},
+		{[]string{"version"}, 0, "fabric " + version, ""},
+		{[]string{"--version"}, 0, version, ""},
+		{[]string{"nod", "list"}, 1, "", `"nod" is not a fabric command; did you mean "node"?`},
+		{[]string{"instanse"}, 1, "", `did you mean "instance"?`},
+		{[]string{"bogus"}, 1, "", `"bogus" is not a fabric command; see`},
+	} {
+		var out, errb bytes.Buffer
+		code := run(context.Background(), append([]string{"fabric"}, tc.args...), &out, &errb)
+		if code != tc.code || !strings.Contains(out.String(), tc.out) || !strings.Contains(errb.String(), tc.err) {
+			t.Errorf("fabric %v: exit %d, out %q, err %q; want exit %d, out with %q, err with %q", tc.args, code, out.String(), errb.String(), tc.code, tc.out, tc.err)
+		}
+	}
+}

@@ -19,12 +19,16 @@ import (
 	"github.com/fabric-project/fabric/pxe"
 )
 
+// version is set at build time (make build: -ldflags -X main.version=...).
+var version = "dev"
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	app := &cli.App{
-		Name:  "fabricd",
-		Usage: "fabric daemon: run one role of the fabric",
+		Name:    "fabricd",
+		Usage:   "fabric daemon: run one role of the fabric",
+		Version: version,
 		// Repeatable flags are repeated, never comma-split: an --export
 		// carries its options after commas (SHELF.SLOT=PATH,ro,sync).
 		DisableSliceFlagSeparator: true,
