@@ -79,7 +79,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			}
 			return fmt.Errorf("%q is not a fabric command; see `fabric --help` for the list", name)
 		},
-		ExitErrHandler:       func(*cli.Context, error) {}, // run prints errors and picks the exit code
+		ExitErrHandler: func(*cli.Context, error) {}, // run prints errors and picks the exit code
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", EnvVars: []string{"FABRIC_CONFIG"}, Usage: "client configuration file (written by the controller as client.json in its state directory)"},
 			&cli.StringFlag{Name: "controller", EnvVars: []string{"FABRIC_CONTROLLER"}, Usage: "controller API URL, e.g. https://10.233.0.1:8443"},
