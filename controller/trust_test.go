@@ -8,8 +8,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -382,5 +385,40 @@ func waitAlive(t *testing.T, c *Controller, node string) {
 	t.Helper()
 	if !c.waitAgents(5*time.Second, func() bool { _, _, alive := c.agents.get(node, time.Now()); return alive }) {
 		t.Fatalf("%s not alive", node)
+	}
+}
+
+// A node down for longer than its certificate's lifetime comes back with a
+// new token: its client stops presenting the expired certificate (which
+// the TLS handshake would refuse) and enrolls.
+func TestExpiredCertificateReenrolls(t *testing.T) {
+	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), AgentTimeout: time.Second})
+	admin := serveAPI(t, c)
+	ctx := context.Background()
+	if _, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: "hn1", MAC: "52:54:00:00:00:01", Role: controllerapi.RoleHWNode}); err != nil {
+		t.Fatal(err)
+	}
+	n1, _ := c.reg.Node("hn1")
+	old := nodeCert(t, c.ca, nodeIdentity(n1), time.Now().Add(-2*time.Hour), time.Hour)
+	key, _ := x509.MarshalECPrivateKey(old.PrivateKey.(*ecdsa.PrivateKey))
+	path := filepath.Join(t.TempDir(), "identity.pem")
+	file := append(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: key}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: old.Certificate[0]})...)
+	if err := os.WriteFile(path, file, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	id, err := controllerapi.LoadIdentity(path)
+	if err != nil || !id.Enrolled() {
+		t.Fatalf("identity with an expired certificate: %v", err)
+	}
+	cl, _ := controllerapi.NewAgentClient(admin.BaseURL, c.CACertPEM(), id)
+	if _, err := cl.Heartbeat(ctx, controllerapi.Heartbeat{}, 0); apiStatus(err) != http.StatusUnauthorized {
+		t.Errorf("heartbeat with the expired certificate: %v; want 401 (none presented)", err)
+	}
+	tok, _ := admin.NodeToken(ctx, "hn1", 0)
+	if _, err := cl.Enroll(ctx, "hn1", tok); err != nil {
+		t.Fatalf("enrollment with an expired certificate on file: %v", err)
+	}
+	if _, err := cl.Heartbeat(ctx, controllerapi.Heartbeat{}, 0); err != nil {
+		t.Errorf("heartbeat after enrolling again: %v", err)
 	}
 }

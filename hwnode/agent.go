@@ -23,6 +23,7 @@ import (
 	"github.com/digitalocean/go-libvirt"
 	"github.com/digitalocean/go-libvirt/socket/dialers"
 	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/internal/backoff"
 )
 
 // Disk modes.
@@ -135,8 +136,11 @@ type Agent struct {
 	done      map[uint64]bool // migrations run
 	reports   []controllerapi.MigrationReport
 	kick      chan struct{}
-	soon      bool   // reconcile again without waiting for a change
-	lvErr     string // why libvirtd does not answer
+	soon      bool                                  // reconcile again without waiting for a change
+	retryAt   map[string]time.Time                  // by instance: its failing step is not retried before
+	retries   map[string]*backoff.Backoff           // by instance: spacing of those retries
+	specs     map[string]controllerapi.InstanceSpec // by instance: the spec last reconciled
+	lvErr     string                                // why libvirtd does not answer
 
 }
 
@@ -153,7 +157,8 @@ var ErrRevoked = errors.New("hwnode: the controller revoked this node's certific
 func New(ctx context.Context, cfg Config) (*Agent, error) {
 	cfg.defaults()
 	a := &Agent{cfg: cfg, log: cfg.Logger, disks: map[string]Disk{}, owners: map[string]string{}, diskErr: map[string]string{},
-		stopping: map[string]time.Time{}, migrating: map[string]bool{}, done: map[uint64]bool{}, kick: make(chan struct{}, 1)}
+		stopping: map[string]time.Time{}, migrating: map[string]bool{}, done: map[uint64]bool{}, kick: make(chan struct{}, 1),
+		retryAt: map[string]time.Time{}, retries: map[string]*backoff.Backoff{}, specs: map[string]controllerapi.InstanceSpec{}}
 	if cfg.Node == "" {
 		return nil, errors.New("hwnode: no node name (--name)")
 	}
@@ -216,24 +221,47 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 // enroll gets the node a certificate with its one-time token, unless it
 // has one.
 func (a *Agent) enroll(ctx context.Context) error {
-	if a.id.Enrolled() {
+	if a.id.Enrolled() && !a.certExpired() {
 		return nil
+	}
+	if a.id.Enrolled() {
+		// Down longer than the certificate's lifetime: only a new token
+		// brings the node back.
+		a.log.Warn("this node's certificate has expired; enrolling again with a token", "not_after", a.id.Leaf().NotAfter)
 	}
 	tok := a.cfg.Token
 	if tok == "" {
 		tok = cmdlineArg("fabric.token")
 	}
 	if tok == "" {
-		return fmt.Errorf("hwnode: not enrolled (no %s in %s) and no enrollment token: pass --token (`fabric node token %s`) or boot with fabric.token=",
-			identityFile, a.cfg.StateDir, a.cfg.Node)
+		return fmt.Errorf("hwnode: not enrolled (no valid certificate in %s) and no enrollment token: pass --token (`fabric node token %s`) or boot with fabric.token=",
+			filepath.Join(a.cfg.StateDir, identityFile), a.cfg.Node)
 	}
 	if err := os.MkdirAll(a.cfg.StateDir, 0o700); err != nil {
 		return err
 	}
 	a.triedToken = tok
-	r, err := a.api.Enroll(ctx, a.cfg.Node, tok)
-	if err != nil {
-		return fmt.Errorf("hwnode: enrolling %s: %w", a.cfg.Node, err)
+	// An unreachable controller is waited for (it may be starting too); an
+	// answer that refuses the token is final.
+	b := backoff.New(time.Second, 30*time.Second, 0.2)
+	var r controllerapi.EnrollResponse
+	for {
+		var err error
+		r, err = a.api.Enroll(ctx, a.cfg.Node, tok)
+		if err == nil {
+			break
+		}
+		var ae *controllerapi.APIError
+		if errors.As(err, &ae) || ctx.Err() != nil {
+			return fmt.Errorf("hwnode: enrolling %s: %w", a.cfg.Node, err)
+		}
+		d := b.Next()
+		a.log.Warn("controller unreachable; retrying enrollment", "err", err, "retry_in", d.Round(time.Millisecond), "attempt", b.Failures())
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	a.log.Info("enrolled with the controller", "node", r.Node, "cert_not_after", r.NotAfter)
 	return nil
@@ -355,6 +383,13 @@ func (a *Agent) probe() error {
 	return nil
 }
 
+// certExpired reports whether the node's certificate has expired (the
+// controller's TLS refuses it in the handshake).
+func (a *Agent) certExpired() bool {
+	l := a.id.Leaf()
+	return l != nil && time.Now().After(l.NotAfter)
+}
+
 // certName is the node name in the current certificate.
 func (a *Agent) certName() string {
 	if l := a.id.Leaf(); l != nil {
@@ -378,7 +413,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("hardware node agent running", "node", a.cfg.Node, "hypervisor", a.cap.Hypervisor, "disk", a.cap.Disk,
 		"vcpus", a.cap.VCPUs, "memory_mib", a.cap.MemoryMiB, "libvirt", a.cap.Libvirt)
-	backoff := time.Second
+	retry := backoff.New(time.Second, 10*time.Second, 0.2)
 	for ctx.Err() == nil {
 		a.reconnect()
 		a.renew(ctx)
@@ -412,20 +447,22 @@ func (a *Agent) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				break
 			}
-			if controllerapi.IsRevoked(err) && a.reenroll(ctx) {
+			if (controllerapi.IsRevoked(err) || a.certExpired()) && a.reenroll(ctx) {
 				continue
 			}
 			if controllerapi.IsRevoked(err) {
 				a.log.Error("the controller refused this node's certificate: the node was removed or reset; no longer managing guests", "node", a.cfg.Node, "err", err)
 				return fmt.Errorf("%w: %v", ErrRevoked, err)
 			}
-			a.log.Warn("heartbeat failed", "err", err)
+			d := retry.Next()
+			a.log.Warn("heartbeat failed", "err", err, "retry_in", d.Round(time.Millisecond), "attempt", retry.Failures())
 			select {
-			case <-time.After(backoff):
+			case <-time.After(d):
 			case <-ctx.Done():
 			}
 			continue
 		}
+		retry.Reset()
 		a.mu.Lock()
 		a.soon = false // set again by this reconcile if it must retry
 		a.mu.Unlock()

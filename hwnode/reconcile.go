@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"reflect"
 	"time"
 
 	"github.com/digitalocean/go-libvirt"
 	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/internal/backoff"
 )
 
 // diskOf returns the disk URL attached for an instance. a.mu held.
@@ -87,12 +89,23 @@ func (a *Agent) reconcile(ctx context.Context, ds controllerapi.DesiredState) {
 	for _, s := range ds.Instances {
 		want[s.Name] = s
 	}
+	a.mu.Lock()
+	for name := range a.specs {
+		if _, ok := want[name]; !ok {
+			delete(a.specs, name)
+			delete(a.retries, name)
+			delete(a.retryAt, name)
+		}
+	}
+	a.mu.Unlock()
 	for _, s := range ds.Instances {
 		a.mu.Lock()
 		migrating := a.migrating[s.Name]
 		a.mu.Unlock()
 		switch {
 		case migrating:
+			continue
+		case s.Migrate == nil && a.waiting(s):
 			continue
 		case s.Incoming:
 			a.setDiskErr(s.Name, a.ensureDisk(ctx, s))
@@ -191,21 +204,49 @@ func (a *Agent) reconcile(ctx context.Context, ds controllerapi.DesiredState) {
 	}
 }
 
+// setDiskErr records how an instance's last step went. A failure is
+// retried after a delay that grows with each repeat (300 ms first: a
+// volume's allow list may not have reached the storage node yet; at most
+// 30 s: a bad bridge is not retried 40 times a second).
 func (a *Agent) setDiskErr(name string, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err == nil {
 		delete(a.diskErr, name)
+		delete(a.retries, name)
+		delete(a.retryAt, name)
 		return
 	}
-	// Try again soon: a volume's allow list may not have reached the
-	// storage node yet.
-	a.soon = true
-	a.wakeAfter(300 * time.Millisecond)
+	b := a.retries[name]
+	if b == nil {
+		b = backoff.New(300*time.Millisecond, 30*time.Second, 0.2)
+		a.retries[name] = b
+	}
+	d := b.Next()
+	a.retryAt[name] = time.Now().Add(d)
+	time.AfterFunc(d, func() {
+		a.mu.Lock()
+		a.soon = true
+		a.mu.Unlock()
+		a.wake()
+	})
 	if a.diskErr[name] != err.Error() {
-		a.log.Warn("instance", "instance", name, "err", err)
+		a.log.Warn("instance", "instance", name, "err", err, "retry_in", d.Round(time.Millisecond))
 	}
 	a.diskErr[name] = err.Error()
+}
+
+// waiting reports whether an instance's failed step is not due for a
+// retry yet. A changed spec (stop asked, new settings) is tried at once.
+func (a *Agent) waiting(s controllerapi.InstanceSpec) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if prev, ok := a.specs[s.Name]; ok && !reflect.DeepEqual(prev, s) {
+		delete(a.retryAt, s.Name)
+		delete(a.retries, s.Name)
+	}
+	a.specs[s.Name] = s
+	return time.Now().Before(a.retryAt[s.Name])
 }
 
 func (a *Agent) ensureDisk(ctx context.Context, s controllerapi.InstanceSpec) error {

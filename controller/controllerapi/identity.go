@@ -112,8 +112,11 @@ func (id *Identity) RenewDue(now time.Time) bool {
 func (id *Identity) clientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 	id.mu.Lock()
 	defer id.mu.Unlock()
-	if id.cert == nil {
-		return &tls.Certificate{}, nil // no certificate: the server decides
+	if id.cert == nil || time.Now().After(id.cert.Leaf.NotAfter) {
+		// None, or an expired one the server would refuse in the
+		// handshake: present nothing and let the server decide (an
+		// enrollment needs no certificate).
+		return &tls.Certificate{}, nil
 	}
 	return id.cert, nil
 }

@@ -449,6 +449,13 @@ func checkTrust(t *testing.T, l *Lab, ip string) {
 	}
 	stillRunsOn(t, l, ip, "hn1")
 
+	// hn2's agent was killed earlier; let its certificate expire, as a
+	// node powered off for longer than the lifetime would: restarted with
+	// a new token, it enrolls again.
+	fabricJSON(t, l, &n, "node", "show", "hn2")
+	if n.Status != nil && !n.Status.CertExpires.IsZero() {
+		time.Sleep(time.Until(n.Status.CertExpires.Add(time.Second)))
+	}
 	// Remove hn2 while its agent runs: the agent is refused at its next
 	// call and stops; re-registering the name does not let it back.
 	if err := l.StartLibvirtd(l.Hosts[1]); err != nil {
@@ -463,6 +470,9 @@ func checkTrust(t *testing.T, l *Lab, ip string) {
 		return n.Status != nil && n.Status.Alive
 	}); err != nil {
 		t.Fatal("hn2's agent did not come back")
+	}
+	if b, _ := os.ReadFile(filepath.Join(l.Dir, "agent-hn2.log")); !strings.Contains(string(b), "certificate has expired; enrolling again") {
+		t.Errorf("hn2's agent came back without saying its certificate had expired")
 	}
 	fabricJSON(t, l, &n, "node", "show", "hn2")
 	if _, err := l.Fabric("node", "remove", "hn2"); err != nil {
