@@ -9,7 +9,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -45,7 +44,7 @@ func aoeCommand() *cli.Command {
 						}
 						return json.NewEncoder(c.App.Writer).Encode(ts)
 					}
-					w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+					w := newTable(c.App.Writer)
 					fmt.Fprintln(w, "VOLUME\tTARGET MAC\tSECTORS/FRAME\tBUFFERS\tCONFIG")
 					for _, t := range ts {
 						fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%q\n", t.Addr(), t.MAC, t.MaxSectors, t.BufCount, t.Config)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -174,7 +175,7 @@ func wantJSON(c *cli.Context) (bool, error) {
 }
 
 func nodeTable(w io.Writer, ns []controllerapi.Node) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	tw := newTable(w)
 	fmt.Fprintln(tw, "NAME\tROLE\tMAC\tIP\tAGENT\tREGISTERED")
 	for _, n := range ns {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Role, n.MAC, n.IP, agentSummary(n.Status), n.Created.Local().Format(time.DateTime))
@@ -288,7 +289,7 @@ func nodeCommand() *cli.Command {
 					if j {
 						return printJSON(c.App.Writer, n)
 					}
-					tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+					tw := newTable(c.App.Writer)
 					fmt.Fprintf(tw, "name:\t%s\nrole:\t%s\nmac:\t%s\nip:\t%s\nregistered:\t%s\nupdated:\t%s\n",
 						n.Name, n.Role, n.MAC, n.IP, n.Created.Local().Format(time.RFC3339), n.Updated.Local().Format(time.RFC3339))
 					if n.RootVolume != "" {
@@ -494,7 +495,10 @@ func eventsCommand() *cli.Command {
 			}
 			since := c.Uint64("since")
 			follow := c.Bool("follow")
-			w := c.App.Writer
+			// Buffered, flushed after each page: a long log leaves in large
+			// writes, and --follow still shows each event as it comes.
+			w := bufio.NewWriterSize(c.App.Writer, 64<<10)
+			defer w.Flush()
 			enc := json.NewEncoder(w)
 			for {
 				wait := time.Duration(0)
@@ -516,6 +520,9 @@ func eventsCommand() *cli.Command {
 						continue
 					}
 					fmt.Fprintf(w, "%6d  %s  %-22s %s%s\n", ev.Seq, ev.Time.Local().Format("2006-01-02 15:04:05.000"), ev.Type, ev.Message, eventWho(ev))
+				}
+				if err := w.Flush(); err != nil {
+					return err
 				}
 				since = r.Next
 				if !follow && len(r.Events) < 1000 { // the last page
@@ -552,4 +559,24 @@ func completionCommand() *cli.Command {
 			return err
 		},
 	}
+}
+
+// tableWriter is a tabwriter over a buffer: a table of 10,000 rows leaves
+// in a few large writes instead of a system call per line.
+type tableWriter struct {
+	*tabwriter.Writer
+	buf *bufio.Writer
+}
+
+func newTable(w io.Writer) *tableWriter {
+	b := bufio.NewWriterSize(w, 64<<10)
+	return &tableWriter{Writer: tabwriter.NewWriter(b, 0, 4, 2, ' ', 0), buf: b}
+}
+
+// Flush writes the table out.
+func (t *tableWriter) Flush() error {
+	if err := t.Writer.Flush(); err != nil {
+		return err
+	}
+	return t.buf.Flush()
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -22,7 +21,7 @@ func show(c *cli.Context, v any, table func(w io.Writer)) error {
 	if j {
 		return printJSON(c.App.Writer, v)
 	}
-	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	tw := newTable(c.App.Writer)
 	table(tw)
 	return tw.Flush()
 }
