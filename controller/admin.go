@@ -129,8 +129,8 @@ func (c *Controller) authUpload(h http.HandlerFunc) http.Handler {
 // CreateAdminToken makes a named API credential and returns it with its
 // secret.
 func (c *Controller) CreateAdminToken(req controllerapi.CreateTokenRequest, by string) (controllerapi.AdminToken, error) {
-	if err := checkName(req.Name); err != nil {
-		return controllerapi.AdminToken{}, errorf(ErrInvalid, "token name %q must be a DNS label: lowercase letters, digits and inner '-'", req.Name)
+	if err := checkName("token", req.Name); err != nil {
+		return controllerapi.AdminToken{}, err
 	}
 	if req.Kind == "" {
 		req.Kind = controllerapi.TokenAdmin

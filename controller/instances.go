@@ -88,7 +88,7 @@ func (c *Controller) fillState(in *controllerapi.Instance) {
 // volume.
 func (c *Controller) ImportImage(name string, size int64, fill func(*os.File) error) (controllerapi.Image, error) {
 	var im controllerapi.Image
-	if err := checkName(name); err != nil {
+	if err := checkName("image", name); err != nil {
 		return im, err
 	}
 	if size <= 0 {
@@ -133,7 +133,7 @@ func (c *Controller) ImportImage(name string, size int64, fill func(*os.File) er
 			return err
 		}
 		return appendEvent(tx, controllerapi.Event{Time: im.Created, Type: controllerapi.EventImageImported,
-			Message: fmt.Sprintf("image %s imported (%d bytes, volume %s)", name, v.Size, v.Name)})
+			Message: imageMessage(name, size, v)})
 	})
 	if err != nil {
 		_ = p.Delete(v.Name)
@@ -338,11 +338,18 @@ func randomUUID() string {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
 }
 
+func imageMessage(name string, uploaded int64, v storagenode.Volume) string {
+	if uploaded == v.Size {
+		return fmt.Sprintf("image %s imported (%d bytes, volume %s)", name, v.Size, v.Name)
+	}
+	return fmt.Sprintf("image %s imported (%d bytes uploaded, padded with zeros to %d, a whole number of sectors; volume %s)", name, uploaded, v.Size, v.Name)
+}
+
 // CreateInstance places an instance, clones its disk from the image and
 // records it.
 func (c *Controller) CreateInstance(req controllerapi.CreateInstanceRequest) (controllerapi.Instance, error) {
 	var in controllerapi.Instance
-	if err := checkName(req.Name); err != nil {
+	if err := checkName("instance", req.Name); err != nil {
 		return in, err
 	}
 	if req.VCPUs < 1 || req.VCPUs > 64 {

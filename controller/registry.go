@@ -61,15 +61,16 @@ func ParseMAC(s string) (net.HardwareAddr, error) {
 	return hw, nil
 }
 
-// checkName reports whether name is a DNS label (RFC 1123).
-func checkName(name string) error {
+// checkName reports whether name, of a kind (node, image, instance,
+// token), is a DNS label (RFC 1123).
+func checkName(kind, name string) error {
 	if len(name) == 0 || len(name) > 63 {
-		return errorf(ErrInvalid, "node name %q must be 1 to 63 characters", name)
+		return errorf(ErrInvalid, "%s name %q must be 1 to 63 characters", kind, name)
 	}
 	for i, c := range name {
 		ok := c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' && i > 0 && i < len(name)-1
 		if !ok {
-			return errorf(ErrInvalid, "node name %q is not DNS-safe: use lowercase letters, digits and inner '-'", name)
+			return errorf(ErrInvalid, "%s name %q is not DNS-safe: use lowercase letters, digits and inner '-'", kind, name)
 		}
 	}
 	return nil
@@ -286,7 +287,7 @@ func (r *Registry) RegisterAs(req controllerapi.RegisterRequest, actor, source s
 	if err != nil {
 		return n, err
 	}
-	if err := checkName(req.Name); err != nil {
+	if err := checkName("node", req.Name); err != nil {
 		return n, err
 	}
 	if err := checkRole(req.Role); err != nil {
@@ -406,7 +407,7 @@ func (r *Registry) Nodes() ([]controllerapi.Node, error) {
 func (r *Registry) Update(nameOrMAC string, req controllerapi.UpdateRequest) (controllerapi.Node, error) {
 	var n controllerapi.Node
 	if req.Name != nil {
-		if err := checkName(*req.Name); err != nil {
+		if err := checkName("node", *req.Name); err != nil {
 			return n, err
 		}
 	}

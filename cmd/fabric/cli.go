@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -146,6 +147,9 @@ func client(c *cli.Context) (*controllerapi.Client, error) {
 	if cc.Controller == "" {
 		return nil, errors.New("no controller configured: pass --controller URL, set FABRIC_CONTROLLER, or point --config/FABRIC_CONFIG at the controller's client.json")
 	}
+	if err := checkControllerURL(cc.Controller); err != nil {
+		return nil, err
+	}
 	var caPEM []byte
 	if cc.CAFile != "" {
 		b, err := os.ReadFile(cc.CAFile)
@@ -155,6 +159,23 @@ func client(c *cli.Context) (*controllerapi.Client, error) {
 		caPEM = b
 	}
 	return controllerapi.NewClient(strings.TrimRight(cc.Controller, "/"), token, caPEM)
+}
+
+// checkControllerURL refuses what would fail later with a less helpful
+// message: no scheme, plain HTTP, no host.
+func checkControllerURL(s string) error {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil || u.Scheme == "" || u.Host == "" && u.Opaque != "":
+		return fmt.Errorf("controller URL %q: write it as https://HOST:PORT (e.g. https://10.233.0.1:8443)", s)
+	case u.Scheme == "http":
+		return fmt.Errorf("controller URL %q uses http; the controller serves HTTPS only: use https://%s", s, u.Host)
+	case u.Scheme != "https":
+		return fmt.Errorf("controller URL %q: scheme %q is not https; write https://HOST:PORT", s, u.Scheme)
+	case u.Host == "":
+		return fmt.Errorf("controller URL %q has no host; write https://HOST:PORT", s)
+	}
+	return nil
 }
 
 func printJSON(w io.Writer, v any) error {

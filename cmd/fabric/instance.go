@@ -49,6 +49,13 @@ func imageCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
+					if fi.IsDir() {
+						return fmt.Errorf("%s is a directory; give the raw disk image file (e.g. work/images/instance-template.img)", c.Args().Get(1))
+					}
+					if fi.Size()%512 != 0 {
+						fmt.Fprintf(c.App.ErrWriter, "fabric: note: %s is %d bytes, not a whole number of 512-byte sectors; the volume is padded with zeros to %d\n",
+							c.Args().Get(1), fi.Size(), (fi.Size()+511)/512*512)
+					}
 					cl, err := client(c)
 					if err != nil {
 						return err
@@ -155,6 +162,9 @@ func instanceCommand() *cli.Command {
 					mem, err := storagenode.ParseSize(c.String("memory"))
 					if err != nil {
 						return fmt.Errorf("--memory: %w", err)
+					}
+					if mem < 1<<20 {
+						return fmt.Errorf("--memory %s is %d bytes; write a unit, e.g. 512MiB or 2GiB", c.String("memory"), mem)
 					}
 					cl, err := client(c)
 					if err != nil {

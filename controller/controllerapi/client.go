@@ -142,6 +142,14 @@ func (c *Client) send(req *http.Request, out any) error {
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
+		var unknownCA x509.UnknownAuthorityError
+		var badName x509.HostnameError
+		switch {
+		case errors.As(err, &unknownCA):
+			return fmt.Errorf("the controller at %s presented a certificate not signed by the fabric CA you gave: pass --ca (or FABRIC_CA) with the controller's STATE/ca/ca.crt: %w", c.BaseURL, err)
+		case errors.As(err, &badName):
+			return fmt.Errorf("the controller's certificate is not for the host in %s: use an address given to `fabricd controller --api-host` (its client.json has one): %w", c.BaseURL, err)
+		}
 		return fmt.Errorf("cannot reach the controller at %s: %w", c.BaseURL, err)
 	}
 	defer resp.Body.Close()
