@@ -48,7 +48,7 @@ start_target() {
   TPID=$!
   # ip netns exec execs the target: $! is its PID.
   for _ in $(seq 50); do
-    ip netns exec $I $BIN/fabric aoe discover -i ini0 --wait 100ms -o json 2>/dev/null | grep -q '"Shelf":1' && return 0
+    ip netns exec $I $BIN/fabric aoe discover -i ini0 --wait 100ms -o json 2>/dev/null | grep -q '"shelf": 1,' && return 0
     sleep 0.1
   done
   echo "target $1 did not answer" >&2; exit 1

@@ -39,10 +39,23 @@ func aoeCommand() *cli.Command {
 						return err
 					}
 					if c.String("output") == "json" {
-						if ts == nil {
-							ts = []initiator.Target{}
+						// The same shape as every other command's JSON:
+						// snake_case keys, MACs as strings.
+						type target struct {
+							Volume     string `json:"volume"`
+							Shelf      uint16 `json:"shelf"`
+							Slot       uint8  `json:"slot"`
+							MAC        string `json:"mac"`
+							MaxSectors int    `json:"max_sectors"`
+							Buffers    uint16 `json:"buffers"`
+							Firmware   uint16 `json:"firmware"`
+							Config     string `json:"config"`
 						}
-						return json.NewEncoder(c.App.Writer).Encode(ts)
+						out := []target{}
+						for _, t := range ts {
+							out = append(out, target{t.Addr(), t.Shelf, t.Slot, t.MAC.String(), t.MaxSectors, t.BufCount, t.Firmware, t.Config})
+						}
+						return printJSON(c.App.Writer, out)
 					}
 					w := newTable(c.App.Writer)
 					fmt.Fprintln(w, "VOLUME\tTARGET MAC\tSECTORS/FRAME\tBUFFERS\tCONFIG")
