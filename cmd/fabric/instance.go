@@ -145,13 +145,14 @@ func instanceCommand() *cli.Command {
 			{
 				Name:      "create",
 				Usage:     "create an instance from an image on a hardware node with room",
-				UsageText: "fabric instance create NAME --image IMG --vcpus N --memory SIZE [--node NODE] [--start]",
+				UsageText: "fabric instance create NAME --image IMG --vcpus N --memory SIZE [--node NODE] [--start [--wait 2m]] (with --start, waits until the node reports it running; --wait 0 returns at once)",
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "image", Required: true, Usage: "image to clone the disk from"},
 					&cli.IntFlag{Name: "vcpus", Value: 1, Usage: "virtual CPUs"},
 					&cli.StringFlag{Name: "memory", Value: "128MiB", Usage: "memory, e.g. 512MiB or 2GiB"},
 					&cli.StringFlag{Name: "node", Usage: "place on this hardware node (default: the one with most free memory)"},
 					&cli.BoolFlag{Name: "start", Usage: "start it right away"},
+					waitFlag,
 					outputFlag,
 				},
 				Action: func(c *cli.Context) error {
@@ -174,6 +175,13 @@ func instanceCommand() *cli.Command {
 						VCPUs: c.Int("vcpus"), MemoryMiB: int(mem >> 20), Node: c.String("node"), Start: c.Bool("start")})
 					if err != nil {
 						return err
+					}
+					if d := c.Duration("wait"); c.Bool("start") && d > 0 {
+						// Start is idempotent: this only waits for the node
+						// to report the instance running.
+						if in, err = cl.SetInstanceState(c.Context, name, "start", d); err != nil {
+							return fmt.Errorf("instance %s created, but: %w", name, err)
+						}
 					}
 					return show(c, in, func(w io.Writer) {
 						fmt.Fprintf(w, "created instance %s on %s: %d vCPUs, %d MiB, disk %s, address %s\n", in.Name, in.Node, in.VCPUs, in.MemoryMiB, in.Volume, in.IP)

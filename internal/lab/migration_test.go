@@ -141,6 +141,9 @@ func TestLiveMigration(t *testing.T) {
 	var in controllerapi.Instance
 	t0 := time.Now()
 	fabricJSON(t, l, &in, "instance", "create", "web", "--image", "tiny", "--vcpus", "1", "--memory", "128MiB", "--node", "hn1", "--start")
+	if in.State != "running" {
+		t.Errorf("instance create --start returned with web %q; want it to wait until running", in.State)
+	}
 	ip, _, _ := strings.Cut(in.IP, "/")
 	if err := waitFor(90*time.Second, func() bool {
 		_, err := In(l.ClientNS, "ping", "-c1", "-W1", ip)
