@@ -98,7 +98,7 @@ func (b *bootBackend) SaveLease(l pxe.Lease) error {
 		return nil
 	}
 	delete(b.offers, l.MAC)
-	if l.State == pxe.LeaseBound {
+	if l.State == pxe.LeaseBound && l.Boot {
 		if len(b.windows) > 65536 {
 			clear(b.windows)
 		}

@@ -102,11 +102,18 @@ func TestBootTokenTheft(t *testing.T) {
 	if _, err := thief.Enroll(ctx, "hn1", tok); apiStatus(err) != http.StatusUnauthorized {
 		t.Errorf("enrollment with the spent token: %v; want 401", err)
 	}
-	// After the window closes, no token.
+	// After the window closes, no token; an operating system renewing its
+	// address (DHCP without PXE options) opens no window.
 	dhcp()
 	time.Sleep(2500 * time.Millisecond)
 	if late := l.fetchScript(t, node, url); late != "" {
 		t.Errorf("script after the boot window carried token %q", late)
+	}
+	if _, err := l.dhcpClient(t, mac).Request(ctx); err != nil {
+		t.Fatalf("plain DHCP: %v", err)
+	}
+	if tok := l.fetchScript(t, node, url); tok != "" {
+		t.Errorf("script after a plain (non-PXE) DHCP exchange carried token %q", tok)
 	}
 	// A full spoof (the node's MAC through DHCP, then its address): the
 	// token is served, but enrolling over the live agent is refused.
@@ -134,8 +141,8 @@ func TestBootTokenTheft(t *testing.T) {
 			enrolled++
 		}
 	}
-	if noToken != 4 || refused != 2 || enrolled != 1 {
-		t.Errorf("events: %d scripts without a token (want 4), %d refused enrollments with a source (want 2), %d enrollments (want 1)", noToken, refused, enrolled)
+	if noToken != 5 || refused != 2 || enrolled != 1 {
+		t.Errorf("events: %d scripts without a token (want 5), %d refused enrollments with a source (want 2), %d enrollments (want 1)", noToken, refused, enrolled)
 		for _, ev := range evs {
 			t.Logf("%s %s %s", ev.Type, ev.Source, ev.Message)
 		}

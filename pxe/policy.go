@@ -36,6 +36,10 @@ type Lease struct {
 	State   string     `json:"state"`
 	Expires time.Time  `json:"expires"`
 	Updated time.Time  `json:"updated"`
+	// Boot is set when the exchange was a network boot's (PXE firmware
+	// or iPXE), not an operating system renewing its address: only those
+	// open a boot window for the enrollment token.
+	Boot bool `json:"boot,omitempty"`
 }
 
 // Subnet is a network the DHCP server hands addresses in.
@@ -174,7 +178,7 @@ func Decide(req *dhcpv4.DHCPv4, host Host, known bool, lease Lease, hasLease boo
 		lt = time.Hour
 	}
 	newLease := func(state string) *Lease {
-		return &Lease{MAC: mac.String(), IP: host.IP, State: state, Expires: t.Add(lt), Updated: t}
+		return &Lease{MAC: mac.String(), IP: host.IP, State: state, Expires: t.Add(lt), Updated: t, Boot: BootFile(req, n.HTTPURL) != ""}
 	}
 	ack := func(typ dhcpv4.MessageType, withAddr bool) *dhcpv4.DHCPv4 {
 		resp, err := dhcpv4.NewReplyFromRequest(req)
