@@ -28,6 +28,7 @@ func (c *Controller) Handler() http.Handler {
 	mux.Handle("PATCH /v1/nodes/{name}", c.auth(c.updateNode))
 	mux.Handle("DELETE /v1/nodes/{name}", c.auth(c.removeNode))
 	mux.Handle("GET /v1/events", c.auth(c.events))
+	mux.Handle("GET /v1/status", c.auth(c.status))
 	mux.Handle("POST /v1/nodes/{name}/token", c.auth(c.nodeToken))
 	mux.Handle("POST /v1/nodes/{name}/reset", c.auth(c.resetNode))
 	mux.Handle("POST /v1/tokens", c.auth(c.createToken))

@@ -298,3 +298,27 @@ func TestCLIMessagesSayWhatToDo(t *testing.T) {
 		t.Errorf("odd-sized image: stderr %q; want the padding note", errs)
 	}
 }
+
+func TestCLIStatus(t *testing.T) {
+	t.Setenv("FABRIC_TOKEN", "")
+	cfg, _ := startController(t)
+	for _, args := range [][]string{
+		{"node", "register", "--mac", "52:54:00:12:34:56", "--role", "hwnode", "--name", "hn1"},
+		{"node", "register", "--mac", "52:54:00:12:34:57", "--role", "storage", "--name", "st1"},
+	} {
+		if code, _, errs := fabric(t, cfg, args...); code != 0 {
+			t.Fatal(errs)
+		}
+	}
+	code, out, errs := fabric(t, cfg, "status")
+	for _, want := range []string{"hardware nodes:   1: 0 alive, 0 dead, 1 not reporting, 0 drained", "storage nodes:    1", "instances:        none", "recent problems:  none"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("fabric status: exit %d, err %q, output lacks %q:\n%s", code, errs, want, out)
+		}
+	}
+	code, out, _ = fabric(t, cfg, "status", "-o", "json")
+	var st controllerapi.Status
+	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil || st.Nodes.HWNodes != 1 || st.Nodes.Storage != 1 {
+		t.Errorf("fabric status -o json: exit %d, %v, %+v", code, err, st.Nodes)
+	}
+}

@@ -156,3 +156,41 @@ type CreateTokenRequest struct {
 // RootTokenName names the admin credential the controller writes to its
 // state directory on first start.
 const RootTokenName = "root"
+
+// Status is the one-screen summary of `fabric status` (GET /v1/status).
+type Status struct {
+	Controller ControllerStatus `json:"controller"`
+	Nodes      NodeCounts       `json:"nodes"`
+	Capacity   CapacitySummary  `json:"capacity"`
+	Instances  map[string]int   `json:"instances"` // by state
+	// Problems are the most recent events that report something wrong
+	// (refused enrollments and certificates, failed migrations, instance
+	// errors, address conflicts, unknown MACs), newest last.
+	Problems []Event `json:"problems"`
+}
+
+// ControllerStatus describes the controller itself.
+type ControllerStatus struct {
+	Started   time.Time `json:"started"`
+	Events    uint64    `json:"events"` // sequence number of the newest event
+	BootIface string    `json:"boot_iface,omitempty"`
+}
+
+// NodeCounts counts nodes by role and state.
+type NodeCounts struct {
+	HWNodes     int `json:"hwnodes"`
+	Alive       int `json:"alive"`
+	Dead        int `json:"dead"`         // enrolled, silent past the agent timeout
+	NotReported int `json:"not_reported"` // never reported since the controller started
+	Drained     int `json:"drained"`
+	Storage     int `json:"storage"`
+}
+
+// CapacitySummary is what the live hardware nodes offer and what
+// instances take of it.
+type CapacitySummary struct {
+	VCPUs         int `json:"vcpus"`
+	VCPUsUsed     int `json:"vcpus_used"`
+	MemoryMiB     int `json:"memory_mib"`
+	MemoryUsedMiB int `json:"memory_used_mib"`
+}

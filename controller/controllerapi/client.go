@@ -276,3 +276,10 @@ func (c *Client) DrainNode(ctx context.Context, name string) ([]DrainResult, err
 func (c *Client) UndrainNode(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(name)+"/undrain", nil, nil)
 }
+
+// Status returns the fabric's one-screen summary.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var st Status
+	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &st)
+	return st, err
+}

@@ -37,6 +37,8 @@ type Tx interface {
 	ForEach(bucket, start string, fn func(key string, value []byte) error) error
 	// NextSeq returns the next value of bucket's monotonic sequence.
 	NextSeq(bucket string) (uint64, error)
+	// Seq returns the last value NextSeq returned for bucket (0: none).
+	Seq(bucket string) uint64
 }
 
 // ErrStop ends a ForEach walk early.
@@ -120,6 +122,14 @@ func (t boltTx) ForEach(bucket, start string, fn func(string, []byte) error) err
 		}
 	}
 	return nil
+}
+
+func (t boltTx) Seq(bucket string) uint64 {
+	b := t.tx.Bucket([]byte(bucket))
+	if b == nil {
+		return 0
+	}
+	return b.Sequence()
 }
 
 func (t boltTx) NextSeq(bucket string) (uint64, error) {
