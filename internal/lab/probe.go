@@ -89,8 +89,12 @@ var (
 	sentRE  = regexp.MustCompile(`(\d+) packets transmitted`)
 )
 
-// Stop ends the probes and reads their results.
+// Stop ends the probes and reads their results. It first lets every
+// probe already sent reach its reply deadline (-W 1): stopping ping while
+// a reply is in flight (the migration just returned, the guest resumed a
+// few milliseconds ago) would count that probe as lost.
 func (p *Prober) Stop() (fast, slow PingStats, h HTTPStats, err error) {
+	time.Sleep(1100 * time.Millisecond)
 	p.kill()
 	parse := func(path string) (PingStats, error) {
 		var s PingStats
