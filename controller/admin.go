@@ -18,26 +18,27 @@ const bucketAdminTokens = "admintokens"
 // actor is who makes an API call.
 type actor struct{ name, kind string }
 
-type actorKey struct{}
+// call is an admin API call in progress: who makes it, and whether the
+// handler wrote its own event naming them (then the generic api.call
+// event is left out).
+type call struct {
+	actor
+	recorded bool
+}
 
-// audit is a mutating call's record: a handler that wrote its own event
-// naming the actor sets recorded, and the generic api.call event is left
-// out.
-type audit struct{ recorded bool }
-
-type auditKey struct{}
+type callKey struct{}
 
 // recorded notes that the handler's own event names the call's actor.
 func recorded(r *http.Request) {
-	if a, ok := r.Context().Value(auditKey{}).(*audit); ok {
-		a.recorded = true
+	if c, ok := r.Context().Value(callKey{}).(*call); ok {
+		c.recorded = true
 	}
 }
 
 // actorOf returns the admin token a request was authenticated with.
 func actorOf(r *http.Request) string {
-	if a, ok := r.Context().Value(actorKey{}).(actor); ok {
-		return a.name
+	if c, ok := r.Context().Value(callKey{}).(*call); ok {
+		return c.name
 	}
 	return ""
 }
@@ -101,22 +102,20 @@ func (c *Controller) authUpload(h http.HandlerFunc) http.Handler {
 				"missing or wrong admin credential; pass --token or set FABRIC_TOKEN (the controller wrote it to its state directory as "+AdminTokenFile+")")
 			return
 		}
-		read := r.Method == http.MethodGet || r.Method == http.MethodHead
-		r = r.WithContext(context.WithValue(r.Context(), actorKey{}, a))
-		if read {
+		cl := &call{actor: a}
+		r = r.WithContext(context.WithValue(r.Context(), callKey{}, cl))
+		if r.Method == http.MethodGet || r.Method == http.MethodHead {
 			h(w, r)
 			return
 		}
 		sw := &statusWriter{ResponseWriter: w}
-		rec := &audit{}
-		r = r.WithContext(context.WithValue(r.Context(), auditKey{}, rec))
 		if a.kind != controllerapi.TokenAdmin {
 			writeError(sw, http.StatusForbidden, controllerapi.CodeForbidden,
 				fmt.Sprintf("token %q is %s: it may only read; use an admin token for %s %s", a.name, a.kind, r.Method, r.URL.Path))
 		} else {
 			h(sw, r)
 		}
-		if rec.recorded {
+		if cl.recorded {
 			return
 		}
 		if err := c.reg.Record(controllerapi.Event{Type: controllerapi.EventAPICall, Actor: a.name, Source: remoteHost(r),

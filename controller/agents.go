@@ -190,7 +190,7 @@ func (c *Controller) nodeStatus(n controllerapi.Node, insts []controllerapi.Inst
 	}
 	hb, seen, alive := c.agents.get(n.Name, time.Now())
 	st := &controllerapi.NodeStatus{Alive: alive, Drained: c.drained(n.Name), LastSeen: seen, Capacity: hb.Capacity, Instances: []string{}}
-	if rec, ok := certs[n.ID]; ok && n.ID != "" {
+	if rec, ok := certs[n.ID]; ok {
 		st.CertExpires = rec.NotAfter
 	}
 	for _, in := range insts {

@@ -197,8 +197,6 @@ func (c *Controller) removeNode(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, n)
 }
 
-// events answers GET /v1/events?since=N[&wait=30s][&limit=N]. With wait, the
-// request is held until at least one event with Seq >= since exists.
 func (c *Controller) resetNode(w http.ResponseWriter, r *http.Request) {
 	n, err := c.Reset(r.PathValue("name"), actorOf(r))
 	if err != nil {
@@ -209,6 +207,8 @@ func (c *Controller) resetNode(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, n)
 }
 
+// events answers GET /v1/events?since=N[&wait=30s][&limit=N]. With wait, the
+// request is held until at least one event with Seq >= since exists.
 func (c *Controller) events(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	var since uint64

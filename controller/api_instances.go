@@ -151,7 +151,7 @@ func (c *Controller) nodeToken(w http.ResponseWriter, r *http.Request) {
 		}
 		ttl = d
 	}
-	tok, _, err := c.reg.IssueToken(r.PathValue("name"), actorOf(r), ttl)
+	tok, err := c.reg.IssueToken(r.PathValue("name"), actorOf(r), ttl)
 	if err != nil {
 		c.fail(w, err)
 		return

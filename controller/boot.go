@@ -68,7 +68,7 @@ func (b *bootBackend) BootToken(mac net.HardwareAddr, from netip.Addr) (string, 
 		if err != nil {
 			return err
 		}
-		tok, err = b.c.reg.issueToken(tx, string(name), tokenBoot, from.String(), ttl)
+		tok, err = b.c.reg.issueToken(tx, string(name), tokenBoot, ttl)
 		return err
 	})
 	return tok, err

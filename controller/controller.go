@@ -322,21 +322,31 @@ func (c *Controller) BootConfig(apiURL string) pxe.Config {
 	return bc
 }
 
-// UnknownMAC records that an unregistered MAC asked to boot, at most once a
-// minute per MAC so that a machine retrying DHCP cannot flood the log.
-func (c *Controller) UnknownMAC(mac net.HardwareAddr, where string) {
-	k := mac.String()
+// firstInAMinute reports whether key was not seen in the last minute, and
+// notes it: repeated events (a machine retrying DHCP, an agent retrying
+// with a revoked certificate) are recorded once a minute, not flood the
+// log.
+func (c *Controller) firstInAMinute(key string) bool {
 	now := time.Now()
 	c.unknownMu.Lock()
-	if t, ok := c.unknownSeen[k]; ok && now.Sub(t) < time.Minute {
-		c.unknownMu.Unlock()
-		return
+	defer c.unknownMu.Unlock()
+	if t, ok := c.unknownSeen[key]; ok && now.Sub(t) < time.Minute {
+		return false
 	}
 	if len(c.unknownSeen) > 4096 {
 		clear(c.unknownSeen)
 	}
-	c.unknownSeen[k] = now
-	c.unknownMu.Unlock()
+	c.unknownSeen[key] = now
+	return true
+}
+
+// UnknownMAC records that an unregistered MAC asked to boot, at most once a
+// minute per MAC so that a machine retrying DHCP cannot flood the log.
+func (c *Controller) UnknownMAC(mac net.HardwareAddr, where string) {
+	k := mac.String()
+	if !c.firstInAMinute("mac/" + k) {
+		return
+	}
 	msg := fmt.Sprintf("unknown MAC %s asked to boot on %s; register it with `fabric node register --mac %s --role hwnode --name NAME`", k, where, k)
 	c.log.Warn("unknown MAC asked to boot", "mac", k, "iface", where)
 	if err := c.reg.Record(controllerapi.Event{Type: controllerapi.EventUnknownMAC, MAC: k, Message: msg}); err != nil {

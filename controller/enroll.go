@@ -56,7 +56,6 @@ type enrollToken struct {
 	Hash    string    `json:"hash"`
 	Kind    string    `json:"kind"`
 	Expires time.Time `json:"expires"`
-	For     string    `json:"for,omitempty"` // boot tokens: the address it was served to
 }
 
 // certRecord is what the controller accepts from a node's agent.
@@ -64,8 +63,6 @@ type certRecord struct {
 	Node     string    `json:"node"`    // current name (follows renames)
 	Serials  []string  `json:"serials"` // newest first; at most two (a renewal's answer may be lost)
 	NotAfter time.Time `json:"not_after"`
-	Enrolled time.Time `json:"enrolled"`
-	From     string    `json:"from,omitempty"`
 }
 
 // enrollFacts is what the enrollment decision looks at.
@@ -136,7 +133,7 @@ func decideBootToken(w bootWindow, open bool, from netip.Addr, now time.Time, wi
 
 // issueToken mints an enrollment token for a node, replacing its
 // outstanding token of the same kind.
-func (r *Registry) issueToken(tx store.Tx, node, kind, forAddr string, ttl time.Duration) (string, error) {
+func (r *Registry) issueToken(tx store.Tx, node, kind string, ttl time.Duration) (string, error) {
 	tok := newToken()
 	toks, err := getJSON[[]enrollToken](tx, bucketTokens, node, func() error { return nil })
 	if err != nil {
@@ -144,27 +141,26 @@ func (r *Registry) issueToken(tx store.Tx, node, kind, forAddr string, ttl time.
 	}
 	now := r.now()
 	toks = slices.DeleteFunc(toks, func(t enrollToken) bool { return t.Kind == kind || now.After(t.Expires) })
-	toks = append(toks, enrollToken{Hash: hashCred(tok), Kind: kind, Expires: now.Add(ttl).UTC(), For: forAddr})
+	toks = append(toks, enrollToken{Hash: hashCred(tok), Kind: kind, Expires: now.Add(ttl).UTC()})
 	return tok, putJSON(tx, bucketTokens, node, toks)
 }
 
 // IssueToken mints a one-time enrollment token for a sysadmin starting an
 // agent by hand.
-func (r *Registry) IssueToken(nameOrMAC, actor string, ttl time.Duration) (string, controllerapi.Node, error) {
+func (r *Registry) IssueToken(nameOrMAC, actor string, ttl time.Duration) (string, error) {
 	var tok string
-	var n controllerapi.Node
 	err := r.update(func(tx store.Tx) error {
-		var err error
-		if n, err = resolve(tx, nameOrMAC); err != nil {
+		n, err := resolve(tx, nameOrMAC)
+		if err != nil {
 			return err
 		}
-		if tok, err = r.issueToken(tx, n.Name, tokenManual, "", ttl); err != nil {
+		if tok, err = r.issueToken(tx, n.Name, tokenManual, ttl); err != nil {
 			return err
 		}
 		return appendEvent(tx, controllerapi.Event{Time: r.now().UTC(), Type: controllerapi.EventTokenIssued, Node: n.Name, MAC: n.MAC, Actor: actor,
 			Message: fmt.Sprintf("enrollment token for %s issued, valid %s, single use", n.Name, ttl)})
 	})
-	return tok, n, err
+	return tok, err
 }
 
 // takeToken finds token among a node's outstanding ones and removes it:
@@ -261,11 +257,11 @@ func (c *Controller) Enroll(req controllerapi.EnrollRequest, from string) (contr
 			return appendEvent(tx, ev) // the spent token and the event are kept
 		}
 		cert, _ := x509.ParseCertificate(der)
-		rec := certRecord{Node: n.Name, Serials: []string{serialHex(cert)}, NotAfter: cert.NotAfter, Enrolled: now.UTC(), From: from}
+		rec := certRecord{Node: n.Name, Serials: []string{serialHex(cert)}, NotAfter: cert.NotAfter}
 		if err := putJSON(tx, bucketCerts, n.ID, rec); err != nil {
 			return err
 		}
-		resp = controllerapi.EnrollResponse{Node: n.Name, NotAfter: cert.NotAfter, Certificate: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})) + string(c.ca.CertPEM)}
+		resp = c.certResponse(n, cert)
 		ev.Type, ev.Message = controllerapi.EventAgentEnrolled, fmt.Sprintf("%s agent %s enrolled from %s; certificate valid until %s", n.Role, n.Name, from, cert.NotAfter.Format(time.RFC3339))
 		return appendEvent(tx, ev)
 	})
@@ -315,15 +311,9 @@ func (c *Controller) agentAuth(r *http.Request, role string) (controllerapi.Node
 // refused records a call with a certificate the controller no longer
 // accepts, at most once a minute per certificate.
 func (c *Controller) refused(leaf *x509.Certificate, from, why string) {
-	k := "cert/" + serialHex(leaf)
-	now := time.Now()
-	c.unknownMu.Lock()
-	if t, ok := c.unknownSeen[k]; ok && now.Sub(t) < time.Minute {
-		c.unknownMu.Unlock()
+	if !c.firstInAMinute("cert/" + serialHex(leaf)) {
 		return
 	}
-	c.unknownSeen[k] = now
-	c.unknownMu.Unlock()
 	c.log.Warn("agent refused", "node", leaf.Subject.CommonName, "from", from, "reason", why)
 	_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventAgentRefused, Node: leaf.Subject.CommonName, Source: from,
 		Message: fmt.Sprintf("a call as %s from %s was refused: its certificate was revoked (%s)", leaf.Subject.CommonName, from, why)})
@@ -352,8 +342,13 @@ func (c *Controller) Renew(n controllerapi.Node, leaf *x509.Certificate, csr []b
 	if err != nil {
 		return resp, err
 	}
+	return c.certResponse(n, cert), nil
+}
+
+// certResponse hands a node its certificate, followed by the fabric CA.
+func (c *Controller) certResponse(n controllerapi.Node, cert *x509.Certificate) controllerapi.EnrollResponse {
 	return controllerapi.EnrollResponse{Node: n.Name, NotAfter: cert.NotAfter,
-		Certificate: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})) + string(c.ca.CertPEM)}, nil
+		Certificate: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})) + string(c.ca.CertPEM)}
 }
 
 // Reset revokes a node's certificate, so that its agent is refused from

@@ -91,7 +91,7 @@ func FuzzEnroll(f *testing.F) {
 	if _, err := c.reg.Register(controllerapi.RegisterRequest{Name: "hn1", MAC: "52:54:00:00:00:01", Role: "hwnode"}); err != nil {
 		f.Fatal(err)
 	}
-	if _, _, err := c.reg.IssueToken("hn1", "test", time.Hour); err != nil {
+	if _, err := c.reg.IssueToken("hn1", "test", time.Hour); err != nil {
 		f.Fatal(err)
 	}
 	h := c.Handler()

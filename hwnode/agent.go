@@ -120,7 +120,7 @@ type Agent struct {
 	lv  *libvirt.Libvirt
 
 	renewRetry time.Time // no renewal attempt before
-	triedToken string    // the last token enrollment was tried with
+	triedToken string    // the last token enrollment was tried with (see nextToken)
 	cap        controllerapi.Capacity
 
 	dk    Disks
@@ -136,11 +136,9 @@ type Agent struct {
 	done      map[uint64]bool // migrations run
 	reports   []controllerapi.MigrationReport
 	kick      chan struct{}
-	soon      bool                                  // reconcile again without waiting for a change
-	retryAt   map[string]time.Time                  // by instance: its failing step is not retried before
-	retries   map[string]*backoff.Backoff           // by instance: spacing of those retries
-	specs     map[string]controllerapi.InstanceSpec // by instance: the spec last reconciled
-	lvErr     string                                // why libvirtd does not answer
+	soon      bool                  // reconcile again without waiting for a change
+	retry     map[string]*stepRetry // by instance: its failing step's next try
+	lvErr     string                // why libvirtd does not answer
 
 }
 
@@ -158,7 +156,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	cfg.defaults()
 	a := &Agent{cfg: cfg, log: cfg.Logger, disks: map[string]Disk{}, owners: map[string]string{}, diskErr: map[string]string{},
 		stopping: map[string]time.Time{}, migrating: map[string]bool{}, done: map[uint64]bool{}, kick: make(chan struct{}, 1),
-		retryAt: map[string]time.Time{}, retries: map[string]*backoff.Backoff{}, specs: map[string]controllerapi.InstanceSpec{}}
+		retry: map[string]*stepRetry{}}
 	if cfg.Node == "" {
 		return nil, errors.New("hwnode: no node name (--name)")
 	}
@@ -189,9 +187,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		a.lv.Disconnect()
 		return nil, err
 	}
-	if err := a.writeLibvirtPKI(ctx); err != nil {
-		a.log.Warn("libvirt TLS credentials", "err", err)
-	}
+	a.certChanged(ctx)
 	switch {
 	case a.cap.Disk == DiskKernel:
 		a.dk = kernelDisks{}
@@ -229,10 +225,7 @@ func (a *Agent) enroll(ctx context.Context) error {
 		// brings the node back.
 		a.log.Warn("this node's certificate has expired; enrolling again with a token", "not_after", a.id.Leaf().NotAfter)
 	}
-	tok := a.cfg.Token
-	if tok == "" {
-		tok = cmdlineArg("fabric.token")
-	}
+	tok := a.nextToken()
 	if tok == "" {
 		return fmt.Errorf("hwnode: not enrolled (no valid certificate in %s) and no enrollment token: pass --token (`fabric node token %s`) or boot with fabric.token=",
 			filepath.Join(a.cfg.StateDir, identityFile), a.cfg.Node)
@@ -240,7 +233,6 @@ func (a *Agent) enroll(ctx context.Context) error {
 	if err := os.MkdirAll(a.cfg.StateDir, 0o700); err != nil {
 		return err
 	}
-	a.triedToken = tok
 	// An unreachable controller is waited for (it may be starting too); an
 	// answer that refuses the token is final.
 	b := backoff.New(time.Second, 30*time.Second, 0.2)
@@ -272,27 +264,39 @@ func (a *Agent) enroll(ctx context.Context) error {
 // for that (`fabric node token`, or the kernel command line of a new PXE
 // boot). A spent or wrong token changes nothing.
 func (a *Agent) reenroll(ctx context.Context) bool {
-	tok := ""
-	for _, t := range []string{a.cfg.Token, cmdlineArg("fabric.token")} {
-		if t != "" && t != a.triedToken {
-			tok = t
-			break
-		}
-	}
+	tok := a.nextToken()
 	if tok == "" {
 		return false
 	}
-	a.triedToken = tok
 	r, err := a.api.Enroll(ctx, a.cfg.Node, tok)
 	if err != nil {
 		a.log.Warn("enrolling again after the certificate was revoked failed", "node", a.cfg.Node, "err", err)
 		return false
 	}
 	a.log.Info("enrolled again after the certificate was revoked", "node", r.Node, "cert_not_after", r.NotAfter)
+	a.certChanged(ctx)
+	return true
+}
+
+// nextToken is the first enrollment token not tried yet: --token, then
+// the kernel command line's fabric.token= (a new one after each PXE boot);
+// "" when none is left. A token is spent by any attempt, so none is tried
+// twice.
+func (a *Agent) nextToken() string {
+	for _, t := range []string{a.cfg.Token, cmdlineArg("fabric.token")} {
+		if t != "" && t != a.triedToken {
+			a.triedToken = t
+			return t
+		}
+	}
+	return ""
+}
+
+// certChanged passes a new certificate on to libvirtd (libvirt TLS).
+func (a *Agent) certChanged(ctx context.Context) {
 	if err := a.writeLibvirtPKI(ctx); err != nil {
 		a.log.Warn("libvirt TLS credentials", "err", err)
 	}
-	return true
 }
 
 // renew replaces the node certificate once half its lifetime has passed;
@@ -311,9 +315,7 @@ func (a *Agent) renew(ctx context.Context) {
 		return
 	}
 	a.log.Info("certificate renewed", "node", r.Node, "not_after", r.NotAfter)
-	if err := a.writeLibvirtPKI(ctx); err != nil {
-		a.log.Warn("libvirt TLS credentials", "err", err)
-	}
+	a.certChanged(ctx)
 }
 
 func cmdlineArg(key string) string {

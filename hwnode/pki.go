@@ -86,7 +86,10 @@ func isTLS(u *url.URL) bool {
 }
 
 // dialLibvirt connects to a peer's libvirtd at a migration URI: over TLS
-// with the node's own certificate for a TLS URI, else plain TCP.
+// with the node's own certificate for a TLS URI, else plain TCP. go-libvirt
+// has a TLS dialer, but it reads the credentials from one flat directory
+// and waits for libvirtd's verdict byte without a deadline; this uses the
+// certificate in memory and bounds every step.
 func (a *Agent) dialLibvirt(uri string) (*libvirt.Libvirt, error) {
 	u, err := url.Parse(uri)
 	if err != nil || u.Hostname() == "" {
@@ -110,13 +113,12 @@ func (a *Agent) dialLibvirt(uri string) (*libvirt.Libvirt, error) {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(ca)
-	key, chain := a.id.PEM()
-	cert, err := tls.X509KeyPair(chain, key)
-	if err != nil {
-		return nil, fmt.Errorf("node certificate: %w", err)
+	cert := a.id.TLSCertificate()
+	if cert == nil {
+		return nil, errors.New("no node certificate yet")
 	}
 	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second},
-		Config: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, ServerName: u.Hostname(), MinVersion: tls.VersionTLS12}}
+		Config: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{*cert}, ServerName: u.Hostname(), MinVersion: tls.VersionTLS12}}
 	conn, err := d.Dial("tcp", net.JoinHostPort(u.Hostname(), port))
 	if err != nil {
 		return nil, err

@@ -90,11 +90,9 @@ func (a *Agent) reconcile(ctx context.Context, ds controllerapi.DesiredState) {
 		want[s.Name] = s
 	}
 	a.mu.Lock()
-	for name := range a.specs {
+	for name := range a.retry {
 		if _, ok := want[name]; !ok {
-			delete(a.specs, name)
-			delete(a.retries, name)
-			delete(a.retryAt, name)
+			delete(a.retry, name)
 		}
 	}
 	a.mu.Unlock()
@@ -104,11 +102,6 @@ func (a *Agent) reconcile(ctx context.Context, ds controllerapi.DesiredState) {
 		a.mu.Unlock()
 		switch {
 		case migrating:
-			continue
-		case s.Migrate == nil && a.waiting(s):
-			continue
-		case s.Incoming:
-			a.setDiskErr(s.Name, a.ensureDisk(ctx, s))
 			continue
 		case s.Migrate != nil:
 			a.mu.Lock()
@@ -120,35 +113,11 @@ func (a *Agent) reconcile(ctx context.Context, ds controllerapi.DesiredState) {
 			if run {
 				go a.migrate(s)
 			}
-			continue
-		}
-		if err := a.ensureDisk(ctx, s); err != nil {
-			a.setDiskErr(s.Name, err)
-			continue
-		}
-		a.setDiskErr(s.Name, nil)
-		dom, defined := doms[s.Name]
-		if !defined {
-			if dom, err = a.define(s); err != nil {
-				a.setDiskErr(s.Name, err)
-				continue
-			}
-			states[s.Name] = int32(libvirt.DomainShutoff)
-		}
-		st := libvirt.DomainState(states[s.Name])
-		switch {
-		case s.Running && (st == libvirt.DomainShutoff || st == libvirt.DomainCrashed):
-			if err := a.lv.DomainCreate(dom); err != nil {
-				a.setDiskErr(s.Name, fmt.Errorf("starting: %w", err))
-			} else {
-				a.log.Info("instance started", "instance", s.Name)
-			}
-		case !s.Running && st != libvirt.DomainShutoff:
-			a.stop(dom, s.Name)
+		case a.waiting(s):
+		case s.Incoming:
+			a.setStepErr(s, a.ensureDisk(ctx, s))
 		default:
-			a.mu.Lock()
-			delete(a.stopping, s.Name)
-			a.mu.Unlock()
+			a.setStepErr(s, a.apply(ctx, s, doms[s.Name], states))
 		}
 	}
 	// Domains the controller no longer assigns here.
@@ -204,36 +173,72 @@ func (a *Agent) reconcile(ctx context.Context, ds controllerapi.DesiredState) {
 	}
 }
 
-// setDiskErr records how an instance's last step went. A failure is
-// retried after a delay that grows with each repeat (300 ms first: a
-// volume's allow list may not have reached the storage node yet; at most
-// 30 s: a bad bridge is not retried 40 times a second).
-func (a *Agent) setDiskErr(name string, err error) {
+// apply brings one instance to the state its spec asks for: disk
+// attached, domain defined, started or stopped.
+func (a *Agent) apply(ctx context.Context, s controllerapi.InstanceSpec, dom libvirt.Domain, states map[string]int32) error {
+	if err := a.ensureDisk(ctx, s); err != nil {
+		return err
+	}
+	st, defined := states[s.Name]
+	if !defined {
+		var err error
+		if dom, err = a.define(s); err != nil {
+			return err
+		}
+		st = int32(libvirt.DomainShutoff)
+	}
+	switch state := libvirt.DomainState(st); {
+	case s.Running && (state == libvirt.DomainShutoff || state == libvirt.DomainCrashed):
+		if err := a.lv.DomainCreate(dom); err != nil {
+			return fmt.Errorf("starting: %w", err)
+		}
+		a.log.Info("instance started", "instance", s.Name)
+	case !s.Running && state != libvirt.DomainShutoff:
+		a.stop(dom, s.Name)
+	default:
+		a.mu.Lock()
+		delete(a.stopping, s.Name)
+		a.mu.Unlock()
+	}
+	return nil
+}
+
+// stepRetry spaces the retries of an instance's failing step.
+type stepRetry struct {
+	spec controllerapi.InstanceSpec // the spec that failed; another one is tried at once
+	b    *backoff.Backoff
+	at   time.Time // not retried before
+}
+
+// setStepErr records how an instance's step went. A failure is retried
+// after a delay that grows while it repeats with the same spec (300 ms
+// first: a volume's allow list may not have reached the storage node yet;
+// at most 30 s: a bad bridge is not retried 40 times a second).
+func (a *Agent) setStepErr(s controllerapi.InstanceSpec, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err == nil {
-		delete(a.diskErr, name)
-		delete(a.retries, name)
-		delete(a.retryAt, name)
+		delete(a.diskErr, s.Name)
+		delete(a.retry, s.Name)
 		return
 	}
-	b := a.retries[name]
-	if b == nil {
-		b = backoff.New(300*time.Millisecond, 30*time.Second, 0.2)
-		a.retries[name] = b
+	r := a.retry[s.Name]
+	if r == nil || !reflect.DeepEqual(r.spec, s) {
+		r = &stepRetry{spec: s, b: backoff.New(300*time.Millisecond, 30*time.Second, 0.2)}
+		a.retry[s.Name] = r
 	}
-	d := b.Next()
-	a.retryAt[name] = time.Now().Add(d)
+	d := r.b.Next()
+	r.at = time.Now().Add(d)
 	time.AfterFunc(d, func() {
 		a.mu.Lock()
 		a.soon = true
 		a.mu.Unlock()
 		a.wake()
 	})
-	if a.diskErr[name] != err.Error() {
-		a.log.Warn("instance", "instance", name, "err", err, "retry_in", d.Round(time.Millisecond))
+	if a.diskErr[s.Name] != err.Error() {
+		a.log.Warn("instance", "instance", s.Name, "err", err, "retry_in", d.Round(time.Millisecond))
 	}
-	a.diskErr[name] = err.Error()
+	a.diskErr[s.Name] = err.Error()
 }
 
 // waiting reports whether an instance's failed step is not due for a
@@ -241,12 +246,8 @@ func (a *Agent) setDiskErr(name string, err error) {
 func (a *Agent) waiting(s controllerapi.InstanceSpec) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if prev, ok := a.specs[s.Name]; ok && !reflect.DeepEqual(prev, s) {
-		delete(a.retryAt, s.Name)
-		delete(a.retries, s.Name)
-	}
-	a.specs[s.Name] = s
-	return time.Now().Before(a.retryAt[s.Name])
+	r := a.retry[s.Name]
+	return r != nil && reflect.DeepEqual(r.spec, s) && time.Now().Before(r.at)
 }
 
 func (a *Agent) ensureDisk(ctx context.Context, s controllerapi.InstanceSpec) error {
@@ -318,10 +319,9 @@ func (a *Agent) migrate(s controllerapi.InstanceSpec) {
 	if err := a.lv.DomainMigrateSetMaxDowntime(dom, uint64(a.cfg.MaxDowntime.Milliseconds()), 0); err != nil {
 		a.log.Warn("setting migration max downtime", "err", err)
 	}
-	uri := m.ToURI
-	a.log.Info("migrating", "instance", s.Name, "to", m.To, "uri", uri)
+	a.log.Info("migrating", "instance", s.Name, "to", m.To, "uri", m.ToURI)
 	t0 := time.Now()
-	_, err = a.lv.DomainMigratePerform3Params(dom, libvirt.OptString{uri}, []libvirt.TypedParam{}, nil,
+	_, err = a.lv.DomainMigratePerform3Params(dom, libvirt.OptString{m.ToURI}, []libvirt.TypedParam{}, nil,
 		libvirt.MigrateLive|libvirt.MigratePeer2peer|libvirt.MigratePersistDest|libvirt.MigrateUndefineSource)
 	rep.WallMS = float64(time.Since(t0).Microseconds()) / 1000
 	if err != nil {
@@ -330,7 +330,7 @@ func (a *Agent) migrate(s controllerapi.InstanceSpec) {
 		return
 	}
 	rep.OK = true
-	dt, err := a.downtime(uri, s.Name)
+	dt, err := a.downtime(m.ToURI, s.Name)
 	if err != nil {
 		a.log.Warn("reading migration downtime at the destination", "err", err)
 	}

@@ -181,22 +181,21 @@ func reconcile(t *Target, pool *Pool, static []Export, rep *reporter) error {
 	return errors.Join(errs...)
 }
 
-// reporter (nil: none) publishes which pool volumes the daemon cannot serve: in the
+// reporter publishes which pool volumes the daemon cannot serve: in the
 // pool's status file (read by `volume list`) and, once per change, in the
-// log.
+// log. A nil reporter reports nothing.
 type reporter struct {
 	pool *Pool
 	info DaemonInfo
 	log  *slog.Logger
-	last map[string]string
-	done bool
+	last map[string]string // nil until the first report is written
 }
 
 func (r *reporter) report(problems map[string]string) {
 	if r == nil {
 		return
 	}
-	if r.done && maps.Equal(problems, r.last) {
+	if r.last != nil && maps.Equal(problems, r.last) {
 		return
 	}
 	for name, why := range problems {
@@ -213,7 +212,7 @@ func (r *reporter) report(problems map[string]string) {
 		r.log.Error("writing status", "err", err)
 		return
 	}
-	r.last, r.done = problems, true
+	r.last = problems
 }
 
 func same(v *volume, e Export) bool {

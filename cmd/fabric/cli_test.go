@@ -260,7 +260,7 @@ func TestCLIHelpVersionAndTypos(t *testing.T) {
 // Mistakes a newcomer makes get a message that says what to do.
 func TestCLIMessagesSayWhatToDo(t *testing.T) {
 	t.Setenv("FABRIC_TOKEN", "")
-	cfg, ctl := startController(t)
+	cfg, _ := startController(t)
 	dir := t.TempDir()
 	otherCA := filepath.Join(dir, "other-ca.crt")
 	other, _ := controller.New(controller.Config{StateDir: filepath.Join(dir, "other"), BootSubnet: netip.MustParsePrefix("10.9.0.0/24")})
@@ -272,7 +272,6 @@ func TestCLIMessagesSayWhatToDo(t *testing.T) {
 	if err := os.WriteFile(odd, make([]byte, 1000), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_ = ctl
 	for _, tc := range []struct {
 		args []string
 		want string

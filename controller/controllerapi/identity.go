@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -31,7 +30,6 @@ type Identity struct {
 	// restart): its NotBefore is backdated for clock skew, so it does
 	// not say when the lifetime began.
 	got time.Time
-	pem []byte // the file: key, certificate, CA
 }
 
 // LoadIdentity reads the identity at path; a missing file is an identity
@@ -52,7 +50,7 @@ func LoadIdentity(path string) (*Identity, error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity %s: %w; delete it and enroll again with a new token", path, err)
 	}
-	id.cert, id.pem = &cert, b
+	id.cert = &cert
 	return id, nil
 }
 
@@ -73,24 +71,31 @@ func (id *Identity) Leaf() *x509.Certificate {
 	return id.cert.Leaf
 }
 
-// PEM returns the private key and the certificate chain, PEM-encoded,
-// for programs that need them as files (libvirtd's TLS).
-func (id *Identity) PEM() (key, chain []byte) {
+// TLSCertificate returns the current key and certificate chain, or nil.
+func (id *Identity) TLSCertificate() *tls.Certificate {
 	id.mu.Lock()
 	defer id.mu.Unlock()
-	rest := id.pem
-	for {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			return key, chain
-		}
-		if strings.HasSuffix(b.Type, "PRIVATE KEY") {
-			key = append(key, pem.EncodeToMemory(b)...)
-		} else {
-			chain = append(chain, pem.EncodeToMemory(b)...)
-		}
+	return id.cert
+}
+
+// PEM returns the private key and the certificate chain, PEM-encoded,
+// for programs that need them as files (libvirtd's TLS); nil before
+// enrollment.
+func (id *Identity) PEM() (key, chain []byte) {
+	cert := id.TLSCertificate()
+	if cert == nil {
+		return nil, nil
 	}
+	if k, ok := cert.PrivateKey.(*ecdsa.PrivateKey); ok {
+		der, _ := x509.MarshalECPrivateKey(k)
+		key = pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})
+	} else if der, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey); err == nil {
+		key = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	}
+	for _, der := range cert.Certificate {
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	return key, chain
 }
 
 // RenewDue reports whether half of the certificate's lifetime, counted
@@ -146,7 +151,7 @@ func (id *Identity) install(key *ecdsa.PrivateKey, chainPEM string) error {
 		return fmt.Errorf("identity: %w", err)
 	}
 	id.mu.Lock()
-	id.cert, id.got, id.pem = &cert, time.Now(), b
+	id.cert, id.got = &cert, time.Now()
 	id.mu.Unlock()
 	return nil
 }

@@ -261,11 +261,8 @@ func Up(cfg Config) (l *Lab, err error) {
 		}
 	}
 	for _, h := range l.Hosts {
-		if err := waitFor(20*time.Second, func() bool {
-			_, err := exec.Command("virsh", "-c", h.URI(), "uri").CombinedOutput()
-			return err == nil
-		}); err != nil {
-			return l, fmt.Errorf("libvirtd on %s did not come up; see %s: %w", h.Name, filepath.Join(h.Dir, "libvirtd.log"), err)
+		if err := h.waitLibvirtd(); err != nil {
+			return l, err
 		}
 	}
 	l.logf("libvirtd on hn1 and hn2 (%.1fs)", time.Since(t0).Seconds())
@@ -329,7 +326,7 @@ func Up(cfg Config) (l *Lab, err error) {
 		// certificates; now it restarts with TLS (the agents reconnect,
 		// guests are not affected).
 		for _, h := range l.Hosts {
-			if err := waitFor(10*time.Second, func() bool { return fileExists(filepath.Join(h.pkiDir(), "libvirt", "private", "serverkey.pem")) }); err != nil {
+			if err := waitFor(10*time.Second, h.hasTLSCert); err != nil {
 				return l, fmt.Errorf("agent of %s wrote no libvirt TLS credentials: %w", h.Name, err)
 			}
 			if err := l.StopLibvirtd(h); err != nil {
@@ -349,7 +346,22 @@ func Up(cfg Config) (l *Lab, err error) {
 // libvirtd sees it as /etc/pki.
 func (h Host) pkiDir() string { return filepath.Join(h.Dir, "pki") }
 
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+// hasTLSCert reports whether the host's agent has written them.
+func (h Host) hasTLSCert() bool {
+	_, err := os.Stat(filepath.Join(h.pkiDir(), "libvirt", "private", "serverkey.pem"))
+	return err == nil
+}
+
+// waitLibvirtd waits until a host's libvirtd answers.
+func (h Host) waitLibvirtd() error {
+	if err := waitFor(20*time.Second, func() bool {
+		_, err := exec.Command("virsh", "-c", h.URI(), "uri").CombinedOutput()
+		return err == nil
+	}); err != nil {
+		return fmt.Errorf("libvirtd on %s did not come up; see %s: %w", h.Name, filepath.Join(h.Dir, "libvirtd.log"), err)
+	}
+	return nil
+}
 
 // URI is the libvirt URI of a host's daemon, from the host namespace.
 func (h Host) URI() string {
@@ -364,7 +376,7 @@ func (l *Lab) startLibvirtd(h *Host, i int) error {
 		}
 	}
 	listen := "listen_tls = 0\nlisten_tcp = 1\n"
-	if l.LibvirtTLS && fileExists(filepath.Join(h.pkiDir(), "libvirt", "private", "serverkey.pem")) {
+	if l.LibvirtTLS && h.hasTLSCert() {
 		// The credentials at their default paths (/etc/pki is HOST/pki
 		// in libvirtd's mount namespace), where virt-admin
 		// server-update-tls rereads them. Any certificate of the
@@ -469,10 +481,7 @@ func (l *Lab) StartLibvirtd(h Host) error {
 		if err := l.startLibvirtd(&l.Hosts[i], i); err != nil {
 			return err
 		}
-		return waitFor(20*time.Second, func() bool {
-			_, err := exec.Command("virsh", "-c", h.URI(), "uri").CombinedOutput()
-			return err == nil
-		})
+		return l.Hosts[i].waitLibvirtd()
 	}
 	return fmt.Errorf("no host %s in the lab", h.Name)
 }

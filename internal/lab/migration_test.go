@@ -320,6 +320,10 @@ func TestLiveMigration(t *testing.T) {
 		fast.Lost(), fast.Sent, slow.Lost(), slow.Sent, h.Failed)
 	if slow.Lost() > 0 || h.Failed > 0 {
 		t.Errorf("the drain's migration lost 1 Hz pings (%d) or HTTP requests (%d)", slow.Lost(), h.Failed)
+		for _, f := range []string{"ping1.log", "ping10.log"} {
+			b, _ := os.ReadFile(filepath.Join(l.Dir, "drain", f))
+			t.Logf("drain %s:\n%s", f, b)
+		}
 	}
 	stillRunsOn(t, l, ip, "hn2")
 	if out, err := l.Fabric("instance", "create", "other", "--image", "tiny", "--memory", "64MiB", "--node", "hn1"); err == nil || !strings.Contains(out, "drained") {
