@@ -181,6 +181,7 @@ func (t *Target) Serve(ctx context.Context, p *Port) error {
 	}
 	for _, c := range p.conns {
 		h := t.NewHandler(p.ifi.HardwareAddr, p.ifi.MTU)
+		h.send = c.WriteFrame
 		g.Go(func() error {
 			rx := rawsock.NewBatch(batchSize, size)
 			tx := &txq{c: c, b: rawsock.NewBatch(batchSize, size), reads: make([]mappedRead, batchSize), h: h}
@@ -226,9 +227,14 @@ func (o *oneShot) CommitRead(n int, v *volume, off int64, size int) {
 }
 
 // announce broadcasts v's Query Config reply on p.
-func (p *Port) announce(t *Target, v *volume) {
+func (p *Port) announce(t *Target, v *volume) { p.announceAs(t, v, [6]byte(p.ifi.HardwareAddr)) }
+
+// announceAs broadcasts v's Query Config reply from src: the port's own
+// address, or one it serves for an absent pair peer (which also teaches
+// the switch where that address is now).
+func (p *Port) announceAs(t *Target, v *volume, src [6]byte) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	h := &Handler{t: t, mac: [6]byte(p.ifi.HardwareAddr), maxSectors: wire.MaxSectors(p.ifi.MTU), c: new(counters)}
+	h := &Handler{t: t, mac: [6]byte(p.ifi.HardwareAddr), src: src, maxSectors: wire.MaxSectors(p.ifi.MTU), c: new(counters)}
 	h.announcement(v, &oneShot{c: p.conns[0], buf: make([]byte, p.ifi.MTU+wire.EthLen)})
 }

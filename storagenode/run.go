@@ -28,6 +28,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Ready, if set, is called once every port is listening.
 	Ready func(*Target)
+	// Pair, if set, makes this node one of a storage pair: every pool
+	// volume is replicated to the peer (docs/storage-pairs.md).
+	Pair *PairConfig
 }
 
 // Run serves until ctx ends.
@@ -57,6 +60,12 @@ func Run(ctx context.Context, cfg Config) error {
 	defer release()
 	t := NewTarget(TargetConfig{Logger: log, Configs: pool, BufferCount: cfg.BufferCount})
 	defer t.Close()
+	var pair *Pair
+	if cfg.Pair != nil {
+		if pair, err = NewPair(t, *cfg.Pair, pool.Dir(), cfg.Interfaces, log); err != nil {
+			return err
+		}
+	}
 	rep := &reporter{pool: pool, info: info, log: log}
 	if err := reconcile(t, pool, cfg.Exports, rep); err != nil {
 		return err
@@ -77,6 +86,9 @@ func Run(ctx context.Context, cfg Config) error {
 	g, ctx := errgroup.WithContext(ctx)
 	for _, p := range ports {
 		g.Go(func() error { return t.Serve(ctx, p) })
+	}
+	if pair != nil {
+		g.Go(func() error { return pair.Run(ctx) })
 	}
 	every := cfg.Reload
 	if every <= 0 {
@@ -131,6 +143,9 @@ func reconcile(t *Target, pool *Pool, static []Export, rep *reporter) error {
 	vols, err := pool.Exports()
 	if err != nil {
 		return err
+	}
+	for i := range vols {
+		vols[i].Replicated = t.pair != nil
 	}
 	problems := map[string]string{}
 	staticAt := map[uint32]Export{}
@@ -216,7 +231,7 @@ func (r *reporter) report(problems map[string]string) {
 }
 
 func same(v *volume, e Export) bool {
-	if v.Path != e.Path || v.ReadOnly != e.ReadOnly || v.Sync != e.Sync || v.Name != e.Name || len(v.allow) != len(e.MACs) {
+	if v.Path != e.Path || v.ReadOnly != e.ReadOnly || v.Sync != e.Sync || v.Name != e.Name || v.Replicated != e.Replicated || len(v.allow) != len(e.MACs) {
 		return false
 	}
 	for i, m := range e.MACs {

@@ -54,6 +54,10 @@ type Export struct {
 	MACs []net.HardwareAddr
 	// Name is used for the IDENTIFY serial number; defaults to the address.
 	Name string
+	// Replicated volumes belong to the target's storage pair: written in
+	// the pair's order on both nodes, served only while this node is sure
+	// to be current (docs/storage-pairs.md).
+	Replicated bool
 }
 
 // Addr is the export's address, e1.0 style.
@@ -129,6 +133,28 @@ func copyIn(dst, src []byte) (err error) {
 	return nil
 }
 
+// writeAt writes b at byte offset off: through the mapping, or with
+// pwrite where the volume is not mapped writable (sync volumes).
+func (v *volume) writeAt(b []byte, off int64) error {
+	if v.writable {
+		return copyIn(v.mem[off:off+int64(len(b))], b)
+	}
+	n, err := v.f.WriteAt(b, off)
+	if err == nil && n != len(b) {
+		err = fmt.Errorf("short write: %d of %d bytes", n, len(b))
+	}
+	return err
+}
+
+// readAt reads len(b) bytes at off.
+func (v *volume) readAt(b []byte, off int64) error {
+	n, err := v.f.ReadAt(b, off)
+	if err == nil && n != len(b) {
+		err = fmt.Errorf("short read: %d of %d bytes", n, len(b))
+	}
+	return err
+}
+
 // sync makes written data stable: fdatasync(2).
 func (v *volume) sync() error {
 	rc, err := v.f.SyscallConn()
@@ -183,6 +209,13 @@ type Target struct {
 
 	mu  sync.Mutex // serialises Add/Remove
 	tab atomic.Pointer[table]
+	// pair replicates the Replicated volumes; nil: none may be added.
+	pair *Pair
+	// also holds the MACs this target answers for besides its ports' own:
+	// the pair peer's, while it is away. Frames to them arrive on the
+	// same sockets as the rest (ports in promiscuous mode), so one
+	// queue keeps them in arrival order.
+	also atomic.Pointer[[][6]byte]
 	// inflight is read-held by each queue from handling a batch of frames
 	// until its replies are sent, since replies may point into volume
 	// mappings. Remove takes it for writing to wait them out before
@@ -215,6 +248,19 @@ func NewTarget(cfg TargetConfig) *Target {
 	return t
 }
 
+// servesFor says whether dst is an address this target answers for
+// besides its own.
+func (t *Target) servesFor(dst []byte) bool {
+	if a := t.also.Load(); a != nil {
+		for _, m := range *a {
+			if bytes.Equal(m[:], dst) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // ErrExists is returned when adding an address that is already exported.
 var ErrExists = errors.New("storagenode: address already exported")
 
@@ -222,6 +268,9 @@ var ErrExists = errors.New("storagenode: address already exported")
 // refused: two targets answering for one shelf.slot with different data is
 // how initiators corrupt disks.
 func (t *Target) Add(e Export) error {
+	if e.Replicated && t.pair == nil {
+		return fmt.Errorf("storagenode: %s: replicated, but this node is not in a pair", e.Addr())
+	}
 	if e.Shelf == wire.BroadcastShelf || e.Slot == wire.BroadcastSlot {
 		return fmt.Errorf("storagenode: %s: shelf 65535 and slot 255 are the broadcast address", e.Addr())
 	}
@@ -396,8 +445,12 @@ type Replier interface {
 type Handler struct {
 	t          *Target
 	mac        [6]byte
+	src        [6]byte // the address this frame's reply leaves from: mac, or a taken-over one
 	maxSectors int
 	c          *counters
+	// send sends one frame at once, outside the batch: the reply to a
+	// replicated write, which leaves when the pair has it on both nodes.
+	send func([]byte) error
 }
 
 // NewHandler returns a handler for frames arriving on an interface with
@@ -432,6 +485,17 @@ func (h *Handler) Handle(req []byte, r Replier) {
 		c.malformed.Add(1) // multicast source
 		return
 	}
+	h.src = h.mac
+	if dst := f.Dst(); dst[0]&1 == 0 && !bytes.Equal(dst, h.mac[:]) {
+		// Unicast to another address: one this node serves for its
+		// absent pair peer, or a frame a promiscuous port sees in
+		// passing.
+		if !h.t.servesFor(dst) {
+			c.ignored.Add(1)
+			return
+		}
+		h.src = [6]byte(dst)
+	}
 	shelf, slot := f.Shelf(), f.Slot()
 	tab := h.t.tab.Load()
 	if f.Command() == aoe.CommandIssueATACommand {
@@ -440,7 +504,7 @@ func (h *Handler) Handle(req []byte, r Replier) {
 			return
 		}
 		v := tab.byAddr[key(shelf, slot)]
-		if v == nil || !v.visibleTo(f.Src()) {
+		if v == nil || !v.visibleTo(f.Src()) || (v.Replicated && !h.t.pair.serving()) {
 			c.ignored.Add(1)
 			return
 		}
@@ -468,7 +532,7 @@ func (h *Handler) Handle(req []byte, r Replier) {
 		if (shelf != wire.BroadcastShelf && shelf != v.Shelf) || (slot != wire.BroadcastSlot && slot != v.Slot) {
 			continue
 		}
-		if !v.visibleTo(f.Src()) {
+		if !v.visibleTo(f.Src()) || (v.Replicated && !h.t.pair.serving()) {
 			continue
 		}
 		matched = true
@@ -495,7 +559,7 @@ func (h *Handler) ata(v *volume, f wire.Frame, r Replier) {
 		return
 	}
 	out := r.Buf()
-	wire.PutHeader(out, f.Src(), h.mac[:], wire.FlagResponse, 0, v.Shelf, v.Slot, aoe.CommandIssueATACommand, f.Tag())
+	wire.PutHeader(out, f.Src(), h.src[:], wire.FlagResponse, 0, v.Shelf, v.Slot, aoe.CommandIssueATACommand, f.Tag())
 	copy(out[wire.HeaderLen:wire.ATALen], f[wire.HeaderLen:wire.ATALen])
 	n := wire.ATALen
 	count := uint64(f.Count())
@@ -520,6 +584,10 @@ func (h *Handler) ata(v *volume, f wire.Frame, r Replier) {
 			break
 		}
 		want := int(count) * wire.SectorSize
+		if v.Replicated && !h.t.pair.mayRead() {
+			c.ignored.Add(1) // not sure to be current: silence, the initiator resends
+			return
+		}
 		if v.mem != nil {
 			ok()
 			c.rd.Add(uint64(want))
@@ -550,13 +618,14 @@ func (h *Handler) ata(v *volume, f wire.Frame, r Replier) {
 			break
 		}
 		off := int64(lba * wire.SectorSize)
-		if v.writable {
-			if err := copyIn(v.mem[off:off+int64(want)], f.Data()[:want]); err != nil {
-				h.t.log.Warn("write failed", "shelf", v.Shelf, "slot", v.Slot, "offset", off, "err", err)
-				fail(wire.ErrABRT)
-				break
-			}
-		} else if got, err := v.f.WriteAt(f.Data()[:want], off); err != nil || got != want {
+		if v.Replicated {
+			// Applied by the pair, in its order, and answered once on
+			// both nodes (or dropped: the initiator resends).
+			h.t.pair.aoeWrite(h, v, f, off, want)
+			return
+		}
+		if err := v.writeAt(f.Data()[:want], off); err != nil {
+			h.t.log.Warn("write failed", "shelf", v.Shelf, "slot", v.Slot, "offset", off, "err", err)
 			fail(wire.ErrABRT)
 			break
 		}
@@ -607,7 +676,7 @@ func (h *Handler) errorReply(f wire.Frame, r Replier, code aoe.Error) {
 		n = min(len(f), len(out), 1024)
 	}
 	copy(out, f[:n])
-	wire.PutHeader(out, f.Src(), h.mac[:], wire.FlagResponse|wire.FlagError, code, f.Shelf(), f.Slot(), f.Command(), f.Tag())
+	wire.PutHeader(out, f.Src(), h.src[:], wire.FlagResponse|wire.FlagError, code, f.Shelf(), f.Slot(), f.Command(), f.Tag())
 	h.c.aoeErr.Add(1)
 	h.commit(out, n, r)
 }
@@ -627,7 +696,7 @@ func (h *Handler) reply(v *volume, f wire.Frame, hdr *aoe.Header, r Replier) {
 		return
 	}
 	copy(out[0:6], f.Src())
-	copy(out[6:12], h.mac[:])
+	copy(out[6:12], h.src[:])
 	out[12], out[13] = 0x88, 0xa2
 	n := wire.EthLen + copy(out[wire.EthLen:], b)
 	h.commit(out, n, r)
@@ -746,6 +815,9 @@ func (h *Handler) reserve(v *volume, f wire.Frame, hdr *aoe.Header, a *aoe.Reser
 // the broadcast address when a volume comes up (like vblade at start), so
 // initiators that already run see it without rescanning.
 func (h *Handler) announcement(v *volume, r Replier) {
+	if v.Replicated && !h.t.pair.serving() {
+		return
+	}
 	v.mu.Lock()
 	s := slices.Clone(v.config)
 	v.mu.Unlock()
@@ -757,7 +829,7 @@ func (h *Handler) announcement(v *volume, r Replier) {
 	}
 	out := r.Buf()
 	copy(out[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
-	copy(out[6:12], h.mac[:])
+	copy(out[6:12], h.src[:])
 	out[12], out[13] = 0x88, 0xa2
 	h.commit(out, wire.EthLen+copy(out[wire.EthLen:], b), r)
 }

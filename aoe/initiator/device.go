@@ -264,7 +264,9 @@ func (d *Device) fill(r *request, cmd uint8, p []byte, s, n int, lba uint64, don
 	if cmd == wire.CmdReadSectorsExt || cmd == wire.CmdIdentify {
 		r.dst = p[s*wire.SectorSize : (s+n)*wire.SectorSize]
 	}
-	d.mu.Unlock()
+	// The frame is built under the lock too: the retransmit timer may
+	// resend r as soon as its tag is set.
+	defer d.mu.Unlock()
 
 	f := r.frame
 	wire.PutHeader(f, path, d.in.mac, 0, 0, d.Shelf, d.Slot, aoe.CommandIssueATACommand, r.tag)
@@ -328,10 +330,12 @@ func (d *Device) expire(now time.Time) {
 			failed = append(failed, r)
 			continue
 		}
-		path := d.Paths[(r.tries+r.idx)%len(d.Paths)]
-		copy(r.frame[0:6], path)
-		r.deadline = now.Add(d.in.cfg.Timeout << min(r.tries, 4))
-		resend = append(resend, slices.Clone(r.frame[:r.flen]))
+		// A copy, addressed to the next path: the first send may still
+		// be reading r.frame.
+		f := slices.Clone(r.frame[:r.flen])
+		copy(f[0:6], d.Paths[(r.tries+r.idx)%len(d.Paths)])
+		r.deadline = now.Add(min(d.in.cfg.Timeout<<min(r.tries, 16), d.in.cfg.MaxTimeout))
+		resend = append(resend, f)
 	}
 	for _, r := range failed {
 		r.tag = 0

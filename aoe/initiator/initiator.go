@@ -38,6 +38,10 @@ type Config struct {
 	Window  int           // outstanding frames per device; default 16, max 1024
 	Timeout time.Duration // first retransmit timeout; default 200ms, doubles per retry
 	Retries int           // attempts per frame before failing; default 8
+	// MaxTimeout caps the doubling; default 16 times Timeout. The Linux
+	// driver resends about every 100 ms without backing off, which is
+	// what lets a storage pair's MAC takeover end a stall at once.
+	MaxTimeout time.Duration
 }
 
 // Initiator owns a raw socket on one interface.
@@ -90,6 +94,9 @@ func New(ifname string, cfg Config) (*Initiator, error) {
 	}
 	if cfg.Retries <= 0 {
 		cfg.Retries = 8
+	}
+	if cfg.MaxTimeout < cfg.Timeout {
+		cfg.MaxTimeout = cfg.Timeout << 4
 	}
 	in := &Initiator{c: c, mac: ifi.HardwareAddr, mtu: ifi.MTU, cfg: cfg,
 		devices: map[uint32]*Device{}, closed: make(chan struct{})}

@@ -22,13 +22,28 @@ given on the command line, on each --iface. Volume changes made with
 "fabricd storage volume ..." take effect on a running daemon within a second.
 
    fabricd storage --iface eth1 --data-dir /srv/aoe
-   fabricd storage --iface eth1 --export 1.0=/dev/sdb --export 1.1=/srv/disk.img,ro`,
+   fabricd storage --iface eth1 --export 1.0=/dev/sdb --export 1.1=/srv/disk.img,ro
+
+A storage pair (docs/storage-pairs.md): run one on each node, with the same
+volumes (address, size, name) in each pool, and a witness somewhere else:
+
+   fabricd storage witness --listen 10.0.9.3:7420 --state /var/lib/fabric/witness.json
+   fabricd storage --iface eth1 --data-dir /srv/aoe --pair p1 --node sn1 --peer-node sn2 \
+       --replication-listen 10.0.9.1:7410 --peer 10.0.9.2:7410 --witness http://10.0.9.3:7420`,
 		Flags: []cli.Flag{
 			&cli.StringSliceFlag{Name: "iface", Usage: "serve AoE on this interface (repeatable)"},
 			dataDir,
 			&cli.StringSliceFlag{Name: "export", Usage: "SHELF.SLOT=PATH[,ro]: also serve this file or block device (repeatable)"},
 			&cli.IntFlag{Name: "queues", Value: 1, Usage: "sockets (and goroutines) per interface, spread with PACKET_FANOUT"},
 			&cli.UintFlag{Name: "buffers", Value: 64, Usage: "outstanding requests advertised to initiators"},
+			&cli.StringFlag{Name: "pair", Usage: "replicate every pool volume with a peer: the pair's name", Category: "pair"},
+			&cli.StringFlag{Name: "node", Usage: "this node's name in the pair", Category: "pair"},
+			&cli.StringFlag{Name: "peer-node", Usage: "the peer's name", Category: "pair"},
+			&cli.StringFlag{Name: "replication-listen", Usage: "HOST:PORT to take the peer's replication connection on (not on an AoE interface)", Category: "pair"},
+			&cli.StringFlag{Name: "peer", Usage: "the peer's replication HOST:PORT", Category: "pair"},
+			&cli.StringFlag{Name: "witness", Usage: "URL of the witness that grants write ownership (fabricd storage witness)", Category: "pair"},
+			&cli.StringFlag{Name: "resync-rate", Value: "100M", Usage: "resync bandwidth per second (guests keep the rest)", Category: "pair"},
+			&cli.BoolFlag{Name: "no-takeover", Usage: "do not serve the peer's AoE MAC while it is away", Category: "pair"},
 		},
 		Action: func(c *cli.Context) error {
 			log, err := logger(c)
@@ -46,7 +61,18 @@ given on the command line, on each --iface. Volume changes made with
 			if c.Uint("buffers") < 1 || c.Uint("buffers") > 65535 {
 				return fmt.Errorf("--buffers: want 1-65535")
 			}
+			var pair *storagenode.PairConfig
+			if c.IsSet("pair") {
+				rate, err := storagenode.ParseSize(c.String("resync-rate"))
+				if err != nil || rate <= 0 {
+					return fmt.Errorf("--resync-rate %q: want bytes per second, like 50M", c.String("resync-rate"))
+				}
+				pair = &storagenode.PairConfig{Name: c.String("pair"), Node: c.String("node"), PeerNode: c.String("peer-node"),
+					Listen: c.String("replication-listen"), PeerAddr: c.String("peer"), Witness: c.String("witness"),
+					ResyncRate: rate, NoTakeover: c.Bool("no-takeover")}
+			}
 			return storagenode.Run(c.Context, storagenode.Config{
+				Pair:        pair,
 				Interfaces:  c.StringSlice("iface"),
 				DataDir:     c.String("data-dir"),
 				Exports:     exports,
@@ -55,7 +81,7 @@ given on the command line, on each --iface. Volume changes made with
 				Logger:      log,
 			})
 		},
-		Subcommands: []*cli.Command{volumeCommand(dataDir)},
+		Subcommands: []*cli.Command{volumeCommand(dataDir), witnessCommand(), statusCommand(dataDir)},
 	}
 }
 

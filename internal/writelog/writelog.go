@@ -181,11 +181,13 @@ func (l *Log) LongestGap() time.Duration {
 	return l.maxGap
 }
 
-// ResetGap forgets the gaps measured so far.
+// ResetGap forgets the gaps measured so far and measures from now: a
+// fault injected right after it stalls writes from this moment, and the
+// first acknowledgement after the stall ends the gap.
 func (l *Log) ResetGap() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.maxGap, l.lastAck = 0, time.Time{}
+	l.maxGap, l.lastAck = 0, time.Now()
 }
 
 // Acknowledged is how many blocks hold an acknowledged write.

@@ -27,6 +27,9 @@ const (
 	SectorSize = 512
 	MaxSerial  = 20 // ATA IDENTIFY serial number field
 	MaxVolumes = 4096
+	MaxName    = 64 // pair and node names, a refusal's reason is up to 1 KiB
+	MaxReason  = 1024
+	MaxMACs    = 16
 )
 
 // Type is a message type.
@@ -38,6 +41,12 @@ const (
 	TypeWrite Type = 2
 	TypeAck   Type = 3
 	TypePing  Type = 4
+	// TypeRefuse closes a connection with the reason, for the other side's
+	// log and status.
+	TypeRefuse Type = 5
+	// TypeInSync tells the follower that resync is complete: it holds the
+	// owner's data generation and may serve initiators.
+	TypeInSync Type = 6
 )
 
 // Decoding errors; a connection that yields one is closed.
@@ -51,7 +60,7 @@ var (
 	ErrMalformed   = errors.New("replication: malformed payload")
 )
 
-// Message is one of *Hello, *Write, *Ack, *Ping.
+// Message is one of *Hello, *Write, *Ack, *Ping, *Refuse, *InSync.
 type Message interface {
 	Type() Type
 	check() error
@@ -68,19 +77,42 @@ type VolumeInfo struct {
 	Serial  string // at most MaxSerial bytes
 }
 
+// Hello flags.
+const (
+	HelloOwner = 1 << 0 // the sender holds write ownership
+)
+
 // Hello opens a replication connection.
 type Hello struct {
-	Pair       [16]byte // the pair's ID
-	Node       [16]byte // the sender's ID
-	Epoch      uint64   // the highest epoch the sender has seen
-	Generation [16]byte // the sender's data generation (new at every degraded start)
+	Pair  string // the pair's name, at most MaxName bytes
+	Node  string // the sender's name
+	Epoch uint64 // the highest epoch the sender has seen
+	Flags uint8
+	// Generation is the data generation the sender's volumes hold: the
+	// owner's current one, or the one a follower last was in sync with;
+	// zero when the sender cannot vouch for its data (it was owner of an
+	// older epoch, or has never been in sync).
+	Generation [16]byte
+	MACs       [][6]byte // the sender's AoE interfaces' addresses
 	Volumes    []VolumeInfo
+}
+
+// Refuse ends a connection and says why.
+type Refuse struct {
+	Reason string
+}
+
+// InSync ends a resync: the follower holds Generation and may serve.
+type InSync struct {
+	Epoch      uint64
+	Generation [16]byte
 }
 
 // Write flags.
 const (
 	FlagForward = 1 << 0 // from the follower to the owner: apply, replicate, then acknowledge
 	FlagSync    = 1 << 1 // the volume is a sync (O_DSYNC) volume
+	FlagResync  = 1 << 2 // region copied by a resync, not an initiator's write
 )
 
 // Write carries sectors to apply at LBA of the volume at Shelf.Slot.
@@ -91,7 +123,13 @@ type Write struct {
 	Slot  uint8
 	Flags uint8
 	LBA   uint64
-	Data  []byte // a whole number of sectors
+	// Seen, on a forward, is the highest owner sequence number the
+	// follower had applied when the initiator's frame reached it: an
+	// overlapping write the owner sequenced later was not yet
+	// acknowledged when the initiator sent this frame, so this frame is
+	// a late resend or concurrent with it, and the owner drops it.
+	Seen uint64
+	Data []byte // a whole number of sectors
 }
 
 // Status is the outcome of a Write.
@@ -117,13 +155,16 @@ type Ack struct {
 // Ping keeps the connection alive and renews the follower's read lease.
 type Ping struct {
 	Epoch       uint64
-	ReadLeaseMS uint32 // the follower may serve reads this long from receipt
+	ReadLeaseMS uint32 // the follower may serve reads this long from sending its ping
+	Applied     uint64 // from the follower: the highest owner sequence number it has applied
 }
 
-func (*Hello) Type() Type { return TypeHello }
-func (*Write) Type() Type { return TypeWrite }
-func (*Ack) Type() Type   { return TypeAck }
-func (*Ping) Type() Type  { return TypePing }
+func (*Hello) Type() Type  { return TypeHello }
+func (*Write) Type() Type  { return TypeWrite }
+func (*Ack) Type() Type    { return TypeAck }
+func (*Ping) Type() Type   { return TypePing }
+func (*Refuse) Type() Type { return TypeRefuse }
+func (*InSync) Type() Type { return TypeInSync }
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -179,6 +220,10 @@ func newMessage(t Type) (Message, error) {
 		return &Ack{}, nil
 	case TypePing:
 		return &Ping{}, nil
+	case TypeRefuse:
+		return &Refuse{}, nil
+	case TypeInSync:
+		return &InSync{}, nil
 	}
 	return nil, fmt.Errorf("%w %d", ErrUnknownType, t)
 }
@@ -237,6 +282,12 @@ func Read(r io.Reader, buf []byte) (Message, []byte, error) {
 }
 
 func (h *Hello) check() error {
+	if len(h.Pair) > MaxName || len(h.Node) > MaxName {
+		return fmt.Errorf("%w: pair or node name longer than %d bytes", ErrMalformed, MaxName)
+	}
+	if len(h.MACs) > MaxMACs {
+		return fmt.Errorf("%w: %d MAC addresses", ErrMalformed, len(h.MACs))
+	}
 	if len(h.Volumes) > MaxVolumes {
 		return fmt.Errorf("%w: %d volumes", ErrMalformed, len(h.Volumes))
 	}
@@ -252,7 +303,7 @@ func (w *Write) check() error {
 	if len(w.Data) == 0 || len(w.Data)%SectorSize != 0 {
 		return fmt.Errorf("%w: write of %d bytes, not a whole number of sectors", ErrMalformed, len(w.Data))
 	}
-	if w.Flags&^(FlagForward|FlagSync) != 0 {
+	if w.Flags&^(FlagForward|FlagSync|FlagResync) != 0 {
 		return fmt.Errorf("%w: unknown write flags %#x", ErrMalformed, w.Flags)
 	}
 	return nil
@@ -265,13 +316,58 @@ func (a *Ack) check() error {
 	return nil
 }
 
-func (*Ping) check() error { return nil }
+func (*Ping) check() error   { return nil }
+func (*InSync) check() error { return nil }
+
+func (r *Refuse) check() error {
+	if len(r.Reason) > MaxReason {
+		return fmt.Errorf("%w: reason of %d bytes", ErrMalformed, len(r.Reason))
+	}
+	return nil
+}
+
+func (r *Refuse) appendPayload(b []byte) []byte { return append(b, r.Reason...) }
+
+func (r *Refuse) parsePayload(p []byte) error {
+	r.Reason = string(p)
+	return r.check()
+}
+
+func (s *InSync) appendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, s.Epoch)
+	return append(b, s.Generation[:]...)
+}
+
+func (s *InSync) parsePayload(p []byte) error {
+	if len(p) != 24 {
+		return fmt.Errorf("%w: in-sync of %d bytes", ErrMalformed, len(p))
+	}
+	s.Epoch = binary.BigEndian.Uint64(p)
+	copy(s.Generation[:], p[8:])
+	return nil
+}
+
+// appendString appends a one-byte length and s (at most 255 bytes).
+func appendString(b []byte, s string) []byte { return append(append(b, byte(len(s))), s...) }
+
+// cutString reads what appendString wrote.
+func cutString(p []byte, max int) (string, []byte, bool) {
+	if len(p) < 1 || int(p[0]) > max || len(p) < 1+int(p[0]) {
+		return "", p, false
+	}
+	return string(p[1 : 1+int(p[0])]), p[1+int(p[0]):], true
+}
 
 func (h *Hello) appendPayload(b []byte) []byte {
-	b = append(b, h.Pair[:]...)
-	b = append(b, h.Node[:]...)
+	b = appendString(b, h.Pair)
+	b = appendString(b, h.Node)
 	b = binary.BigEndian.AppendUint64(b, h.Epoch)
+	b = append(b, h.Flags)
 	b = append(b, h.Generation[:]...)
+	b = append(b, byte(len(h.MACs)))
+	for _, m := range h.MACs {
+		b = append(b, m[:]...)
+	}
 	b = binary.BigEndian.AppendUint16(b, uint16(len(h.Volumes)))
 	for _, v := range h.Volumes {
 		b = binary.BigEndian.AppendUint16(b, v.Shelf)
@@ -284,19 +380,34 @@ func (h *Hello) appendPayload(b []byte) []byte {
 }
 
 func (h *Hello) parsePayload(p []byte) error {
-	const fixed = 16 + 16 + 8 + 16 + 2
-	if len(p) < fixed {
-		return fmt.Errorf("%w: hello of %d bytes", ErrMalformed, len(p))
+	var ok bool
+	if h.Pair, p, ok = cutString(p, MaxName); !ok {
+		return fmt.Errorf("%w: hello: pair name", ErrMalformed)
 	}
-	copy(h.Pair[:], p)
-	copy(h.Node[:], p[16:])
-	h.Epoch = binary.BigEndian.Uint64(p[32:])
-	copy(h.Generation[:], p[40:])
-	count := int(binary.BigEndian.Uint16(p[56:]))
+	if h.Node, p, ok = cutString(p, MaxName); !ok {
+		return fmt.Errorf("%w: hello: node name", ErrMalformed)
+	}
+	if len(p) < 8+1+16+1 {
+		return fmt.Errorf("%w: hello cut short", ErrMalformed)
+	}
+	h.Epoch = binary.BigEndian.Uint64(p)
+	h.Flags = p[8]
+	copy(h.Generation[:], p[9:])
+	nmac := int(p[25])
+	p = p[26:]
+	if nmac > MaxMACs || len(p) < 6*nmac+2 {
+		return fmt.Errorf("%w: hello: MAC addresses", ErrMalformed)
+	}
+	h.MACs = make([][6]byte, nmac)
+	for i := range h.MACs {
+		copy(h.MACs[i][:], p[6*i:])
+	}
+	p = p[6*nmac:]
+	count := int(binary.BigEndian.Uint16(p))
 	if count > MaxVolumes {
 		return fmt.Errorf("%w: %d volumes", ErrMalformed, count)
 	}
-	p = p[fixed:]
+	p = p[2:]
 	h.Volumes = make([]VolumeInfo, 0, count)
 	for i := 0; i < count; i++ {
 		if len(p) < 12 {
@@ -323,11 +434,12 @@ func (w *Write) appendPayload(b []byte) []byte {
 	b = binary.BigEndian.AppendUint16(b, w.Shelf)
 	b = append(b, w.Slot, w.Flags)
 	b = binary.BigEndian.AppendUint64(b, w.LBA)
+	b = binary.BigEndian.AppendUint64(b, w.Seen)
 	return append(b, w.Data...)
 }
 
 func (w *Write) parsePayload(p []byte) error {
-	const fixed = 8 + 8 + 2 + 1 + 1 + 8
+	const fixed = 8 + 8 + 2 + 1 + 1 + 8 + 8
 	if len(p) < fixed {
 		return fmt.Errorf("%w: write of %d bytes", ErrMalformed, len(p))
 	}
@@ -336,6 +448,7 @@ func (w *Write) parsePayload(p []byte) error {
 	w.Shelf = binary.BigEndian.Uint16(p[16:])
 	w.Slot, w.Flags = p[18], p[19]
 	w.LBA = binary.BigEndian.Uint64(p[20:])
+	w.Seen = binary.BigEndian.Uint64(p[28:])
 	w.Data = p[fixed:]
 	return w.check()
 }
@@ -356,13 +469,14 @@ func (a *Ack) parsePayload(p []byte) error {
 
 func (p *Ping) appendPayload(b []byte) []byte {
 	b = binary.BigEndian.AppendUint64(b, p.Epoch)
-	return binary.BigEndian.AppendUint32(b, p.ReadLeaseMS)
+	b = binary.BigEndian.AppendUint32(b, p.ReadLeaseMS)
+	return binary.BigEndian.AppendUint64(b, p.Applied)
 }
 
 func (p *Ping) parsePayload(b []byte) error {
-	if len(b) != 12 {
+	if len(b) != 20 {
 		return fmt.Errorf("%w: ping of %d bytes", ErrMalformed, len(b))
 	}
-	p.Epoch, p.ReadLeaseMS = binary.BigEndian.Uint64(b), binary.BigEndian.Uint32(b[8:])
+	p.Epoch, p.ReadLeaseMS, p.Applied = binary.BigEndian.Uint64(b), binary.BigEndian.Uint32(b[8:]), binary.BigEndian.Uint64(b[12:])
 	return nil
 }

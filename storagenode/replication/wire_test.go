@@ -12,12 +12,14 @@ import (
 func samples() []Message {
 	data := bytes.Repeat([]byte{0xa5, 0x5a}, 1024) // 4 sectors
 	return []Message{
-		&Hello{Pair: [16]byte{1}, Node: [16]byte{2}, Epoch: 7, Generation: [16]byte{3},
+		&Hello{Pair: "p1", Node: "sn1", Epoch: 7, Flags: HelloOwner, Generation: [16]byte{3}, MACs: [][6]byte{{2, 0, 0, 0, 0, 1}},
 			Volumes: []VolumeInfo{{Shelf: 1, Slot: 0, Sectors: 1 << 21, Serial: "root-hn1"}, {Shelf: 2, Slot: 254, Sectors: 8, Serial: ""}}},
-		&Hello{Volumes: []VolumeInfo{}},
-		&Write{Epoch: 7, Seq: 42, Shelf: 1, Slot: 3, Flags: FlagForward | FlagSync, LBA: 123456, Data: data},
+		&Hello{MACs: [][6]byte{}, Volumes: []VolumeInfo{}},
+		&Write{Epoch: 7, Seq: 42, Shelf: 1, Slot: 3, Flags: FlagForward | FlagSync, LBA: 123456, Seen: 41, Data: data},
 		&Ack{Epoch: 8, Seq: 42, Status: StatusStaleEpoch},
-		&Ping{Epoch: 8, ReadLeaseMS: 1000},
+		&Ping{Epoch: 8, ReadLeaseMS: 1000, Applied: 99},
+		&Refuse{Reason: "volume e1.0: 2048 sectors here, 4096 there"},
+		&InSync{Epoch: 9, Generation: [16]byte{4, 5}},
 	}
 }
 

@@ -1,0 +1,78 @@
+package witness
+
+import (
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestLeases(t *testing.T) {
+	now := time.Unix(1000, 0)
+	path := filepath.Join(t.TempDir(), "w.json")
+	s, err := New(path, time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.now = func() time.Time { return now }
+	do := func(node, op string, epoch uint64, peer string) Reply {
+		t.Helper()
+		r, err := s.Do(Request{Pair: "p", Node: node, Op: op, Epoch: epoch, Peer: peer})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	if r := do("a", OpAcquire, 0, ""); !r.Granted || r.Epoch != 1 || !slices.Equal(r.Current, []string{"a"}) {
+		t.Fatalf("first acquire: %+v", r)
+	}
+	if r := do("b", OpAcquire, 0, ""); r.Granted {
+		t.Fatalf("second node acquired during a's lease: %+v", r)
+	}
+	if r := do("a", OpInSync, 1, "b"); !r.Granted || !slices.Equal(r.Current, []string{"a", "b"}) {
+		t.Fatalf("insync: %+v", r)
+	}
+	now = now.Add(900 * time.Millisecond)
+	if r := do("a", OpRenew, 1, ""); !r.Granted {
+		t.Fatalf("renew: %+v", r)
+	}
+	now = now.Add(900 * time.Millisecond) // 0.9 s after the renewal: still a's
+	if r := do("b", OpAcquire, 1, ""); r.Granted {
+		t.Fatalf("b acquired before a's renewed lease ended: %+v", r)
+	}
+	now = now.Add(200 * time.Millisecond)
+	r := do("b", OpAcquire, 1, "")
+	if !r.Granted || r.Epoch != 2 || r.Owner != "b" {
+		t.Fatalf("b after a's lease: %+v", r)
+	}
+	if r := do("a", OpRenew, 1, ""); r.Granted || r.Epoch != 2 {
+		t.Fatalf("deposed a renewed: %+v", r)
+	}
+	if r := do("b", OpDegraded, 2, ""); !r.Granted || !slices.Equal(r.Current, []string{"b"}) {
+		t.Fatalf("degraded: %+v", r)
+	}
+	// b dies; a is stale and may never own.
+	now = now.Add(5 * time.Second)
+	if r := do("a", OpAcquire, 2, ""); r.Granted {
+		t.Fatalf("stale a acquired: %+v", r)
+	}
+	// The state survives a restart, and the owner's lease restarts in full.
+	s2, err := New(path, time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2.now = func() time.Time { return now }
+	r2, _ := s2.Do(Request{Pair: "p", Node: "b", Op: OpAcquire, Epoch: 2})
+	if !r2.Granted || r2.Epoch != 2 {
+		t.Errorf("b re-acquiring its own running lease after a witness restart: %+v", r2)
+	}
+	if r, _ := s2.Do(Request{Pair: "p", Node: "a", Op: OpAcquire}); r.Granted {
+		t.Errorf("a acquired after restart: %+v", r)
+	}
+	if _, err := s2.Do(Request{Pair: "p", Node: "a", Op: "steal"}); err == nil {
+		t.Error("unknown operation accepted")
+	}
+	if r, _ := s2.Do(Request{Pair: "p", Node: "b", Op: OpInSync, Epoch: 2}); r.Granted {
+		t.Error("insync without a peer granted")
+	}
+}
