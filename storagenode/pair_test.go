@@ -1,4 +1,4 @@
-package storagenode
+package storagenode_test
 
 import (
 	"context"
@@ -8,9 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -21,26 +19,25 @@ import (
 
 	"github.com/fabric-project/fabric/aoe/initiator"
 	"github.com/fabric-project/fabric/internal/netns"
+	"github.com/fabric-project/fabric/internal/pairlab"
 	"github.com/fabric-project/fabric/internal/writelog"
+	"github.com/fabric-project/fabric/storagenode"
 	"github.com/fabric-project/fabric/storagenode/replication"
 	"github.com/fabric-project/fabric/storagenode/witness"
 )
 
-// pairLab is two storage nodes (separate fabricd processes, so they can
-// be killed), a switch, an initiator, a direct replication link and a
-// witness reachable from both nodes over its own links.
+// pairLab is a storage pair (internal/pairlab) on a switch with an
+// initiator: our own, sending each 4 KiB write as frames spread over both
+// nodes' MACs, the way the Linux driver does.
 type pairLab struct {
+	*pairlab.Lab
 	t        *testing.T
-	bin      string
-	sw, ini  *netns.NS
-	wit      *netns.NS
-	nodes    [2]*pairNode
-	witness  *witness.Server
+	nodes    [2]*pairlab.Node
+	ini      *netns.NS
 	dev      *initiator.Device
 	in       *initiator.Initiator
 	shelf    uint16
 	slot     uint8
-	volSize  int64
 	blockSz  int
 	blocks   uint64
 	log      *writelog.Log
@@ -48,92 +45,20 @@ type pairLab struct {
 	failures int
 }
 
-type pairNode struct {
-	name, dir string
-	ns        *netns.NS
-	mac       string
-	cmd       *exec.Cmd
-	logf      *os.File
-	args      []string
-}
-
-var fabricdOnce struct {
-	sync.Once
-	path string
-	err  error
-}
-
-// fabricdBinary builds cmd/fabricd once per test binary.
-func fabricdBinary(t *testing.T) string {
-	t.Helper()
-	fabricdOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "fabricd-test")
-		if err != nil {
-			fabricdOnce.err = err
-			return
-		}
-		fabricdOnce.path = filepath.Join(dir, "fabricd")
-		out, err := exec.Command("go", "build", "-o", fabricdOnce.path, "../cmd/fabricd").CombinedOutput()
-		if err != nil {
-			fabricdOnce.err = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if fabricdOnce.err != nil {
-		t.Fatal(fabricdOnce.err)
-	}
-	return fabricdOnce.path
-}
-
 func newPairLab(t *testing.T, volSize int64) *pairLab {
 	t.Helper()
 	netns.Skip(t)
-	l := &pairLab{t: t, bin: fabricdBinary(t), shelf: 7, slot: 1, volSize: volSize, blockSz: 4096}
-	l.sw, l.ini, l.wit = netns.New(t, "psw"), netns.New(t, "pini"), netns.New(t, "pwit")
-	l.sw.Must(t, "ip", "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0")
-	l.sw.Must(t, "ip", "link", "set", "br0", "up")
-	netns.Veth(t, l.ini, "ini0", "", l.sw, "pi", "")
-	l.sw.Must(t, "ip", "link", "set", "pi", "master", "br0")
-	for i := range l.nodes {
-		n := &pairNode{name: fmt.Sprintf("sn%d", i+1), ns: netns.New(t, fmt.Sprintf("psn%d", i+1)), dir: t.TempDir()}
-		l.nodes[i] = n
-		port := fmt.Sprintf("p%d", i+1)
-		netns.Veth(t, n.ns, "aoe0", "", l.sw, port, "")
-		l.sw.Must(t, "ip", "link", "set", port, "master", "br0")
-		n.mac = strings.TrimSpace(n.ns.Must(t, "cat", "/sys/class/net/aoe0/address"))
-		netns.Veth(t, n.ns, "wit0", fmt.Sprintf("10.78.%d.1/24", i+1), l.wit, fmt.Sprintf("w%d", i+1), fmt.Sprintf("10.78.%d.254/24", i+1))
-	}
-	netns.Veth(t, l.nodes[0].ns, "rep0", "10.77.0.1/24", l.nodes[1].ns, "rep0", "10.77.0.2/24")
-
-	w, err := witness.New(filepath.Join(t.TempDir(), "witness.json"), 1500*time.Millisecond, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.witness = w
-	var ln net.Listener
-	if err := l.wit.Do(func() (err error) { ln, err = net.Listen("tcp", ":7420"); return err }); err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: w}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-
-	for i, n := range l.nodes {
-		out, err := exec.Command(l.bin, "storage", "volume", "--data-dir", n.dir, "create", "vol1", fmt.Sprint(volSize), "--addr", fmt.Sprintf("%d.%d", l.shelf, l.slot)).CombinedOutput()
-		if err != nil {
-			t.Fatalf("volume create on %s: %v\n%s", n.name, err, out)
-		}
-		peer := l.nodes[1-i]
-		n.args = []string{"storage", "--iface", "aoe0", "--data-dir", n.dir, "--pair", "p1", "--node", n.name, "--peer-node", peer.name,
-			"--replication-listen", fmt.Sprintf("10.77.0.%d:7410", i+1), "--peer", fmt.Sprintf("10.77.0.%d:7410", 2-i),
-			"--witness", fmt.Sprintf("http://10.78.%d.254:7420", i+1)}
-		l.start(n)
-	}
-	t.Cleanup(func() {
-		for _, n := range l.nodes {
-			l.kill(n, syscall.SIGKILL)
-		}
-	})
-	if err := l.ini.Do(func() (err error) {
+	sw, ini := netns.New(t, "psw"), netns.New(t, "pini")
+	sw.Must(t, "ip", "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0")
+	sw.Must(t, "ip", "link", "set", "br0", "up")
+	netns.Veth(t, ini, "ini0", "", sw, "pi", "")
+	sw.Must(t, "ip", "link", "set", "pi", "master", "br0")
+	pl := pairlab.New(t, pairlab.Fabricd(t, ".."), sw, "br0")
+	l := &pairLab{Lab: pl, t: t, nodes: pl.Nodes, ini: ini, shelf: 7, slot: 1, blockSz: 4096}
+	pl.Volume("vol1", volSize, "7.1", "")
+	pl.StartAll()
+	var err error
+	if err := ini.Do(func() (err error) {
 		l.in, err = initiator.New("ini0", initiator.Config{Window: 32, Timeout: 100 * time.Millisecond, MaxTimeout: 200 * time.Millisecond, Retries: 60})
 		return err
 	}); err != nil {
@@ -147,78 +72,26 @@ func newPairLab(t *testing.T, volSize int64) *pairLab {
 	return l
 }
 
-func (l *pairLab) start(n *pairNode) {
-	l.t.Helper()
-	f, err := os.OpenFile(filepath.Join(n.dir, "fabricd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	cmd := n.ns.Cmd(l.bin, n.args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		l.t.Fatal(err)
-	}
-	n.cmd, n.logf = cmd, f
-}
-
-// kill signals the node's process group (ip netns exec and fabricd).
-func (l *pairLab) kill(n *pairNode, sig syscall.Signal) {
-	if n.cmd == nil || n.cmd.Process == nil {
-		return
-	}
-	_ = syscall.Kill(-n.cmd.Process.Pid, sig)
-	if sig == syscall.SIGKILL {
-		_ = syscall.Kill(-n.cmd.Process.Pid, syscall.SIGCONT)
-		_ = n.cmd.Wait()
-		n.cmd = nil
-		n.logf.Close()
-	}
-}
-
-func (l *pairLab) status(n *pairNode) PairStatus {
-	s, _ := ReadPairStatus(n.dir)
-	return s
-}
-
-// waitInSync waits until both nodes serve in sync.
 func (l *pairLab) waitInSync(within time.Duration) {
 	l.t.Helper()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		a, b := l.status(l.nodes[0]), l.status(l.nodes[1])
-		if a.State == "in sync" && b.State == "in sync" && a.Serving && b.Serving && time.Since(a.Updated) < 2*time.Second && time.Since(b.Updated) < 2*time.Second {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	l.dumpLogs()
-	l.t.Fatalf("pair not in sync after %v:\nsn1 %+v\nsn2 %+v", within, l.status(l.nodes[0]), l.status(l.nodes[1]))
-}
-
-func (l *pairLab) dumpLogs() {
-	for _, n := range l.nodes {
-		b, _ := os.ReadFile(filepath.Join(n.dir, "fabricd.log"))
-		if len(b) > 6000 {
-			b = b[len(b)-6000:]
-		}
-		l.t.Logf("%s log (tail):\n%s", n.name, b)
+	if err := l.WaitInSync(within); err != nil {
+		l.t.Fatal(err)
 	}
 }
 
-func (l *pairLab) owner() (own, other *pairNode) {
-	if l.status(l.nodes[0]).Role == "owner" {
-		return l.nodes[0], l.nodes[1]
-	}
-	return l.nodes[1], l.nodes[0]
-}
+func (l *pairLab) status(n *pairlab.Node) storagenode.PairStatus { return l.Status(n) }
+func (l *pairLab) owner() (own, other *pairlab.Node)             { return l.Owner() }
+func (l *pairLab) start(n *pairlab.Node)                         { l.Start(n) }
+func (l *pairLab) kill(n *pairlab.Node, sig syscall.Signal)      { l.Kill(n, sig) }
+func (l *pairLab) volPath(n *pairlab.Node) string                { return l.VolumePath(n, "vol1") }
+func (l *pairLab) dumpLogs()                                     { l.t.Log(l.Logs()) }
 
 // open opens the volume through both nodes' MACs.
 func (l *pairLab) open() {
 	l.t.Helper()
 	var ts []initiator.Target
 	for _, n := range l.nodes {
-		mac, _ := net.ParseMAC(n.mac)
+		mac, _ := net.ParseMAC(n.MAC)
 		ts = append(ts, initiator.Target{Shelf: l.shelf, Slot: l.slot, MAC: mac, MaxSectors: 255})
 	}
 	d, err := l.in.OpenTargets(context.Background(), ts)
@@ -263,12 +136,12 @@ func (l *pairLab) writers(workers int, stop chan struct{}) *sync.WaitGroup {
 }
 
 // verifyThrough reads every block through one node's MAC alone.
-func (l *pairLab) verifyThrough(n *pairNode) writelog.Report {
+func (l *pairLab) verifyThrough(n *pairlab.Node) writelog.Report {
 	l.t.Helper()
-	mac, _ := net.ParseMAC(n.mac)
+	mac, _ := net.ParseMAC(n.MAC)
 	d, err := l.in.OpenTargets(context.Background(), []initiator.Target{{Shelf: l.shelf, Slot: l.slot, MAC: mac, MaxSectors: 255}})
 	if err != nil {
-		l.t.Fatalf("open through %s: %v", n.name, err)
+		l.t.Fatalf("open through %s: %v", n.Name, err)
 	}
 	defer d.Close()
 	rep, err := l.log.Verify(func(block uint64, b []byte) error {
@@ -276,7 +149,7 @@ func (l *pairLab) verifyThrough(n *pairNode) writelog.Report {
 		return err
 	})
 	if err != nil {
-		l.t.Fatalf("reading through %s: %v", n.name, err)
+		l.t.Fatalf("reading through %s: %v", n.Name, err)
 	}
 	return rep
 }
@@ -292,24 +165,6 @@ func fileSum(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return fmt.Sprintf("%x", h.Sum(nil))[:16]
-}
-
-func (l *pairLab) volPath(n *pairNode) string {
-	p, err := OpenPool(n.dir)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	vs, err := p.List()
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	for _, v := range vs {
-		if v.Name == "vol1" {
-			return p.Path(v)
-		}
-	}
-	l.t.Fatalf("no vol1 in %s", n.dir)
-	return ""
 }
 
 // phase runs writers through a fault: writes for a second, fault(),
@@ -333,15 +188,15 @@ func (l *pairLab) phase(name string, fault func(), after time.Duration) time.Dur
 
 // check verifies every block through each live node and, when both are
 // up and in sync, that their volume files are identical.
-func (l *pairLab) check(name string, live ...*pairNode) {
+func (l *pairLab) check(name string, live ...*pairlab.Node) {
 	l.t.Helper()
 	for _, n := range live {
 		rep := l.verifyThrough(n)
 		if rep.Bad > 0 {
 			l.dumpLogs()
-			l.t.Fatalf("%s: reading through %s: %d of %d blocks wrong (%d acknowledged): %v", name, n.name, rep.Bad, rep.Blocks, rep.Acknowledged, rep.Errors)
+			l.t.Fatalf("%s: reading through %s: %d of %d blocks wrong (%d acknowledged): %v", name, n.Name, rep.Bad, rep.Blocks, rep.Acknowledged, rep.Errors)
 		}
-		l.t.Logf("%s: through %s: all %d blocks hold their last acknowledged write or a later one (%d acknowledged)", name, n.name, rep.Blocks, rep.Acknowledged)
+		l.t.Logf("%s: through %s: all %d blocks hold their last acknowledged write or a later one (%d acknowledged)", name, n.Name, rep.Blocks, rep.Acknowledged)
 	}
 	if len(live) == 2 {
 		a, b := fileSum(l.t, l.volPath(l.nodes[0])), fileSum(l.t, l.volPath(l.nodes[1]))
@@ -356,7 +211,7 @@ func TestPairFaults(t *testing.T) {
 	l := newPairLab(t, 32<<20)
 	l.waitInSync(20 * time.Second)
 	own, _ := l.owner()
-	t.Logf("pair in sync; owner %s", own.name)
+	t.Logf("pair in sync; owner %s", own.Name)
 	var stalls []string
 	bar := 2 * time.Second
 	record := func(name string, d time.Duration) {
@@ -372,9 +227,9 @@ func TestPairFaults(t *testing.T) {
 
 	// kill -9 of the owner.
 	own, other := l.owner()
-	record("kill -9 owner", l.phase("kill -9 of the owner "+own.name, func() { l.kill(own, syscall.SIGKILL) }, 3*time.Second))
+	record("kill -9 owner", l.phase("kill -9 of the owner "+own.Name, func() { l.kill(own, syscall.SIGKILL) }, 3*time.Second))
 	if s := l.status(other); s.Role != "owner" {
-		t.Fatalf("after the owner died, %s is %s (%s)", other.name, s.Role, s.State)
+		t.Fatalf("after the owner died, %s is %s (%s)", other.Name, s.Role, s.State)
 	}
 	l.check("owner killed", other)
 	l.start(own)
@@ -383,9 +238,9 @@ func TestPairFaults(t *testing.T) {
 
 	// kill -9 of the follower.
 	own, other = l.owner()
-	record("kill -9 follower", l.phase("kill -9 of the follower "+other.name, func() { l.kill(other, syscall.SIGKILL) }, 3*time.Second))
+	record("kill -9 follower", l.phase("kill -9 of the follower "+other.Name, func() { l.kill(other, syscall.SIGKILL) }, 3*time.Second))
 	if s := l.status(own); s.Role != "owner" || s.State != "alone" {
-		t.Errorf("after the follower died, %s is %s, %s", own.name, s.Role, s.State)
+		t.Errorf("after the follower died, %s is %s, %s", own.Name, s.Role, s.State)
 	}
 	l.check("follower killed", own)
 	l.start(other)
@@ -394,7 +249,7 @@ func TestPairFaults(t *testing.T) {
 
 	// SIGSTOP of the owner past its lease, then SIGCONT.
 	own, other = l.owner()
-	record("SIGSTOP owner", l.phase("SIGSTOP of the owner "+own.name+" for 4 s", func() {
+	record("SIGSTOP owner", l.phase("SIGSTOP of the owner "+own.Name+" for 4 s", func() {
 		l.kill(own, syscall.SIGSTOP)
 		time.AfterFunc(4*time.Second, func() { l.kill(own, syscall.SIGCONT) })
 	}, 6*time.Second))
@@ -403,23 +258,23 @@ func TestPairFaults(t *testing.T) {
 	}
 	l.waitInSync(30 * time.Second)
 	if s := l.status(other); s.Role != "owner" {
-		t.Errorf("after the owner was stopped past its lease, %s is %s", other.name, s.Role)
+		t.Errorf("after the owner was stopped past its lease, %s is %s", other.Name, s.Role)
 	}
 	l.check("owner stopped and resumed", l.nodes[0], l.nodes[1])
 
 	// The replication link cut while both nodes still reach initiators
 	// and the witness: one side acknowledges, the other goes silent.
 	own, other = l.owner()
-	var during PairStatus
+	var during storagenode.PairStatus
 	record("link cut", l.phase("replication link cut for 3 s", func() {
-		own.ns.Must(t, "ip", "link", "set", "rep0", "down")
+		own.NS.Must(t, "ip", "link", "set", "rep0", "down")
 		time.AfterFunc(2500*time.Millisecond, func() { during = l.status(other) })
-		time.AfterFunc(3*time.Second, func() { own.ns.Must(t, "ip", "link", "set", "rep0", "up") })
+		time.AfterFunc(3*time.Second, func() { own.NS.Must(t, "ip", "link", "set", "rep0", "up") })
 	}, 4*time.Second))
 	if during.Serving || during.Role == "owner" {
-		t.Errorf("during the cut the follower %s was %s, serving %v (want silent)", other.name, during.Role, during.Serving)
+		t.Errorf("during the cut the follower %s was %s, serving %v (want silent)", other.Name, during.Role, during.Serving)
 	} else {
-		t.Logf("during the cut: %s %s, serving %v (%s)", other.name, during.Role, during.Serving, during.State)
+		t.Logf("during the cut: %s %s, serving %v (%s)", other.Name, during.Role, during.Serving, during.State)
 	}
 	l.waitInSync(30 * time.Second)
 	l.check("link restored and resynced", l.nodes[0], l.nodes[1])
@@ -437,7 +292,7 @@ func TestPairBadPeers(t *testing.T) {
 	// the owner's replication port.
 	before := l.status(own).Counters
 	send := func(b []byte) {
-		if err := other.ns.Do(func() error {
+		if err := other.NS.Do(func() error {
 			c, err := net.DialTimeout("tcp", fmt.Sprintf("10.77.0.%d:7410", ownIdx+1), time.Second)
 			if err != nil {
 				return err
@@ -471,7 +326,7 @@ func TestPairBadPeers(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.start(other)
-	var s PairStatus
+	var s storagenode.PairStatus
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		if s = l.status(other); strings.Contains(s.Waiting, "sectors") {
@@ -490,12 +345,12 @@ func TestPairBadPeers(t *testing.T) {
 	if err := os.Truncate(l.volPath(other), 8<<20); err != nil {
 		t.Fatal(err)
 	}
-	st, _ := os.ReadFile(filepath.Join(other.dir, "pair.json"))
-	var pd pairDisk
+	st, _ := os.ReadFile(filepath.Join(other.Dir, "pair.json"))
+	var pd map[string]any
 	json.Unmarshal(st, &pd)
-	pd.Epoch = 99
+	pd["epoch"] = 99
 	st, _ = json.Marshal(pd)
-	os.WriteFile(filepath.Join(other.dir, "pair.json"), st, 0o644)
+	os.WriteFile(filepath.Join(other.Dir, "pair.json"), st, 0o644)
 	l.start(other)
 	deadline = time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -520,16 +375,16 @@ func TestPairBadPeers(t *testing.T) {
 	epoch := l.status(own).Epoch
 	l.kill(other, syscall.SIGKILL)
 	time.Sleep(2 * time.Second) // the owner's lease at the witness runs on, renewed
-	rep, err := l.witness.Do(witness.Request{Pair: "p1", Node: own.name, Op: witness.OpRelease, Epoch: epoch})
+	rep, err := l.Witness.Do(witness.Request{Pair: "p1", Node: own.Name, Op: witness.OpRelease, Epoch: epoch})
 	if err != nil || !rep.Granted {
 		t.Fatalf("release: %v %+v", err, rep)
 	}
-	rep, err = l.witness.Do(witness.Request{Pair: "p1", Node: other.name, Op: witness.OpAcquire})
+	rep, err = l.Witness.Do(witness.Request{Pair: "p1", Node: other.Name, Op: witness.OpAcquire})
 	if err == nil && !rep.Granted {
-		t.Logf("witness refused %s: %s", other.name, rep.Reason)
+		t.Logf("witness refused %s: %s", other.Name, rep.Reason)
 	}
 	deadline = time.Now().Add(5 * time.Second)
-	var o PairStatus
+	var o storagenode.PairStatus
 	for time.Now().Before(deadline) {
 		if o = l.status(own); o.Role != "owner" || o.Epoch > epoch {
 			break
@@ -537,9 +392,9 @@ func TestPairBadPeers(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	if o.Role == "owner" && o.Epoch == epoch {
-		t.Errorf("%s still owns epoch %d after the witness moved on: %+v", own.name, epoch, o)
+		t.Errorf("%s still owns epoch %d after the witness moved on: %+v", own.Name, epoch, o)
 	} else {
-		t.Logf("%s left epoch %d: now %s of epoch %d (%s)", own.name, epoch, o.Role, o.Epoch, o.LastEvent)
+		t.Logf("%s left epoch %d: now %s of epoch %d (%s)", own.Name, epoch, o.Role, o.Epoch, o.LastEvent)
 	}
 
 }
