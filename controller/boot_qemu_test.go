@@ -10,12 +10,14 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/fabric-project/fabric/controller/controllerapi"
 	"github.com/fabric-project/fabric/internal/lab"
 	"github.com/fabric-project/fabric/internal/netns"
+	"github.com/fabric-project/fabric/internal/pairlab"
 	"github.com/fabric-project/fabric/pxe"
 	"github.com/fabric-project/fabric/storagenode"
 )
@@ -283,4 +285,118 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+// TestQEMUPairFailover: the real Linux aoe driver against a storage pair.
+// A PXE-booted diskless VM whose root volume lives on two `fabricd
+// storage` nodes (internal/pairlab) runs a write-and-verify loop on its
+// root (direct I/O, fabric.ioloop) while the owner is killed, brought back
+// and resynced, and then the other node (owner by then) is killed. The
+// guest must see no I/O error; the longest stall it saw by its own clock
+// is printed for each fault.
+func TestQEMUPairFailover(t *testing.T) {
+	netns.Skip(t)
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("qemu-system-x86_64 not installed (scripts/deps.sh)")
+	}
+	images := imagesDir(t)
+	ns := netns.New(t, "fpair")
+	ns.Must(t, "ip", "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0")
+	ns.Must(t, "ip", "addr", "add", "10.233.0.1/24", "dev", "br0")
+	ns.Must(t, "ip", "link", "set", "br0", "up")
+	ns.Must(t, "ip", "tuntap", "add", "dev", "tap0", "mode", "tap")
+	ns.Must(t, "ip", "link", "set", "tap0", "master", "br0")
+	ns.Must(t, "ip", "link", "set", "tap0", "up")
+	c, err := New(Config{StateDir: t.TempDir(), BootSubnet: netip.MustParsePrefix("10.233.0.0/24"), ServerIP: netip.MustParseAddr("10.233.0.1"),
+		Boot: pxe.Config{Iface: "br0", BootDir: filepath.Join(images, "boot"), RA: true, TFTPSinglePort: true,
+			Profiles: map[string]pxe.Profile{"hwnode": {Kernel: "hwnode/vmlinuz", Initrd: "hwnode/initrd.img", Cmdline: pxe.DefaultCmdline + " fabric.ioloop=1"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	const mac = "52:54:00:fa:b0:31"
+	n, err := c.Registry().Register(controllerapi.RegisterRequest{Name: "hn1", MAC: mac, Role: "hwnode"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl := pairlab.New(t, pairlab.Fabricd(t, ".."), ns, "br0")
+	pl.Volume("hn1-root", 64<<20, n.RootVolume, filepath.Join(images, "hwnode-root.img"))
+	pl.StartAll()
+	if err := pl.WaitInSync(60 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var svc *pxe.Services
+	if err := ns.Do(func() (err error) { svc, err = pxe.Listen(c.BootConfig("https://10.233.0.1:8443")); return err }); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = svc.Serve(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	vm, err := lab.StartVM(ns.Name, "tap0", mac)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(vm.Stop)
+	// follow reads the console for d and returns the longest I/O round
+	// the guest reported in that time; any I/O error fails the test.
+	var ioErrs []string
+	follow := func(d time.Duration) (longest time.Duration, rounds int) {
+		deadline := time.Now().Add(d)
+		for {
+			line, ok := vm.Next(deadline)
+			if !ok {
+				return longest, rounds
+			}
+			if strings.Contains(line, "FABRIC-IO-ERROR") || strings.Contains(line, "I/O error") || strings.Contains(line, "EXT4-fs error") || strings.HasPrefix(line, "FABRIC-FAIL") {
+				ioErrs = append(ioErrs, line)
+			}
+			var r, w, m, e int
+			if _, err := fmt.Sscanf(line, "FABRIC-IO rounds=%d window_max_ms=%d max_ms=%d errors=%d", &r, &w, &m, &e); err == nil {
+				longest = max(longest, time.Duration(w)*time.Millisecond)
+				rounds = r
+			}
+		}
+	}
+	boot := time.Now()
+	for {
+		line, ok := vm.Next(boot.Add(240 * time.Second))
+		if !ok {
+			s := vm.Serial()
+			t.Fatalf("the guest did not start its I/O loop:\n%s", strings.Join(s[max(0, len(s)-60):], "\n"))
+		}
+		if strings.HasPrefix(line, "FABRIC-FAIL") {
+			t.Fatalf("guest: %s", line)
+		}
+		if strings.Contains(line, "FABRIC-IOLOOP-START") {
+			break
+		}
+	}
+	healthy, r0 := follow(4 * time.Second)
+	t.Logf("guest booted onto the pair's volume %s in %v and runs its I/O loop: %d rounds, longest %v while both nodes serve", n.RootVolume, vm.Since().Round(time.Second), r0, healthy)
+
+	var stalls []string
+	fault := func(name string, victim *pairlab.Node) {
+		pl.Kill(victim, syscall.SIGKILL)
+		longest, rounds := follow(8 * time.Second)
+		stalls = append(stalls, fmt.Sprintf("%s: %v", name, longest))
+		t.Logf("%s killed: the guest's longest I/O round in the next 8 s was %v (%d rounds so far)", name, longest, rounds)
+		if rounds == 0 {
+			t.Errorf("after %s was killed the guest reported no I/O at all", name)
+		}
+	}
+	own, other := pl.Owner()
+	fault("owner "+own.Name, own)
+	pl.Start(own)
+	if err := pl.WaitInSync(60 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	back, rb := follow(3 * time.Second)
+	t.Logf("%s back and resynced; guest longest round meanwhile %v (%d rounds)", own.Name, back, rb)
+	fault("then "+other.Name, other)
+	if len(ioErrs) > 0 {
+		t.Errorf("the guest saw I/O errors:\n%s", strings.Join(ioErrs, "\n"))
+	}
+	t.Logf("guest stalls (its own clock, 10 ms resolution): %s", strings.Join(stalls, "; "))
 }

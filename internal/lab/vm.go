@@ -2,10 +2,10 @@ package lab
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"os/exec"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -43,22 +43,27 @@ type vmConfig struct{ uefiVars string }
 // that real servers take. vars is a writable copy of OVMFVars.
 func UEFI(vars string) VMOption { return func(c *vmConfig) { c.uefiVars = vars } }
 
-// BootVM powers on a diskless QEMU VM (Debian's iPXE ROM, -boot n; or UEFI
-// firmware PXE) on tap in namespace ns and follows its serial console
-// until it prints done (FABRIC-ROOT-OK also requires the root to have been
-// mounted and written), the initramfs reports FABRIC-FAIL, or timeout
-// passes. The VM is killed on return.
-func BootVM(ns, tap, mac, done string, timeout time.Duration, opts ...VMOption) ([]BootEvent, []string, error) {
+// VM is a running diskless QEMU VM and its serial console.
+type VM struct {
+	cmd    *exec.Cmd
+	start  time.Time
+	lines  chan string // every console line, in order; closed when the console ends
+	mu     sync.Mutex
+	serial []string
+}
+
+// StartVM powers on a diskless QEMU VM (Debian's iPXE ROM, -boot n; or UEFI
+// firmware PXE) on tap in namespace ns. Read its console with Next; Stop
+// kills it.
+func StartVM(ns, tap, mac string, opts ...VMOption) (*VM, error) {
 	var vc vmConfig
 	for _, o := range opts {
 		o(&vc)
 	}
 	qemu, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
 	mem := "384"
 	if vc.uefiVars != "" {
 		mem = "512" // OVMF wants more
@@ -75,30 +80,84 @@ func BootVM(ns, tap, mac, done string, timeout time.Duration, opts ...VMOption) 
 	} else {
 		args = append(args, "-boot", "n", "-device", "virtio-net-pci,netdev=n0,mac="+mac)
 	}
-	cmd := exec.CommandContext(ctx, "ip", args...)
+	cmd := exec.Command("ip", args...)
 	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = cmd.Stdout
+	v := &VM{cmd: cmd, start: time.Now(), lines: make(chan string, 100000)}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() {
+		defer close(v.lines)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			line := strings.TrimRight(sc.Text(), "\r")
+			v.mu.Lock()
+			v.serial = append(v.serial, line)
+			v.mu.Unlock()
+			select {
+			case v.lines <- line:
+			default: // nobody reads: Serial still has it
+			}
+		}
+	}()
+	return v, nil
+}
+
+// Next returns the next console line, waiting until deadline; false when
+// the console ended or the deadline passed.
+func (v *VM) Next(deadline time.Time) (string, bool) {
+	select {
+	case l, ok := <-v.lines:
+		return l, ok
+	case <-time.After(time.Until(deadline)):
+		return "", false
+	}
+}
+
+// Serial is every console line so far.
+func (v *VM) Serial() []string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return append([]string(nil), v.serial...)
+}
+
+// Since is the time since power-on.
+func (v *VM) Since() time.Duration { return time.Since(v.start) }
+
+// Stop kills the VM.
+func (v *VM) Stop() {
+	_ = v.cmd.Process.Kill()
+	_ = v.cmd.Wait()
+}
+
+// BootVM powers on a diskless QEMU VM (StartVM) and follows its serial
+// console until it prints done (FABRIC-ROOT-OK also requires the root to
+// have been mounted and written), the initramfs reports FABRIC-FAIL, or
+// timeout passes. The VM is killed on return.
+func BootVM(ns, tap, mac, done string, timeout time.Duration, opts ...VMOption) ([]BootEvent, []string, error) {
+	v, err := StartVM(ns, tap, mac, opts...)
 	if err != nil {
 		return nil, nil, err
 	}
-	cmd.Stderr = cmd.Stdout
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return nil, nil, err
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	defer v.Stop()
+	deadline := time.Now().Add(timeout)
 	var timeline []BootEvent
-	var serial []string
 	seen := map[string]bool{}
 	mark := func(name string) {
 		if !seen[name] {
 			seen[name] = true
-			timeline = append(timeline, BootEvent{name, time.Since(start)})
+			timeline = append(timeline, BootEvent{name, v.Since()})
 		}
 	}
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		line := strings.TrimRight(sc.Text(), "\r")
-		serial = append(serial, line)
+	for {
+		line, ok := v.Next(deadline)
+		if !ok {
+			return timeline, v.Serial(), fmt.Errorf("console ended without %s (timeout %v)", done, timeout)
+		}
 		switch {
 		case strings.Contains(line, "Start PXE over IPv4"):
 			mark("firmware-pxe")
@@ -111,19 +170,18 @@ func BootVM(ns, tap, mac, done string, timeout time.Duration, opts ...VMOption) 
 				mark(f[1])
 			}
 		case strings.HasPrefix(line, "FABRIC-FAIL"):
-			return timeline, serial, fmt.Errorf("initramfs: %s", line)
+			return timeline, v.Serial(), fmt.Errorf("initramfs: %s", line)
 		case done != "FABRIC-ROOT-OK" && strings.Contains(line, done):
 			mark(done)
-			return timeline, serial, nil
+			return timeline, v.Serial(), nil
 		case strings.Contains(line, "FABRIC-ROOT-OK"):
 			mark("root-ok")
-			if !seen["root-mounted"] || !containsLine(serial, "FABRIC-ROOT-WRITE-OK") {
-				return timeline, serial, fmt.Errorf("root init ran without the AoE root mounted and written")
+			if !seen["root-mounted"] || !containsLine(v.Serial(), "FABRIC-ROOT-WRITE-OK") {
+				return timeline, v.Serial(), fmt.Errorf("root init ran without the AoE root mounted and written")
 			}
-			return timeline, serial, nil
+			return timeline, v.Serial(), nil
 		}
 	}
-	return timeline, serial, fmt.Errorf("console ended without %s (%v)", done, ctx.Err())
 }
 
 func containsLine(lines []string, s string) bool {
