@@ -5,7 +5,7 @@ BIN     := bin
 GOFLAGS ?= -buildvcs=false
 export GOFLAGS
 
-.PHONY: all build deps images test test-unit lint demo demo-up demo-down bench bench-controller bench-aoe bench-boot clean
+.PHONY: all build deps images test test-unit lint demo demo-up demo-down bench bench-controller bench-aoe bench-boot bench-pair clean
 
 all: build
 
@@ -44,7 +44,7 @@ demo-down:
 	@[ -x bin/fabric-lab ] || $(GO) build -o $(BIN)/ ./cmd/fabric-lab
 	./bin/fabric-lab down --dir work/lab
 
-bench: bench-controller bench-aoe bench-boot
+bench: bench-controller bench-aoe bench-boot bench-pair
 
 bench-controller: build
 	./scripts/bench-controller.sh
@@ -57,6 +57,10 @@ bench-boot: build
 # Our AoE target beside vblade: MTU 9000/1500, window 16/64 (about 3 min).
 bench-aoe: build
 	./scripts/bench-aoe.sh
+
+# Storage pair: replication's cost, resync rate, failover stalls (about 6 min).
+bench-pair: build
+	./scripts/bench-pair.sh
 
 clean:
 	rm -rf $(BIN) work

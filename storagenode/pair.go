@@ -1,6 +1,7 @@
 package storagenode
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -201,6 +202,7 @@ type Pair struct {
 	ctx    context.Context
 
 	renewing   atomic.Bool
+	dialing    atomic.Bool
 	serveUntil atomic.Int64 // unix nanos: may answer initiators for replicated volumes until then
 	readUntil  atomic.Int64 // unix nanos: may serve reads until then
 
@@ -397,7 +399,14 @@ func (p *Pair) Run(ctx context.Context) error {
 		if time.Now().After(notBefore) && p.tryAcquire() {
 			continue
 		}
-		p.follow(ctx)
+		// Meanwhile try to follow the peer, without holding up the next
+		// bid: a dial to a machine that lost power waits out its timeout.
+		if p.dialing.CompareAndSwap(false, true) {
+			go func() {
+				defer p.dialing.Store(false)
+				p.follow(ctx)
+			}()
+		}
 	}
 	return nil
 }
@@ -800,7 +809,7 @@ func (p *Pair) bitmapFor(v *volume) (*bitmap, error) {
 // follow connects to the peer as a follower and runs the link until it
 // fails.
 func (p *Pair) follow(ctx context.Context) {
-	d := net.Dialer{Timeout: time.Second}
+	d := net.Dialer{Timeout: p.cfg.LinkTimeout}
 	c, err := d.DialContext(ctx, "tcp", p.cfg.PeerAddr)
 	if err != nil {
 		return
@@ -879,8 +888,9 @@ func (p *Pair) follow(ctx context.Context) {
 // read handles a link's messages until it fails.
 func (p *Pair) read(l *plink) {
 	var buf []byte
+	br := bufio.NewReaderSize(l.c, 256<<10)
 	for {
-		m, b, err := replication.Read(l.c, buf)
+		m, b, err := replication.Read(br, buf)
 		buf = b
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {

@@ -180,6 +180,7 @@ type benchResult struct {
 	IOPS    float64 `json:"iops"`
 	P50us   float64 `json:"p50_us"`
 	P99us   float64 `json:"p99_us"`
+	MaxUs   float64 `json:"max_us"` // the slowest I/O: a failover's stall
 	Sectors int     `json:"sectors_per_frame"`
 	Workers int     `json:"workers"`
 	Bytes   int64   `json:"bytes"`
@@ -253,7 +254,7 @@ func benchCommand(iface, window, wait cli.Flag) *cli.Command {
 			ops := b.nops.Load()
 			r := benchResult{Volume: c.Args().First(), Mode: mode, Window: c.Int("window"), Block: bs, Seconds: secs,
 				Ops: ops, Errors: b.nerr.Load(), MBps: float64(ops) * float64(bs) / secs / 1e6, IOPS: float64(ops) / secs,
-				P50us: pct(0.50), P99us: pct(0.99), Sectors: d.MaxSectors, Workers: workers, Bytes: ops * int64(bs)}
+				P50us: pct(0.50), P99us: pct(0.99), MaxUs: pct(1), Sectors: d.MaxSectors, Workers: workers, Bytes: ops * int64(bs)}
 			if c.String("output") == "json" {
 				return json.NewEncoder(c.App.Writer).Encode(r)
 			}
