@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -210,8 +211,18 @@ func (l *pairLab) check(name string, live ...*pairlab.Node) {
 func TestPairFaults(t *testing.T) {
 	l := newPairLab(t, 32<<20)
 	l.waitInSync(20 * time.Second)
-	own, _ := l.owner()
+	own, fol := l.owner()
 	t.Logf("pair in sync; owner %s", own.Name)
+	for _, n := range []*pairlab.Node{own, fol} {
+		out, err := exec.Command(l.Bin, "storage", "status", "--data-dir", n.Dir).CombinedOutput()
+		role := map[bool]string{true: "owner", false: "follower"}[n == own]
+		if err != nil || !strings.Contains(string(out), n.Name+" is "+role) || !strings.Contains(string(out), "state: in sync") ||
+			!strings.Contains(string(out), "e7.1") || !strings.Contains(string(out), n.MAC+" on aoe0") {
+			t.Errorf("fabricd storage status on %s: %v\n%s", n.Name, err, out)
+		} else {
+			t.Logf("fabricd storage status on %s:\n%s", n.Name, out)
+		}
+	}
 	var stalls []string
 	bar := 2 * time.Second
 	record := func(name string, d time.Duration) {

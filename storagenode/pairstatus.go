@@ -33,10 +33,11 @@ type PairStatus struct {
 
 // PairVolumeStatus is one replicated volume.
 type PairVolumeStatus struct {
-	Addr       string `json:"addr"`
-	Name       string `json:"name"`
-	DirtyBytes int64  `json:"dirty_bytes"` // regions the peer lacks
-	InSync     bool   `json:"in_sync"`
+	Addr       string   `json:"addr"`
+	Name       string   `json:"name"`
+	DirtyBytes int64    `json:"dirty_bytes"` // regions the peer lacks
+	InSync     bool     `json:"in_sync"`
+	Paths      []string `json:"paths"` // the MACs this node answers on for it now
 }
 
 // ResyncStatus is a running resync's progress.
@@ -90,11 +91,22 @@ func (p *Pair) Status() PairStatus {
 	if s.State == "in sync" {
 		s.Waiting = ""
 	}
+	paths := []string{}
+	if s.Serving {
+		for _, name := range p.ifaces {
+			if ifi, err := net.InterfaceByName(name); err == nil {
+				paths = append(paths, ifi.HardwareAddr.String()+" on "+name)
+			}
+		}
+		for _, tk := range p.takeovers {
+			paths = append(paths, net.HardwareAddr(tk.mac[:]).String()+" on "+tk.iface+" (the peer's)")
+		}
+	}
 	for _, v := range p.t.tab.Load().list {
 		if !v.Replicated {
 			continue
 		}
-		vs := PairVolumeStatus{Addr: v.Addr(), Name: v.Name}
+		vs := PairVolumeStatus{Addr: v.Addr(), Name: v.Name, Paths: paths}
 		if bm := p.bitmaps[key(v.Shelf, v.Slot)]; bm != nil {
 			vs.DirtyBytes = min(int64(bm.dirty)*RegionSize, int64(v.sectors)*512)
 		}

@@ -96,9 +96,13 @@ func statusCommand(dataDir *cli.StringFlag) *cli.Command {
 				fmt.Fprintf(w, "last event: %s\n", s.LastEvent)
 			}
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "VOLUME\tNAME\tIN SYNC\tDIRTY")
+			fmt.Fprintln(tw, "VOLUME\tNAME\tIN SYNC\tDIRTY\tPATHS")
 			for _, v := range s.Volumes {
-				fmt.Fprintf(tw, "%s\t%s\t%v\t%d MiB\n", v.Addr, v.Name, v.InSync, v.DirtyBytes>>20)
+				paths := strings.Join(v.Paths, ", ")
+				if paths == "" {
+					paths = "none (silent)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%v\t%d MiB\t%s\n", v.Addr, v.Name, v.InSync, v.DirtyBytes>>20, paths)
 			}
 			if age := time.Since(s.Updated); age > 3*time.Second {
 				fmt.Fprintf(tw, "(status written %v ago: the daemon may be stuck)\n", age.Round(time.Second))
