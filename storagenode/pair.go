@@ -239,7 +239,8 @@ type Pair struct {
 
 type resyncProgress struct {
 	running         bool
-	total, done     int64 // bytes
+	total, done     int64            // bytes
+	perVolume       map[uint32]int64 // bytes to copy per volume when the resync started
 	started         time.Time
 	lastStallReason string
 }
@@ -1326,12 +1327,14 @@ func (p *Pair) aoeWrite(h *Handler, v *volume, f wire.Frame, off int64, size int
 func (p *Pair) resyncTo(l *plink) {
 	p.mu.Lock()
 	var total int64
+	per := map[uint32]int64{}
 	for _, v := range p.t.tab.Load().list {
 		if bm := p.bitmaps[key(v.Shelf, v.Slot)]; v.Replicated && bm != nil {
 			total += int64(bm.dirty) * RegionSize
+			per[key(v.Shelf, v.Slot)] = int64(bm.dirty) * RegionSize
 		}
 	}
-	p.resync = resyncProgress{running: true, total: total, started: time.Now()}
+	p.resync = resyncProgress{running: true, total: total, perVolume: per, started: time.Now()}
 	p.mu.Unlock()
 	start := time.Now()
 	var sent int64

@@ -33,11 +33,14 @@ type PairStatus struct {
 
 // PairVolumeStatus is one replicated volume.
 type PairVolumeStatus struct {
-	Addr       string   `json:"addr"`
-	Name       string   `json:"name"`
-	DirtyBytes int64    `json:"dirty_bytes"` // regions the peer lacks
-	InSync     bool     `json:"in_sync"`
-	Paths      []string `json:"paths"` // the MACs this node answers on for it now
+	Addr       string `json:"addr"`
+	Name       string `json:"name"`
+	DirtyBytes int64  `json:"dirty_bytes"` // regions the peer lacks
+	InSync     bool   `json:"in_sync"`
+	// ResyncPercent is how much of what this volume lacked at the start
+	// of the running resync has been copied; absent when none runs.
+	ResyncPercent *float64 `json:"resync_percent,omitempty"`
+	Paths         []string `json:"paths"` // the MACs this node answers on for it now
 }
 
 // ResyncStatus is a running resync's progress.
@@ -111,6 +114,12 @@ func (p *Pair) Status() PairStatus {
 			vs.DirtyBytes = min(int64(bm.dirty)*RegionSize, int64(v.sectors)*512)
 		}
 		vs.InSync = s.State == "in sync"
+		if r := p.resync; r.running && p.link != nil {
+			if total := r.perVolume[key(v.Shelf, v.Slot)]; total > 0 {
+				pct := 100 * (1 - float64(vs.DirtyBytes)/float64(total))
+				vs.ResyncPercent = &pct
+			}
+		}
 		s.Volumes = append(s.Volumes, vs)
 	}
 	if r := p.resync; r.running && p.link != nil {

@@ -102,7 +102,11 @@ func statusCommand(dataDir *cli.StringFlag) *cli.Command {
 				if paths == "" {
 					paths = "none (silent)"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%v\t%d MiB\t%s\n", v.Addr, v.Name, v.InSync, v.DirtyBytes>>20, paths)
+				sync := fmt.Sprint(v.InSync)
+				if v.ResyncPercent != nil {
+					sync = fmt.Sprintf("resync %.0f%%", *v.ResyncPercent)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d MiB\t%s\n", v.Addr, v.Name, sync, v.DirtyBytes>>20, paths)
 			}
 			if age := time.Since(s.Updated); age > 3*time.Second {
 				fmt.Fprintf(tw, "(status written %v ago: the daemon may be stuck)\n", age.Round(time.Second))
