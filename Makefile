@@ -30,8 +30,12 @@ lint:
 test-unit:
 	$(GO) test -short -race ./...
 
+# One package at a time (-p 1): the namespace tests measure stalls, ping
+# loss and migration downtime, and two of them sharing the 2 cores of a CI
+# machine distort each other (a storage pair's failover tests running beside
+# the live migrations pushed a downtime from 100 to 238 ms).
 test: deps images lint build
-	$(GO) test -race -timeout 25m ./...
+	$(GO) test -race -p 1 -timeout 40m ./...
 
 demo: deps build
 	./scripts/demo.sh

@@ -203,6 +203,7 @@ type Pair struct {
 
 	renewing   atomic.Bool
 	dialing    atomic.Bool
+	stopping   atomic.Bool  // Leave was called: neither bid nor follow any more
 	serveUntil atomic.Int64 // unix nanos: may answer initiators for replicated volumes until then
 	readUntil  atomic.Int64 // unix nanos: may serve reads until then
 
@@ -217,6 +218,7 @@ type Pair struct {
 	readLease  time.Time // owner: the latest read lease granted to the follower
 	promiseEnd time.Time // owner: the follower will not seek ownership before this
 	degrading  bool      // owner: link lost, waiting to be recorded alone
+	leaving    bool      // owner: handing over; takes no new write
 	alone      bool      // owner: the witness records only this node as current
 	waiting    []func(bool)
 	pending    map[uint64]pendingWrite
@@ -231,6 +233,7 @@ type Pair struct {
 	takeovers  []*takeover
 	resync     resyncProgress
 	lastEvent  string
+	events     []string
 
 	stats struct {
 		forwards, superseded, dropped, refused, stale, resyncBytes, replicated atomic.Uint64
@@ -334,9 +337,16 @@ func (p *Pair) setRole(r role) {
 	p.updateServe()
 }
 
+// event records what happened (the status keeps the last 20); the caller
+// holds p.mu.
 func (p *Pair) event(format string, args ...any) {
-	p.lastEvent = time.Now().UTC().Format(time.RFC3339) + " " + fmt.Sprintf(format, args...)
-	p.log.Info(fmt.Sprintf(format, args...))
+	msg := fmt.Sprintf(format, args...)
+	p.lastEvent = time.Now().UTC().Format(time.RFC3339Nano) + " " + msg
+	p.events = append(p.events, p.lastEvent)
+	if len(p.events) > 20 {
+		p.events = p.events[len(p.events)-20:]
+	}
+	p.log.Info(msg)
 }
 
 func newGeneration() string {
@@ -378,7 +388,7 @@ func (p *Pair) Run(ctx context.Context) error {
 	go p.tick(ctx)
 	defer p.shutdown()
 	var lastTry time.Time
-	for ctx.Err() == nil {
+	for ctx.Err() == nil && !p.stopping.Load() {
 		p.mu.Lock()
 		r, changed, link := p.role, p.changed, p.link
 		notBefore := p.lastAnswer.Add(p.cfg.Promise)
@@ -440,7 +450,12 @@ func (p *Pair) shutdown() {
 }
 
 // tryAcquire asks the witness for ownership.
-func (p *Pair) tryAcquire() bool {
+func (p *Pair) tryAcquire() bool { return p.acquire(false) }
+
+// acquire asks the witness for ownership. handover: the owner released it
+// to this node in sync, so the old owner holds this node's generation and
+// will need only what changes from now on.
+func (p *Pair) acquire(handover bool) bool {
 	p.mu.Lock()
 	epoch := p.st.Epoch
 	p.mu.Unlock()
@@ -467,8 +482,13 @@ func (p *Pair) tryAcquire() bool {
 	p.st.Epoch, p.st.OwnedEpoch = rep.Epoch, rep.Epoch
 	// Whatever the peer holds, this node cannot tell which regions differ
 	// (it may have been the follower, or an owner that crashed with
-	// writes in flight): the next peer to join gets a full sync.
+	// writes in flight): the next peer to join gets a full sync. After a
+	// handover the old owner holds exactly this node's data.
 	p.st.PeerGeneration = ""
+	if handover {
+		p.st.PeerGeneration = p.st.Generation
+		p.clearBitmaps()
+	}
 	p.mustSave()
 	p.event("owner of epoch %d (witness: current %v)", rep.Epoch, rep.Current)
 	p.setRole(roleOwner)
@@ -910,6 +930,8 @@ func (p *Pair) read(l *plink) {
 			p.onPing(l, m)
 		case *replication.InSync:
 			p.onInSync(l, m)
+		case *replication.Leave:
+			p.onLeave(l, m)
 		case *replication.Refuse:
 			p.linkDown(l, "peer: "+m.Reason)
 			return
@@ -1230,7 +1252,7 @@ func (p *Pair) ownerWrite(v *volume, off int64, data []byte, done func(bool)) {
 	p.mu.Lock()
 	now := time.Now()
 	valid := now.Before(p.leaseEnd) || (p.link != nil && now.Before(p.promiseEnd))
-	if p.role != roleOwner || !valid {
+	if p.role != roleOwner || !valid || p.leaving {
 		p.mu.Unlock()
 		return
 	}
@@ -1462,6 +1484,118 @@ func (p *Pair) resyncTo(l *plink) {
 	p.resync.running = false
 	p.event("follower %s in sync: %d MiB copied in %v", l.peer.Node, sent>>20, time.Since(start).Round(time.Millisecond))
 	l.send(&replication.InSync{Epoch: p.st.Epoch, Generation: genBytes(p.st.Generation)})
+}
+
+// Leave departs from the pair in a planned way, so that the peer carries
+// on without a failover's stall: an owner with an in-sync follower stops
+// taking writes, lets those in flight complete, releases ownership at the
+// witness and tells the follower to take it; a follower stops serving and
+// tells the owner its read lease is void, so the owner goes on alone at
+// once. Afterwards this node neither bids nor follows. It returns within
+// about timeout.
+func (p *Pair) Leave(timeout time.Duration) {
+	p.stopping.Store(true)
+	deadline := time.Now().Add(timeout)
+	p.mu.Lock()
+	l, epoch := p.link, p.st.Epoch
+	switch {
+	case p.role == roleOwner && l != nil && p.peerSyncd:
+		p.leaving = true
+		p.mu.Unlock()
+		drained := false
+		for time.Now().Before(deadline) {
+			p.mu.Lock()
+			drained = len(p.pending) == 0 && len(p.waiting) == 0
+			p.mu.Unlock()
+			if drained {
+				break
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		rep, err := p.wc.Do(witness.Request{Pair: p.cfg.Name, Node: p.cfg.Node, Op: witness.OpRelease, Epoch: epoch})
+		p.mu.Lock()
+		if err != nil || !rep.Granted {
+			p.event("handover: the witness did not take ownership back (%v %s); the peer will fail over", err, rep.Reason)
+		} else {
+			if drained {
+				// Everything this node acknowledged is on the peer, and it
+				// took nothing since: it can vouch for its copy.
+				p.st.OwnedEpoch = 0
+				p.mustSave()
+			}
+			l.send(&replication.Leave{Epoch: epoch})
+			p.event("handed ownership of epoch %d to %s", epoch, l.peer.Node)
+		}
+		p.leaseEnd, p.promiseEnd = time.Time{}, time.Time{}
+		p.updateServe()
+		p.mu.Unlock()
+	case p.role == roleFollower && l != nil:
+		p.fInSync = false
+		p.updateServe()
+		l.send(&replication.Leave{Epoch: epoch})
+		p.event("leaving the pair: told %s", l.peer.Node)
+		p.mu.Unlock()
+	default:
+		p.mu.Unlock()
+		return
+	}
+	// Let the message go out and the peer act on it (it closes the link).
+	select {
+	case <-l.closed:
+	case <-time.After(time.Until(deadline)):
+	}
+}
+
+// onLeave: the peer departs in a planned way (Leave).
+func (p *Pair) onLeave(l *plink, m *replication.Leave) {
+	p.mu.Lock()
+	if p.link != l {
+		p.mu.Unlock()
+		return
+	}
+	switch p.role {
+	case roleOwner:
+		// The follower no longer serves: nothing to wait out.
+		p.readLease = time.Time{}
+		p.mu.Unlock()
+		p.linkDown(l, "the follower is leaving")
+	case roleFollower:
+		p.link = nil
+		l.close()
+		p.fInSync = false
+		p.fwd = map[uint64]func(bool){}
+		p.event("%s handed over ownership (epoch %d)", l.peer.Node, m.Epoch)
+		p.setRole(roleNone)
+		p.mu.Unlock()
+		go func() {
+			for end := time.Now().Add(2 * time.Second); time.Now().Before(end) && !p.stopping.Load(); time.Sleep(10 * time.Millisecond) {
+				if p.acquire(true) {
+					return
+				}
+			}
+		}()
+	default:
+		p.mu.Unlock()
+	}
+}
+
+// clearBitmaps empties every volume's bitmap; the caller holds p.mu.
+func (p *Pair) clearBitmaps() {
+	for _, v := range p.t.tab.Load().list {
+		if !v.Replicated {
+			continue
+		}
+		bm, err := p.bitmapFor(v)
+		if err != nil {
+			continue
+		}
+		for r := range bm.n {
+			bm.clear(r)
+		}
+		if err := bm.flush(); err != nil {
+			p.log.Error("clearing dirty bitmap", "err", err)
+		}
+	}
 }
 
 // announceAll re-announces every volume on every port.

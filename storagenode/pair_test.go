@@ -292,6 +292,43 @@ func TestPairFaults(t *testing.T) {
 	t.Logf("write stalls: %s", strings.Join(stalls, "; "))
 }
 
+// TestPairPlannedShutdown: stopping a node (SIGTERM) hands ownership over
+// or voids the follower's read lease first, so writes barely stall; the
+// node comes back through a resync of what changed meanwhile only.
+func TestPairPlannedShutdown(t *testing.T) {
+	l := newPairLab(t, 32<<20)
+	l.waitInSync(20 * time.Second)
+	var stalls []string
+	for _, who := range []string{"owner", "follower"} {
+		own, other := l.owner()
+		victim, survivor := own, other
+		if who == "follower" {
+			victim, survivor = other, own
+		}
+		var stopErr error
+		d := l.phase("planned shutdown of the "+who+" "+victim.Name, func() { stopErr = l.Stop(victim) }, 2*time.Second)
+		if stopErr != nil {
+			t.Fatal(stopErr)
+		}
+		stalls = append(stalls, fmt.Sprintf("%s %v", who, d.Round(time.Millisecond)))
+		if s := l.status(survivor); s.Role != "owner" || s.State != "alone" {
+			t.Errorf("after %s's planned shutdown %s is %s, %s", victim.Name, survivor.Name, s.Role, s.State)
+		}
+		if d > 200*time.Millisecond {
+			t.Errorf("planned shutdown of the %s stalled writes %v (bar: 200 ms)", who, d)
+		}
+		l.check("after the "+who+"'s planned shutdown", survivor)
+		l.start(victim)
+		l.waitInSync(30 * time.Second)
+		ev := strings.Join(l.status(survivor).Events, "\n")
+		if !strings.Contains(ev, victim.Name+" connected (changed regions only resync)") {
+			t.Errorf("%s came back with a full resync after a planned shutdown:\n%s", victim.Name, ev)
+		}
+		l.check("after the "+who+" came back", l.nodes[0], l.nodes[1])
+	}
+	t.Logf("write stalls of planned shutdowns: %s", strings.Join(stalls, "; "))
+}
+
 // TestPairBadPeers: what a pair refuses, and the counters that say so.
 func TestPairBadPeers(t *testing.T) {
 	l := newPairLab(t, 8<<20)

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/fabric-project/fabric/internal/atomicfile"
@@ -27,6 +28,7 @@ type PairStatus struct {
 	TakenOver     []string           `json:"taken_over_macs"`
 	Waiting       string             `json:"waiting,omitempty"` // why writes or ownership wait
 	LastEvent     string             `json:"last_event"`
+	Events        []string           `json:"events"` // the last 20, oldest first
 	Counters      PairCounters       `json:"counters"`
 	Updated       time.Time          `json:"updated"`
 }
@@ -70,7 +72,7 @@ func (p *Pair) Status() PairStatus {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s := PairStatus{Pair: p.cfg.Name, Node: p.cfg.Node, Peer: p.cfg.PeerNode, Role: p.role.String(), Epoch: p.st.Epoch,
-		PeerConnected: p.link != nil, Serving: p.serving(), Generation: p.st.Generation, LastEvent: p.lastEvent,
+		PeerConnected: p.link != nil, Serving: p.serving(), Generation: p.st.Generation, LastEvent: p.lastEvent, Events: slices.Clone(p.events),
 		Waiting: p.resync.lastStallReason, TakenOver: []string{}, Updated: time.Now().UTC()}
 	if p.role == roleOwner {
 		s.LeaseLeftMS = max(0, time.Until(p.leaseEnd).Milliseconds())

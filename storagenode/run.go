@@ -83,6 +83,22 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		ports = append(ports, p)
 	}
+	// On shutdown a pair node first leaves the pair in a planned way
+	// (handing ownership over, or voiding its read lease), then stops
+	// serving.
+	outer := ctx
+	ctx, stop := context.WithCancel(context.WithoutCancel(outer))
+	defer stop()
+	go func() {
+		select {
+		case <-outer.Done():
+			if pair != nil {
+				pair.Leave(2 * time.Second)
+			}
+			stop()
+		case <-ctx.Done():
+		}
+	}()
 	g, ctx := errgroup.WithContext(ctx)
 	for _, p := range ports {
 		g.Go(func() error { return t.Serve(ctx, p) })

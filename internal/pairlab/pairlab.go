@@ -191,6 +191,28 @@ func (l *Lab) Kill(n *Node, sig syscall.Signal) {
 	}
 }
 
+// Stop asks the node's daemon to exit (SIGTERM: a planned shutdown) and
+// waits for it, killing it after 10 s.
+func (l *Lab) Stop(n *Node) error {
+	if n.cmd == nil || n.cmd.Process == nil {
+		return nil
+	}
+	_ = syscall.Kill(-n.cmd.Process.Pid, syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- n.cmd.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+		err = fmt.Errorf("%s did not exit within 10 s of SIGTERM", n.Name)
+	}
+	n.cmd = nil
+	n.logf.Close()
+	return err
+}
+
 // Status is what the node last wrote to its pair-status.json.
 func (l *Lab) Status(n *Node) storagenode.PairStatus {
 	s, _ := storagenode.ReadPairStatus(n.Dir)

@@ -47,6 +47,10 @@ const (
 	// TypeInSync tells the follower that resync is complete: it holds the
 	// owner's data generation and may serve initiators.
 	TypeInSync Type = 6
+	// TypeLeave announces a planned departure: from the owner, "I have
+	// released ownership, take it"; from the follower, "I no longer serve,
+	// my read lease is void".
+	TypeLeave Type = 7
 )
 
 // Decoding errors; a connection that yields one is closed.
@@ -60,7 +64,7 @@ var (
 	ErrMalformed   = errors.New("replication: malformed payload")
 )
 
-// Message is one of *Hello, *Write, *Ack, *Ping, *Refuse, *InSync.
+// Message is one of *Hello, *Write, *Ack, *Ping, *Refuse, *InSync, *Leave.
 type Message interface {
 	Type() Type
 	check() error
@@ -100,6 +104,11 @@ type Hello struct {
 // Refuse ends a connection and says why.
 type Refuse struct {
 	Reason string
+}
+
+// Leave is a planned departure (TypeLeave).
+type Leave struct {
+	Epoch uint64
 }
 
 // InSync ends a resync: the follower holds Generation and may serve.
@@ -165,6 +174,7 @@ func (*Ack) Type() Type    { return TypeAck }
 func (*Ping) Type() Type   { return TypePing }
 func (*Refuse) Type() Type { return TypeRefuse }
 func (*InSync) Type() Type { return TypeInSync }
+func (*Leave) Type() Type  { return TypeLeave }
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -224,6 +234,8 @@ func newMessage(t Type) (Message, error) {
 		return &Refuse{}, nil
 	case TypeInSync:
 		return &InSync{}, nil
+	case TypeLeave:
+		return &Leave{}, nil
 	}
 	return nil, fmt.Errorf("%w %d", ErrUnknownType, t)
 }
@@ -318,6 +330,17 @@ func (a *Ack) check() error {
 
 func (*Ping) check() error   { return nil }
 func (*InSync) check() error { return nil }
+func (*Leave) check() error  { return nil }
+
+func (m *Leave) appendPayload(b []byte) []byte { return binary.BigEndian.AppendUint64(b, m.Epoch) }
+
+func (m *Leave) parsePayload(p []byte) error {
+	if len(p) != 8 {
+		return fmt.Errorf("%w: leave of %d bytes", ErrMalformed, len(p))
+	}
+	m.Epoch = binary.BigEndian.Uint64(p)
+	return nil
+}
 
 func (r *Refuse) check() error {
 	if len(r.Reason) > MaxReason {

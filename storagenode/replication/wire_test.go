@@ -20,6 +20,7 @@ func samples() []Message {
 		&Ping{Epoch: 8, ReadLeaseMS: 1000, Applied: 99},
 		&Refuse{Reason: "volume e1.0: 2048 sectors here, 4096 there"},
 		&InSync{Epoch: 9, Generation: [16]byte{4, 5}},
+		&Leave{Epoch: 10},
 	}
 }
 
