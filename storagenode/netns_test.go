@@ -345,3 +345,182 @@ func TestInitiatorAgainstVblade(t *testing.T) {
 		t.Fatal("vblade's file does not hold what we wrote")
 	}
 }
+
+// twoTargets is one initiator namespace with a bridge and two storage
+// namespaces on it, each able to run its own target: two paths.
+type twoTargets struct {
+	ini  *netns.NS
+	stos [2]*netns.NS
+}
+
+func newTwoTargets(t *testing.T) *twoTargets {
+	t.Helper()
+	netns.Skip(t)
+	l := &twoTargets{ini: netns.New(t, "fini")}
+	l.ini.Must(t, "ip", "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0")
+	l.ini.Must(t, "ip", "link", "set", "br0", "up")
+	for i := range l.stos {
+		l.stos[i] = netns.New(t, "fsto")
+		port := fmt.Sprintf("s%d", i)
+		netns.Veth(t, l.stos[i], "sto0", "", l.ini, port, "")
+		l.ini.Must(t, "ip", "link", "set", port, "master", "br0")
+	}
+	return l
+}
+
+// serve runs tg on storage namespace i until stop is called.
+func (l *twoTargets) serve(t *testing.T, i int, tg *Target) (stop func()) {
+	t.Helper()
+	var p *Port
+	if err := l.stos[i].Do(func() (err error) { p, err = Listen("sto0", 1); return err }); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = tg.Serve(ctx, p) }()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+func volumeFile(t *testing.T, size int64) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "vol.img")
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, size); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestTwoTargetsDisagree: two targets answering one address with different
+// IDENTIFY data are refused, naming both MACs, instead of being used as
+// two paths (which would mix two disks).
+func TestTwoTargetsDisagree(t *testing.T) {
+	l := newTwoTargets(t)
+	for i, size := range []int64{8 << 20, 4 << 20} {
+		tg := NewTarget(TargetConfig{})
+		if err := tg.Add(Export{Shelf: 5, Slot: 0, Path: volumeFile(t, size), Name: "disk"}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tg.Close() })
+		l.serve(t, i, tg)
+	}
+	var in *initiator.Initiator
+	if err := l.ini.Do(func() (err error) { in, err = initiator.New("br0", initiator.Config{}); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	_, err := in.Open(context.Background(), 5, 0, 500*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "targets disagree") || !strings.Contains(err.Error(), "16384 sectors") || !strings.Contains(err.Error(), "8192 sectors") {
+		t.Fatalf("two different disks at e5.0: %v", err)
+	}
+	t.Logf("refused: %v", err)
+}
+
+// TestPathDownAndBack: one of two paths to a volume (two targets serving
+// one file) stops answering; the initiator stops using it within 2 s and
+// I/O goes on through the other; when it answers again it is used again.
+func TestPathDownAndBack(t *testing.T) {
+	l := newTwoTargets(t)
+	file := volumeFile(t, 16<<20)
+	var tgs [2]*Target
+	var stops [2]func()
+	for i := range tgs {
+		tgs[i] = NewTarget(TargetConfig{})
+		if err := tgs[i].Add(Export{Shelf: 5, Slot: 1, Path: file, Name: "shared"}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tgs[i].Close() })
+		stops[i] = l.serve(t, i, tgs[i])
+	}
+	var in *initiator.Initiator
+	if err := l.ini.Do(func() (err error) {
+		in, err = initiator.New("br0", initiator.Config{Timeout: 100 * time.Millisecond, MaxTimeout: 200 * time.Millisecond, Retries: 40})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	d, err := in.Open(context.Background(), 5, 1, 500*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if len(d.Paths) != 2 {
+		t.Fatalf("%d paths, want 2", len(d.Paths))
+	}
+	buf := make([]byte, 4096)
+	// io runs 4 KiB reads until stop and returns the slowest.
+	io := func(stop <-chan struct{}) (slowest time.Duration, n int, err error) {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			start := time.Now()
+			if _, err = d.ReadAt(buf, int64(n%4096)*4096); err != nil {
+				return
+			}
+			slowest = max(slowest, time.Since(start))
+			n++
+		}
+	}
+	run := func(during time.Duration) (time.Duration, int) {
+		stop := make(chan struct{})
+		time.AfterFunc(during, func() { close(stop) })
+		slow, n, err := io(stop)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return slow, n
+	}
+	slow, n := run(500 * time.Millisecond)
+	t.Logf("both paths: %d reads in 0.5 s, slowest %v", n, slow)
+
+	dead := d.Paths[1]
+	stops[1]()
+	start := time.Now()
+	var downAt time.Duration
+	go func() {
+		for time.Since(start) < 3*time.Second {
+			if len(d.PathsUp()) == 1 {
+				downAt = time.Since(start)
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	slow, n = run(2500 * time.Millisecond)
+	if up := d.PathsUp(); len(up) != 1 || up[0].String() == dead.String() {
+		t.Fatalf("2.5 s after %s stopped answering, paths in use: %v", dead, up)
+	}
+	// After the path is down, I/O runs at full speed on the other.
+	slow2, n2 := run(time.Second)
+	t.Logf("path %s stopped: marked down after %v; %d reads in 2.5 s (slowest %v), then %d in 1 s (slowest %v)", dead, downAt.Round(time.Millisecond), n, slow, n2, slow2)
+	if downAt == 0 || downAt > 2*time.Second {
+		t.Errorf("the dead path was dropped after %v (bar: 2 s)", downAt)
+	}
+	if slow2 > 50*time.Millisecond {
+		t.Errorf("with the dead path dropped, a read still took %v", slow2)
+	}
+
+	stops[1] = l.serve(t, 1, tgs[1])
+	if err := waitUntil(3*time.Second, func() bool { run(100 * time.Millisecond); return len(d.PathsUp()) == 2 }); err != nil {
+		t.Fatalf("the path did not come back: paths in use %v", d.PathsUp())
+	}
+	t.Logf("%s answers again: both paths in use (%d path changes)", dead, d.PathChanges.Load())
+}
+
+func waitUntil(d time.Duration, cond func() bool) error {
+	for end := time.Now().Add(d); time.Now().Before(end); {
+		if cond() {
+			return nil
+		}
+	}
+	return fmt.Errorf("timed out after %v", d)
+}

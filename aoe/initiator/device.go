@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fabric-project/fabric/aoe/wire"
@@ -22,16 +23,39 @@ type Device struct {
 	MaxSectors int
 	Identity   wire.Identity
 
-	sem  chan int // free request slots
-	mu   sync.Mutex
-	reqs []*request
-	gen  uint32
-	path int
-	fdsc [][]byte
+	sem   chan int // free request slots
+	mu    sync.Mutex
+	reqs  []*request
+	gen   uint32
+	path  int // next path, round robin
+	force int // >= 0: every frame goes to this path (per-path IDENTIFY)
+	paths []pathState
+	fdsc  [][]byte
+	// PathChanges counts paths going down or coming back.
+	PathChanges atomic.Int64
 }
+
+// pathState is what the device knows of one target MAC. A path that
+// leaves DownAfter frames in a row unanswered is down: new frames avoid
+// it and its outstanding ones are resent on the others. A down path is
+// probed with Query Config every ProbeEvery and used again once it
+// answers.
+type pathState struct {
+	mac   net.HardwareAddr
+	down  bool
+	fails int // frames timed out since its last reply
+	probe time.Time
+}
+
+// Path health thresholds.
+const (
+	DownAfter  = 3
+	ProbeEvery = time.Second
+)
 
 type request struct {
 	idx      int
+	path     int    // where the last send went
 	tag      uint32 // 0: free
 	frame    []byte
 	flen     int
@@ -59,12 +83,13 @@ func (in *Initiator) Open(ctx context.Context, shelf uint16, slot uint8, wait ti
 // OpenTargets opens a device from discovered targets (all for one
 // shelf.slot).
 func (in *Initiator) OpenTargets(ctx context.Context, ts []Target) (*Device, error) {
-	d := &Device{in: in, Shelf: ts[0].Shelf, Slot: ts[0].Slot, MaxSectors: 255}
+	d := &Device{in: in, Shelf: ts[0].Shelf, Slot: ts[0].Slot, MaxSectors: 255, force: -1}
 	for _, t := range ts {
 		if t.Shelf != d.Shelf || t.Slot != d.Slot {
 			return nil, fmt.Errorf("aoe: OpenTargets: %s and %s are different volumes", ts[0].Addr(), t.Addr())
 		}
 		d.Paths = append(d.Paths, t.MAC)
+		d.paths = append(d.paths, pathState{mac: t.MAC})
 		d.MaxSectors = min(d.MaxSectors, t.MaxSectors)
 	}
 	d.MaxSectors = min(d.MaxSectors, wire.MaxSectors(in.mtu))
@@ -82,18 +107,86 @@ func (in *Initiator) OpenTargets(ctx context.Context, ts []Target) (*Device, err
 	}
 	in.devices[key(d.Shelf, d.Slot)] = d
 	in.mu.Unlock()
-	page := make([]byte, 512)
-	if err := d.do(ctx, wire.CmdIdentify, page, 0, 1); err != nil {
+	// Every path must be the same disk: two targets answering one
+	// address with different IDENTIFY data are a misconfiguration, and
+	// spreading I/O over them would mix two disks.
+	var ids []wire.Identity
+	for i := range d.paths {
+		d.mu.Lock()
+		d.force = i
+		d.mu.Unlock()
+		page := make([]byte, 512)
+		err := d.do(ctx, wire.CmdIdentify, page, 0, 1)
+		if err == nil {
+			var id wire.Identity
+			if id, err = wire.ParseIdentify(page); err == nil {
+				ids = append(ids, id)
+				continue
+			}
+		}
 		d.Close()
-		return nil, fmt.Errorf("aoe: identify e%d.%d: %w", d.Shelf, d.Slot, err)
+		return nil, fmt.Errorf("aoe: identify e%d.%d through %s: %w", d.Shelf, d.Slot, d.paths[i].mac, err)
 	}
-	id, err := wire.ParseIdentify(page)
-	if err != nil {
-		d.Close()
-		return nil, err
+	d.mu.Lock()
+	d.force = -1
+	d.mu.Unlock()
+	for i, id := range ids[1:] {
+		if id.Sectors != ids[0].Sectors || id.Serial != ids[0].Serial {
+			d.Close()
+			return nil, fmt.Errorf("aoe: e%d.%d: targets disagree, not two paths to one volume: %s says %d sectors, serial %q; %s says %d sectors, serial %q",
+				d.Shelf, d.Slot, d.paths[0].mac, ids[0].Sectors, ids[0].Serial, d.paths[i+1].mac, id.Sectors, id.Serial)
+		}
 	}
-	d.Identity = id
+	d.Identity = ids[0]
 	return d, nil
+}
+
+// pickLocked chooses the path for a frame: round robin over the paths
+// that are up, avoiding exclude (the one a resend timed out on) when
+// another is up; with none up, round robin over all. The caller holds
+// d.mu.
+func (d *Device) pickLocked(exclude int) int {
+	if d.force >= 0 {
+		return d.force
+	}
+	n := len(d.paths)
+	for pass := 0; pass < 2; pass++ {
+		for i := 0; i < n; i++ {
+			p := (d.path + i) % n
+			if (pass == 1 || !d.paths[p].down) && (p != exclude || n == 1) {
+				d.path = p + 1
+				return p
+			}
+		}
+	}
+	return exclude
+}
+
+// alive records an answer from mac; the caller holds d.mu.
+func (d *Device) aliveLocked(mac []byte) {
+	for i := range d.paths {
+		if string(d.paths[i].mac) == string(mac) {
+			d.paths[i].fails = 0
+			if d.paths[i].down {
+				d.paths[i].down = false
+				d.PathChanges.Add(1)
+			}
+			return
+		}
+	}
+}
+
+// PathsUp lists the paths in use now.
+func (d *Device) PathsUp() []net.HardwareAddr {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var up []net.HardwareAddr
+	for _, p := range d.paths {
+		if !p.down {
+			up = append(up, p.mac)
+		}
+	}
+	return up
 }
 
 // Close forgets the device.
@@ -255,8 +348,8 @@ func (d *Device) fill(r *request, cmd uint8, p []byte, s, n int, lba uint64, don
 	if r.tag == 0 {
 		r.tag = 1 << idxBits
 	}
-	path := d.Paths[d.path%len(d.Paths)]
-	d.path++
+	r.path = d.pickLocked(-1)
+	path := d.paths[r.path].mac
 	r.tries = 0
 	r.deadline = time.Now().Add(d.in.cfg.Timeout)
 	r.done = done
@@ -296,6 +389,7 @@ func (d *Device) complete(f wire.Frame) {
 	r := d.reqs[idx]
 	r.tag = 0
 	dst, done := r.dst, r.done
+	d.aliveLocked(f.Src())
 	d.mu.Unlock()
 
 	var err error
@@ -330,17 +424,42 @@ func (d *Device) expire(now time.Time) {
 			failed = append(failed, r)
 			continue
 		}
-		// A copy, addressed to the next path: the first send may still
-		// be reading r.frame.
+		// The path it timed out on may be down; the copy goes to another
+		// one (the first send may still be reading r.frame).
+		if ps := &d.paths[r.path]; d.force < 0 {
+			ps.fails++
+			if !ps.down && ps.fails >= DownAfter && len(d.paths) > 1 {
+				ps.down = true
+				ps.probe = now.Add(ProbeEvery)
+				d.PathChanges.Add(1)
+			}
+		}
+		r.path = d.pickLocked(r.path)
 		f := slices.Clone(r.frame[:r.flen])
-		copy(f[0:6], d.Paths[(r.tries+r.idx)%len(d.Paths)])
+		copy(f[0:6], d.paths[r.path].mac)
 		r.deadline = now.Add(min(d.in.cfg.Timeout<<min(r.tries, 16), d.in.cfg.MaxTimeout))
 		resend = append(resend, f)
 	}
 	for _, r := range failed {
 		r.tag = 0
 	}
+	var probe []net.HardwareAddr
+	for i := range d.paths {
+		if ps := &d.paths[i]; ps.down && !now.Before(ps.probe) {
+			ps.probe = now.Add(ProbeEvery)
+			probe = append(probe, ps.mac)
+		}
+	}
 	d.mu.Unlock()
+	for _, mac := range probe {
+		// The answer, if any, reaches Initiator.dispatch, which marks
+		// the path alive.
+		hdr := aoe.Header{Version: aoe.Version, Major: d.Shelf, Minor: d.Slot, Command: aoe.CommandQueryConfigInformation,
+			Arg: &aoe.ConfigArg{Command: aoe.ConfigCommandRead}}
+		tag := d.in.nextTag()
+		hdr.Tag = [4]byte{byte(tag >> 24), byte(tag >> 16), byte(tag >> 8), byte(tag)}
+		_ = d.in.send(mac, &hdr)
+	}
 	for _, r := range failed {
 		d.sem <- r.idx
 		r.done(fmt.Errorf("aoe: e%d.%d: %w after %d tries", d.Shelf, d.Slot, ErrTimeout, d.in.cfg.Retries))

@@ -182,6 +182,12 @@ func (in *Initiator) dispatch(b *rawsock.Batch, n int) {
 		}
 		cp := wire.Frame(slices.Clone([]byte(f)))
 		in.mu.Lock()
+		if d := in.devices[key(f.Shelf(), f.Slot())]; d != nil && f.Command() == aoe.CommandQueryConfigInformation && !f.IsError() {
+			// A down path's probe answered (or any path announced).
+			d.mu.Lock()
+			d.aliveLocked(f.Src())
+			d.mu.Unlock()
+		}
 		for _, ch := range in.control {
 			select {
 			case ch <- cp:
