@@ -163,3 +163,51 @@ func TestSecondDaemonRefused(t *testing.T) {
 		t.Errorf("first daemon: %v", err)
 	}
 }
+
+// TestReconcileAppliesLimitsInPlace: a limit set on a pool volume reaches
+// the running target without reopening the volume, and goes away again.
+func TestReconcileAppliesLimitsInPlace(t *testing.T) {
+	p, err := OpenPool(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Create("v", 1<<20, VolumeOptions{Addr: "3.0"}); err != nil {
+		t.Fatal(err)
+	}
+	tg := NewTarget(TargetConfig{})
+	defer tg.Close()
+	if err := reconcile(tg, p, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	v := tg.tab.Load().byAddr[key(3, 0)]
+	if v == nil || v.limit.Load() != nil {
+		t.Fatalf("volume not served, or limited from the start: %v", v)
+	}
+	if _, err := p.SetLimit("v", Limit{IOPS: 100, BytesPerSecond: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if err := reconcile(tg, p, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := tg.tab.Load().byAddr[key(3, 0)]; got != v {
+		t.Fatal("the volume was reopened for a limit change")
+	}
+	if lm := v.limit.Load(); lm == nil || lm.lim != (Limit{IOPS: 100, BytesPerSecond: 1 << 20}) {
+		t.Fatalf("limit not applied: %+v", lm)
+	}
+	if _, err := p.SetLimit("v", Limit{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := reconcile(tg, p, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if v.limit.Load() != nil {
+		t.Fatal("limit not removed")
+	}
+	if _, err := p.SetLimit("v", Limit{IOPS: -1}); err == nil {
+		t.Error("a negative limit was accepted")
+	}
+	if _, err := p.SetLimit("nope", Limit{IOPS: 1}); err == nil {
+		t.Error("a limit on a missing volume was accepted")
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -523,4 +524,105 @@ func waitUntil(d time.Duration, cond func() bool) error {
 		}
 	}
 	return fmt.Errorf("timed out after %v", d)
+}
+
+// TestVolumeLimits: a volume's IOPS and bandwidth limits hold at the
+// target, change live, and keep a flat-out neighbour from starving
+// another volume.
+func TestVolumeLimits(t *testing.T) {
+	l := newAoELab(t, 9000)
+	tg := NewTarget(TargetConfig{})
+	t.Cleanup(func() { tg.Close() })
+	for slot := uint8(0); slot < 2; slot++ {
+		e := Export{Shelf: 6, Slot: slot, Path: volumeFile(t, 64<<20)}
+		if slot == 0 {
+			e.Limit = Limit{IOPS: 300}
+		}
+		if err := tg.Add(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.serve(t, tg)
+	in := l.initiator(t, initiator.Config{Window: 64, Timeout: 300 * time.Millisecond})
+	var devs [2]*initiator.Device
+	for slot := range devs {
+		d, err := in.Open(context.Background(), 6, uint8(slot), 300*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		devs[slot] = d
+	}
+	// rate runs workers reading bs at random offsets of d for dur; it
+	// returns ops/s and bytes/s.
+	rate := func(d *initiator.Device, workers, bs int, dur time.Duration) (float64, float64) {
+		var ops atomic.Int64
+		var wg sync.WaitGroup
+		end := time.Now().Add(dur)
+		for w := 0; w < workers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				buf := make([]byte, bs)
+				for i := w; time.Now().Before(end); i += workers {
+					if _, err := d.ReadAt(buf, int64(i%1000)*int64(bs)); err != nil {
+						t.Error(err)
+						return
+					}
+					ops.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		return float64(ops.Load()) / dur.Seconds(), float64(ops.Load()) * float64(bs) / dur.Seconds()
+	}
+	median := func(d *initiator.Device, n int) time.Duration {
+		var lat []time.Duration
+		buf := make([]byte, 4096)
+		for i := 0; i < n; i++ {
+			start := time.Now()
+			if _, err := d.ReadAt(buf, int64(i)*4096); err != nil {
+				t.Fatal(err)
+			}
+			lat = append(lat, time.Since(start))
+		}
+		slices.Sort(lat)
+		return lat[len(lat)/2]
+	}
+	within := func(what string, got, want float64) {
+		t.Helper()
+		if got < want*0.8 || got > want*1.2 {
+			t.Errorf("%s: %.0f, want %.0f ± 20%%", what, got, want)
+		} else {
+			t.Logf("%s: %.0f (limit %.0f)", what, got, want)
+		}
+	}
+
+	idle := median(devs[1], 300)
+	var busy time.Duration
+	done := make(chan struct{})
+	go func() { defer close(done); time.Sleep(300 * time.Millisecond); busy = median(devs[1], 300) }()
+	iops, _ := rate(devs[0], 8, 4096, 2*time.Second)
+	<-done
+	within("e6.0 limited to 300 IOPS, read flat out by 8 workers: IOPS", iops, 300)
+	t.Logf("e6.1 (no limit) median read latency: idle %v, while e6.0 runs flat out %v", idle, busy)
+	if busy > 2*idle+100*time.Microsecond {
+		t.Errorf("the neighbour's latency went from %v to %v (bar: within 2x)", idle, busy)
+	}
+	unl, _ := rate(devs[1], 8, 4096, time.Second)
+	t.Logf("e6.1 with no limit: %.0f IOPS", unl)
+
+	// Live changes take effect at once.
+	tg.SetLimit(6, 0, Limit{IOPS: 1000})
+	iops, _ = rate(devs[0], 8, 4096, time.Second)
+	within("after raising the limit to 1000 IOPS, live: IOPS", iops, 1000)
+	tg.SetLimit(6, 0, Limit{BytesPerSecond: 4 << 20})
+	_, bps := rate(devs[0], 4, 64<<10, 2*time.Second)
+	within("limited to 4 MiB/s instead, 64 KiB reads: bytes/s", bps, 4<<20)
+	tg.SetLimit(6, 0, Limit{})
+	iops, _ = rate(devs[0], 8, 4096, time.Second)
+	if iops < 2000 {
+		t.Errorf("with the limit removed e6.0 runs at %.0f IOPS", iops)
+	}
+	t.Logf("limit removed: %.0f IOPS", iops)
 }

@@ -31,6 +31,7 @@ type Volume struct {
 	MACs     []string  `json:"macs,omitempty"`
 	Origin   string    `json:"origin,omitempty"`   // cloned or snapshotted from
 	Snapshot bool      `json:"snapshot,omitempty"` // read-only point-in-time copy
+	Limit    *Limit    `json:"limit,omitempty"`    // I/O limit at the target
 	Created  time.Time `json:"created"`
 }
 
@@ -288,6 +289,28 @@ func (p *Pool) SetExport(name, addr string, macs []string, clearAddr bool) (Volu
 	return out, err
 }
 
+// SetLimit sets (or, with a zero limit, removes) a volume's I/O limit; a
+// running daemon applies it within a second, without reopening the volume.
+func (p *Pool) SetLimit(name string, l Limit) (Volume, error) {
+	if l.IOPS < 0 || l.BytesPerSecond < 0 {
+		return Volume{}, fmt.Errorf("storagenode: volume %q: negative limit", name)
+	}
+	var out Volume
+	err := p.update(func(s *poolState) error {
+		i := findVol(s, name)
+		if i < 0 {
+			return fmt.Errorf("storagenode: volume %q: %w", name, ErrNotFound)
+		}
+		s.Volumes[i].Limit = nil
+		if !l.IsZero() {
+			s.Volumes[i].Limit = &l
+		}
+		out = s.Volumes[i]
+		return nil
+	})
+	return out, err
+}
+
 // Clone copies src into a new volume: a reflink (FICLONE) where the
 // filesystem shares blocks, else a sparse copy that skips holes. It
 // returns which one it used.
@@ -438,6 +461,9 @@ func (p *Pool) Exports() ([]Export, error) {
 			continue
 		}
 		e := Export{Shelf: *v.Shelf, Slot: *v.Slot, Path: p.Path(v), ReadOnly: v.ReadOnly, Sync: v.Sync, Name: v.Name}
+		if v.Limit != nil {
+			e.Limit = *v.Limit
+		}
 		for _, m := range v.MACs {
 			hw, err := net.ParseMAC(m)
 			if err != nil {

@@ -188,6 +188,10 @@ func reconcile(t *Target, pool *Pool, static []Export, rep *reporter) error {
 		if v := cur[k]; v != nil {
 			if same(v, w) {
 				seen[k] = true
+				if v.Limit != w.Limit {
+					t.log.Info("volume limit changed", "shelf", w.Shelf, "slot", w.Slot, "iops", w.Limit.IOPS, "bytes_per_second", w.Limit.BytesPerSecond)
+					t.SetLimit(w.Shelf, w.Slot, w.Limit)
+				}
 				continue
 			}
 			t.log.Info("volume changed, re-exporting", "shelf", w.Shelf, "slot", w.Slot)

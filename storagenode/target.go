@@ -54,6 +54,8 @@ type Export struct {
 	MACs []net.HardwareAddr
 	// Name is used for the IDENTIFY serial number; defaults to the address.
 	Name string
+	// Limit caps the volume's IOPS and bandwidth (zero: none).
+	Limit Limit
 	// Replicated volumes belong to the target's storage pair: written in
 	// the pair's order on both nodes, served only while this node is sure
 	// to be current (docs/storage-pairs.md).
@@ -106,10 +108,14 @@ type volume struct {
 	mu       sync.Mutex // config string and reservation changes
 	config   []byte
 	reserved atomic.Pointer[[][6]byte] // reservation list; nil or empty: none
+	limit    atomic.Pointer[limiter]   // nil: no I/O limit
 }
 
 // close unmaps and closes the volume; no reply may point into it any more.
 func (v *volume) close() error {
+	if lm := v.limit.Swap(nil); lm != nil {
+		lm.close()
+	}
 	if v.mem != nil {
 		_ = unix.Munmap(v.mem)
 		v.mem = nil
@@ -343,6 +349,10 @@ func (t *Target) Add(e Export) error {
 	}
 	nt.byAddr[k] = v
 	nt.list = append(slices.Clone(old.list), v)
+	if !e.Limit.IsZero() {
+		v.Limit = Limit{}
+		v.setLimit(t, e.Limit)
+	}
 	slices.SortFunc(nt.list, func(a, b *volume) int {
 		return int(key(a.Shelf, a.Slot)) - int(key(b.Shelf, b.Slot))
 	})
@@ -507,6 +517,9 @@ func (h *Handler) Handle(req []byte, r Replier) {
 		if v == nil || !v.visibleTo(f.Src()) || (v.Replicated && !h.t.pair.serving()) {
 			c.ignored.Add(1)
 			return
+		}
+		if lm := v.limit.Load(); lm != nil && !lm.admit(h, f, frameBytes(f)) {
+			return // queued until the volume's limit allows it
 		}
 		h.ata(v, f, r)
 		return

@@ -122,6 +122,15 @@ func volumeCommand(dataDir *cli.StringFlag) *cli.Command {
 		if addr == "" {
 			addr = "not exported"
 		}
+		if l := v.Limit; l != nil {
+			extra += fmt.Sprintf(", limited to %d IOPS, %s/s", l.IOPS, human(l.BytesPerSecond))
+			if l.IOPS == 0 {
+				extra = strings.Replace(extra, "0 IOPS, ", "", 1)
+			}
+			if l.BytesPerSecond == 0 {
+				extra = strings.Replace(extra, ", 0 B/s", "", 1)
+			}
+		}
 		fmt.Fprintf(c.App.Writer, "%s: %s, %s%s\n", v.Name, human(v.Size), addr, extra)
 		return nil
 	}
@@ -258,6 +267,36 @@ func volumeCommand(dataDir *cli.StringFlag) *cli.Command {
 						macs = c.StringSlice("mac")
 					}
 					v, err := p.SetExport(c.Args().First(), c.String("addr"), macs, c.Bool("none"))
+					if err != nil {
+						return err
+					}
+					return printVol(c, v, "")
+				},
+			},
+			{
+				Name: "limit", Usage: "cap a volume's I/O at the target (0: no limit); a running daemon applies it within a second", ArgsUsage: "NAME",
+				Flags: []cli.Flag{out,
+					&cli.Int64Flag{Name: "iops", Usage: "AoE commands per second (one per frame)"},
+					&cli.StringFlag{Name: "bandwidth", Value: "0", Usage: "bytes per second read and written, like 100M"}},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return fmt.Errorf("usage: fabricd storage volume limit NAME [--iops N] [--bandwidth 100M]")
+					}
+					var bw int64
+					var err error
+					if b := c.String("bandwidth"); b != "0" {
+						if bw, err = storagenode.ParseSize(b); err != nil {
+							return fmt.Errorf("--bandwidth %q: %w", b, err)
+						}
+					}
+					p, err := pool(c)
+					if err != nil {
+						return err
+					}
+					if c.Int64("iops") < 0 {
+						return fmt.Errorf("--iops %d: want 0 (no limit) or more", c.Int64("iops"))
+					}
+					v, err := p.SetLimit(c.Args().First(), storagenode.Limit{IOPS: c.Int64("iops"), BytesPerSecond: bw})
 					if err != nil {
 						return err
 					}
