@@ -49,6 +49,9 @@ func (c *Controller) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/agent/enroll", c.enroll)
 	mux.HandleFunc("POST /v1/agent/heartbeat", c.heartbeat)
 	mux.HandleFunc("POST /v1/agent/renew", c.renew)
+	mux.HandleFunc("POST /v1/storage/report", c.storageReport)
+	mux.Handle("GET /v1/storage", c.auth(c.listStorage))
+	mux.Handle("GET /v1/storage/{name}", c.auth(c.showStorage))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, controllerapi.CodeNotFound, fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path))
 	})

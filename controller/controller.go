@@ -102,6 +102,7 @@ type Controller struct {
 	gen     uint64        // counts committed changes: the agents' desired-state generation
 
 	agents   *agents
+	storage  *storageNodes
 	placeMu  sync.Mutex      // serialises placement decisions
 	migSeq   uint64          // under placeMu
 	inflight map[string]bool // instances a Migrate call is working on, under placeMu
@@ -152,7 +153,7 @@ func New(cfg Config) (*Controller, error) {
 	}
 	c := &Controller{cfg: cfg, log: log, st: st, ca: fca, token: token,
 		changed: make(chan struct{}), unknownSeen: map[string]time.Time{},
-		agents: newAgents(cfg.AgentTimeout), gen: 1, inflight: map[string]bool{}, started: time.Now()}
+		agents: newAgents(cfg.AgentTimeout), storage: newStorageNodes(cfg.AgentTimeout), gen: 1, inflight: map[string]bool{}, started: time.Now()}
 	reserved := map[netip.Addr]bool{}
 	if cfg.ServerIP.IsValid() {
 		reserved[cfg.ServerIP] = true

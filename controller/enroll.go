@@ -375,6 +375,7 @@ func (c *Controller) Reset(nameOrMAC, actor string) (controllerapi.Node, error) 
 	})
 	if err == nil {
 		c.agents.forget(n.Name)
+		c.storage.forget(n.Name)
 	}
 	return n, err
 }
@@ -464,6 +465,7 @@ func (c *Controller) RemoveNode(nameOrMAC string, force bool, actor string) (con
 		return n, err
 	}
 	c.agents.forget(n.Name)
+	c.storage.forget(n.Name)
 	c.log.Info("node removed", "node", n.Name, "by", actor, "instances_deleted", len(held))
 	return n, nil
 }

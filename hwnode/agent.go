@@ -233,27 +233,9 @@ func (a *Agent) enroll(ctx context.Context) error {
 	if err := os.MkdirAll(a.cfg.StateDir, 0o700); err != nil {
 		return err
 	}
-	// An unreachable controller is waited for (it may be starting too); an
-	// answer that refuses the token is final.
-	b := backoff.New(time.Second, 30*time.Second, 0.2)
-	var r controllerapi.EnrollResponse
-	for {
-		var err error
-		r, err = a.api.Enroll(ctx, a.cfg.Node, tok)
-		if err == nil {
-			break
-		}
-		var ae *controllerapi.APIError
-		if errors.As(err, &ae) || ctx.Err() != nil {
-			return fmt.Errorf("hwnode: enrolling %s: %w", a.cfg.Node, err)
-		}
-		d := b.Next()
-		a.log.Warn("controller unreachable; retrying enrollment", "err", err, "retry_in", d.Round(time.Millisecond), "attempt", b.Failures())
-		select {
-		case <-time.After(d):
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	r, err := a.api.EnrollRetrying(ctx, a.cfg.Node, tok, a.log)
+	if err != nil {
+		return fmt.Errorf("hwnode: %w", err)
 	}
 	a.log.Info("enrolled with the controller", "node", r.Node, "cert_not_after", r.NotAfter)
 	return nil
@@ -283,7 +265,7 @@ func (a *Agent) reenroll(ctx context.Context) bool {
 // "" when none is left. A token is spent by any attempt, so none is tried
 // twice.
 func (a *Agent) nextToken() string {
-	for _, t := range []string{a.cfg.Token, cmdlineArg("fabric.token")} {
+	for _, t := range []string{a.cfg.Token, controllerapi.KernelArg("fabric.token")} {
 		if t != "" && t != a.triedToken {
 			a.triedToken = t
 			return t
@@ -316,16 +298,6 @@ func (a *Agent) renew(ctx context.Context) {
 	}
 	a.log.Info("certificate renewed", "node", r.Node, "not_after", r.NotAfter)
 	a.certChanged(ctx)
-}
-
-func cmdlineArg(key string) string {
-	b, _ := os.ReadFile("/proc/cmdline")
-	for _, f := range strings.Fields(string(b)) {
-		if v, ok := strings.CutPrefix(f, key+"="); ok {
-			return v
-		}
-	}
-	return ""
 }
 
 // probe fills in the capacity, the hypervisor and the disk mode.

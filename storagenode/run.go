@@ -8,6 +8,7 @@ import (
 	"maps"
 	"os"
 	"slices"
+	"sync"
 	"syscall"
 	"time"
 
@@ -31,6 +32,9 @@ type Config struct {
 	// Pair, if set, makes this node one of a storage pair: every pool
 	// volume is replicated to the peer (docs/storage-pairs.md).
 	Pair *PairConfig
+	// Member, if set, enrolls the node with the controller and reports
+	// to it.
+	Member *MemberConfig
 }
 
 // Run serves until ctx ends.
@@ -105,6 +109,13 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if pair != nil {
 		g.Go(func() error { return pair.Run(ctx) })
+	}
+	if cfg.Member != nil {
+		m, err := newMember(*cfg.Member, pool, t, cfg.Interfaces, rep, log)
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { m.run(ctx); return nil })
 	}
 	every := cfg.Reload
 	if every <= 0 {
@@ -223,13 +234,26 @@ type reporter struct {
 	pool *Pool
 	info DaemonInfo
 	log  *slog.Logger
+	mu   sync.Mutex
 	last map[string]string // nil until the first report is written
+}
+
+// problems is the last report: volume name -> why it is not served.
+func (r *reporter) problems() map[string]string {
+	if r == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.last)
 }
 
 func (r *reporter) report(problems map[string]string) {
 	if r == nil {
 		return
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.last != nil && maps.Equal(problems, r.last) {
 		return
 	}

@@ -321,3 +321,68 @@ func TestCLIStatus(t *testing.T) {
 		t.Errorf("fabric status -o json: exit %d, %v, %+v", code, err, st.Nodes)
 	}
 }
+
+func TestCLIStorage(t *testing.T) {
+	t.Setenv("FABRIC_TOKEN", "")
+	cfg, ctl := startController(t)
+	for _, args := range [][]string{
+		{"node", "register", "--mac", "52:54:00:12:34:57", "--role", "storage", "--name", "st1"},
+		{"node", "register", "--mac", "52:54:00:12:34:58", "--role", "storage", "--name", "st2"},
+		{"node", "register", "--mac", "52:54:00:12:34:56", "--role", "hwnode", "--name", "hn1"},
+	} {
+		if code, _, errs := fabric(t, cfg, args...); code != 0 {
+			t.Fatal(errs)
+		}
+	}
+	if code, _, errs := fabric(t, cfg, "storage", "show", "hn1"); code == 0 || !strings.Contains(errs, "not a storage node") {
+		t.Errorf("storage show of a hardware node: exit %d, %q", code, errs)
+	}
+	// st1's agent enrolls and reports as a pair owner.
+	code, out, errs := fabric(t, cfg, "node", "token", "st1")
+	if code != 0 {
+		t.Fatal(errs)
+	}
+	tok := strings.TrimSpace(out[strings.LastIndex(strings.TrimSpace(out), " ")+1:])
+	id, err := controllerapi.LoadIdentity(filepath.Join(t.TempDir(), "identity.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cc clientConfig
+	b, _ := os.ReadFile(cfg)
+	_ = json.Unmarshal(b, &cc)
+	agent, err := controllerapi.NewAgentClient(cc.Controller, ctl.CACertPEM(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := agent.Enroll(ctx, "st1", tok); err != nil {
+		t.Fatalf("enroll with %q: %v", tok, err)
+	}
+	pct := 42.0
+	if err := agent.StorageReport(ctx, controllerapi.StorageReport{Node: "st1", Capacity: controllerapi.StorageCapacity{TotalBytes: 100 << 30, FreeBytes: 60 << 30},
+		Interfaces: []controllerapi.StorageIface{{Name: "eth1", MAC: "02:00:00:00:00:01"}},
+		Volumes:    []controllerapi.StorageVolume{{Name: "hn1-root", Addr: "e1.0", Size: 20 << 30, IOPS: 2000, ResyncPercent: &pct}},
+		Pair:       &controllerapi.StoragePair{Pair: "p1", Peer: "st2", Role: "owner", Epoch: 3, PeerConnected: true, State: "resyncing", Serving: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.StorageReport(ctx, controllerapi.StorageReport{Node: "st2"}); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Errorf("st1's certificate reporting for st2: %v", err)
+	}
+	code, out, errs = fabric(t, cfg, "storage", "list")
+	for _, want := range []string{"st1   alive", "p1 (with st2)", "owner, epoch 3", "resyncing", "60 GiB", "st2   never reported"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("fabric storage list: exit %d, %q; output lacks %q:\n%s", code, errs, want, out)
+		}
+	}
+	code, out, errs = fabric(t, cfg, "storage", "show", "st1")
+	for _, want := range []string{"60 GiB free of 100 GiB", "eth1 02:00:00:00:00:01", "p1 with st2: owner of epoch 3, resyncing", "hn1-root", "e1.0", "resync 42%", "2000 IOPS"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("fabric storage show st1: exit %d, %q; output lacks %q:\n%s", code, errs, want, out)
+		}
+	}
+	code, out, _ = fabric(t, cfg, "storage", "list", "-o", "json")
+	var ns []controllerapi.StorageNode
+	if err := json.Unmarshal([]byte(out), &ns); code != 0 || err != nil || len(ns) != 2 || !ns[0].Alive || ns[0].Report.Pair.Epoch != 3 {
+		t.Errorf("fabric storage list -o json: exit %d, %v, %+v", code, err, ns)
+	}
+}

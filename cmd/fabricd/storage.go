@@ -44,6 +44,10 @@ volumes (address, size, name) in each pool, and a witness somewhere else:
 			&cli.StringFlag{Name: "witness", Usage: "URL of the witness that grants write ownership (fabricd storage witness)", Category: "pair"},
 			&cli.StringFlag{Name: "resync-rate", Value: "100M", Usage: "resync bandwidth per second (guests keep the rest)", Category: "pair"},
 			&cli.BoolFlag{Name: "no-takeover", Usage: "do not serve the peer's AoE MAC while it is away", Category: "pair"},
+			&cli.StringFlag{Name: "controller", Usage: "enroll with this controller and report to it (https://HOST:PORT)", Category: "fabric member"},
+			&cli.StringFlag{Name: "ca", Usage: "fabric CA certificate (the controller's STATE/ca/ca.crt)", Category: "fabric member"},
+			&cli.StringFlag{Name: "name", Usage: "this node's registered name (role storage); default: --node", Category: "fabric member"},
+			&cli.StringFlag{Name: "token", Usage: "one-time enrollment token (`fabric node token NAME`); default fabric.token= from /proc/cmdline", Category: "fabric member"},
 		},
 		Action: func(c *cli.Context) error {
 			log, err := logger(c)
@@ -71,7 +75,19 @@ volumes (address, size, name) in each pool, and a witness somewhere else:
 					Listen: c.String("replication-listen"), PeerAddr: c.String("peer"), Witness: c.String("witness"),
 					ResyncRate: rate, NoTakeover: c.Bool("no-takeover")}
 			}
+			var member *storagenode.MemberConfig
+			if c.IsSet("controller") {
+				name := c.String("name")
+				if name == "" {
+					name = c.String("node")
+				}
+				if name == "" || c.String("ca") == "" {
+					return fmt.Errorf("--controller needs --name (the node's registered name) and --ca (the fabric CA)")
+				}
+				member = &storagenode.MemberConfig{Controller: c.String("controller"), CAFile: c.String("ca"), Node: name, Token: c.String("token")}
+			}
 			return storagenode.Run(c.Context, storagenode.Config{
+				Member:      member,
 				Pair:        pair,
 				Interfaces:  c.StringSlice("iface"),
 				DataDir:     c.String("data-dir"),

@@ -11,12 +11,15 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/fabric-project/fabric/internal/atomicfile"
+	"github.com/fabric-project/fabric/internal/backoff"
 )
 
 // Identity is a node agent's private key and certificate, kept together
@@ -194,6 +197,30 @@ func (c *Client) Enroll(ctx context.Context, node, token string) (EnrollResponse
 // Renew replaces the identity's key and certificate before it expires,
 // authenticated by the current one. Not safe to call concurrently with
 // other calls of the same client.
+// EnrollRetrying enrolls like Enroll, but waits out a controller it
+// cannot reach (it may be starting too), with capped exponential backoff
+// and jitter; an answer that refuses the token is final.
+func (c *Client) EnrollRetrying(ctx context.Context, node, token string, log *slog.Logger) (EnrollResponse, error) {
+	b := backoff.New(time.Second, 30*time.Second, 0.2)
+	for {
+		r, err := c.Enroll(ctx, node, token)
+		if err == nil {
+			return r, nil
+		}
+		var ae *APIError
+		if errors.As(err, &ae) || ctx.Err() != nil {
+			return r, fmt.Errorf("enrolling %s: %w", node, err)
+		}
+		d := b.Next()
+		log.Warn("controller unreachable; retrying enrollment", "err", err, "retry_in", d.Round(time.Millisecond), "attempt", b.Failures())
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			return r, ctx.Err()
+		}
+	}
+}
+
 func (c *Client) Renew(ctx context.Context, node string) (EnrollResponse, error) {
 	return c.certify(ctx, node, "/v1/agent/renew", func(csr []byte) any { return RenewRequest{CSR: csr} })
 }
@@ -225,4 +252,17 @@ func (c *Client) certify(ctx context.Context, node, path string, req func(csr []
 func IsRevoked(err error) bool {
 	var ae *APIError
 	return errors.As(err, &ae) && ae.Code == CodeRevoked
+}
+
+// KernelArg is key's value on the kernel command line (fabric.token=,
+// fabric.name=: what the config node's boot script gives a PXE-booted
+// node), or "".
+func KernelArg(key string) string {
+	b, _ := os.ReadFile("/proc/cmdline")
+	for _, f := range strings.Fields(string(b)) {
+		if v, ok := strings.CutPrefix(f, key+"="); ok {
+			return v
+		}
+	}
+	return ""
 }

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/fabric-project/fabric/controller/controllerapi"
+)
+
+func storageCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "storage",
+		Usage: "storage nodes: what each reports (capacity, volumes, pair state)",
+		Subcommands: []*cli.Command{
+			{
+				Name:  "list",
+				Usage: "list storage nodes: alive, pair and role, sync state, volumes, free space",
+				Flags: []cli.Flag{outputFlag},
+				Action: withClient(func(c *cli.Context, cl *controllerapi.Client) error {
+					ns, err := cl.StorageNodes(c.Context)
+					if err != nil {
+						return err
+					}
+					return show(c, ns, func(w io.Writer) { storageTable(w, ns, time.Now()) })
+				}),
+			},
+			{
+				Name:      "show",
+				Usage:     "one storage node: its report, every volume with its sync state and limits",
+				ArgsUsage: "NAME",
+				Flags:     []cli.Flag{outputFlag},
+				Action: withClient(func(c *cli.Context, cl *controllerapi.Client) error {
+					if c.NArg() != 1 {
+						return fmt.Errorf("usage: fabric storage show NAME")
+					}
+					n, err := cl.StorageNode(c.Context, c.Args().First())
+					if err != nil {
+						return err
+					}
+					return show(c, n, func(w io.Writer) { storageShow(w, n, time.Now()) })
+				}),
+			},
+		},
+	}
+}
+
+func storageState(n controllerapi.StorageNode, now time.Time) string {
+	switch {
+	case n.Report == nil:
+		return "never reported (start fabricd storage with --controller)"
+	case !n.Alive:
+		return fmt.Sprintf("not reporting (last %s ago)", now.Sub(n.LastSeen).Round(time.Second))
+	}
+	return "alive"
+}
+
+func storageTable(w io.Writer, ns []controllerapi.StorageNode, now time.Time) {
+	fmt.Fprintln(w, "NAME\tSTATE\tPAIR\tROLE\tSYNC\tVOLUMES\tFREE")
+	for _, n := range ns {
+		pair, role, sync, vols, free := "-", "-", "-", "-", "-"
+		if r := n.Report; r != nil {
+			vols, free = fmt.Sprint(len(r.Volumes)), humanBytes(r.Capacity.FreeBytes)
+			if p := r.Pair; p != nil {
+				pair, role, sync = p.Pair+" (with "+p.Peer+")", fmt.Sprintf("%s, epoch %d", p.Role, p.Epoch), p.State
+			}
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, storageState(n, now), pair, role, sync, vols, free)
+	}
+}
+
+func storageShow(w io.Writer, n controllerapi.StorageNode, now time.Time) {
+	fmt.Fprintf(w, "name:\t%s\n", n.Name)
+	fmt.Fprintf(w, "mac, ip:\t%s, %s\n", n.MAC, n.IP)
+	fmt.Fprintf(w, "state:\t%s\n", storageState(n, now))
+	r := n.Report
+	if r == nil {
+		return
+	}
+	fmt.Fprintf(w, "capacity:\t%s free of %s\n", humanBytes(r.Capacity.FreeBytes), humanBytes(r.Capacity.TotalBytes))
+	var ifs []string
+	for _, i := range r.Interfaces {
+		ifs = append(ifs, i.Name+" "+i.MAC)
+	}
+	fmt.Fprintf(w, "AoE interfaces:\t%s\n", strings.Join(ifs, ", "))
+	if p := r.Pair; p != nil {
+		fmt.Fprintf(w, "pair:\t%s with %s: %s of epoch %d, %s; peer %s; serving %v\n", p.Pair, p.Peer, p.Role, p.Epoch, p.State,
+			map[bool]string{true: "connected", false: "not connected"}[p.PeerConnected], p.Serving)
+		if len(p.TakenOver) > 0 {
+			fmt.Fprintf(w, "answering for the peer:\t%s\n", strings.Join(p.TakenOver, ", "))
+		}
+		if p.Waiting != "" {
+			fmt.Fprintf(w, "waiting:\t%s\n", p.Waiting)
+		}
+		if p.LastEvent != "" {
+			fmt.Fprintf(w, "last pair event:\t%s\n", p.LastEvent)
+		}
+	}
+	fmt.Fprintln(w, "VOLUME\tADDR\tSIZE\tSYNC\tLIMIT\tPROBLEM")
+	for _, v := range r.Volumes {
+		sync := "-"
+		if r.Pair != nil {
+			sync = "in sync"
+			if v.DirtyBytes > 0 {
+				sync = humanBytes(v.DirtyBytes) + " dirty"
+			}
+			if v.ResyncPercent != nil {
+				sync = fmt.Sprintf("resync %.0f%%", *v.ResyncPercent)
+			}
+		}
+		limit := "-"
+		if v.IOPS > 0 || v.BPS > 0 {
+			var l []string
+			if v.IOPS > 0 {
+				l = append(l, fmt.Sprintf("%d IOPS", v.IOPS))
+			}
+			if v.BPS > 0 {
+				l = append(l, humanBytes(v.BPS)+"/s")
+			}
+			limit = strings.Join(l, ", ")
+		}
+		addr := v.Addr
+		if addr == "" {
+			addr = "-"
+		}
+		problem := v.Problem
+		if problem == "" {
+			problem = "-"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, addr, humanBytes(v.Size), sync, limit, problem)
+	}
+}
+
+// humanBytes is n in binary units: 512 B, 1.5 GiB.
+func humanBytes(n int64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB"}
+	f, i := float64(n), 0
+	for f >= 1024 && i < len(units)-1 {
+		f /= 1024
+		i++
+	}
+	if f == float64(int64(f)) {
+		return fmt.Sprintf("%d %s", int64(f), units[i])
+	}
+	return fmt.Sprintf("%.1f %s", f, units[i])
+}

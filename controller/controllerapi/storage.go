@@ -1,0 +1,92 @@
+package controllerapi
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"time"
+)
+
+// StorageReport is what a storage node tells the controller every few
+// seconds (POST /v1/storage/report, with its node certificate): its
+// capacity, its volumes and, in a pair, the pair's state.
+type StorageReport struct {
+	Node       string          `json:"node,omitempty"` // must be the certificate's
+	Capacity   StorageCapacity `json:"capacity"`
+	Interfaces []StorageIface  `json:"interfaces"`
+	Volumes    []StorageVolume `json:"volumes"`
+	Pair       *StoragePair    `json:"pair,omitempty"`
+}
+
+// StorageCapacity is the pool's file system.
+type StorageCapacity struct {
+	TotalBytes int64 `json:"total_bytes"`
+	FreeBytes  int64 `json:"free_bytes"`
+}
+
+// StorageIface is an interface the node serves AoE on.
+type StorageIface struct {
+	Name string `json:"name"`
+	MAC  string `json:"mac"`
+}
+
+// StorageVolume is one volume of a storage node's pool.
+type StorageVolume struct {
+	Name     string   `json:"name"`
+	Addr     string   `json:"addr,omitempty"` // e<shelf>.<slot>; empty: not exported
+	Size     int64    `json:"size"`
+	ReadOnly bool     `json:"read_only,omitempty"`
+	Sync     bool     `json:"sync,omitempty"`
+	MACs     []string `json:"macs,omitempty"` // allow list
+	IOPS     int64    `json:"iops_limit,omitempty"`
+	BPS      int64    `json:"bytes_per_second_limit,omitempty"`
+	// Problem says why the node does not serve an exported volume.
+	Problem string `json:"problem,omitempty"`
+	// In a pair: dirty bytes the peer lacks, and resync progress.
+	DirtyBytes    int64    `json:"dirty_bytes,omitempty"`
+	ResyncPercent *float64 `json:"resync_percent,omitempty"`
+}
+
+// StoragePair is a pair node's state.
+type StoragePair struct {
+	Pair          string   `json:"pair"`
+	Peer          string   `json:"peer"`
+	Role          string   `json:"role"` // owner, follower, none
+	Epoch         uint64   `json:"epoch"`
+	PeerConnected bool     `json:"peer_connected"`
+	State         string   `json:"state"` // in sync, resyncing, alone, silent...
+	Serving       bool     `json:"serving"`
+	TakenOver     []string `json:"taken_over_macs,omitempty"`
+	Waiting       string   `json:"waiting,omitempty"`
+	LastEvent     string   `json:"last_event,omitempty"`
+}
+
+// StorageNode is a registered storage node and what it last reported,
+// for `fabric storage list/show`.
+type StorageNode struct {
+	Name     string         `json:"name"`
+	MAC      string         `json:"mac"`
+	IP       string         `json:"ip"`
+	Alive    bool           `json:"alive"`
+	LastSeen time.Time      `json:"last_seen,omitzero"`
+	Report   *StorageReport `json:"report,omitempty"`
+}
+
+// StorageReport sends a storage node's report (agent client).
+func (c *Client) StorageReport(ctx context.Context, r StorageReport) error {
+	return c.do(ctx, http.MethodPost, "/v1/storage/report", r, nil)
+}
+
+// StorageNodes lists the storage nodes.
+func (c *Client) StorageNodes(ctx context.Context) ([]StorageNode, error) {
+	var out []StorageNode
+	err := c.do(ctx, http.MethodGet, "/v1/storage", nil, &out)
+	return out, err
+}
+
+// StorageNode returns one storage node.
+func (c *Client) StorageNode(ctx context.Context, name string) (StorageNode, error) {
+	var out StorageNode
+	err := c.do(ctx, http.MethodGet, "/v1/storage/"+url.PathEscape(name), nil, &out)
+	return out, err
+}

@@ -1,0 +1,155 @@
+package storagenode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/fabric-project/fabric/controller/controllerapi"
+	"golang.org/x/sys/unix"
+)
+
+// MemberConfig makes the storage node a member of a fabric: it enrolls
+// with the controller (a one-time token from `fabric node token`, or
+// fabric.token= on the kernel command line of a PXE-booted node) and
+// reports its capacity, volumes and pair state every few seconds, on
+// mutual TLS with its node certificate, renewed at half-life.
+type MemberConfig struct {
+	Controller string        // https://host:port
+	CAFile     string        // the fabric CA
+	Node       string        // the name it is registered under (role storage)
+	Token      string        // one-time enrollment token; unused once enrolled
+	Every      time.Duration // report interval; default 2s
+}
+
+// identityFile holds the node's key and certificate, in the pool.
+const identityFile = "identity.pem"
+
+type member struct {
+	cfg    MemberConfig
+	api    *controllerapi.Client
+	id     *controllerapi.Identity
+	pool   *Pool
+	t      *Target
+	ifaces []string
+	rep    *reporter
+	log    *slog.Logger
+}
+
+func newMember(cfg MemberConfig, pool *Pool, t *Target, ifaces []string, rep *reporter, log *slog.Logger) (*member, error) {
+	if cfg.Node == "" {
+		return nil, errors.New("storagenode: --controller needs the node's registered name (--name)")
+	}
+	if cfg.Every <= 0 {
+		cfg.Every = 2 * time.Second
+	}
+	ca, err := os.ReadFile(cfg.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("storagenode: fabric CA (--ca): %w", err)
+	}
+	m := &member{cfg: cfg, pool: pool, t: t, ifaces: ifaces, rep: rep, log: log.With("controller", cfg.Controller)}
+	if m.id, err = controllerapi.LoadIdentity(filepath.Join(pool.Dir(), identityFile)); err != nil {
+		return nil, fmt.Errorf("storagenode: %w", err)
+	}
+	if m.api, err = controllerapi.NewAgentClient(cfg.Controller, ca, m.id); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// run enrolls if needed and reports until ctx ends or the controller
+// revokes the certificate. Volumes are served throughout, whatever the
+// controller says.
+func (m *member) run(ctx context.Context) {
+	if !m.id.Enrolled() || time.Now().After(m.id.Leaf().NotAfter) {
+		tok := m.cfg.Token
+		if tok == "" {
+			tok = controllerapi.KernelArg("fabric.token")
+		}
+		if tok == "" {
+			m.log.Error("not enrolled and no enrollment token: pass --token (`fabric node token " + m.cfg.Node + "`); serving volumes without reporting")
+			return
+		}
+		r, err := m.api.EnrollRetrying(ctx, m.cfg.Node, tok, m.log)
+		if err != nil {
+			if ctx.Err() == nil {
+				m.log.Error("enrollment refused; serving volumes without reporting", "err", err)
+			}
+			return
+		}
+		m.log.Info("enrolled with the controller", "node", r.Node, "cert_not_after", r.NotAfter)
+	}
+	tick := time.NewTicker(m.cfg.Every)
+	defer tick.Stop()
+	var failing bool
+	for {
+		if m.id.RenewDue(time.Now()) {
+			if r, err := m.api.Renew(ctx, m.cfg.Node); err == nil {
+				m.log.Info("certificate renewed", "not_after", r.NotAfter)
+			} else if !controllerapi.IsRevoked(err) {
+				m.log.Warn("certificate renewal failed; retrying", "err", err)
+			}
+		}
+		err := m.api.StorageReport(ctx, m.report())
+		switch {
+		case controllerapi.IsRevoked(err):
+			m.log.Error("the controller revoked this node's certificate (removed or reset); serving volumes without reporting", "err", err)
+			return
+		case err != nil && !failing && ctx.Err() == nil:
+			m.log.Warn("report to the controller failed; retrying", "err", err)
+			failing = true
+		case err == nil && failing:
+			m.log.Info("reporting to the controller again")
+			failing = false
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// report is the node's state now.
+func (m *member) report() controllerapi.StorageReport {
+	r := controllerapi.StorageReport{Node: m.cfg.Node, Interfaces: []controllerapi.StorageIface{}, Volumes: []controllerapi.StorageVolume{}}
+	var fs unix.Statfs_t
+	if unix.Statfs(m.pool.Dir(), &fs) == nil {
+		r.Capacity = controllerapi.StorageCapacity{TotalBytes: int64(fs.Blocks) * fs.Bsize, FreeBytes: int64(fs.Bavail) * fs.Bsize}
+	}
+	for _, name := range m.ifaces {
+		if ifi, err := net.InterfaceByName(name); err == nil {
+			r.Interfaces = append(r.Interfaces, controllerapi.StorageIface{Name: name, MAC: ifi.HardwareAddr.String()})
+		}
+	}
+	var ps *PairStatus
+	if p := m.t.pair; p != nil {
+		s := p.Status()
+		ps = &s
+		r.Pair = &controllerapi.StoragePair{Pair: s.Pair, Peer: s.Peer, Role: s.Role, Epoch: s.Epoch, PeerConnected: s.PeerConnected,
+			State: s.State, Serving: s.Serving, TakenOver: s.TakenOver, Waiting: s.Waiting, LastEvent: s.LastEvent}
+	}
+	problems := m.rep.problems()
+	vols, _ := m.pool.List()
+	for _, v := range vols {
+		sv := controllerapi.StorageVolume{Name: v.Name, Addr: v.Addr(), Size: v.Size, ReadOnly: v.ReadOnly, Sync: v.Sync, MACs: v.MACs, Problem: problems[v.Name]}
+		if v.Limit != nil {
+			sv.IOPS, sv.BPS = v.Limit.IOPS, v.Limit.BytesPerSecond
+		}
+		if ps != nil {
+			for _, pv := range ps.Volumes {
+				if strings.EqualFold(pv.Addr, v.Addr()) {
+					sv.DirtyBytes, sv.ResyncPercent = pv.DirtyBytes, pv.ResyncPercent
+				}
+			}
+		}
+		r.Volumes = append(r.Volumes, sv)
+	}
+	return r
+}

@@ -1,0 +1,110 @@
+package storagenode_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/fabric-project/fabric/controller"
+	"github.com/fabric-project/fabric/controller/controllerapi"
+)
+
+// TestPairReportsToController: both nodes of a pair enroll with a
+// controller (one-time tokens, mutual TLS) and report; the controller
+// knows each one's volumes and its role and sync state in the pair, and
+// sees the pair change when the owner dies.
+func TestPairReportsToController(t *testing.T) {
+	l := newPairLab(t, 8<<20)
+	l.waitInSync(20 * time.Second)
+	c, err := controller.New(controller.Config{StateDir: t.TempDir(), BootSubnet: netip.MustParsePrefix("10.79.0.0/24"),
+		ServerIP: netip.MustParseAddr("10.79.0.1"), APIHosts: []string{"10.78.1.254", "10.78.2.254"}, AgentTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	var ln net.Listener
+	if err := l.Wit.Do(func() (err error) { ln, err = net.Listen("tcp", ":8443"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- c.Serve(ctx, ln) }()
+	t.Cleanup(func() { cancel(); <-served })
+	ca := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(ca, c.CACertPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A storage node not started, to show as never reported.
+	if _, err := c.Registry().Register(controllerapi.RegisterRequest{Name: "sn9", MAC: "52:54:00:99:00:09", Role: controllerapi.RoleStorage}); err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range l.nodes {
+		if _, err := c.Registry().Register(controllerapi.RegisterRequest{Name: n.Name, MAC: n.MAC, Role: controllerapi.RoleStorage}); err != nil {
+			t.Fatal(err)
+		}
+		tok, err := c.Registry().IssueToken(n.Name, "test", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.kill(n, 9)
+		n.Args = append(n.Args, "--controller", fmt.Sprintf("https://10.78.%d.254:8443", i+1), "--ca", ca, "--name", n.Name, "--token", tok)
+		l.start(n)
+	}
+	l.waitInSync(30 * time.Second)
+	wait := func(what string, ok func(map[string]controllerapi.StorageNode) bool) map[string]controllerapi.StorageNode {
+		t.Helper()
+		var got map[string]controllerapi.StorageNode
+		for end := time.Now().Add(15 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+			ns, err := c.StorageNodes()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = map[string]controllerapi.StorageNode{}
+			for _, n := range ns {
+				got[n.Name] = n
+			}
+			if ok(got) {
+				return got
+			}
+		}
+		t.Fatalf("%s: the controller has %+v\n%s", what, got, l.Logs())
+		return nil
+	}
+	own, other := l.owner()
+	got := wait("both report in sync", func(m map[string]controllerapi.StorageNode) bool {
+		for _, n := range l.nodes {
+			if r := m[n.Name].Report; !m[n.Name].Alive || r == nil || r.Pair == nil || r.Pair.State != "in sync" {
+				return false
+			}
+		}
+		return true
+	})
+	for _, n := range l.nodes {
+		r := got[n.Name].Report
+		want := "follower"
+		if n == own {
+			want = "owner"
+		}
+		if r.Pair.Role != want || r.Pair.Pair != "p1" || len(r.Volumes) != 1 || r.Volumes[0].Name != "vol1" || r.Volumes[0].Addr != "e7.1" ||
+			r.Capacity.FreeBytes <= 0 || len(r.Interfaces) != 1 || r.Interfaces[0].MAC != n.MAC {
+			t.Errorf("%s's report: %+v (pair %+v)", n.Name, r, r.Pair)
+		}
+	}
+	if sn9 := got["sn9"]; sn9.Alive || sn9.Report != nil {
+		t.Errorf("sn9 never started, but: %+v", sn9)
+	}
+	t.Logf("the controller sees %s owner and %s follower, both in sync, volume e7.1 on each", own.Name, other.Name)
+
+	l.kill(own, 9)
+	wait("the owner dead, the other owning alone", func(m map[string]controllerapi.StorageNode) bool {
+		r := m[other.Name].Report
+		return !m[own.Name].Alive && m[other.Name].Alive && r != nil && r.Pair.Role == "owner" && r.Pair.State == "alone"
+	})
+	t.Logf("after kill -9 of %s the controller sees it not reporting and %s owning alone", own.Name, other.Name)
+
+}
