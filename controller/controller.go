@@ -63,6 +63,10 @@ type Config struct {
 	// The controller fills in the backend, server address, subnet and
 	// controller URL.
 	Boot pxe.Config
+	// HA turns on the failure detector: a hardware node that its agent,
+	// the storage nodes and ping all find dead is fenced through the
+	// storage and its instances restarted elsewhere (controller/fence.go).
+	HA bool
 	// StorageDir is the data directory of the storage node beside the
 	// controller: images and instance disks are volumes in its pool.
 	StorageDir string
@@ -101,11 +105,12 @@ type Controller struct {
 	changed chan struct{} // closed and replaced on every committed change
 	gen     uint64        // counts committed changes: the agents' desired-state generation
 
-	agents   *agents
-	storage  *storageNodes
-	placeMu  sync.Mutex      // serialises placement decisions
-	migSeq   uint64          // under placeMu
-	inflight map[string]bool // instances a Migrate call is working on, under placeMu
+	agents    *agents
+	storage   *storageNodes
+	watchOnce sync.Once
+	placeMu   sync.Mutex      // serialises placement decisions
+	migSeq    uint64          // under placeMu
+	inflight  map[string]bool // instances a Migrate call is working on, under placeMu
 
 	unknownMu   sync.Mutex
 	unknownSeen map[string]time.Time
@@ -256,6 +261,9 @@ func (c *Controller) Serve(ctx context.Context, ln net.Listener) error {
 	tc, err := c.TLSConfig()
 	if err != nil {
 		return err
+	}
+	if c.cfg.HA {
+		c.watchOnce.Do(func() { go c.watchNodes(ctx) })
 	}
 	srv := &http.Server{Handler: c.Handler(), TLSConfig: tc, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(c.log.Handler(), slog.LevelDebug)}

@@ -186,7 +186,7 @@ func (c *Controller) rooms() (map[string]room, error) {
 			continue
 		}
 		hb, _, alive := c.agents.get(n.Name, time.Now())
-		if !alive || c.drained(n.Name) {
+		if _, fenced := c.fenced(n.Name); !alive || fenced || c.drained(n.Name) {
 			continue
 		}
 		out[n.Name] = room{node: n.Name, vcpus: hb.Capacity.VCPUs * c.cfg.vcpuRatio(), memMiB: hb.Capacity.MemoryMiB, cap: hb.Capacity}
@@ -236,6 +236,9 @@ func (c *Controller) fits(node string, vcpus, memMiB int) (string, error) {
 	}
 	if hb, _, _ := c.agents.get(node, time.Now()); hb.LibvirtError != "" {
 		return fmt.Sprintf("%s's libvirtd does not answer its agent (%s)", node, hb.LibvirtError), nil
+	}
+	if f, ok := c.fenced(node); ok {
+		return fmt.Sprintf("%s is fenced since %s (%s); `fabric node unfence %s` once it is repaired", node, f.At.Local().Format(time.DateTime), f.Reason, node), nil
 	}
 	if c.drained(node) {
 		return fmt.Sprintf("%s is drained (`fabric node undrain %s` to use it again)", node, node), nil

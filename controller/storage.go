@@ -69,6 +69,11 @@ func (c *Controller) storageReport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rep.Node = n.Name
+	d, err := c.storageDesired()
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
 	if !c.storage.record(n.Name, rep, time.Now()) {
 		attrs := []any{"node", n.Name, "volumes", len(rep.Volumes), "free_bytes", rep.Capacity.FreeBytes}
 		if rep.Pair != nil {
@@ -76,7 +81,7 @@ func (c *Controller) storageReport(w http.ResponseWriter, r *http.Request) {
 		}
 		c.log.Info("storage node up", attrs...)
 	}
-	w.WriteHeader(http.StatusNoContent)
+	writeJSON(w, http.StatusOK, d)
 }
 
 // StorageNodes lists the registered storage nodes with what they last

@@ -2,6 +2,7 @@ package storagenode
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/internal/atomicfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -25,7 +27,7 @@ type MemberConfig struct {
 	CAFile     string        // the fabric CA
 	Node       string        // the name it is registered under (role storage)
 	Token      string        // one-time enrollment token; unused once enrolled
-	Every      time.Duration // report interval; default 2s
+	Every      time.Duration // report interval; default 1s
 }
 
 // identityFile holds the node's key and certificate, in the pool.
@@ -40,6 +42,60 @@ type member struct {
 	ifaces []string
 	rep    *reporter
 	log    *slog.Logger
+	// applied is the desired-state generation applied (persisted with
+	// the fence in the pool).
+	applied uint64
+}
+
+// fenceFile keeps the fence across restarts, in the pool.
+const fenceFile = "fence.json"
+
+type fenceState struct {
+	Generation uint64   `json:"generation"`
+	MACs       []string `json:"macs"`
+}
+
+// loadFence applies the fence kept in the pool, before anything is served.
+func loadFence(pool *Pool, t *Target) (uint64, error) {
+	b, err := os.ReadFile(filepath.Join(pool.Dir(), fenceFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	var fs fenceState
+	if err := json.Unmarshal(b, &fs); err != nil {
+		return 0, fmt.Errorf("storagenode: %s: %w", fenceFile, err)
+	}
+	var macs []net.HardwareAddr
+	for _, m := range fs.MACs {
+		if hw, err := net.ParseMAC(m); err == nil {
+			macs = append(macs, hw)
+		}
+	}
+	t.SetFence(macs)
+	return fs.Generation, nil
+}
+
+// apply makes the controller's desired state durable, then applies it.
+func (m *member) apply(d controllerapi.StorageDesired) error {
+	var macs []net.HardwareAddr
+	for _, s := range d.Fence {
+		hw, err := net.ParseMAC(s)
+		if err != nil {
+			return fmt.Errorf("fence %q: %w", s, err)
+		}
+		macs = append(macs, hw)
+	}
+	b, _ := json.Marshal(fenceState{Generation: d.Generation, MACs: d.Fence})
+	if err := atomicfile.Write(filepath.Join(m.pool.Dir(), fenceFile), b, 0o644); err != nil {
+		return err
+	}
+	m.t.SetFence(macs)
+	m.applied = d.Generation
+	m.log.Info("controller's desired state applied", "generation", d.Generation, "fenced", d.Fence)
+	return nil
 }
 
 func newMember(cfg MemberConfig, pool *Pool, t *Target, ifaces []string, rep *reporter, log *slog.Logger) (*member, error) {
@@ -47,7 +103,7 @@ func newMember(cfg MemberConfig, pool *Pool, t *Target, ifaces []string, rep *re
 		return nil, errors.New("storagenode: --controller needs the node's registered name (--name)")
 	}
 	if cfg.Every <= 0 {
-		cfg.Every = 2 * time.Second
+		cfg.Every = time.Second
 	}
 	ca, err := os.ReadFile(cfg.CAFile)
 	if err != nil {
@@ -96,7 +152,14 @@ func (m *member) run(ctx context.Context) {
 				m.log.Warn("certificate renewal failed; retrying", "err", err)
 			}
 		}
-		err := m.api.StorageReport(ctx, m.report())
+		d, err := m.api.StorageReport(ctx, m.report())
+		if err == nil && d.Generation != m.applied {
+			// Apply and say so at once: the controller may be waiting
+			// for this before it restarts a failed node's instances.
+			if err = m.apply(d); err == nil {
+				_, err = m.api.StorageReport(ctx, m.report())
+			}
+		}
 		switch {
 		case controllerapi.IsRevoked(err):
 			m.log.Error("the controller revoked this node's certificate (removed or reset); serving volumes without reporting", "err", err)
@@ -118,7 +181,14 @@ func (m *member) run(ctx context.Context) {
 
 // report is the node's state now.
 func (m *member) report() controllerapi.StorageReport {
-	r := controllerapi.StorageReport{Node: m.cfg.Node, Interfaces: []controllerapi.StorageIface{}, Volumes: []controllerapi.StorageVolume{}}
+	r := controllerapi.StorageReport{Node: m.cfg.Node, Generation: m.applied, Fenced: []string{}, Initiators: map[string]time.Time{},
+		Interfaces: []controllerapi.StorageIface{}, Volumes: []controllerapi.StorageVolume{}}
+	for _, f := range m.t.Fenced() {
+		r.Fenced = append(r.Fenced, f.String())
+	}
+	for mac, at := range m.t.InitiatorsSeen(time.Now().Add(-time.Minute)) {
+		r.Initiators[mac] = at.UTC()
+	}
 	var fs unix.Statfs_t
 	if unix.Statfs(m.pool.Dir(), &fs) == nil {
 		r.Capacity = controllerapi.StorageCapacity{TotalBytes: int64(fs.Blocks) * fs.Bsize, FreeBytes: int64(fs.Bavail) * fs.Bsize}

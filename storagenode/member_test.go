@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fabric-project/fabric/aoe/initiator"
 	"github.com/fabric-project/fabric/controller"
 	"github.com/fabric-project/fabric/controller/controllerapi"
 )
@@ -99,6 +100,59 @@ func TestPairReportsToController(t *testing.T) {
 		t.Errorf("sn9 never started, but: %+v", sn9)
 	}
 	t.Logf("the controller sees %s owner and %s follower, both in sync, volume e7.1 on each", own.Name, other.Name)
+
+	// The storage plane as a witness, and fencing through it: the
+	// initiator stands in for hardware node hn1.
+	iniMAC := l.in.MAC().String()
+	if _, err := c.Registry().Register(controllerapi.RegisterRequest{Name: "hn1", MAC: iniMAC, Role: controllerapi.RoleHWNode}); err != nil {
+		t.Fatal(err)
+	}
+	var quick *initiator.Initiator
+	if err := l.ini.Do(func() (err error) {
+		quick, err = initiator.New("ini0", initiator.Config{Timeout: 100 * time.Millisecond, MaxTimeout: 100 * time.Millisecond, Retries: 5})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer quick.Close()
+	io := func() error {
+		d, err := quick.Open(context.Background(), 7, 1, 300*time.Millisecond)
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		_, err = d.WriteAt(make([]byte, 4096), 0)
+		return err
+	}
+	if err := io(); err != nil {
+		t.Fatalf("I/O before the fence: %v", err)
+	}
+	wait("both storage nodes saw I/O from hn1's MAC", func(m map[string]controllerapi.StorageNode) bool {
+		for _, n := range l.nodes {
+			if r := m[n.Name].Report; r == nil || time.Since(r.Initiators[iniMAC]) > 5*time.Second {
+				return false
+			}
+		}
+		return true
+	})
+	start := time.Now()
+	confirmed, err := c.Fence("hn1", "test", "test")
+	if err != nil || len(confirmed) != 2 {
+		t.Fatalf("fence: %v, confirmed by %v", err, confirmed)
+	}
+	t.Logf("hn1 fenced, confirmed by %v in %v", confirmed, time.Since(start).Round(time.Millisecond))
+	if err := io(); err == nil {
+		t.Fatal("the fenced MAC still reads and writes the volume")
+	} else {
+		t.Logf("the fenced MAC gets no answer: %v", err)
+	}
+	if err := c.Unfence("hn1", "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := io(); err != nil {
+		t.Fatalf("I/O after unfence: %v", err)
+	}
+	t.Logf("after unfence hn1's MAC reads and writes again")
 
 	l.kill(own, 9)
 	wait("the owner dead, the other owning alone", func(m map[string]controllerapi.StorageNode) bool {

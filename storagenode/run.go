@@ -70,6 +70,11 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 	}
+	// The fence the controller last gave holds before anything is served.
+	fenceGen, err := loadFence(pool, t)
+	if err != nil {
+		return err
+	}
 	rep := &reporter{pool: pool, info: info, log: log}
 	if err := reconcile(t, pool, cfg.Exports, rep); err != nil {
 		return err
@@ -115,6 +120,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return err
 		}
+		m.applied = fenceGen
 		g.Go(func() error { m.run(ctx); return nil })
 	}
 	every := cfg.Reload

@@ -29,6 +29,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/fabric-project/fabric/aoe/wire"
 	"github.com/mdlayher/aoe"
@@ -222,6 +223,14 @@ type Target struct {
 	// same sockets as the rest (ports in promiscuous mode), so one
 	// queue keeps them in arrival order.
 	also atomic.Pointer[[][6]byte]
+	// fence holds initiator MACs whose frames are ignored on every
+	// volume: hardware nodes the controller declared failed. Nothing they
+	// still send reaches a disk.
+	fence atomic.Pointer[map[[6]byte]bool]
+	// seen is when each initiator MAC last sent an ATA command (unix
+	// nanoseconds): the storage plane's witness that a node is alive.
+	seenMu sync.Mutex
+	seen   map[[6]byte]int64
 	// inflight is read-held by each queue from handling a batch of frames
 	// until its replies are sent, since replies may point into volume
 	// mappings. Remove takes it for writing to wait them out before
@@ -251,7 +260,64 @@ func NewTarget(cfg TargetConfig) *Target {
 		t.bufcnt = 64
 	}
 	t.tab.Store(&table{byAddr: map[uint32]*volume{}})
+	t.seen = map[[6]byte]int64{}
 	return t
+}
+
+// SetFence replaces the set of fenced initiator MACs.
+func (t *Target) SetFence(macs []net.HardwareAddr) {
+	m := map[[6]byte]bool{}
+	for _, mac := range macs {
+		if len(mac) == 6 {
+			m[[6]byte(mac)] = true
+		}
+	}
+	t.fence.Store(&m)
+}
+
+// Fenced lists the fenced MACs.
+func (t *Target) Fenced() []net.HardwareAddr {
+	var out []net.HardwareAddr
+	if m := t.fence.Load(); m != nil {
+		for k := range *m {
+			out = append(out, net.HardwareAddr(slices.Clone(k[:])))
+		}
+	}
+	slices.SortFunc(out, func(a, b net.HardwareAddr) int { return bytes.Compare(a, b) })
+	return out
+}
+
+// InitiatorsSeen returns each initiator MAC that sent an ATA command
+// since, with the time of its last one.
+func (t *Target) InitiatorsSeen(since time.Time) map[string]time.Time {
+	t.seenMu.Lock()
+	defer t.seenMu.Unlock()
+	out := map[string]time.Time{}
+	for k, ns := range t.seen {
+		if at := time.Unix(0, ns); at.After(since) {
+			out[net.HardwareAddr(k[:]).String()] = at
+		} else if time.Since(at) > time.Hour {
+			delete(t.seen, k)
+		}
+	}
+	return out
+}
+
+// noteSource records that src sent an ATA command now, at most every 100
+// ms per MAC and handler (a per-goroutine map spares the shared lock).
+func (h *Handler) noteSource(src []byte) {
+	now := time.Now().UnixNano()
+	k := [6]byte(src)
+	if last, ok := h.touched[k]; ok && now-last < int64(100*time.Millisecond) {
+		return
+	}
+	if len(h.touched) > 4096 {
+		clear(h.touched) // a flood of made-up source addresses
+	}
+	h.touched[k] = now
+	h.t.seenMu.Lock()
+	h.t.seen[k] = now
+	h.t.seenMu.Unlock()
 }
 
 // servesFor says whether dst is an address this target answers for
@@ -460,13 +526,14 @@ type Handler struct {
 	c          *counters
 	// send sends one frame at once, outside the batch: the reply to a
 	// replicated write, which leaves when the pair has it on both nodes.
-	send func([]byte) error
+	send    func([]byte) error
+	touched map[[6]byte]int64 // noteSource's throttle
 }
 
 // NewHandler returns a handler for frames arriving on an interface with
 // the given MAC and MTU. Each goroutine needs its own handler.
 func (t *Target) NewHandler(mac net.HardwareAddr, mtu int) *Handler {
-	return &Handler{t: t, mac: [6]byte(mac), maxSectors: wire.MaxSectors(mtu), c: t.newCounters()}
+	return &Handler{t: t, mac: [6]byte(mac), maxSectors: wire.MaxSectors(mtu), c: t.newCounters(), touched: map[[6]byte]int64{}}
 }
 
 // Handle processes one received frame, replying through r. It never panics
@@ -495,6 +562,10 @@ func (h *Handler) Handle(req []byte, r Replier) {
 		c.malformed.Add(1) // multicast source
 		return
 	}
+	if fs := h.t.fence.Load(); fs != nil && len(*fs) > 0 && (*fs)[[6]byte(f.Src())] {
+		c.ignored.Add(1) // a fenced node: nothing it sends reaches a disk
+		return
+	}
 	h.src = h.mac
 	if dst := f.Dst(); dst[0]&1 == 0 && !bytes.Equal(dst, h.mac[:]) {
 		// Unicast to another address: one this node serves for its
@@ -513,6 +584,7 @@ func (h *Handler) Handle(req []byte, r Replier) {
 			c.malformed.Add(1)
 			return
 		}
+		h.noteSource(f.Src())
 		v := tab.byAddr[key(shelf, slot)]
 		if v == nil || !v.visibleTo(f.Src()) || (v.Replicated && !h.t.pair.serving()) {
 			c.ignored.Add(1)

@@ -423,6 +423,33 @@ func nodeCommand() *cli.Command {
 				}),
 			},
 			{
+				Name:      "fence",
+				Usage:     "cut a hardware node off from every disk (the storage nodes confirm) and restart its instances elsewhere",
+				ArgsUsage: "NAME",
+				Flags:     []cli.Flag{&cli.StringFlag{Name: "reason", Usage: "recorded in the event log"}},
+				Action: withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
+					r, err := cl.FenceNode(c.Context, name, c.String("reason"))
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "%s fenced, confirmed by %s; its instances restart elsewhere (`fabric node unfence %s` after repair)\n",
+						r.Node, strings.Join(r.Confirmed, ", "), r.Node)
+					return nil
+				}),
+			},
+			{
+				Name:      "unfence",
+				Usage:     "let a repaired hardware node reach its disks and take instances again",
+				ArgsUsage: "NAME",
+				Action: withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
+					if err := cl.UnfenceNode(c.Context, name); err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "%s unfenced\n", name)
+					return nil
+				}),
+			},
+			{
 				Name:      "token",
 				Usage:     "issue a node a new one-time enrollment token (for fabricd hwnode --token); the previous one you were given stops working",
 				ArgsUsage: "NAME|MAC",

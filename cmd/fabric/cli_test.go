@@ -359,13 +359,13 @@ func TestCLIStorage(t *testing.T) {
 		t.Fatalf("enroll with %q: %v", tok, err)
 	}
 	pct := 42.0
-	if err := agent.StorageReport(ctx, controllerapi.StorageReport{Node: "st1", Capacity: controllerapi.StorageCapacity{TotalBytes: 100 << 30, FreeBytes: 60 << 30},
+	if _, err := agent.StorageReport(ctx, controllerapi.StorageReport{Node: "st1", Capacity: controllerapi.StorageCapacity{TotalBytes: 100 << 30, FreeBytes: 60 << 30},
 		Interfaces: []controllerapi.StorageIface{{Name: "eth1", MAC: "02:00:00:00:00:01"}},
 		Volumes:    []controllerapi.StorageVolume{{Name: "hn1-root", Addr: "e1.0", Size: 20 << 30, IOPS: 2000, ResyncPercent: &pct}},
 		Pair:       &controllerapi.StoragePair{Pair: "p1", Peer: "st2", Role: "owner", Epoch: 3, PeerConnected: true, State: "resyncing", Serving: true}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := agent.StorageReport(ctx, controllerapi.StorageReport{Node: "st2"}); err == nil || !strings.Contains(err.Error(), "refused") {
+	if _, err := agent.StorageReport(ctx, controllerapi.StorageReport{Node: "st2"}); err == nil || !strings.Contains(err.Error(), "refused") {
 		t.Errorf("st1's certificate reporting for st2: %v", err)
 	}
 	code, out, errs = fabric(t, cfg, "storage", "list")

@@ -277,6 +277,30 @@ func (c *Client) UndrainNode(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(name)+"/undrain", nil, nil)
 }
 
+// FenceRequest is the body of POST /v1/nodes/{name}/fence.
+type FenceRequest struct {
+	Reason string `json:"reason"`
+}
+
+// FenceResult says which storage nodes confirmed a fence.
+type FenceResult struct {
+	Node      string   `json:"node"`
+	Confirmed []string `json:"confirmed_by"`
+}
+
+// FenceNode cuts a hardware node off from every disk and waits until the
+// storage nodes confirm; its instances are then restarted elsewhere.
+func (c *Client) FenceNode(ctx context.Context, name, reason string) (FenceResult, error) {
+	var r FenceResult
+	err := c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(name)+"/fence", FenceRequest{Reason: reason}, &r)
+	return r, err
+}
+
+// UnfenceNode lets a repaired node reach its disks and take instances.
+func (c *Client) UnfenceNode(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(name)+"/unfence", nil, nil)
+}
+
 // Status returns the fabric's one-screen summary.
 func (c *Client) Status(ctx context.Context) (Status, error) {
 	var st Status

@@ -36,8 +36,19 @@ type Instance struct {
 	State   string     `json:"state,omitempty"`
 	Error   string     `json:"error,omitempty"`
 	Migrate *Migration `json:"migration,omitempty"`
-	Created time.Time  `json:"created"`
-	Updated time.Time  `json:"updated"`
+	// Restarts is the instance's restart history: each time its node
+	// failed and it was started on another.
+	Restarts []Restart `json:"restarts,omitempty"`
+	Created  time.Time `json:"created"`
+	Updated  time.Time `json:"updated"`
+}
+
+// Restart is one restart of an instance on another node.
+type Restart struct {
+	At   time.Time `json:"at"`
+	From string    `json:"from"`
+	To   string    `json:"to"`
+	Why  string    `json:"why"`
 }
 
 // Migration is an instance's migration in progress.
@@ -219,4 +230,6 @@ const (
 	EventInstanceMigrated  = "instance.migrated"
 	EventMigrationFailed   = "instance.migration_failed"
 	EventInstanceNodeError = "instance.error"
+	EventInstanceRestarted = "instance.restarted" // elsewhere, after its node failed
+	EventNodeFenced        = "node.fenced"
 )

@@ -11,11 +11,31 @@ import (
 // seconds (POST /v1/storage/report, with its node certificate): its
 // capacity, its volumes and, in a pair, the pair's state.
 type StorageReport struct {
-	Node       string          `json:"node,omitempty"` // must be the certificate's
-	Capacity   StorageCapacity `json:"capacity"`
-	Interfaces []StorageIface  `json:"interfaces"`
-	Volumes    []StorageVolume `json:"volumes"`
-	Pair       *StoragePair    `json:"pair,omitempty"`
+	Node string `json:"node,omitempty"` // must be the certificate's
+	// Generation is the desired-state generation the node has applied
+	// (and made durable).
+	Generation uint64 `json:"generation"`
+	// Fenced is the fence the node applies now.
+	Fenced []string `json:"fenced"`
+	// Initiators maps each initiator MAC that sent an ATA command in the
+	// last minute to when it last did: the storage plane's witness that a
+	// hardware node is alive.
+	Initiators map[string]time.Time `json:"initiators"`
+	Capacity   StorageCapacity      `json:"capacity"`
+	Interfaces []StorageIface       `json:"interfaces"`
+	Volumes    []StorageVolume      `json:"volumes"`
+	Pair       *StoragePair         `json:"pair,omitempty"`
+}
+
+// StorageDesired is the controller's answer to a report: what the node
+// must apply.
+type StorageDesired struct {
+	Generation uint64 `json:"generation"`
+	// Fence lists initiator MACs whose frames the node must ignore on
+	// every volume: failed hardware nodes. The controller restarts a
+	// failed node's instances only once every live storage node reports
+	// this generation applied.
+	Fence []string `json:"fence"`
 }
 
 // StorageCapacity is the pool's file system.
@@ -72,9 +92,12 @@ type StorageNode struct {
 	Report   *StorageReport `json:"report,omitempty"`
 }
 
-// StorageReport sends a storage node's report (agent client).
-func (c *Client) StorageReport(ctx context.Context, r StorageReport) error {
-	return c.do(ctx, http.MethodPost, "/v1/storage/report", r, nil)
+// StorageReport sends a storage node's report (agent client) and
+// returns what the node must apply.
+func (c *Client) StorageReport(ctx context.Context, r StorageReport) (StorageDesired, error) {
+	var d StorageDesired
+	err := c.do(ctx, http.MethodPost, "/v1/storage/report", r, &d)
+	return d, err
 }
 
 // StorageNodes lists the storage nodes.

@@ -1,0 +1,356 @@
+package controller
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/controller/store"
+)
+
+// Fencing: a hardware node the controller declares failed is cut off from
+// its disks on every storage node before any of its instances runs
+// anywhere else. The fence is part of the storage nodes' desired state
+// (StorageDesired.Fence: the node's MACs, whose frames every target then
+// ignores); the controller waits until every live storage node reports the
+// generation that carries it.
+
+const (
+	bucketFences = "fences"      // node name -> fenceRecord JSON
+	keyFenceGen  = "#generation" // in bucketFences: the storage desired-state generation
+)
+
+type fenceRecord struct {
+	Node   string    `json:"node"`
+	MACs   []string  `json:"macs"`
+	Reason string    `json:"reason"`
+	Actor  string    `json:"actor"`
+	At     time.Time `json:"at"`
+}
+
+// DefaultFenceConfirm is how long Fence waits for the storage nodes.
+const DefaultFenceConfirm = 15 * time.Second
+
+func fenceGen(tx store.Tx) uint64 {
+	b, err := tx.Get(bucketFences, keyFenceGen)
+	if err != nil || len(b) != 8 {
+		return 1
+	}
+	return binary.BigEndian.Uint64(b)
+}
+
+func bumpFenceGen(tx store.Tx) (uint64, error) {
+	g := fenceGen(tx) + 1
+	return g, tx.Put(bucketFences, keyFenceGen, binary.BigEndian.AppendUint64(nil, g))
+}
+
+// storageDesired is what every storage node must apply.
+func (c *Controller) storageDesired() (controllerapi.StorageDesired, error) {
+	d := controllerapi.StorageDesired{Fence: []string{}}
+	err := c.st.View(func(tx store.Tx) error {
+		d.Generation = fenceGen(tx)
+		return tx.ForEach(bucketFences, "", func(k string, v []byte) error {
+			if k == keyFenceGen {
+				return nil
+			}
+			var r fenceRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return err
+			}
+			d.Fence = append(d.Fence, r.MACs...)
+			return nil
+		})
+	})
+	slices.Sort(d.Fence)
+	d.Fence = slices.Compact(d.Fence)
+	return d, err
+}
+
+// fenced says whether node is fenced, and why.
+func (c *Controller) fenced(node string) (fenceRecord, bool) {
+	var r fenceRecord
+	err := c.st.View(func(tx store.Tx) error {
+		b, err := tx.Get(bucketFences, node)
+		if err != nil {
+			return err
+		}
+		return json.Unmarshal(b, &r)
+	})
+	return r, err == nil
+}
+
+// Fence cuts a hardware node off from every disk: its MACs go into every
+// storage node's fence, and Fence returns once every live storage node
+// has applied it (or fails after DefaultFenceConfirm, naming the ones that
+// did not). Fencing a node whose agent is alive is allowed (an admin's
+// call): its guests lose their disks.
+func (c *Controller) Fence(node, reason, actor string) ([]string, error) {
+	n, err := c.reg.Node(node)
+	if err != nil {
+		return nil, err
+	}
+	if n.Role != controllerapi.RoleHWNode {
+		return nil, errorf(ErrInvalid, "%s is a %s node; only hardware nodes are fenced", n.Name, n.Role)
+	}
+	macs := []string{strings.ToLower(n.MAC)}
+	if hb, _, _ := c.agents.get(n.Name, time.Now()); hb.Capacity.AoEMAC != "" && !slices.Contains(macs, strings.ToLower(hb.Capacity.AoEMAC)) {
+		macs = append(macs, strings.ToLower(hb.Capacity.AoEMAC))
+	}
+	var gen uint64
+	if err := c.reg.update(func(tx store.Tx) error {
+		if err := putJSON(tx, bucketFences, n.Name, fenceRecord{Node: n.Name, MACs: macs, Reason: reason, Actor: actor, At: time.Now().UTC()}); err != nil {
+			return err
+		}
+		if gen, err = bumpFenceGen(tx); err != nil {
+			return err
+		}
+		return appendEvent(tx, controllerapi.Event{Time: time.Now().UTC(), Type: controllerapi.EventNodeFenced, Node: n.Name, MAC: n.MAC, Actor: actor,
+			Message: fmt.Sprintf("%s fenced (%s): MACs %s cut off from every volume", n.Name, reason, strings.Join(macs, ", "))})
+	}); err != nil {
+		return nil, err
+	}
+	c.log.Warn("node fenced; waiting for the storage nodes", "node", n.Name, "reason", reason, "macs", macs, "generation", gen)
+	return c.waitStorage(gen, DefaultFenceConfirm)
+}
+
+// waitStorage waits until every live storage node reports generation gen
+// applied, and returns their names; at least one must.
+func (c *Controller) waitStorage(gen uint64, timeout time.Duration) ([]string, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		sns, err := c.StorageNodes()
+		if err != nil {
+			return nil, err
+		}
+		var ok, missing []string
+		for _, sn := range sns {
+			switch {
+			case !sn.Alive:
+			case sn.Report.Generation >= gen:
+				ok = append(ok, sn.Name)
+			default:
+				missing = append(missing, sn.Name)
+			}
+		}
+		if len(missing) == 0 && len(ok) > 0 {
+			return ok, nil
+		}
+		if time.Now().After(deadline) {
+			if len(ok) == 0 && len(missing) == 0 {
+				return nil, errorf(ErrNodeFailed, "no storage node reports to the controller, so none can confirm the fence (start them with --controller)")
+			}
+			return ok, errorf(ErrNodeFailed, "storage nodes %s did not confirm the fence within %v", strings.Join(missing, ", "), timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Unfence lets a fenced node reach its disks again and take instances.
+// Its agent destroys every domain the controller moved away when it next
+// reports; the admin unfences after the node's repair.
+func (c *Controller) Unfence(node, actor string) error {
+	n, err := c.reg.Node(node)
+	if err != nil {
+		return err
+	}
+	if _, ok := c.fenced(n.Name); !ok {
+		return errorf(ErrInvalid, "%s is not fenced", n.Name)
+	}
+	var gen uint64
+	if err := c.reg.update(func(tx store.Tx) error {
+		if err := tx.Delete(bucketFences, n.Name); err != nil {
+			return err
+		}
+		if gen, err = bumpFenceGen(tx); err != nil {
+			return err
+		}
+		return appendEvent(tx, controllerapi.Event{Time: time.Now().UTC(), Type: controllerapi.EventNodeUpdated, Node: n.Name, MAC: n.MAC, Actor: actor,
+			Message: fmt.Sprintf("%s unfenced: it reaches its disks and takes instances again", n.Name)})
+	}); err != nil {
+		return err
+	}
+	_, err = c.waitStorage(gen, DefaultFenceConfirm)
+	return err
+}
+
+// Failure detection. A hardware node counts as failed only when three
+// witnesses agree: its agent missed heartbeats for the agent timeout, no
+// storage node has seen an ATA command from its MACs for StorageQuiet,
+// and it does not answer ping from the config node. An agent that died on
+// a node the storage or ping still hears is reported, never fenced.
+
+// StorageQuiet is how long the storage must have heard nothing from a node
+// before it counts as a witness of the node's death.
+const StorageQuiet = 4 * time.Second
+
+// watchNodes runs the failure detector until ctx ends.
+func (c *Controller) watchNodes(ctx context.Context) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	lost := map[string]string{} // node -> what was last said about it
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		nodes, err := c.reg.Nodes()
+		if err != nil {
+			continue
+		}
+		for _, n := range nodes {
+			if n.Role != controllerapi.RoleHWNode {
+				continue
+			}
+			if _, f := c.fenced(n.Name); f {
+				c.restartFrom(n.Name)
+				continue
+			}
+			hb, seen, alive := c.agents.get(n.Name, time.Now())
+			if alive || seen.IsZero() {
+				delete(lost, n.Name)
+				continue
+			}
+			why := c.stillAlive(n, hb)
+			if why != "" {
+				if lost[n.Name] != why {
+					lost[n.Name] = why
+					msg := fmt.Sprintf("%s's agent is silent for %s, but %s: not fenced", n.Name, time.Since(seen).Round(time.Second), why)
+					c.log.Warn(msg)
+					_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventAgentLost, Node: n.Name, MAC: n.MAC, Message: msg})
+				}
+				continue
+			}
+			if !c.anyStorageAlive() {
+				if lost[n.Name] != "no storage" {
+					lost[n.Name] = "no storage"
+					msg := fmt.Sprintf("%s looks dead, but no storage node reports to the controller to fence it through: its instances are not restarted", n.Name)
+					c.log.Error(msg)
+					_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventAgentLost, Node: n.Name, MAC: n.MAC, Message: msg})
+				}
+				continue
+			}
+			reason := fmt.Sprintf("agent silent %s, no AoE traffic for %v, no answer to ping", time.Since(seen).Round(100*time.Millisecond), StorageQuiet)
+			if _, err := c.Fence(n.Name, reason, "failure detector"); err != nil {
+				c.log.Error("fencing a failed node", "node", n.Name, "err", err)
+				continue
+			}
+			delete(lost, n.Name)
+			c.restartFrom(n.Name)
+		}
+	}
+}
+
+func (c *Controller) anyStorageAlive() bool {
+	sns, _ := c.StorageNodes()
+	for _, sn := range sns {
+		if sn.Alive {
+			return true
+		}
+	}
+	return false
+}
+
+// stillAlive says which witness still hears the node, or "".
+func (c *Controller) stillAlive(n controllerapi.Node, hb controllerapi.Heartbeat) string {
+	macs := []string{strings.ToLower(n.MAC)}
+	if hb.Capacity.AoEMAC != "" {
+		macs = append(macs, strings.ToLower(hb.Capacity.AoEMAC))
+	}
+	sns, _ := c.StorageNodes()
+	for _, sn := range sns {
+		if !sn.Alive {
+			continue
+		}
+		for _, m := range macs {
+			if at, ok := sn.Report.Initiators[m]; ok && time.Since(at) < StorageQuiet {
+				return fmt.Sprintf("storage node %s saw I/O from %s %s ago", sn.Name, m, time.Since(at).Round(100*time.Millisecond))
+			}
+		}
+	}
+	if n.IP != "" && exec.Command("ping", "-n", "-c", "1", "-W", "1", n.IP).Run() == nil {
+		return fmt.Sprintf("it answers ping at %s", n.IP)
+	}
+	return ""
+}
+
+// restartFrom restarts elsewhere every instance meant to run on a fenced
+// node; those that fit nowhere wait (an event says so once) and are tried
+// again at the next pass.
+func (c *Controller) restartFrom(node string) {
+	ins, err := listJSON[controllerapi.Instance](c.st, bucketInstances)
+	if err != nil {
+		return
+	}
+	for _, in := range ins {
+		if in.Node != node || in.Want != controllerapi.StateRunning {
+			continue
+		}
+		c.placeMu.Lock()
+		to, err := c.place(in.VCPUs, in.MemoryMiB, node)
+		if err == nil {
+			err = c.allow(instanceVolume(in.Name), to)
+		}
+		if err == nil {
+			err = c.reg.update(func(tx store.Tx) error {
+				cur, err := getInstance(tx, in.Name)
+				if err != nil || cur.Node != node {
+					return err
+				}
+				cur.Node, cur.Migrate, cur.Updated = to, nil, time.Now().UTC()
+				cur.Restarts = append(cur.Restarts, controllerapi.Restart{At: cur.Updated, From: node, To: to, Why: node + " fenced"})
+				if err := putJSON(tx, bucketInstances, in.Name, cur); err != nil {
+					return err
+				}
+				return appendEvent(tx, controllerapi.Event{Time: cur.Updated, Type: controllerapi.EventInstanceRestarted, Node: to,
+					Message: fmt.Sprintf("instance %s restarted on %s: %s failed and was fenced", in.Name, to, node)})
+			})
+		}
+		c.placeMu.Unlock()
+		if err != nil {
+			if c.firstInAMinute("restart/" + in.Name) {
+				msg := fmt.Sprintf("instance %s of fenced node %s waits for a node with room: %v", in.Name, node, err)
+				c.log.Warn(msg)
+				_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventInstanceNodeError, Node: node, Message: msg})
+			}
+			continue
+		}
+		c.log.Warn("instance restarted elsewhere", "instance", in.Name, "from", node, "to", to)
+	}
+}
+
+func (c *Controller) fenceNode(w http.ResponseWriter, r *http.Request) {
+	var req controllerapi.FenceRequest
+	if r.ContentLength != 0 && !decode(w, r, &req) {
+		return
+	}
+	if req.Reason == "" {
+		req.Reason = "fenced by an admin"
+	}
+	name := r.PathValue("name")
+	ok, err := c.Fence(name, req.Reason, actorOf(r))
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	if n, err := c.reg.Node(name); err == nil {
+		name = n.Name
+	}
+	c.restartFrom(name)
+	writeJSON(w, http.StatusOK, controllerapi.FenceResult{Node: name, Confirmed: ok})
+}
+
+func (c *Controller) unfenceNode(w http.ResponseWriter, r *http.Request) {
+	if err := c.Unfence(r.PathValue("name"), actorOf(r)); err != nil {
+		c.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
