@@ -218,10 +218,10 @@ func (c *Controller) watchNodes(ctx context.Context) {
 				delete(lost, n.Name)
 				continue
 			}
-			why := c.stillAlive(n, hb)
-			if why != "" {
-				if lost[n.Name] != why {
-					lost[n.Name] = why
+			witness, why := c.stillAlive(n, hb)
+			if witness != "" {
+				if lost[n.Name] != witness {
+					lost[n.Name] = witness
 					msg := fmt.Sprintf("%s's agent is silent for %s, but %s: not fenced", n.Name, time.Since(seen).Round(time.Second), why)
 					c.log.Warn(msg)
 					_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventAgentLost, Node: n.Name, MAC: n.MAC, Message: msg})
@@ -258,8 +258,9 @@ func (c *Controller) anyStorageAlive() bool {
 	return false
 }
 
-// stillAlive says which witness still hears the node, or "".
-func (c *Controller) stillAlive(n controllerapi.Node, hb controllerapi.Heartbeat) string {
+// stillAlive says which witness still hears the node ("storage" or
+// "ping", and what it heard), or "".
+func (c *Controller) stillAlive(n controllerapi.Node, hb controllerapi.Heartbeat) (witness, what string) {
 	macs := []string{strings.ToLower(n.MAC)}
 	if hb.Capacity.AoEMAC != "" {
 		macs = append(macs, strings.ToLower(hb.Capacity.AoEMAC))
@@ -271,14 +272,14 @@ func (c *Controller) stillAlive(n controllerapi.Node, hb controllerapi.Heartbeat
 		}
 		for _, m := range macs {
 			if at, ok := sn.Report.Initiators[m]; ok && time.Since(at) < StorageQuiet {
-				return fmt.Sprintf("storage node %s saw I/O from %s %s ago", sn.Name, m, time.Since(at).Round(100*time.Millisecond))
+				return "storage", fmt.Sprintf("storage node %s saw I/O from %s %s ago", sn.Name, m, time.Since(at).Round(100*time.Millisecond))
 			}
 		}
 	}
 	if n.IP != "" && exec.Command("ping", "-n", "-c", "1", "-W", "1", n.IP).Run() == nil {
-		return fmt.Sprintf("it answers ping at %s", n.IP)
+		return "ping", fmt.Sprintf("it answers ping at %s", n.IP)
 	}
-	return ""
+	return "", ""
 }
 
 // restartFrom restarts elsewhere every instance meant to run on a fenced

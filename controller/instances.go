@@ -227,6 +227,9 @@ func (c *Controller) fits(node string, vcpus, memMiB int) (string, error) {
 	if n.Role != controllerapi.RoleHWNode {
 		return fmt.Sprintf("%s is a %s node, not a hardware node", node, n.Role), nil
 	}
+	if f, ok := c.fenced(node); ok {
+		return fmt.Sprintf("%s is fenced since %s (%s); `fabric node unfence %s` once it is repaired", node, f.At.Local().Format(time.DateTime), f.Reason, node), nil
+	}
 	_, seen, alive := c.agents.get(node, time.Now())
 	if !alive {
 		if seen.IsZero() {
@@ -236,9 +239,6 @@ func (c *Controller) fits(node string, vcpus, memMiB int) (string, error) {
 	}
 	if hb, _, _ := c.agents.get(node, time.Now()); hb.LibvirtError != "" {
 		return fmt.Sprintf("%s's libvirtd does not answer its agent (%s)", node, hb.LibvirtError), nil
-	}
-	if f, ok := c.fenced(node); ok {
-		return fmt.Sprintf("%s is fenced since %s (%s); `fabric node unfence %s` once it is repaired", node, f.At.Local().Format(time.DateTime), f.Reason, node), nil
 	}
 	if c.drained(node) {
 		return fmt.Sprintf("%s is drained (`fabric node undrain %s` to use it again)", node, node), nil

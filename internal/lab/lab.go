@@ -29,6 +29,7 @@ const (
 	Subnet       = "10.234.0.0/24"
 	ControllerIP = "10.234.0.1"
 	ClientIP     = "10.234.0.100"
+	StorageIP    = "10.234.0.5" // the storage node reports to the controller from here
 	APIPort      = "8443"
 )
 
@@ -216,7 +217,7 @@ func Up(cfg Config) (l *Lab, err error) {
 		return run("ip", "-n", ns, "link", "set", "eth0", "mtu", "9000", "up")
 	}
 	for _, p := range []struct{ ns, name, addr string }{
-		{l.CtlNS, "ctl", ControllerIP + "/24"}, {l.StorageNS, "st", ""}, {l.ClientNS, "cl", ClientIP + "/24"},
+		{l.CtlNS, "ctl", ControllerIP + "/24"}, {l.StorageNS, "st", StorageIP + "/24"}, {l.ClientNS, "cl", ClientIP + "/24"},
 	} {
 		if err := port(p.ns, p.name); err != nil {
 			return l, err
@@ -285,14 +286,36 @@ func Up(cfg Config) (l *Lab, err error) {
 	if err := l.start("controller", l.CtlNS, filepath.Join(l.Bin, "fabricd"), ctlArgs...); err != nil {
 		return l, err
 	}
-	if err := l.start("storage", l.StorageNS, filepath.Join(l.Bin, "fabricd"), "storage", "--iface", "eth0", "--data-dir", l.DataDir); err != nil {
-		return l, err
-	}
 	if err := waitFor(20*time.Second, func() bool {
 		_, err := l.Fabric("node", "list")
 		return err == nil
 	}); err != nil {
 		return l, fmt.Errorf("controller API did not come up: %w", err)
+	}
+	// The storage node is a member: it reports what it serves and which
+	// initiators it hears, and applies fences (HA).
+	stMAC, err := In(l.StorageNS, "cat", "/sys/class/net/eth0/address")
+	if err != nil {
+		return l, err
+	}
+	if _, err := l.Fabric("node", "register", "--name", "sn1", "--mac", strings.TrimSpace(stMAC), "--role", "storage", "--ip", StorageIP); err != nil {
+		return l, err
+	}
+	tok, err := l.Fabric("node", "token", "sn1")
+	if err != nil {
+		return l, err
+	}
+	f := strings.Fields(tok)
+	if err := l.start("storage", l.StorageNS, filepath.Join(l.Bin, "fabricd"), "storage", "--iface", "eth0", "--data-dir", l.DataDir,
+		"--controller", "https://"+ControllerIP+":"+APIPort, "--ca", filepath.Join(l.StateDir, "ca", "ca.crt"), "--name", "sn1", "--token", f[len(f)-1]); err != nil {
+		return l, err
+	}
+	if err := waitFor(20*time.Second, func() bool {
+		out, err := l.Fabric("storage", "list")
+		return err == nil && strings.Contains(out, "sn1   alive")
+	}); err != nil {
+		out, _ := l.Fabric("storage", "list")
+		return l, fmt.Errorf("storage node did not report: %w\n%s", err, out)
 	}
 	l.logf("controller and storage node (%.1fs)", time.Since(t0).Seconds())
 	if cfg.Boot {
@@ -664,4 +687,24 @@ func waitFor(d time.Duration, cond func() bool) error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// PowerOff stands in for a hardware node losing power: every process in
+// its namespace (libvirtd, QEMU, the agent, the disk server) is killed
+// and its link to the switch cut.
+func (l *Lab) PowerOff(h Host) error {
+	out, err := exec.Command("ip", "netns", "pids", h.NS).Output()
+	if err != nil {
+		return fmt.Errorf("ip netns pids %s: %w", h.NS, err)
+	}
+	for _, f := range strings.Fields(string(out)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	for _, name := range []string{"agent-" + h.Name, "libvirtd-" + h.Name, "disks-" + h.Name} {
+		_ = l.Kill(name)
+	}
+	_, err = In(h.NS, "ip", "link", "set", "eth0", "down")
+	return err
 }

@@ -1,0 +1,123 @@
+package lab
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fabric-project/fabric/controller/controllerapi"
+)
+
+// TestHardwareNodeFailure is issue 18's power-loss check: an instance runs
+// on hn1 with data on its disk; hn1 loses power (every process of its
+// namespace killed, its link cut). The controller finds it dead by three
+// witnesses (agent silent, no AoE traffic at the storage node, no ping),
+// fences it through the storage node, and restarts the instance on hn2.
+// The instance must answer ping again within 30 s of the kill, with the
+// data written before; hn1's MAC must no longer reach the volume; and when
+// hn1 comes back its stale domain is destroyed, so exactly one copy runs.
+func TestHardwareNodeFailure(t *testing.T) {
+	images := skipUnlessLab(t)
+	bin := buildBinaries(t)
+	l := upLab(t, Config{Bin: bin, Images: images})
+	if _, err := l.Fabric("image", "import", "tiny", filepath.Join(images, "instance-template.img")); err != nil {
+		t.Fatal(err)
+	}
+	var in controllerapi.Instance
+	fabricJSON(t, l, &in, "instance", "create", "web", "--image", "tiny", "--vcpus", "1", "--memory", "128MiB", "--node", "hn1", "--start")
+	ip, _, _ := strings.Cut(in.IP, "/")
+	if err := waitFor(90*time.Second, func() bool {
+		_, err := In(l.ClientNS, "ping", "-c1", "-W1", ip)
+		return err == nil
+	}); err != nil {
+		t.Fatalf("instance web (%s) never answered ping: %v", ip, err)
+	}
+	pb := make([]byte, 12)
+	_, _ = rand.Read(pb)
+	proof := hex.EncodeToString(pb)
+	if err := waitFor(20*time.Second, func() bool {
+		out, err := curl(l, "http://"+ip+"/cgi-bin/write?proof="+proof)
+		return err == nil && strings.Contains(out, "wrote proof")
+	}); err != nil {
+		t.Fatalf("writing a file on the instance's disk: %v", err)
+	}
+
+	hn1, hn2 := l.Hosts[0], l.Hosts[1]
+	t0 := time.Now()
+	if err := l.PowerOff(hn1); err != nil {
+		t.Fatal(err)
+	}
+	var back time.Duration
+	if err := waitFor(60*time.Second, func() bool {
+		_, err := In(l.ClientNS, "ping", "-c1", "-W1", ip)
+		if err == nil {
+			back = time.Since(t0)
+		}
+		return err == nil
+	}); err != nil {
+		out, _ := l.Fabric("events")
+		t.Fatalf("instance web never answered again after hn1's power loss: %v\n%s", err, out)
+	}
+	fabricJSON(t, l, &in, "instance", "show", "web")
+	t.Logf("hn1 lost power; web answers ping again %.1f s later, %s on %s (restarts: %+v)", back.Seconds(), in.State, in.Node, in.Restarts)
+	if back > 30*time.Second {
+		t.Errorf("web came back %.1f s after the power loss (bar: 30 s)", back.Seconds())
+	}
+	if in.Node != hn2.Name || len(in.Restarts) != 1 || in.Restarts[0].From != hn1.Name {
+		t.Errorf("web: on %s, restarts %+v; want one restart from hn1 to hn2", in.Node, in.Restarts)
+	}
+	if out, err := curl(l, "http://"+ip+"/cgi-bin/read?proof"); err != nil || strings.TrimSpace(out) != proof {
+		t.Errorf("the file written before the power loss reads back %q (%v), want %q", strings.TrimSpace(out), err, proof)
+	}
+	events, _ := l.Fabric("events")
+	var timeline []string
+	for _, line := range strings.Split(events, "\n") {
+		if strings.Contains(line, "node.fenced") || strings.Contains(line, "instance.restarted") || strings.Contains(line, "agent.lost") {
+			timeline = append(timeline, strings.Join(strings.Fields(line), " "))
+		}
+	}
+	t.Logf("events:\n%s", strings.Join(timeline, "\n"))
+	if !strings.Contains(events, "node.fenced") || !strings.Contains(events, "instance.restarted") {
+		t.Errorf("no fence or restart event:\n%s", events)
+	}
+
+	// hn1's links come back: its MAC reaches no volume any more.
+	if _, err := In(hn1.NS, "ip", "link", "set", "eth0", "up"); err != nil {
+		t.Fatal(err)
+	}
+	disc, err := In(hn1.NS, filepath.Join(l.Bin, "fabric"), "aoe", "discover", "--iface", "br0", "--wait", "1s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(disc, in.Volume) || strings.Count(strings.TrimSpace(disc), "\n") > 0 {
+		t.Errorf("the fenced hn1 still sees volumes:\n%s", disc)
+	} else {
+		t.Logf("the fenced hn1's MAC gets no answer from the storage node (discovery from hn1: %q)", strings.TrimSpace(disc))
+	}
+	if out, err := l.Fabric("instance", "create", "other", "--image", "tiny", "--memory", "64MiB", "--node", "hn1"); err == nil || !strings.Contains(out, "fenced") {
+		t.Errorf("placement on a fenced node: %v\n%s", err, out)
+	}
+
+	// hn1 comes back (libvirtd and its agent): the stale domain is
+	// destroyed, never resumed; only hn2 runs web.
+	if err := l.StartLibvirtd(hn1); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartAgent(hn1, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(30*time.Second, func() bool {
+		out, _ := In(hn1.NS, "virsh", "-c", hn1.URI(), "list", "--all", "--name")
+		return !strings.Contains(out, "web")
+	}); err != nil {
+		out, _ := In(hn1.NS, "virsh", "-c", hn1.URI(), "list", "--all")
+		t.Errorf("hn1 came back and still has web defined:\n%s", out)
+	}
+	if st, _ := In(hn2.NS, "virsh", "-c", hn2.URI(), "domstate", "web"); strings.TrimSpace(st) != "running" {
+		t.Errorf("web on hn2: %q", st)
+	}
+	t.Logf("hn1 back: its stale web domain was destroyed; web runs on hn2 only")
+}
