@@ -190,6 +190,9 @@ func (c *Controller) nodeStatus(n controllerapi.Node, insts []controllerapi.Inst
 	}
 	hb, seen, alive := c.agents.get(n.Name, time.Now())
 	st := &controllerapi.NodeStatus{Alive: alive, Drained: c.drained(n.Name), LastSeen: seen, Capacity: hb.Capacity, Instances: []string{}}
+	if f, ok := c.fenced(n.Name); ok {
+		st.Fenced, st.FenceReason = true, f.Reason
+	}
 	if rec, ok := certs[n.ID]; ok {
 		st.CertExpires = rec.NotAfter
 	}

@@ -825,8 +825,33 @@ func (c *Controller) Drain(node string) ([]controllerapi.DrainResult, error) {
 	return res, nil
 }
 
+// mayStillRun says why an instance assigned to node may be running there
+// without anyone knowing (its agent is silent and the node is not fenced),
+// or "": a second copy must not start elsewhere until then.
+func (c *Controller) mayStillRun(in controllerapi.Instance) string {
+	if in.Node == "" {
+		return ""
+	}
+	if _, fenced := c.fenced(in.Node); fenced {
+		return ""
+	}
+	_, seen, alive := c.agents.get(in.Node, time.Now())
+	if alive {
+		return ""
+	}
+	since := "it has not reported since the controller started"
+	if !seen.IsZero() {
+		since = fmt.Sprintf("its agent is silent for %s", time.Since(seen).Round(time.Second))
+	}
+	return fmt.Sprintf("instance %s may still be running on %s (%s, so nobody has seen it stop): fence %s first (`fabric node fence %s`, which cuts it off from its disks and restarts its instances elsewhere), or bring its agent back",
+		in.Name, in.Node, since, in.Node, in.Node)
+}
+
 // reassign moves a stopped instance to another node with room.
 func (c *Controller) reassign(in controllerapi.Instance) (string, error) {
+	if why := c.mayStillRun(in); why != "" {
+		return "", errorf(ErrConflict, "%s", why)
+	}
 	c.placeMu.Lock()
 	defer c.placeMu.Unlock()
 	to, err := c.place(in.VCPUs, in.MemoryMiB, in.Node)

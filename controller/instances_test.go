@@ -33,6 +33,13 @@ type fakeAgent struct {
 	migrated map[uint64]bool
 	done     chan struct{}
 	err      error // why run ended
+	cancel   context.CancelFunc
+}
+
+// stop ends the agent's loop: it stops heartbeating, like a dead agent.
+func (f *fakeAgent) stop() {
+	f.cancel()
+	<-f.done
 }
 
 // waitRefused waits for the agent's loop to end and returns the error that
@@ -124,6 +131,7 @@ func startFakeAgent(t *testing.T, c *Controller, admin *controllerapi.Client, na
 	f := &fakeAgent{t: t, cl: cl, name: name, migrated: map[uint64]bool{}, done: make(chan struct{}),
 		cap: controllerapi.Capacity{VCPUs: 2, MemoryMiB: memMiB, Hypervisor: "qemu", Disk: "nbd", MigrationURI: "qemu+tcp://" + name + "/system"}}
 	actx, cancel := context.WithCancel(ctx)
+	f.cancel = cancel
 	go func() { f.run(actx); close(f.done) }()
 	t.Cleanup(func() { cancel(); <-f.done })
 	return f
@@ -377,4 +385,42 @@ func TestDesiredState(t *testing.T) {
 	if len(d2.Instances) != 2 || !d2.Instances[0].Incoming || d2.Instances[0].Name != "b" || d2.Instances[1].Name != "c" || d2.Instances[1].Incoming {
 		t.Errorf("hn2 desired: %+v", d2.Instances)
 	}
+}
+
+// TestNoSecondCopy: an instance whose node's agent went silent may still
+// run there; stopping it (which nobody can carry out) and draining the
+// node must not move it, or a later start would run a second copy.
+func TestNoSecondCopy(t *testing.T) {
+	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
+		StorageDir: t.TempDir(), AgentTimeout: 500 * time.Millisecond})
+	admin := serveAPI(t, c)
+	ctx := context.Background()
+	for i, n := range []string{"hn1", "hn2"} {
+		if _, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: n, MAC: "52:54:00:00:01:0" + string(rune('1'+i)), Role: controllerapi.RoleHWNode}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hn1 := startFakeAgent(t, c, admin, "hn1", 1024)
+	startFakeAgent(t, c, admin, "hn2", 1024)
+	img := bytes.Repeat([]byte{0xab}, 1<<20)
+	if _, err := admin.ImportImage(ctx, "tiny", bytes.NewReader(img), int64(len(img))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.CreateInstance(ctx, controllerapi.CreateInstanceRequest{Name: "web", Image: "tiny", VCPUs: 1, MemoryMiB: 128, Node: "hn1", Start: true}); err != nil {
+		t.Fatal(err)
+	}
+	hn1.stop()
+	time.Sleep(700 * time.Millisecond)
+	if _, err := c.SetWant("web", controllerapi.StateStopped); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Drain("hn1")
+	if err != nil || len(res) != 1 || !strings.Contains(res[0].Error, "may still be running on hn1") || !strings.Contains(res[0].Error, "fabric node fence hn1") {
+		t.Fatalf("drain of a silent node: %v %+v", err, res)
+	}
+	in, _ := c.Instance("web")
+	if in.Node != "hn1" {
+		t.Fatalf("web moved to %s while it may still run on hn1", in.Node)
+	}
+	t.Logf("refused: %s", res[0].Error)
 }

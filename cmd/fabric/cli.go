@@ -210,6 +210,10 @@ func agentSummary(st *controllerapi.NodeStatus) string {
 	switch {
 	case st == nil:
 		return "-"
+	case st.Fenced && st.Alive:
+		return fmt.Sprintf("FENCED, agent back (%d instances): fabric node unfence", len(st.Instances))
+	case st.Fenced:
+		return "FENCED (" + st.FenceReason + ")"
 	case st.LastSeen.IsZero():
 		return "not enrolled/not reporting"
 	case st.Alive && st.Drained:

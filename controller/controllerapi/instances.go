@@ -204,13 +204,17 @@ type DrainResult struct {
 
 // NodeStatus is a hardware node's live state, part of `fabric node show`.
 type NodeStatus struct {
-	Alive     bool      `json:"alive"`
-	Drained   bool      `json:"drained,omitempty"`
-	LastSeen  time.Time `json:"last_seen,omitzero"`
-	Capacity  Capacity  `json:"capacity"`
-	UsedVCPUs int       `json:"used_vcpus"`
-	UsedMiB   int       `json:"used_memory_mib"`
-	Instances []string  `json:"instances"`
+	Alive   bool `json:"alive"`
+	Drained bool `json:"drained,omitempty"`
+	// Fenced: the node was declared failed and cut off from its disks
+	// (FenceReason says why); it takes nothing until unfenced.
+	Fenced      bool      `json:"fenced,omitempty"`
+	FenceReason string    `json:"fence_reason,omitempty"`
+	LastSeen    time.Time `json:"last_seen,omitzero"`
+	Capacity    Capacity  `json:"capacity"`
+	UsedVCPUs   int       `json:"used_vcpus"`
+	UsedMiB     int       `json:"used_memory_mib"`
+	Instances   []string  `json:"instances"`
 	// CertExpires is when the agent's current certificate expires
 	// (agents renew at half its lifetime).
 	CertExpires time.Time `json:"cert_expires,omitzero"`

@@ -84,6 +84,10 @@ func TestHardwareNodeFailure(t *testing.T) {
 		t.Errorf("no fence or restart event:\n%s", events)
 	}
 
+	if out, _ := l.Fabric("node", "list"); !strings.Contains(out, "FENCED") {
+		t.Errorf("fabric node list does not show hn1 fenced:\n%s", out)
+	}
+
 	// hn1's links come back: its MAC reaches no volume any more.
 	if _, err := In(hn1.NS, "ip", "link", "set", "eth0", "up"); err != nil {
 		t.Fatal(err)
