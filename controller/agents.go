@@ -134,28 +134,41 @@ func hashCred(s string) string {
 	return hex.EncodeToString(h[:])
 }
 
+// agentCall authenticates an agent's call for role (its node certificate)
+// and decodes the body, at most limit bytes, into v; claimed points at the
+// node name the body gives, which must be the certificate's if set. It
+// answers the failure itself and reports whether to go on.
+func (c *Controller) agentCall(w http.ResponseWriter, r *http.Request, role string, limit int64, v any, claimed *string) (controllerapi.Node, bool) {
+	n, leaf, err := c.agentAuth(r, role)
+	if err != nil {
+		c.fail(w, err)
+		return n, false
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, limit)
+	if !decode(w, r, v) {
+		return n, false
+	}
+	if *claimed != "" && *claimed != leaf.Subject.CommonName {
+		c.fail(w, errorf(ErrForbidden, "the certificate is %s's; a call for %s is refused", leaf.Subject.CommonName, *claimed))
+		return n, false
+	}
+	return n, true
+}
+
 // heartbeat answers POST /v1/agent/heartbeat?wait=D: it records the
 // agent's report and answers with the node's desired state, holding the
 // request up to wait while that state is unchanged from the generation the
 // agent already has.
 func (c *Controller) heartbeat(w http.ResponseWriter, r *http.Request) {
-	n, leaf, err := c.agentAuth(r, controllerapi.RoleHWNode)
-	if err != nil {
-		c.fail(w, err)
+	var hb controllerapi.Heartbeat
+	n, ok := c.agentCall(w, r, controllerapi.RoleHWNode, 1<<20, &hb, &hb.Node)
+	if !ok {
 		return
 	}
 	node := n.Name
-	r.Body = http.MaxBytesReader(w, r.Body, 1<<20)
-	var hb controllerapi.Heartbeat
-	if !decode(w, r, &hb) {
-		return
-	}
-	if hb.Node != "" && hb.Node != leaf.Subject.CommonName {
-		c.fail(w, errorf(ErrForbidden, "the certificate is %s's; a heartbeat for %s is refused", leaf.Subject.CommonName, hb.Node))
-		return
-	}
 	var wait time.Duration
 	if s := r.URL.Query().Get("wait"); s != "" {
+		var err error
 		if wait, err = time.ParseDuration(s); err != nil || wait < 0 || wait > time.Minute {
 			writeError(w, http.StatusBadRequest, controllerapi.CodeInvalid, "wait must be a duration up to 1m")
 			return

@@ -54,18 +54,9 @@ func (s *storageNodes) forget(node string) {
 // storageReport answers POST /v1/storage/report from a storage node's
 // agent (its node certificate, role storage).
 func (c *Controller) storageReport(w http.ResponseWriter, r *http.Request) {
-	n, leaf, err := c.agentAuth(r, controllerapi.RoleStorage)
-	if err != nil {
-		c.fail(w, err)
-		return
-	}
-	r.Body = http.MaxBytesReader(w, r.Body, 4<<20)
 	var rep controllerapi.StorageReport
-	if !decode(w, r, &rep) {
-		return
-	}
-	if rep.Node != "" && rep.Node != leaf.Subject.CommonName {
-		c.fail(w, errorf(ErrForbidden, "the certificate is %s's; a report for %s is refused", leaf.Subject.CommonName, rep.Node))
+	n, ok := c.agentCall(w, r, controllerapi.RoleStorage, 4<<20, &rep, &rep.Node)
+	if !ok {
 		return
 	}
 	rep.Node = n.Name

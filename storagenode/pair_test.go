@@ -329,6 +329,18 @@ func TestPairPlannedShutdown(t *testing.T) {
 	t.Logf("write stalls of planned shutdowns: %s", strings.Join(stalls, "; "))
 }
 
+// waitWaiting waits up to 10 s for n's status to say it waits for
+// something containing what, and returns the status.
+func (l *pairLab) waitWaiting(n *pairlab.Node, what string) storagenode.PairStatus {
+	var s storagenode.PairStatus
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if s = l.status(n); strings.Contains(s.Waiting, what) {
+			break
+		}
+	}
+	return s
+}
+
 // TestPairBadPeers: what a pair refuses, and the counters that say so.
 func TestPairBadPeers(t *testing.T) {
 	l := newPairLab(t, 8<<20)
@@ -374,14 +386,7 @@ func TestPairBadPeers(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.start(other)
-	var s storagenode.PairStatus
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if s = l.status(other); strings.Contains(s.Waiting, "sectors") {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	s := l.waitWaiting(other, "sectors")
 	if !strings.Contains(s.Waiting, "volumes differ") || s.Serving {
 		t.Errorf("peer with a smaller volume: serving %v, waiting %q", s.Serving, s.Waiting)
 	} else {
@@ -400,13 +405,7 @@ func TestPairBadPeers(t *testing.T) {
 	st, _ = json.Marshal(pd)
 	os.WriteFile(filepath.Join(other.Dir, "pair.json"), st, 0o644)
 	l.start(other)
-	deadline = time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if s = l.status(other); strings.Contains(s.Waiting, "epoch") {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	s = l.waitWaiting(other, "epoch")
 	if !strings.Contains(s.Waiting, "epoch history differs") || s.Serving {
 		t.Errorf("peer with epoch 99: serving %v, waiting %q", s.Serving, s.Waiting)
 	} else {
@@ -431,7 +430,7 @@ func TestPairBadPeers(t *testing.T) {
 	if err == nil && !rep.Granted {
 		t.Logf("witness refused %s: %s", other.Name, rep.Reason)
 	}
-	deadline = time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(5 * time.Second)
 	var o storagenode.PairStatus
 	for time.Now().Before(deadline) {
 		if o = l.status(own); o.Role != "owner" || o.Epoch > epoch {

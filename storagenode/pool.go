@@ -476,6 +476,20 @@ func (p *Pool) Exports() ([]Export, error) {
 	return out, nil
 }
 
+// FormatSize writes n bytes in binary units: "512 B", "1.5 GiB".
+func FormatSize(n int64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB"}
+	f, i := float64(n), 0
+	for f >= 1024 && i < len(units)-1 {
+		f /= 1024
+		i++
+	}
+	if f == float64(int64(f)) {
+		return fmt.Sprintf("%d %s", int64(f), units[i])
+	}
+	return fmt.Sprintf("%.1f %s", f, units[i])
+}
+
 // ParseSize reads a size: a number of bytes or a number with a binary unit
 // (K, M, G, T, optionally followed by "iB" or "B"): "64M", "10GiB", "1t".
 func ParseSize(s string) (int64, error) {

@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/storagenode"
 )
 
 func storageCommand() *cli.Command {
@@ -63,7 +64,7 @@ func storageTable(w io.Writer, ns []controllerapi.StorageNode, now time.Time) {
 	for _, n := range ns {
 		pair, role, sync, vols, free := "-", "-", "-", "-", "-"
 		if r := n.Report; r != nil {
-			vols, free = fmt.Sprint(len(r.Volumes)), humanBytes(r.Capacity.FreeBytes)
+			vols, free = fmt.Sprint(len(r.Volumes)), storagenode.FormatSize(r.Capacity.FreeBytes)
 			if p := r.Pair; p != nil {
 				pair, role, sync = p.Pair+" (with "+p.Peer+")", fmt.Sprintf("%s, epoch %d", p.Role, p.Epoch), p.State
 			}
@@ -80,7 +81,7 @@ func storageShow(w io.Writer, n controllerapi.StorageNode, now time.Time) {
 	if r == nil {
 		return
 	}
-	fmt.Fprintf(w, "capacity:\t%s free of %s\n", humanBytes(r.Capacity.FreeBytes), humanBytes(r.Capacity.TotalBytes))
+	fmt.Fprintf(w, "capacity:\t%s free of %s\n", storagenode.FormatSize(r.Capacity.FreeBytes), storagenode.FormatSize(r.Capacity.TotalBytes))
 	var ifs []string
 	for _, i := range r.Interfaces {
 		ifs = append(ifs, i.Name+" "+i.MAC)
@@ -105,7 +106,7 @@ func storageShow(w io.Writer, n controllerapi.StorageNode, now time.Time) {
 		if r.Pair != nil {
 			sync = "in sync"
 			if v.DirtyBytes > 0 {
-				sync = humanBytes(v.DirtyBytes) + " dirty"
+				sync = storagenode.FormatSize(v.DirtyBytes) + " dirty"
 			}
 			if v.ResyncPercent != nil {
 				sync = fmt.Sprintf("resync %.0f%%", *v.ResyncPercent)
@@ -118,7 +119,7 @@ func storageShow(w io.Writer, n controllerapi.StorageNode, now time.Time) {
 				l = append(l, fmt.Sprintf("%d IOPS", v.IOPS))
 			}
 			if v.BPS > 0 {
-				l = append(l, humanBytes(v.BPS)+"/s")
+				l = append(l, storagenode.FormatSize(v.BPS)+"/s")
 			}
 			limit = strings.Join(l, ", ")
 		}
@@ -130,20 +131,6 @@ func storageShow(w io.Writer, n controllerapi.StorageNode, now time.Time) {
 		if problem == "" {
 			problem = "-"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, addr, humanBytes(v.Size), sync, limit, problem)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, addr, storagenode.FormatSize(v.Size), sync, limit, problem)
 	}
-}
-
-// humanBytes is n in binary units: 512 B, 1.5 GiB.
-func humanBytes(n int64) string {
-	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB"}
-	f, i := float64(n), 0
-	for f >= 1024 && i < len(units)-1 {
-		f /= 1024
-		i++
-	}
-	if f == float64(int64(f)) {
-		return fmt.Sprintf("%d %s", int64(f), units[i])
-	}
-	return fmt.Sprintf("%.1f %s", f, units[i])
 }

@@ -139,7 +139,7 @@ func volumeCommand(dataDir *cli.StringFlag) *cli.Command {
 			addr = "not exported"
 		}
 		if l := v.Limit; l != nil {
-			extra += fmt.Sprintf(", limited to %d IOPS, %s/s", l.IOPS, human(l.BytesPerSecond))
+			extra += fmt.Sprintf(", limited to %d IOPS, %s/s", l.IOPS, storagenode.FormatSize(l.BytesPerSecond))
 			if l.IOPS == 0 {
 				extra = strings.Replace(extra, "0 IOPS, ", "", 1)
 			}
@@ -147,7 +147,7 @@ func volumeCommand(dataDir *cli.StringFlag) *cli.Command {
 				extra = strings.Replace(extra, ", 0 B/s", "", 1)
 			}
 		}
-		fmt.Fprintf(c.App.Writer, "%s: %s, %s%s\n", v.Name, human(v.Size), addr, extra)
+		fmt.Fprintf(c.App.Writer, "%s: %s, %s%s\n", v.Name, storagenode.FormatSize(v.Size), addr, extra)
 		return nil
 	}
 	out := &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "table or json"}
@@ -247,7 +247,7 @@ func volumeCommand(dataDir *cli.StringFlag) *cli.Command {
 						if v.Sync {
 							mode += ",sync"
 						}
-						fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, human(v.Size), dash(v.Addr()), mode,
+						fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, storagenode.FormatSize(v.Size), dash(v.Addr()), mode,
 							dash(strings.Join(v.MACs, ",")), dash(v.Origin), status(v))
 					}
 					return w.Flush()
@@ -355,20 +355,6 @@ func cloneAction(c *cli.Context, pool func(*cli.Context) (*storagenode.Pool, err
 		return err
 	}
 	return printVol(c, v, " ("+method+")")
-}
-
-func human(n int64) string {
-	units := []string{"B", "KiB", "MiB", "GiB", "TiB"}
-	f := float64(n)
-	i := 0
-	for f >= 1024 && i < len(units)-1 {
-		f /= 1024
-		i++
-	}
-	if f == float64(int64(f)) {
-		return fmt.Sprintf("%d %s", int64(f), units[i])
-	}
-	return fmt.Sprintf("%.1f %s", f, units[i])
 }
 
 func dash(s string) string {
