@@ -74,6 +74,10 @@ type Config struct {
 
 	ShutdownTimeout time.Duration // graceful stop before destroy; default 30s
 	MaxDowntime     time.Duration // migration downtime target; default 50ms
+	// Watchdog is a watchdog device (/dev/watchdog) the agent feeds every
+	// second; WatchdogTimeout is set on it. Empty: none.
+	Watchdog        string
+	WatchdogTimeout time.Duration
 	Wait            time.Duration // heartbeat long-poll; default 2s
 	Logger          *slog.Logger
 }
@@ -384,6 +388,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			return fmt.Errorf("hwnode: NBD listen: %w", err)
 		}
 		go func() { _ = a.local.Serve(ctx, ln, nil) }()
+	}
+	if a.cfg.Watchdog != "" {
+		if err := feedWatchdog(ctx, a.cfg.Watchdog, a.cfg.WatchdogTimeout, a.log); err != nil {
+			return err
+		}
 	}
 	a.log.Info("hardware node agent running", "node", a.cfg.Node, "hypervisor", a.cap.Hypervisor, "disk", a.cap.Disk,
 		"vcpus", a.cap.VCPUs, "memory_mib", a.cap.MemoryMiB, "libvirt", a.cap.Libvirt)

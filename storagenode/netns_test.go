@@ -483,20 +483,24 @@ func TestPathDownAndBack(t *testing.T) {
 	slow, n := run(500 * time.Millisecond)
 	t.Logf("both paths: %d reads in 0.5 s, slowest %v", n, slow)
 
-	dead := d.Paths[1]
+	dead, err := net.ParseMAC(strings.TrimSpace(l.stos[1].Must(t, "cat", "/sys/class/net/sto0/address")))
+	if err != nil {
+		t.Fatal(err)
+	}
 	stops[1]()
 	start := time.Now()
-	var downAt time.Duration
+	var down atomic.Int64
 	go func() {
 		for time.Since(start) < 3*time.Second {
 			if len(d.PathsUp()) == 1 {
-				downAt = time.Since(start)
+				down.Store(int64(time.Since(start)))
 				return
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
 	}()
 	slow, n = run(2500 * time.Millisecond)
+	downAt := time.Duration(down.Load())
 	if up := d.PathsUp(); len(up) != 1 || up[0].String() == dead.String() {
 		t.Fatalf("2.5 s after %s stopped answering, paths in use: %v", dead, up)
 	}

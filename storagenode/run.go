@@ -96,7 +96,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// (handing ownership over, or voiding its read lease), then stops
 	// serving.
 	outer := ctx
-	ctx, stop := context.WithCancel(context.WithoutCancel(outer))
+	serveCtx, stop := context.WithCancel(context.WithoutCancel(outer))
 	defer stop()
 	go func() {
 		select {
@@ -105,10 +105,10 @@ func Run(ctx context.Context, cfg Config) error {
 				pair.Leave(2 * time.Second)
 			}
 			stop()
-		case <-ctx.Done():
+		case <-serveCtx.Done():
 		}
 	}()
-	g, ctx := errgroup.WithContext(ctx)
+	g, ctx := errgroup.WithContext(serveCtx)
 	for _, p := range ports {
 		g.Go(func() error { return t.Serve(ctx, p) })
 	}

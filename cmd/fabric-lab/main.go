@@ -66,6 +66,15 @@ Logs: %s/*.log. Tear down: make demo-down (bin/fabric-lab down)
 				}
 				return l.Down()
 			}},
+			{Name: "watchdog", Usage: "stand-in hardware watchdog, run inside a hardware node's namespace by the lab: resets the node (kills its processes, cuts its link) when not fed",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "file", Required: true, Usage: "the file the agent feeds (--watchdog)"},
+					&cli.DurationFlag{Name: "timeout", Value: 10 * time.Second},
+					&cli.StringFlag{Name: "iface", Value: "eth0", Usage: "the node's link, taken down at the reset"},
+				},
+				Action: func(c *cli.Context) error {
+					return lab.StandInWatchdog(c.String("file"), c.Duration("timeout"), c.String("iface"))
+				}},
 			{Name: "fabric", Usage: "run the fabric CLI against the running lab (its directory: $FABRIC_LAB_DIR, default work/lab)", SkipFlagParsing: true,
 				Action: func(c *cli.Context) error {
 					dir := os.Getenv("FABRIC_LAB_DIR")

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"time"
+
 	"net"
 	"os"
 	"path/filepath"
@@ -38,6 +40,8 @@ func hwnodeCommand() *cli.Command {
 			&cli.StringFlag{Name: "memory", Usage: "memory offered to guests, e.g. 16GiB (default: host memory minus 512 MiB)"},
 			&cli.DurationFlag{Name: "shutdown-timeout", Value: hwnode.DefaultShutdownTimeout, Usage: "graceful stop before destroy"},
 			&cli.DurationFlag{Name: "max-downtime", Value: hwnode.DefaultMaxDowntime, Usage: "live migration downtime target"},
+			&cli.StringFlag{Name: "watchdog", Usage: "watchdog device to feed every second (/dev/watchdog, softdog): a node whose agent stays dead is reset"},
+			&cli.DurationFlag{Name: "watchdog-timeout", Value: 30 * time.Second, Usage: "watchdog timeout set on the device: long enough for systemd to restart a crashed agent"},
 		},
 		Action: func(c *cli.Context) error {
 			log, err := logger(c)
@@ -51,6 +55,7 @@ func hwnodeCommand() *cli.Command {
 				NBDAddr: c.String("nbd-addr"), DiskServer: c.String("disk-server"), Kernel: c.String("kernel"), Initrd: c.String("initrd"), Bridge: c.String("bridge"),
 				SerialDir: c.String("serial-dir"), VCPUs: c.Int("vcpus"),
 				ShutdownTimeout: c.Duration("shutdown-timeout"), MaxDowntime: c.Duration("max-downtime"), Logger: log,
+				Watchdog: c.String("watchdog"), WatchdogTimeout: c.Duration("watchdog-timeout"),
 			}
 			if s := c.String("memory"); s != "" {
 				b, err := storagenode.ParseSize(s)

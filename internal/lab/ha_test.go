@@ -3,6 +3,7 @@ package lab
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -125,3 +126,90 @@ func TestHardwareNodeFailure(t *testing.T) {
 	}
 	t.Logf("hn1 back: its stale web domain was destroyed; web runs on hn2 only")
 }
+
+// TestAgentDeathAndWatchdog: hn1's agent dies. Restarted within the
+// watchdog's timeout, nothing happens to its guest: no fence, no restart,
+// the same domain keeps running and the agent adopts it. Not restarted,
+// the (stand-in) watchdog resets the node, which the controller then finds
+// dead, fences, and web restarts on hn2.
+func TestAgentDeathAndWatchdog(t *testing.T) {
+	images := skipUnlessLab(t)
+	bin := buildBinaries(t)
+	const wd = 8 * time.Second
+	l := upLab(t, Config{Bin: bin, Images: images, Watchdog: wd.String()})
+	if _, err := l.Fabric("image", "import", "tiny", filepath.Join(images, "instance-template.img")); err != nil {
+		t.Fatal(err)
+	}
+	var in controllerapi.Instance
+	fabricJSON(t, l, &in, "instance", "create", "web", "--image", "tiny", "--vcpus", "1", "--memory", "128MiB", "--node", "hn1", "--start")
+	ip, _, _ := strings.Cut(in.IP, "/")
+	if err := waitFor(90*time.Second, func() bool {
+		_, err := In(l.ClientNS, "ping", "-c1", "-W1", ip)
+		return err == nil
+	}); err != nil {
+		t.Fatalf("instance web (%s) never answered ping: %v", ip, err)
+	}
+	hn1 := l.Hosts[0]
+	domid := func() string {
+		out, _ := In(hn1.NS, "virsh", "-c", hn1.URI(), "domid", "web")
+		return strings.TrimSpace(out)
+	}
+	before := domid()
+
+	// Killed and back within the watchdog's timeout (and past the agent
+	// timeout: the controller notices).
+	if err := l.StopAgent(hn1); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Second)
+	if err := l.StartAgent(hn1, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(20*time.Second, func() bool {
+		var got controllerapi.Instance
+		out, err := l.Fabric("instance", "show", "web", "-o", "json")
+		return err == nil && jsonInto(out, &got) && got.State == "running" && got.Node == "hn1"
+	}); err != nil {
+		t.Fatalf("after a short agent death: %v", err)
+	}
+	events, _ := l.Fabric("events")
+	if id := domid(); id != before || l.Reset(hn1) || strings.Contains(events, "node.fenced") || strings.Contains(events, "instance.restarted") {
+		t.Fatalf("a short agent death changed something: domain id %q -> %q, reset %v\n%s", before, id, l.Reset(hn1), events)
+	}
+	if !strings.Contains(events, "agent.lost") {
+		t.Errorf("no agent.lost event for the short agent death:\n%s", events)
+	}
+	t.Logf("agent dead for 5 s and back: same domain (id %s), no fence, no restart; event: agent lost", before)
+
+	// Killed for good: the watchdog resets the node.
+	t0 := time.Now()
+	if err := l.StopAgent(hn1); err != nil {
+		t.Fatal(err)
+	}
+	var reset, back time.Duration
+	if err := waitFor(90*time.Second, func() bool {
+		if reset == 0 && l.Reset(hn1) {
+			reset = time.Since(t0)
+		}
+		_, err := In(l.ClientNS, "ping", "-c1", "-W1", ip)
+		var got controllerapi.Instance
+		out, _ := l.Fabric("instance", "show", "web", "-o", "json")
+		if err == nil && jsonInto(out, &got) && got.Node == "hn2" && got.State == "running" {
+			back = time.Since(t0)
+			return true
+		}
+		return false
+	}); err != nil {
+		out, _ := l.Fabric("events")
+		t.Fatalf("web did not come back on hn2 after hn1's agent died for good (reset after %v): %v\n%s", reset, err, out)
+	}
+	t.Logf("agent killed for good: the watchdog (%v) reset hn1 %.1f s later; web answers on hn2 %.1f s after the agent died", wd, reset.Seconds(), back.Seconds())
+	if reset == 0 || reset < wd {
+		t.Errorf("watchdog reset after %v (timeout %v)", reset, wd)
+	}
+	if limit := wd + 25*time.Second; back > limit {
+		t.Errorf("web came back %.1f s after the agent died (documented: watchdog %v + detection and restart, under %v)", back.Seconds(), wd, limit)
+	}
+}
+
+func jsonInto(s string, v any) bool { return json.Unmarshal([]byte(s), v) == nil }

@@ -57,6 +57,7 @@ type Lab struct {
 	Prefix      string   `json:"prefix"`
 	MaxDowntime string   `json:"max_downtime,omitempty"`
 	LibvirtTLS  bool     `json:"libvirt_tls,omitempty"`
+	Watchdog    string   `json:"watchdog,omitempty"`
 	Namespaces  []string `json:"namespaces"`
 	Mounts      []string `json:"created_mountpoints"`
 	Procs       []Proc   `json:"procs"`
@@ -98,6 +99,10 @@ type Config struct {
 	// the fabric-issued node certificates (qemu+tls://, port 16514)
 	// instead of plain TCP.
 	LibvirtTLS bool
+	// Watchdog, e.g. "8s": each agent feeds a watchdog with this timeout,
+	// a stand-in process (fabric-lab watchdog) that "resets" the node's
+	// namespace when it is not fed (the machine's own is never armed).
+	Watchdog string
 }
 
 func (l *Lab) logf(format string, a ...any) {
@@ -156,7 +161,7 @@ func Up(cfg Config) (l *Lab, err error) {
 		old.logf("removing the lab left in %s", dir)
 		_ = old.Down()
 	}
-	l = &Lab{Dir: dir, Bin: cfg.Bin, Images: cfg.Images, Prefix: cfg.Prefix, MaxDowntime: cfg.MaxDowntime, LibvirtTLS: cfg.LibvirtTLS, log: cfg.Log, trace: cfg.Trace}
+	l = &Lab{Dir: dir, Bin: cfg.Bin, Images: cfg.Images, Prefix: cfg.Prefix, MaxDowntime: cfg.MaxDowntime, LibvirtTLS: cfg.LibvirtTLS, Watchdog: cfg.Watchdog, log: cfg.Log, trace: cfg.Trace}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -458,11 +463,29 @@ func (l *Lab) StartAgent(h Host, memory string) error {
 			return fmt.Errorf("disk server of %s did not start: %w", h.Name, err)
 		}
 	}
+	if l.Watchdog != "" && !l.running("watchdog-"+h.Name) {
+		if err := os.WriteFile(h.watchdogFile(), nil, 0o644); err != nil {
+			return err
+		}
+		if err := l.start("watchdog-"+h.Name, h.NS, filepath.Join(l.Bin, "fabric-lab"), "watchdog", "--file", h.watchdogFile(),
+			"--timeout", l.Watchdog, "--iface", "eth0"); err != nil {
+			return err
+		}
+	}
 	tok, err := l.Fabric("node", "token", h.Name)
 	if err != nil {
 		return err
 	}
 	return l.start("agent-"+h.Name, h.NS, filepath.Join(l.Bin, "fabricd"), l.agentArgs(h, strings.TrimSpace(tok), memory)...)
+}
+
+// watchdogFile is what a host's agent feeds when the lab has a watchdog.
+func (h Host) watchdogFile() string { return filepath.Join(h.Dir, "watchdog") }
+
+// Reset says whether a host's stand-in watchdog has reset it.
+func (l *Lab) Reset(h Host) bool {
+	b, _ := os.ReadFile(filepath.Join(l.Dir, "watchdog-"+h.Name+".log"))
+	return strings.Contains(string(b), "resetting the node")
 }
 
 // agentArgs is a hardware node agent's command line ("" token: none).
@@ -487,6 +510,9 @@ func (l *Lab) agentArgs(h Host, token, memory string) []string {
 	}
 	if l.MaxDowntime != "" {
 		args = append(args, "--max-downtime", l.MaxDowntime)
+	}
+	if l.Watchdog != "" {
+		args = append(args, "--watchdog", h.watchdogFile())
 	}
 	return args
 }
@@ -702,7 +728,7 @@ func (l *Lab) PowerOff(h Host) error {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
-	for _, name := range []string{"agent-" + h.Name, "libvirtd-" + h.Name, "disks-" + h.Name} {
+	for _, name := range []string{"agent-" + h.Name, "libvirtd-" + h.Name, "disks-" + h.Name, "watchdog-" + h.Name} {
 		_ = l.Kill(name)
 	}
 	_, err = In(h.NS, "ip", "link", "set", "eth0", "down")

@@ -52,7 +52,7 @@ func skipUnlessLab(t *testing.T) string {
 func buildBinaries(t *testing.T) string {
 	t.Helper()
 	bin := t.TempDir()
-	out, err := exec.Command("go", "build", "-o", bin+"/", "../../cmd/fabricd", "../../cmd/fabric").CombinedOutput()
+	out, err := exec.Command("go", "build", "-o", bin+"/", "../../cmd/fabricd", "../../cmd/fabric", "../../cmd/fabric-lab").CombinedOutput()
 	if err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
