@@ -78,8 +78,12 @@ type Config struct {
 	// second; WatchdogTimeout is set on it. Empty: none.
 	Watchdog        string
 	WatchdogTimeout time.Duration
-	Wait            time.Duration // heartbeat long-poll; default 2s
-	Logger          *slog.Logger
+	// IsolationPause: with the controller and every storage node silent
+	// this long, the agent pauses its guests (isolation.go); default
+	// DefaultIsolationPause, negative: never.
+	IsolationPause time.Duration
+	Wait           time.Duration // heartbeat long-poll; default 2s
+	Logger         *slog.Logger
 }
 
 // Defaults of Config.
@@ -89,6 +93,9 @@ const (
 )
 
 func (c *Config) defaults() {
+	if c.IsolationPause == 0 {
+		c.IsolationPause = DefaultIsolationPause
+	}
 	if c.LibvirtSocket == "" {
 		c.LibvirtSocket = "/run/libvirt/libvirt-sock"
 	}
@@ -143,6 +150,8 @@ type Agent struct {
 	soon      bool                  // reconcile again without waiting for a change
 	retry     map[string]*stepRetry // by instance: its failing step's next try
 	lvErr     string                // why libvirtd does not answer
+	lastOK    time.Time             // the controller's last answer
+	paused    map[string]bool       // guests paused while isolated
 
 }
 
@@ -160,7 +169,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	cfg.defaults()
 	a := &Agent{cfg: cfg, log: cfg.Logger, disks: map[string]Disk{}, owners: map[string]string{}, diskErr: map[string]string{},
 		stopping: map[string]time.Time{}, migrating: map[string]bool{}, done: map[uint64]bool{}, kick: make(chan struct{}, 1),
-		retry: map[string]*stepRetry{}}
+		retry: map[string]*stepRetry{}, paused: map[string]bool{}}
 	if cfg.Node == "" {
 		return nil, errors.New("hwnode: no node name (--name)")
 	}
@@ -394,6 +403,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	go a.watchIsolation(ctx)
 	a.log.Info("hardware node agent running", "node", a.cfg.Node, "hypervisor", a.cap.Hypervisor, "disk", a.cap.Disk,
 		"vcpus", a.cap.VCPUs, "memory_mib", a.cap.MemoryMiB, "libvirt", a.cap.Libvirt)
 	retry := backoff.New(time.Second, 10*time.Second, 0.2)
@@ -448,7 +458,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		retry.Reset()
 		a.mu.Lock()
 		a.soon = false // set again by this reconcile if it must retry
+		a.lastOK = time.Now()
 		a.mu.Unlock()
+		a.resumeAfterIsolation(ds)
 		if ds.Node != "" && ds.Node != a.cfg.Node {
 			a.log.Info("node renamed by the controller", "from", a.cfg.Node, "to", ds.Node)
 			a.cfg.Node = ds.Node

@@ -31,6 +31,12 @@ type Disks interface {
 	Attached() ([]string, error)
 }
 
+// StorageWatcher is a disk path that can tell when a storage node last
+// answered it (the isolation check).
+type StorageWatcher interface {
+	StorageSeen(ctx context.Context) (time.Time, error)
+}
+
 // kernelDisks uses the kernel aoe driver's /dev/etherd devices.
 type kernelDisks struct{}
 
@@ -153,6 +159,20 @@ func (d *DiskServer) Attached() ([]string, error) {
 // until ctx ends.
 func (d *DiskServer) Serve(ctx context.Context, nbdLn, ctl net.Listener) error {
 	defer d.init.Close()
+	go func() {
+		// Ask every second, so that "a storage node answered lately"
+		// holds while no guest does I/O.
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			_ = d.init.Probe()
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
 	errc := make(chan error, 2)
 	go func() { errc <- d.nbd.Serve(ctx, nbdLn) }()
 	if ctl != nil {
@@ -177,12 +197,16 @@ func (d *DiskServer) Serve(ctx context.Context, nbdLn, ctl net.Listener) error {
 	}
 }
 
+// StorageSeen implements StorageWatcher.
+func (d *DiskServer) StorageSeen(context.Context) (time.Time, error) { return d.init.LastReply(), nil }
+
 // diskAnswer is the control API's answer.
 type diskAnswer struct {
-	Disk    Disk     `json:"disk,omitzero"`
-	Volumes []string `json:"volumes,omitempty"`
-	MAC     string   `json:"mac,omitempty"`
-	Error   string   `json:"error,omitempty"`
+	Disk    Disk      `json:"disk,omitzero"`
+	Volumes []string  `json:"volumes,omitempty"`
+	MAC     string    `json:"mac,omitempty"`
+	Seen    time.Time `json:"storage_seen,omitzero"` // when a storage node last answered
+	Error   string    `json:"error,omitempty"`
 }
 
 func (d *DiskServer) handler() http.Handler {
@@ -204,7 +228,7 @@ func (d *DiskServer) handler() http.Handler {
 	})
 	mux.HandleFunc("GET /volumes", func(w http.ResponseWriter, r *http.Request) {
 		vs, err := d.Attached()
-		reply(w, diskAnswer{Volumes: vs, MAC: d.MAC()}, err)
+		reply(w, diskAnswer{Volumes: vs, MAC: d.MAC(), Seen: d.init.LastReply()}, err)
 	})
 	return mux
 }
@@ -261,6 +285,12 @@ func (c *DiskClient) Detach(vol string) error {
 func (c *DiskClient) Attached() ([]string, error) {
 	a, err := c.call(context.Background(), http.MethodGet, "/volumes")
 	return a.Volumes, err
+}
+
+// StorageSeen implements StorageWatcher.
+func (c *DiskClient) StorageSeen(ctx context.Context) (time.Time, error) {
+	a, err := c.call(ctx, http.MethodGet, "/volumes")
+	return a.Seen, err
 }
 
 // MAC asks the disk server for its AoE source address.

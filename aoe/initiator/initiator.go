@@ -12,6 +12,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fabric-project/fabric/aoe/rawsock"
@@ -67,6 +68,25 @@ type Initiator struct {
 		sndr     rawsock.Sender
 	}
 	wg sync.WaitGroup
+	// lastReply is when any target last answered (unix nanoseconds).
+	lastReply atomic.Int64
+}
+
+// LastReply is when any AoE target last answered this initiator.
+func (in *Initiator) LastReply() time.Time {
+	if n := in.lastReply.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// Probe broadcasts a Query Config for every volume: the answers keep
+// LastReply current while no I/O runs.
+func (in *Initiator) Probe() error {
+	tag := in.nextTag()
+	hdr := aoe.Header{Version: aoe.Version, Major: wire.BroadcastShelf, Minor: wire.BroadcastSlot, Command: aoe.CommandQueryConfigInformation,
+		Arg: &aoe.ConfigArg{Command: aoe.ConfigCommandRead}, Tag: [4]byte{byte(tag >> 24), byte(tag >> 16), byte(tag >> 8), byte(tag)}}
+	return in.send(net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, &hdr)
 }
 
 // ErrTimeout is returned when a frame got no answer after every retry.
@@ -171,6 +191,7 @@ func (in *Initiator) dispatch(b *rawsock.Batch, n int) {
 		if f.Check() != nil || !f.Response() {
 			continue
 		}
+		in.lastReply.Store(time.Now().UnixNano())
 		if f.Command() == aoe.CommandIssueATACommand {
 			in.mu.Lock()
 			d := in.devices[key(f.Shelf(), f.Slot())]

@@ -42,6 +42,7 @@ func hwnodeCommand() *cli.Command {
 			&cli.DurationFlag{Name: "max-downtime", Value: hwnode.DefaultMaxDowntime, Usage: "live migration downtime target"},
 			&cli.StringFlag{Name: "watchdog", Usage: "watchdog device to feed every second (/dev/watchdog, softdog): a node whose agent stays dead is reset"},
 			&cli.DurationFlag{Name: "watchdog-timeout", Value: 30 * time.Second, Usage: "watchdog timeout set on the device: long enough for systemd to restart a crashed agent"},
+			&cli.DurationFlag{Name: "isolation-pause", Value: hwnode.DefaultIsolationPause, Usage: "pause guests when the controller and every storage node have been silent this long (shorter than the controller's failure detection; negative: never)"},
 		},
 		Action: func(c *cli.Context) error {
 			log, err := logger(c)
@@ -55,7 +56,7 @@ func hwnodeCommand() *cli.Command {
 				NBDAddr: c.String("nbd-addr"), DiskServer: c.String("disk-server"), Kernel: c.String("kernel"), Initrd: c.String("initrd"), Bridge: c.String("bridge"),
 				SerialDir: c.String("serial-dir"), VCPUs: c.Int("vcpus"),
 				ShutdownTimeout: c.Duration("shutdown-timeout"), MaxDowntime: c.Duration("max-downtime"), Logger: log,
-				Watchdog: c.String("watchdog"), WatchdogTimeout: c.Duration("watchdog-timeout"),
+				Watchdog: c.String("watchdog"), WatchdogTimeout: c.Duration("watchdog-timeout"), IsolationPause: c.Duration("isolation-pause"),
 			}
 			if s := c.String("memory"); s != "" {
 				b, err := storagenode.ParseSize(s)

@@ -213,3 +213,69 @@ func TestAgentDeathAndWatchdog(t *testing.T) {
 }
 
 func jsonInto(s string, v any) bool { return json.Unmarshal([]byte(s), v) == nil }
+
+// TestLinksCut: every link of hn1 is cut (the node itself alive) for
+// longer than the controller's detection. The controller fences hn1 and
+// restarts web on hn2; hn1's agent, hearing neither the controller nor the
+// storage, pauses its copy before the links return; when they do, that
+// copy is destroyed, never resumed.
+func TestLinksCut(t *testing.T) {
+	images := skipUnlessLab(t)
+	bin := buildBinaries(t)
+	l := upLab(t, Config{Bin: bin, Images: images})
+	if _, err := l.Fabric("image", "import", "tiny", filepath.Join(images, "instance-template.img")); err != nil {
+		t.Fatal(err)
+	}
+	var in controllerapi.Instance
+	fabricJSON(t, l, &in, "instance", "create", "web", "--image", "tiny", "--vcpus", "1", "--memory", "128MiB", "--node", "hn1", "--start")
+	ip, _, _ := strings.Cut(in.IP, "/")
+	if err := waitFor(90*time.Second, func() bool {
+		_, err := In(l.ClientNS, "ping", "-c1", "-W1", ip)
+		return err == nil
+	}); err != nil {
+		t.Fatalf("instance web (%s) never answered ping: %v", ip, err)
+	}
+	hn1 := l.Hosts[0]
+	state := func() string {
+		out, _ := In(hn1.NS, "virsh", "-c", hn1.URI(), "domstate", "web")
+		return strings.TrimSpace(out)
+	}
+	t0 := time.Now()
+	if _, err := In(hn1.NS, "ip", "link", "set", "eth0", "down"); err != nil {
+		t.Fatal(err)
+	}
+	var paused, back time.Duration
+	if err := waitFor(60*time.Second, func() bool {
+		if paused == 0 && state() == "paused" {
+			paused = time.Since(t0)
+		}
+		if back == 0 {
+			var got controllerapi.Instance
+			out, _ := l.Fabric("instance", "show", "web", "-o", "json")
+			if _, err := In(l.ClientNS, "ping", "-c1", "-W1", ip); err == nil && jsonInto(out, &got) && got.Node == "hn2" {
+				back = time.Since(t0)
+			}
+		}
+		return paused > 0 && back > 0 && time.Since(t0) > 20*time.Second
+	}); err != nil {
+		t.Fatalf("links of hn1 cut: paused after %v, back on hn2 after %v: %v", paused, back, err)
+	}
+	if s := state(); s != "paused" {
+		t.Fatalf("before hn1's links return its copy of web is %q, want paused", s)
+	}
+	t.Logf("hn1's links cut: its copy of web paused %.1f s later; web answers from hn2 %.1f s after the cut", paused.Seconds(), back.Seconds())
+	if _, err := In(hn1.NS, "ip", "link", "set", "eth0", "up"); err != nil {
+		t.Fatal(err)
+	}
+	restored := time.Now()
+	if err := waitFor(20*time.Second, func() bool {
+		out, _ := In(hn1.NS, "virsh", "-c", hn1.URI(), "list", "--all", "--name")
+		if _, err := In(l.ClientNS, "ping", "-c1", "-W1", ip); err != nil {
+			t.Errorf("web stopped answering %.1f s after hn1's links returned", time.Since(restored).Seconds())
+		}
+		return !strings.Contains(out, "web")
+	}); err != nil {
+		t.Errorf("hn1's stale copy of web was not destroyed after its links returned (state %q)", state())
+	}
+	t.Logf("hn1's links back: its paused copy destroyed %.1f s later; web kept answering from hn2", time.Since(restored).Seconds())
+}
