@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/controller/scheduler"
 	"github.com/fabric-project/fabric/controller/store"
 	"github.com/fabric-project/fabric/storagenode"
 )
@@ -257,34 +257,26 @@ func (c *Controller) fits(node string, vcpus, memMiB int) (string, error) {
 	return "", nil
 }
 
-// place picks the live hardware node with the most free memory that fits.
+// place picks the live hardware node with the most free memory that fits
+// (controller/scheduler, over a snapshot of the rooms left).
 func (c *Controller) place(vcpus, memMiB int, exclude string) (string, error) {
 	rs, err := c.rooms()
 	if err != nil {
 		return "", err
 	}
-	best, bestMem := "", -1
-	var why []string
+	var snap scheduler.Snapshot
 	for _, r := range rs {
-		if r.node == exclude {
-			continue
-		}
-		if r.memMiB < memMiB || r.vcpus < vcpus {
-			why = append(why, fmt.Sprintf("%s: %d MiB, %d vCPUs free", r.node, max(r.memMiB, 0), max(r.vcpus, 0)))
-			continue
-		}
-		if r.memMiB > bestMem || r.memMiB == bestMem && r.node < best {
-			best, bestMem = r.node, r.memMiB
-		}
+		snap.Nodes = append(snap.Nodes, scheduler.Node{Name: r.node, Usable: true, VCPUs: r.vcpus, MemoryMiB: r.memMiB})
 	}
-	if best == "" {
-		slices.Sort(why)
-		if len(why) == 0 {
-			return "", errorf(ErrUnplaceable, "no live hardware node to place %d vCPUs and %d MiB on (start `fabricd hwnode` on one, see `fabric node list`)", vcpus, memMiB)
-		}
-		return "", errorf(ErrUnplaceable, "no hardware node has room for %d vCPUs and %d MiB (%s)", vcpus, memMiB, strings.Join(why, "; "))
+	to, err := scheduler.Place(snap, scheduler.Instance{Name: "the instance", VCPUs: vcpus, MemoryMiB: memMiB}, exclude)
+	var nr *scheduler.ErrNoRoom
+	switch {
+	case errors.As(err, &nr) && len(nr.Why) == 0:
+		return "", errorf(ErrUnplaceable, "no live hardware node to place %d vCPUs and %d MiB on (start `fabricd hwnode` on one, see `fabric node list`)", vcpus, memMiB)
+	case errors.As(err, &nr):
+		return "", errorf(ErrUnplaceable, "no hardware node has room for %d vCPUs and %d MiB (%s)", vcpus, memMiB, strings.Join(nr.Why, "; "))
 	}
-	return best, nil
+	return to, err
 }
 
 // aoeMAC is the address a hardware node's AoE traffic comes from: what its
