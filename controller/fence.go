@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/controller/scheduler"
 	"github.com/fabric-project/fabric/controller/store"
 )
 
@@ -282,23 +283,45 @@ func (c *Controller) stillAlive(n controllerapi.Node, hb controllerapi.Heartbeat
 	return "", ""
 }
 
-// restartFrom restarts elsewhere every instance meant to run on a fenced
-// node; those that fit nowhere wait (an event says so once) and are tried
-// again at the next pass.
+// restartFrom restarts elsewhere the HA instances meant to run on a fenced
+// node, in the scheduler's order (priority, then size); those that fit
+// nowhere wait (an event says so once a minute) and are tried again at the
+// next pass.
 func (c *Controller) restartFrom(node string) {
 	ins, err := listJSON[controllerapi.Instance](c.st, bucketInstances)
 	if err != nil {
 		return
 	}
+	c.placeMu.Lock()
+	defer c.placeMu.Unlock()
+	snap, err := c.snapshot()
+	if err != nil {
+		return
+	}
+	byName := map[string]controllerapi.Instance{}
 	for _, in := range ins {
 		if in.Node != node || in.Want != controllerapi.StateRunning {
 			continue
 		}
-		c.placeMu.Lock()
-		to, err := c.place(in.VCPUs, in.MemoryMiB, node)
-		if err == nil {
-			err = c.allow(instanceVolume(in.Name), to)
+		if in.NoHA {
+			if c.firstInAMinute("noha/" + in.Name) {
+				msg := fmt.Sprintf("instance %s stays down with its fenced node %s: it is not HA (created with --ha=false)", in.Name, node)
+				_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventInstanceNodeError, Node: node, Message: msg})
+			}
+			continue
 		}
+		byName[in.Name] = in
+		snap.Instances = append(snap.Instances, scheduler.Instance{Name: in.Name, Node: node, VCPUs: in.VCPUs, MemoryMiB: in.MemoryMiB,
+			Group: in.Group, HA: true, Priority: in.Priority})
+	}
+	if len(byName) == 0 {
+		return
+	}
+	plan := scheduler.Restart(snap, node)
+	for _, m := range plan.Moves {
+		in := byName[m.Instance]
+		to := m.To
+		err := c.allow(instanceVolume(in.Name), to)
 		if err == nil {
 			err = c.reg.update(func(tx store.Tx) error {
 				cur, err := getInstance(tx, in.Name)
@@ -314,19 +337,20 @@ func (c *Controller) restartFrom(node string) {
 					Message: fmt.Sprintf("instance %s restarted on %s: %s failed and was fenced", in.Name, to, node)})
 			})
 		}
-		c.placeMu.Unlock()
 		if err != nil {
-			if c.firstInAMinute("restart/" + in.Name) {
-				msg := fmt.Sprintf("instance %s of fenced node %s waits for a node with room: %v", in.Name, node, err)
-				c.log.Warn(msg)
-				_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventInstanceNodeError, Node: node, Message: msg})
-			}
+			c.log.Error("restarting an instance elsewhere", "instance", in.Name, "to", to, "err", err)
 			continue
 		}
 		c.log.Warn("instance restarted elsewhere", "instance", in.Name, "from", node, "to", to)
 	}
+	for i, name := range plan.Waiting {
+		if c.firstInAMinute("restart/" + name) {
+			msg := fmt.Sprintf("instance %s of fenced node %s waits for a node with room (%d of %d in the restart order, by priority)", name, node, i+1, len(plan.Waiting))
+			c.log.Warn(msg)
+			_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventInstanceNodeError, Node: node, Message: msg})
+		}
+	}
 }
-
 func (c *Controller) fenceNode(w http.ResponseWriter, r *http.Request) {
 	var req controllerapi.FenceRequest
 	if r.ContentLength != 0 && !decode(w, r, &req) {

@@ -257,24 +257,48 @@ func (c *Controller) fits(node string, vcpus, memMiB int) (string, error) {
 	return "", nil
 }
 
-// place picks the live hardware node with the most free memory that fits
-// (controller/scheduler, over a snapshot of the rooms left).
-func (c *Controller) place(vcpus, memMiB int, exclude string) (string, error) {
+// snapshot is the scheduler's view: the room left on each node that takes
+// instances, and (at no size, the room being counted already) where each
+// instance is, for its group.
+func (c *Controller) snapshot() (scheduler.Snapshot, error) {
+	var snap scheduler.Snapshot
 	rs, err := c.rooms()
 	if err != nil {
-		return "", err
+		return snap, err
 	}
-	var snap scheduler.Snapshot
 	for _, r := range rs {
 		snap.Nodes = append(snap.Nodes, scheduler.Node{Name: r.node, Usable: true, VCPUs: r.vcpus, MemoryMiB: r.memMiB})
 	}
-	to, err := scheduler.Place(snap, scheduler.Instance{Name: "the instance", VCPUs: vcpus, MemoryMiB: memMiB}, exclude)
+	ins, err := listJSON[controllerapi.Instance](c.st, bucketInstances)
+	if err != nil {
+		return snap, err
+	}
+	for _, in := range ins {
+		if in.Group != "" {
+			snap.Instances = append(snap.Instances, scheduler.Instance{Name: in.Name, Node: in.Node, Group: in.Group})
+		}
+	}
+	return snap, nil
+}
+
+// place picks the live hardware node with the most free memory that fits,
+// spreading the instance's group (controller/scheduler).
+func (c *Controller) place(vcpus, memMiB int, exclude string) (string, error) {
+	return c.placeIn(scheduler.Instance{Name: "the instance", VCPUs: vcpus, MemoryMiB: memMiB}, exclude)
+}
+
+func (c *Controller) placeIn(in scheduler.Instance, exclude string) (string, error) {
+	snap, err := c.snapshot()
+	if err != nil {
+		return "", err
+	}
+	to, err := scheduler.Place(snap, in, exclude)
 	var nr *scheduler.ErrNoRoom
 	switch {
 	case errors.As(err, &nr) && len(nr.Why) == 0:
-		return "", errorf(ErrUnplaceable, "no live hardware node to place %d vCPUs and %d MiB on (start `fabricd hwnode` on one, see `fabric node list`)", vcpus, memMiB)
+		return "", errorf(ErrUnplaceable, "no live hardware node to place %d vCPUs and %d MiB on (start `fabricd hwnode` on one, see `fabric node list`)", in.VCPUs, in.MemoryMiB)
 	case errors.As(err, &nr):
-		return "", errorf(ErrUnplaceable, "no hardware node has room for %d vCPUs and %d MiB (%s)", vcpus, memMiB, strings.Join(nr.Why, "; "))
+		return "", errorf(ErrUnplaceable, "no hardware node has room for %d vCPUs and %d MiB (%s)", in.VCPUs, in.MemoryMiB, strings.Join(nr.Why, "; "))
 	}
 	return to, err
 }
@@ -347,6 +371,11 @@ func (c *Controller) CreateInstance(req controllerapi.CreateInstanceRequest) (co
 	if err := checkName("instance", req.Name); err != nil {
 		return in, err
 	}
+	if req.Group != "" {
+		if err := checkName("group", req.Group); err != nil {
+			return in, err
+		}
+	}
 	if req.VCPUs < 1 || req.VCPUs > 64 {
 		return in, errorf(ErrInvalid, "vcpus must be between 1 and 64, not %d", req.VCPUs)
 	}
@@ -379,12 +408,13 @@ func (c *Controller) CreateInstance(req controllerapi.CreateInstanceRequest) (co
 		if why != "" {
 			return in, errorf(ErrUnplaceable, "cannot place %s on %s: %s", req.Name, node, why)
 		}
-	} else if node, err = c.place(req.VCPUs, req.MemoryMiB, ""); err != nil {
+	} else if node, err = c.placeIn(scheduler.Instance{Name: req.Name, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, Group: req.Group}, ""); err != nil {
 		return in, err
 	}
 	now := time.Now().UTC()
 	in = controllerapi.Instance{Name: req.Name, UUID: randomUUID(), Image: req.Image, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
-		MAC: randomMAC(), Node: node, Want: controllerapi.StateStopped, Created: now, Updated: now}
+		MAC: randomMAC(), Node: node, Want: controllerapi.StateStopped, Created: now, Updated: now,
+		Group: req.Group, Priority: req.Priority, NoHA: req.NoHA}
 	if req.Start {
 		in.Want = controllerapi.StateRunning
 	}

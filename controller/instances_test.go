@@ -424,3 +424,98 @@ func TestNoSecondCopy(t *testing.T) {
 	}
 	t.Logf("refused: %s", res[0].Error)
 }
+
+// fakeStorage enrolls as a storage node and reports, applying the fence
+// it is given at once, until the test ends.
+func fakeStorage(t *testing.T, c *Controller, admin *controllerapi.Client, name, mac string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	if _, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: name, MAC: mac, Role: controllerapi.RoleStorage}); err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := admin.NodeToken(ctx, name, 0)
+	cl := newAgentClient(t, c, admin)
+	if _, err := cl.Enroll(ctx, name, tok); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var gen uint64
+		for ctx.Err() == nil {
+			d, err := cl.StorageReport(ctx, controllerapi.StorageReport{Node: name, Generation: gen})
+			if err == nil {
+				gen = d.Generation
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// TestGroupsAndRestartOrder: a group spreads over nodes; when a node is
+// fenced its HA instances restart elsewhere by priority, the ones that fit
+// nowhere wait with an event, and a --ha=false instance stays down.
+func TestGroupsAndRestartOrder(t *testing.T) {
+	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
+		StorageDir: t.TempDir(), AgentTimeout: 500 * time.Millisecond})
+	admin := serveAPI(t, c)
+	ctx := context.Background()
+	for i, n := range []string{"hn1", "hn2", "hn3"} {
+		if _, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: n, MAC: "52:54:00:00:02:0" + string(rune('1'+i)), Role: controllerapi.RoleHWNode}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hn1 := startFakeAgent(t, c, admin, "hn1", 2048)
+	startFakeAgent(t, c, admin, "hn2", 1024)
+	startFakeAgent(t, c, admin, "hn3", 512)
+	fakeStorage(t, c, admin, "st1", "52:54:00:00:02:09")
+	img := bytes.Repeat([]byte{0xab}, 1<<20)
+	if _, err := admin.ImportImage(ctx, "tiny", bytes.NewReader(img), int64(len(img))); err != nil {
+		t.Fatal(err)
+	}
+	// Three members of group web land on three nodes, though hn1 has the
+	// most room.
+	nodes := map[string]bool{}
+	for _, n := range []string{"web1", "web2", "web3"} {
+		in, err := admin.CreateInstance(ctx, controllerapi.CreateInstanceRequest{Name: n, Image: "tiny", VCPUs: 1, MemoryMiB: 128, Group: "web"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes[in.Node] = true
+	}
+	if len(nodes) != 3 {
+		t.Errorf("group web landed on %v, want three nodes", nodes)
+	}
+	// On hn1: high and low priority HA instances, and one not HA. hn2 and
+	// hn3 together have room for high, not for both.
+	for _, r := range []controllerapi.CreateInstanceRequest{
+		{Name: "low", MemoryMiB: 700, Priority: 1}, {Name: "high", MemoryMiB: 700, Priority: 9}, {Name: "solo", MemoryMiB: 64, NoHA: true},
+	} {
+		r.Image, r.VCPUs, r.Node, r.Start = "tiny", 1, "hn1", true
+		if _, err := admin.CreateInstance(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hn1.stop()
+	time.Sleep(700 * time.Millisecond)
+	r, err := admin.FenceNode(ctx, "hn1", "test")
+	if err != nil || len(r.Confirmed) != 1 {
+		t.Fatalf("fence: %v %+v", err, r)
+	}
+	for name, want := range map[string]bool{"high": true, "low": false, "solo": false} {
+		in, _ := c.Instance(name)
+		if moved := in.Node != "hn1"; moved != want {
+			t.Errorf("%s: on %s after hn1 was fenced (want moved %v)", name, in.Node, want)
+		}
+	}
+	evs, _ := admin.Events(ctx, 0, 0)
+	var waits, stays bool
+	for _, e := range evs.Events {
+		waits = waits || strings.Contains(e.Message, "instance low of fenced node hn1 waits for a node with room")
+		stays = stays || strings.Contains(e.Message, "instance solo stays down")
+	}
+	if !waits || !stays {
+		t.Errorf("events: low waits %v, solo stays %v", waits, stays)
+	}
+}

@@ -152,6 +152,9 @@ func instanceCommand() *cli.Command {
 					&cli.StringFlag{Name: "memory", Value: "128MiB", Usage: "memory, e.g. 512MiB or 2GiB"},
 					&cli.StringFlag{Name: "node", Usage: "place on this hardware node (default: the one with most free memory)"},
 					&cli.BoolFlag{Name: "start", Usage: "start it right away"},
+					&cli.StringFlag{Name: "group", Usage: "anti-affinity group: no two members on one node while another has room"},
+					&cli.IntFlag{Name: "priority", Usage: "restart order after a node failure (higher first)"},
+					&cli.BoolFlag{Name: "ha", Value: true, Usage: "restart it on another node when its node fails (--ha=false: stay down with it)"},
 					waitFlag,
 					outputFlag,
 				},
@@ -172,7 +175,8 @@ func instanceCommand() *cli.Command {
 						return err
 					}
 					in, err := cl.CreateInstance(c.Context, controllerapi.CreateInstanceRequest{Name: name, Image: c.String("image"),
-						VCPUs: c.Int("vcpus"), MemoryMiB: int(mem >> 20), Node: c.String("node"), Start: c.Bool("start")})
+						VCPUs: c.Int("vcpus"), MemoryMiB: int(mem >> 20), Node: c.String("node"), Start: c.Bool("start"),
+						Group: c.String("group"), Priority: c.Int("priority"), NoHA: !c.Bool("ha")})
 					if err != nil {
 						return err
 					}

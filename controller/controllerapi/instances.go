@@ -33,9 +33,12 @@ type Instance struct {
 	Want string `json:"want"`
 	// State is what the node last reported (running, shutoff, ...), or
 	// "migrating".
-	State   string     `json:"state,omitempty"`
-	Error   string     `json:"error,omitempty"`
-	Migrate *Migration `json:"migration,omitempty"`
+	State    string     `json:"state,omitempty"`
+	Error    string     `json:"error,omitempty"`
+	Migrate  *Migration `json:"migration,omitempty"`
+	Group    string     `json:"group,omitempty"`
+	Priority int        `json:"priority,omitempty"`
+	NoHA     bool       `json:"no_ha,omitempty"`
 	// Restarts is the instance's restart history: each time its node
 	// failed and it was started on another.
 	Restarts []Restart `json:"restarts,omitempty"`
@@ -74,6 +77,13 @@ type CreateInstanceRequest struct {
 	MemoryMiB int    `json:"memory_mib"`
 	Node      string `json:"node,omitempty"` // empty: the scheduler picks
 	Start     bool   `json:"start,omitempty"`
+	// Group is an anti-affinity group: no two members on one node while
+	// another node has room.
+	Group string `json:"group,omitempty"`
+	// Priority orders restarts after a node failure (higher first).
+	Priority int `json:"priority,omitempty"`
+	// NoHA: not restarted elsewhere when its node fails.
+	NoHA bool `json:"no_ha,omitempty"`
 }
 
 // MigrateRequest is the body of POST /v1/instances/{name}/migrate.
