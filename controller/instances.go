@@ -810,6 +810,9 @@ func (c *Controller) Drain(node string) ([]controllerapi.DrainResult, error) {
 	if n.Role != controllerapi.RoleHWNode {
 		return nil, errorf(ErrInvalid, "%s is a %s node; only hardware nodes run instances", node, n.Role)
 	}
+	if err := c.drainPreflight(n.Name); err != nil {
+		return nil, err
+	}
 	if err := c.reg.update(func(tx store.Tx) error {
 		if err := tx.Put(bucketDrained, n.Name, []byte(time.Now().UTC().Format(time.RFC3339))); err != nil {
 			return err
@@ -867,6 +870,35 @@ func (c *Controller) mayStillRun(in controllerapi.Instance) string {
 	}
 	return fmt.Sprintf("instance %s may still be running on %s (%s, so nobody has seen it stop): fence %s first (`fabric node fence %s`, which cuts it off from its disks and restarts its instances elsewhere), or bring its agent back",
 		in.Name, in.Node, since, in.Node, in.Node)
+}
+
+// drainPreflight refuses, before anything moves, a drain whose instances
+// cannot all fit on the other nodes (the scheduler's drain plan).
+func (c *Controller) drainPreflight(node string) error {
+	c.placeMu.Lock()
+	defer c.placeMu.Unlock()
+	snap, err := c.snapshot()
+	if err != nil {
+		return err
+	}
+	ins, err := listJSON[controllerapi.Instance](c.st, bucketInstances)
+	if err != nil {
+		return err
+	}
+	n := 0
+	for _, in := range ins {
+		if in.Node == node {
+			n++
+			snap.Instances = append(snap.Instances, scheduler.Instance{Name: in.Name, Node: node, VCPUs: in.VCPUs, MemoryMiB: in.MemoryMiB, Group: in.Group})
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	if _, err := scheduler.Drain(snap, node); err != nil {
+		return errorf(ErrUnplaceable, "%v: nothing was moved (add a node, or stop or delete instances first)", err)
+	}
+	return nil
 }
 
 // reassign moves a stopped instance to another node with room.

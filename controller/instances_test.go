@@ -519,3 +519,41 @@ func TestGroupsAndRestartOrder(t *testing.T) {
 		t.Errorf("events: low waits %v, solo stays %v", waits, stays)
 	}
 }
+
+// TestDrainPreflight: a drain whose instances cannot all fit elsewhere is
+// refused before anything moves, with the numbers.
+func TestDrainPreflight(t *testing.T) {
+	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
+		StorageDir: t.TempDir(), AgentTimeout: time.Second})
+	admin := serveAPI(t, c)
+	ctx := context.Background()
+	for i, n := range []string{"hn1", "hn2"} {
+		if _, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: n, MAC: "52:54:00:00:03:0" + string(rune('1'+i)), Role: controllerapi.RoleHWNode}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startFakeAgent(t, c, admin, "hn1", 2048)
+	startFakeAgent(t, c, admin, "hn2", 1024)
+	img := bytes.Repeat([]byte{0xab}, 1<<20)
+	if _, err := admin.ImportImage(ctx, "tiny", bytes.NewReader(img), int64(len(img))); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"a", "b"} {
+		if _, err := admin.CreateInstance(ctx, controllerapi.CreateInstanceRequest{Name: n, Image: "tiny", VCPUs: 1, MemoryMiB: 700, Node: "hn1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := c.Drain("hn1")
+	if err == nil || !strings.Contains(err.Error(), "cannot drain hn1") || !strings.Contains(err.Error(), "hn2: 324 MiB") || !strings.Contains(err.Error(), "nothing was moved") {
+		t.Fatalf("drain that cannot fit: %v", err)
+	}
+	if c.drained("hn1") {
+		t.Error("hn1 was marked drained by a refused drain")
+	}
+	for _, n := range []string{"a", "b"} {
+		if in, _ := c.Instance(n); in.Node != "hn1" {
+			t.Errorf("%s moved to %s by a refused drain", n, in.Node)
+		}
+	}
+	t.Logf("refused up front: %v", err)
+}
