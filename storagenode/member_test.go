@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -44,7 +45,7 @@ func TestPairReportsToController(t *testing.T) {
 	if _, err := c.Registry().Register(controllerapi.RegisterRequest{Name: "sn9", MAC: "52:54:00:99:00:09", Role: controllerapi.RoleStorage}); err != nil {
 		t.Fatal(err)
 	}
-	for i, n := range l.nodes {
+	for i, n := range l.Nodes {
 		if _, err := c.Registry().Register(controllerapi.RegisterRequest{Name: n.Name, MAC: n.MAC, Role: controllerapi.RoleStorage}); err != nil {
 			t.Fatal(err)
 		}
@@ -52,9 +53,9 @@ func TestPairReportsToController(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		l.kill(n, 9)
+		l.Kill(n, syscall.SIGKILL)
 		n.Args = append(n.Args, "--controller", fmt.Sprintf("https://10.78.%d.254:8443", i+1), "--ca", ca, "--name", n.Name, "--token", tok)
-		l.start(n)
+		l.Start(n)
 	}
 	l.waitInSync(30 * time.Second)
 	wait := func(what string, ok func(map[string]controllerapi.StorageNode) bool) map[string]controllerapi.StorageNode {
@@ -76,16 +77,16 @@ func TestPairReportsToController(t *testing.T) {
 		t.Fatalf("%s: the controller has %+v\n%s", what, got, l.Logs())
 		return nil
 	}
-	own, other := l.owner()
+	own, other := l.Owner()
 	got := wait("both report in sync", func(m map[string]controllerapi.StorageNode) bool {
-		for _, n := range l.nodes {
+		for _, n := range l.Nodes {
 			if r := m[n.Name].Report; !m[n.Name].Alive || r == nil || r.Pair == nil || r.Pair.State != "in sync" {
 				return false
 			}
 		}
 		return true
 	})
-	for _, n := range l.nodes {
+	for _, n := range l.Nodes {
 		r := got[n.Name].Report
 		want := "follower"
 		if n == own {
@@ -128,7 +129,7 @@ func TestPairReportsToController(t *testing.T) {
 		t.Fatalf("I/O before the fence: %v", err)
 	}
 	wait("both storage nodes saw I/O from hn1's MAC", func(m map[string]controllerapi.StorageNode) bool {
-		for _, n := range l.nodes {
+		for _, n := range l.Nodes {
 			if r := m[n.Name].Report; r == nil || time.Since(r.Initiators[iniMAC]) > 5*time.Second {
 				return false
 			}
@@ -154,7 +155,7 @@ func TestPairReportsToController(t *testing.T) {
 	}
 	t.Logf("after unfence hn1's MAC reads and writes again")
 
-	l.kill(own, 9)
+	l.Kill(own, syscall.SIGKILL)
 	wait("the owner dead, the other owning alone", func(m map[string]controllerapi.StorageNode) bool {
 		r := m[other.Name].Report
 		return !m[own.Name].Alive && m[other.Name].Alive && r != nil && r.Pair.Role == "owner" && r.Pair.State == "alone"

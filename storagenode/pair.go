@@ -123,7 +123,6 @@ type pendingWrite struct {
 	size   int
 	region int64 // resync copies: the region; -1 for writes
 	done   func(ok bool)
-	at     time.Time
 }
 
 // plink is one replication connection; messages leave in the order they
@@ -205,7 +204,6 @@ type Pair struct {
 	dialing    atomic.Bool
 	stopping   atomic.Bool  // Leave was called: neither bid nor follow any more
 	serveUntil atomic.Int64 // unix nanos: may answer initiators for replicated volumes until then
-	readUntil  atomic.Int64 // unix nanos: may serve reads until then
 
 	mu         sync.Mutex
 	changed    chan struct{} // closed and replaced on every role change
@@ -232,8 +230,8 @@ type Pair struct {
 	recent     []recentWrite // owner: writes the follower may not have applied yet, by sequence
 	takeovers  []*takeover
 	resync     resyncProgress
-	lastEvent  string
-	events     []string
+	events     []string // the last 20, oldest first
+	waitingFor string   // what keeps this node from owning, following or acknowledging, if anything
 
 	stats struct {
 		forwards, superseded, dropped, refused, stale, resyncBytes, replicated atomic.Uint64
@@ -241,11 +239,10 @@ type Pair struct {
 }
 
 type resyncProgress struct {
-	running         bool
-	total, done     int64            // bytes
-	perVolume       map[uint32]int64 // bytes to copy per volume when the resync started
-	started         time.Time
-	lastStallReason string
+	running     bool
+	total, done int64            // bytes
+	perVolume   map[uint32]int64 // bytes to copy per volume when the resync started
+	started     time.Time
 }
 
 // NewPair prepares t's pair half; Run starts it. dir holds its state
@@ -301,10 +298,9 @@ func (p *Pair) mustSave() {
 // serving: may this node answer initiators for replicated volumes now?
 func (p *Pair) serving() bool { return time.Now().UnixNano() < p.serveUntil.Load() }
 
-// mayRead: may this node serve a read now?
-func (p *Pair) mayRead() bool { return time.Now().UnixNano() < p.readUntil.Load() }
-
-// updateServe recomputes serveUntil and readUntil; the caller holds p.mu.
+// updateServe recomputes serveUntil; the caller holds p.mu. Reads and
+// writes have one bound: the owner's authority, or the follower's read
+// lease while it is in sync and linked.
 func (p *Pair) updateServe() {
 	var until time.Time
 	switch p.role {
@@ -323,7 +319,6 @@ func (p *Pair) updateServe() {
 		n = until.UnixNano()
 	}
 	p.serveUntil.Store(n)
-	p.readUntil.Store(n)
 }
 
 func (p *Pair) setRole(r role) {
@@ -341,8 +336,7 @@ func (p *Pair) setRole(r role) {
 // holds p.mu.
 func (p *Pair) event(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
-	p.lastEvent = time.Now().UTC().Format(time.RFC3339Nano) + " " + msg
-	p.events = append(p.events, p.lastEvent)
+	p.events = append(p.events, time.Now().UTC().Format(time.RFC3339Nano)+" "+msg)
 	if len(p.events) > 20 {
 		p.events = p.events[len(p.events)-20:]
 	}
@@ -438,7 +432,6 @@ func (p *Pair) shutdown() {
 	tks := p.takeovers
 	p.takeovers = nil
 	p.serveUntil.Store(0)
-	p.readUntil.Store(0)
 	for _, b := range p.bitmaps {
 		_ = b.close()
 	}
@@ -463,7 +456,7 @@ func (p *Pair) acquire(handover bool) bool {
 	rep, err := p.wc.Do(witness.Request{Pair: p.cfg.Name, Node: p.cfg.Node, Op: witness.OpAcquire, Epoch: epoch})
 	if err != nil {
 		p.mu.Lock()
-		p.resync.lastStallReason = "witness: " + err.Error()
+		p.waitingFor = "witness: " + err.Error()
 		p.mu.Unlock()
 		return false
 	}
@@ -474,7 +467,7 @@ func (p *Pair) acquire(handover bool) bool {
 		p.mustSave()
 	}
 	if !rep.Granted {
-		p.resync.lastStallReason = rep.Reason
+		p.waitingFor = rep.Reason
 		return false
 	}
 	p.lease = time.Duration(rep.LeaseMS) * time.Millisecond
@@ -492,7 +485,7 @@ func (p *Pair) acquire(handover bool) bool {
 	p.mustSave()
 	p.event("owner of epoch %d (witness: current %v)", rep.Epoch, rep.Current)
 	p.setRole(roleOwner)
-	p.degrading, p.alone = true, false
+	p.degrading = true
 	go p.degrade(rep.Epoch)
 	return true
 }
@@ -518,7 +511,7 @@ func (p *Pair) degrade(epoch uint64) {
 		rep, err := p.wc.Do(witness.Request{Pair: p.cfg.Name, Node: p.cfg.Node, Op: witness.OpDegraded, Epoch: epoch})
 		if err != nil {
 			p.mu.Lock()
-			p.resync.lastStallReason = "alone, writes wait for the witness: " + err.Error()
+			p.waitingFor = "alone, writes wait for the witness: " + err.Error()
 			p.mu.Unlock()
 			sleep(p.ctx, 100*time.Millisecond)
 			continue
@@ -533,7 +526,7 @@ func (p *Pair) degrade(epoch uint64) {
 			return
 		}
 		p.leaseEnd = sent.Add(time.Duration(rep.LeaseMS) * time.Millisecond)
-		p.degrading, p.alone = false, true
+		p.degrading = false
 		p.st.Generation = newGeneration()
 		p.mustSave()
 		ws := p.waiting
@@ -567,7 +560,7 @@ func (p *Pair) stepDown(why string) {
 	}
 	p.pending = map[uint64]pendingWrite{}
 	p.waiting = nil
-	p.degrading, p.alone, p.peerSyncd = false, false, false
+	p.degrading, p.peerSyncd = false, false
 	p.leaseEnd = time.Time{}
 	p.setRole(roleNone)
 	tks := p.takeovers
@@ -861,7 +854,7 @@ func (p *Pair) follow(ctx context.Context) {
 	switch h := m.(type) {
 	case *replication.Refuse:
 		p.mu.Lock()
-		p.resync.lastStallReason = "peer refused: " + h.Reason
+		p.waitingFor = "peer refused: " + h.Reason
 		p.mu.Unlock()
 		c.Close()
 		sleep(ctx, 200*time.Millisecond)
@@ -876,7 +869,7 @@ func (p *Pair) follow(ctx context.Context) {
 			why = fmt.Sprintf("peer owns epoch %d, older than %d seen here", h.Epoch, p.st.Epoch)
 		}
 		if why != "" || p.role == roleOwner {
-			p.resync.lastStallReason = why
+			p.waitingFor = why
 			p.mu.Unlock()
 			p.stats.refused.Add(1)
 			c.Close()
@@ -1216,10 +1209,8 @@ func (p *Pair) onAck(l *plink, m *replication.Ack) {
 			return
 		}
 		if w.region >= 0 {
-			if v := p.t.tab.Load().byAddr[w.key]; v != nil {
-				if bm := p.bitmaps[w.key]; bm != nil {
-					bm.clear(uint64(w.region))
-				}
+			if bm := p.bitmaps[w.key]; bm != nil {
+				bm.clear(uint64(w.region))
 			}
 			p.resync.done += int64(w.size)
 			select {
@@ -1265,7 +1256,7 @@ func (p *Pair) ownerWrite(v *volume, off int64, data []byte, done func(bool)) {
 	k := key(v.Shelf, v.Slot)
 	if l := p.link; l != nil {
 		p.seq++
-		p.pending[p.seq] = pendingWrite{key: k, off: off, size: len(data), region: -1, done: done, at: now}
+		p.pending[p.seq] = pendingWrite{key: k, off: off, size: len(data), region: -1, done: done}
 		lba := uint64(off / wire.SectorSize)
 		p.recent = append(p.recent, recentWrite{key: k, lba: lba, end: lba + uint64(len(data)/wire.SectorSize), seq: p.seq})
 		flags := uint8(0)
@@ -1449,7 +1440,7 @@ func (p *Pair) resyncTo(l *plink) {
 		rep, werr := p.wc.Do(witness.Request{Pair: p.cfg.Name, Node: p.cfg.Node, Op: witness.OpInSync, Epoch: epoch, Peer: peer})
 		if werr != nil {
 			p.mu.Lock()
-			p.resync.lastStallReason = "resync done, waiting for the witness: " + werr.Error()
+			p.waitingFor = "resync done, waiting for the witness: " + werr.Error()
 			p.mu.Unlock()
 			select {
 			case <-time.After(100 * time.Millisecond):
@@ -1477,7 +1468,6 @@ func (p *Pair) resyncTo(l *plink) {
 	if p.link != l {
 		return
 	}
-	p.alone = false
 	p.peerSyncd = true
 	p.st.PeerGeneration = p.st.Generation
 	p.mustSave()

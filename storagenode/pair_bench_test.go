@@ -56,18 +56,18 @@ func TestPairBench(t *testing.T) {
 		}
 		return r
 	}
-	pairArgs := slices.Clone(l.nodes[0].Args)
+	pairArgs := slices.Clone(l.Nodes[0].Args)
 	single := func(on bool) {
-		for _, n := range l.nodes {
-			l.kill(n, syscall.SIGKILL)
+		for _, n := range l.Nodes {
+			l.Kill(n, syscall.SIGKILL)
 		}
 		if on {
-			l.nodes[0].Args = pairArgs[:5] // storage --iface aoe0 --data-dir DIR: no pair
-			l.start(l.nodes[0])
+			l.Nodes[0].Args = pairArgs[:5] // storage --iface aoe0 --data-dir DIR: no pair
+			l.Start(l.Nodes[0])
 			time.Sleep(500 * time.Millisecond)
 			return
 		}
-		l.nodes[0].Args = pairArgs
+		l.Nodes[0].Args = pairArgs
 		l.StartAll()
 		l.waitInSync(60 * time.Second)
 	}
@@ -108,15 +108,15 @@ func TestPairBench(t *testing.T) {
 	copied := regexp.MustCompile(`in sync: (\d+) MiB copied in ([0-9.]+m?s)`)
 	var rates []float64
 	for i := 0; i < runs; i++ {
-		own, _ := l.owner()
-		l.kill(own, syscall.SIGKILL)
+		own, _ := l.Owner()
+		l.Kill(own, syscall.SIGKILL)
 		time.Sleep(2 * time.Second)
-		l.start(own)
+		l.Start(own)
 		l.waitInSync(60 * time.Second)
-		newOwn, _ := l.owner()
-		m := copied.FindStringSubmatch(l.status(newOwn).LastEvent)
+		newOwn, _ := l.Owner()
+		m := copied.FindStringSubmatch(l.Status(newOwn).LastEvent)
 		if m == nil {
-			t.Fatalf("no resync figure in %q", l.status(newOwn).LastEvent)
+			t.Fatalf("no resync figure in %q", l.Status(newOwn).LastEvent)
 		}
 		mib, _ := strconv.Atoi(m[1])
 		d, _ := time.ParseDuration(m[2])
@@ -143,14 +143,14 @@ func TestPairBench(t *testing.T) {
 	}
 	for i := 0; i < kills; i++ {
 		for _, who := range []string{"owner", "follower"} {
-			own, other := l.owner()
+			own, other := l.Owner()
 			victim := own
 			if who == "follower" {
 				victim = other
 			}
-			d := l.phase(fmt.Sprintf("kill -9 of the %s %s (%d/%d)", who, victim.Name, i+1, kills), func() { l.kill(victim, syscall.SIGKILL) }, 2500*time.Millisecond)
+			d := l.phase(fmt.Sprintf("kill -9 of the %s %s (%d/%d)", who, victim.Name, i+1, kills), func() { l.Kill(victim, syscall.SIGKILL) }, 2500*time.Millisecond)
 			stalls[who] = append(stalls[who], float64(d.Milliseconds()))
-			l.start(victim)
+			l.Start(victim)
 			l.waitInSync(60 * time.Second)
 		}
 	}
@@ -158,5 +158,5 @@ func TestPairBench(t *testing.T) {
 	for _, who := range []string{"owner", "follower"} {
 		fmt.Printf("| %s | %s |\n", who, spread(stalls[who]))
 	}
-	l.check("after 20 kills", l.nodes[0], l.nodes[1])
+	l.check("after 20 kills", l.Nodes[0], l.Nodes[1])
 }

@@ -33,7 +33,6 @@ import (
 type pairLab struct {
 	*pairlab.Lab
 	t        *testing.T
-	nodes    [2]*pairlab.Node
 	ini      *netns.NS
 	dev      *initiator.Device
 	in       *initiator.Initiator
@@ -55,7 +54,7 @@ func newPairLab(t *testing.T, volSize int64) *pairLab {
 	netns.Veth(t, ini, "ini0", "", sw, "pi", "")
 	sw.Must(t, "ip", "link", "set", "pi", "master", "br0")
 	pl := pairlab.New(t, pairlab.Fabricd(t, ".."), sw, "br0")
-	l := &pairLab{Lab: pl, t: t, nodes: pl.Nodes, ini: ini, shelf: 7, slot: 1, blockSz: 4096}
+	l := &pairLab{Lab: pl, t: t, ini: ini, shelf: 7, slot: 1, blockSz: 4096}
 	pl.Volume("vol1", volSize, "7.1", "")
 	pl.StartAll()
 	var err error
@@ -80,18 +79,14 @@ func (l *pairLab) waitInSync(within time.Duration) {
 	}
 }
 
-func (l *pairLab) status(n *pairlab.Node) storagenode.PairStatus { return l.Status(n) }
-func (l *pairLab) owner() (own, other *pairlab.Node)             { return l.Owner() }
-func (l *pairLab) start(n *pairlab.Node)                         { l.Start(n) }
-func (l *pairLab) kill(n *pairlab.Node, sig syscall.Signal)      { l.Kill(n, sig) }
-func (l *pairLab) volPath(n *pairlab.Node) string                { return l.VolumePath(n, "vol1") }
-func (l *pairLab) dumpLogs()                                     { l.t.Log(l.Logs()) }
+func (l *pairLab) volPath(n *pairlab.Node) string { return l.VolumePath(n, "vol1") }
+func (l *pairLab) dumpLogs()                      { l.t.Log(l.Logs()) }
 
 // open opens the volume through both nodes' MACs.
 func (l *pairLab) open() {
 	l.t.Helper()
 	var ts []initiator.Target
-	for _, n := range l.nodes {
+	for _, n := range l.Nodes {
 		mac, _ := net.ParseMAC(n.MAC)
 		ts = append(ts, initiator.Target{Shelf: l.shelf, Slot: l.slot, MAC: mac, MaxSectors: 255})
 	}
@@ -200,7 +195,7 @@ func (l *pairLab) check(name string, live ...*pairlab.Node) {
 		l.t.Logf("%s: through %s: all %d blocks hold their last acknowledged write or a later one (%d acknowledged)", name, n.Name, rep.Blocks, rep.Acknowledged)
 	}
 	if len(live) == 2 {
-		a, b := fileSum(l.t, l.volPath(l.nodes[0])), fileSum(l.t, l.volPath(l.nodes[1]))
+		a, b := fileSum(l.t, l.volPath(l.Nodes[0])), fileSum(l.t, l.volPath(l.Nodes[1]))
 		if a != b {
 			l.t.Fatalf("%s: copies differ after resync: sn1 %s, sn2 %s", name, a, b)
 		}
@@ -211,7 +206,7 @@ func (l *pairLab) check(name string, live ...*pairlab.Node) {
 func TestPairFaults(t *testing.T) {
 	l := newPairLab(t, 32<<20)
 	l.waitInSync(20 * time.Second)
-	own, fol := l.owner()
+	own, fol := l.Owner()
 	t.Logf("pair in sync; owner %s", own.Name)
 	for _, n := range []*pairlab.Node{own, fol} {
 		out, err := exec.Command(l.Bin, "storage", "status", "--data-dir", n.Dir).CombinedOutput()
@@ -234,52 +229,52 @@ func TestPairFaults(t *testing.T) {
 
 	// Healthy: writes through both paths, reads through each.
 	record("healthy", l.phase("healthy", func() {}, time.Second))
-	l.check("healthy", l.nodes[0], l.nodes[1])
+	l.check("healthy", l.Nodes[0], l.Nodes[1])
 
 	// kill -9 of the owner.
-	own, other := l.owner()
-	record("kill -9 owner", l.phase("kill -9 of the owner "+own.Name, func() { l.kill(own, syscall.SIGKILL) }, 3*time.Second))
-	if s := l.status(other); s.Role != "owner" {
+	own, other := l.Owner()
+	record("kill -9 owner", l.phase("kill -9 of the owner "+own.Name, func() { l.Kill(own, syscall.SIGKILL) }, 3*time.Second))
+	if s := l.Status(other); s.Role != "owner" {
 		t.Fatalf("after the owner died, %s is %s (%s)", other.Name, s.Role, s.State)
 	}
 	l.check("owner killed", other)
-	l.start(own)
+	l.Start(own)
 	l.waitInSync(30 * time.Second)
-	l.check("owner restarted and resynced", l.nodes[0], l.nodes[1])
+	l.check("owner restarted and resynced", l.Nodes[0], l.Nodes[1])
 
 	// kill -9 of the follower.
-	own, other = l.owner()
-	record("kill -9 follower", l.phase("kill -9 of the follower "+other.Name, func() { l.kill(other, syscall.SIGKILL) }, 3*time.Second))
-	if s := l.status(own); s.Role != "owner" || s.State != "alone" {
+	own, other = l.Owner()
+	record("kill -9 follower", l.phase("kill -9 of the follower "+other.Name, func() { l.Kill(other, syscall.SIGKILL) }, 3*time.Second))
+	if s := l.Status(own); s.Role != "owner" || s.State != "alone" {
 		t.Errorf("after the follower died, %s is %s, %s", own.Name, s.Role, s.State)
 	}
 	l.check("follower killed", own)
-	l.start(other)
+	l.Start(other)
 	l.waitInSync(30 * time.Second)
-	l.check("follower restarted and resynced", l.nodes[0], l.nodes[1])
+	l.check("follower restarted and resynced", l.Nodes[0], l.Nodes[1])
 
 	// SIGSTOP of the owner past its lease, then SIGCONT.
-	own, other = l.owner()
+	own, other = l.Owner()
 	record("SIGSTOP owner", l.phase("SIGSTOP of the owner "+own.Name+" for 4 s", func() {
-		l.kill(own, syscall.SIGSTOP)
-		time.AfterFunc(4*time.Second, func() { l.kill(own, syscall.SIGCONT) })
+		l.Kill(own, syscall.SIGSTOP)
+		time.AfterFunc(4*time.Second, func() { l.Kill(own, syscall.SIGCONT) })
 	}, 6*time.Second))
 	if os.Getenv("PAIR_DEBUG") != "" {
 		l.dumpLogs()
 	}
 	l.waitInSync(30 * time.Second)
-	if s := l.status(other); s.Role != "owner" {
+	if s := l.Status(other); s.Role != "owner" {
 		t.Errorf("after the owner was stopped past its lease, %s is %s", other.Name, s.Role)
 	}
-	l.check("owner stopped and resumed", l.nodes[0], l.nodes[1])
+	l.check("owner stopped and resumed", l.Nodes[0], l.Nodes[1])
 
 	// The replication link cut while both nodes still reach initiators
 	// and the witness: one side acknowledges, the other goes silent.
-	own, other = l.owner()
+	own, other = l.Owner()
 	var during storagenode.PairStatus
 	record("link cut", l.phase("replication link cut for 3 s", func() {
 		own.NS.Must(t, "ip", "link", "set", "rep0", "down")
-		time.AfterFunc(2500*time.Millisecond, func() { during = l.status(other) })
+		time.AfterFunc(2500*time.Millisecond, func() { during = l.Status(other) })
 		time.AfterFunc(3*time.Second, func() { own.NS.Must(t, "ip", "link", "set", "rep0", "up") })
 	}, 4*time.Second))
 	if during.Serving || during.Role == "owner" {
@@ -288,7 +283,7 @@ func TestPairFaults(t *testing.T) {
 		t.Logf("during the cut: %s %s, serving %v (%s)", other.Name, during.Role, during.Serving, during.State)
 	}
 	l.waitInSync(30 * time.Second)
-	l.check("link restored and resynced", l.nodes[0], l.nodes[1])
+	l.check("link restored and resynced", l.Nodes[0], l.Nodes[1])
 	t.Logf("write stalls: %s", strings.Join(stalls, "; "))
 }
 
@@ -300,7 +295,7 @@ func TestPairPlannedShutdown(t *testing.T) {
 	l.waitInSync(20 * time.Second)
 	var stalls []string
 	for _, who := range []string{"owner", "follower"} {
-		own, other := l.owner()
+		own, other := l.Owner()
 		victim, survivor := own, other
 		if who == "follower" {
 			victim, survivor = other, own
@@ -311,20 +306,20 @@ func TestPairPlannedShutdown(t *testing.T) {
 			t.Fatal(stopErr)
 		}
 		stalls = append(stalls, fmt.Sprintf("%s %v", who, d.Round(time.Millisecond)))
-		if s := l.status(survivor); s.Role != "owner" || s.State != "alone" {
+		if s := l.Status(survivor); s.Role != "owner" || s.State != "alone" {
 			t.Errorf("after %s's planned shutdown %s is %s, %s", victim.Name, survivor.Name, s.Role, s.State)
 		}
 		if d > 200*time.Millisecond {
 			t.Errorf("planned shutdown of the %s stalled writes %v (bar: 200 ms)", who, d)
 		}
 		l.check("after the "+who+"'s planned shutdown", survivor)
-		l.start(victim)
+		l.Start(victim)
 		l.waitInSync(30 * time.Second)
-		ev := strings.Join(l.status(survivor).Events, "\n")
+		ev := strings.Join(l.Status(survivor).Events, "\n")
 		if !strings.Contains(ev, victim.Name+" connected (changed regions only resync)") {
 			t.Errorf("%s came back with a full resync after a planned shutdown:\n%s", victim.Name, ev)
 		}
-		l.check("after the "+who+" came back", l.nodes[0], l.nodes[1])
+		l.check("after the "+who+" came back", l.Nodes[0], l.Nodes[1])
 	}
 	t.Logf("write stalls of planned shutdowns: %s", strings.Join(stalls, "; "))
 }
@@ -334,7 +329,7 @@ func TestPairPlannedShutdown(t *testing.T) {
 func (l *pairLab) waitWaiting(n *pairlab.Node, what string) storagenode.PairStatus {
 	var s storagenode.PairStatus
 	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
-		if s = l.status(n); strings.Contains(s.Waiting, what) {
+		if s = l.Status(n); strings.Contains(s.Waiting, what) {
 			break
 		}
 	}
@@ -345,12 +340,12 @@ func (l *pairLab) waitWaiting(n *pairlab.Node, what string) storagenode.PairStat
 func TestPairBadPeers(t *testing.T) {
 	l := newPairLab(t, 8<<20)
 	l.waitInSync(20 * time.Second)
-	own, other := l.owner()
-	ownIdx := slices.Index(l.nodes[:], own)
+	own, other := l.Owner()
+	ownIdx := slices.Index(l.Nodes[:], own)
 
 	// Garbage, a truncated message, and a hello from an unknown node, on
 	// the owner's replication port.
-	before := l.status(own).Counters
+	before := l.Status(own).Counters
 	send := func(b []byte) {
 		if err := other.NS.Do(func() error {
 			c, err := net.DialTimeout("tcp", fmt.Sprintf("10.77.0.%d:7410", ownIdx+1), time.Second)
@@ -372,20 +367,20 @@ func TestPairBadPeers(t *testing.T) {
 	stranger, _ := replication.Append(nil, &replication.Hello{Pair: "p1", Node: "mallory", MACs: [][6]byte{}})
 	send(stranger)
 	time.Sleep(700 * time.Millisecond)
-	after := l.status(own).Counters
+	after := l.Status(own).Counters
 	if after.Dropped < before.Dropped+2 || after.Refused < before.Refused+1 {
 		t.Errorf("garbage, truncated and unknown-peer connections: dropped %d -> %d, refused %d -> %d", before.Dropped, after.Dropped, before.Refused, after.Refused)
 	}
-	if s := l.status(own); s.State != "in sync" {
+	if s := l.Status(own); s.State != "in sync" {
 		t.Errorf("after bad connections the pair is %q", s.State)
 	}
 
 	// A peer whose volume has another size: refused with a message.
-	l.kill(other, syscall.SIGKILL)
+	l.Kill(other, syscall.SIGKILL)
 	if err := os.Truncate(l.volPath(other), 4<<20); err != nil {
 		t.Fatal(err)
 	}
-	l.start(other)
+	l.Start(other)
 	s := l.waitWaiting(other, "sectors")
 	if !strings.Contains(s.Waiting, "volumes differ") || s.Serving {
 		t.Errorf("peer with a smaller volume: serving %v, waiting %q", s.Serving, s.Waiting)
@@ -394,7 +389,7 @@ func TestPairBadPeers(t *testing.T) {
 	}
 
 	// A peer with another epoch history.
-	l.kill(other, syscall.SIGKILL)
+	l.Kill(other, syscall.SIGKILL)
 	if err := os.Truncate(l.volPath(other), 8<<20); err != nil {
 		t.Fatal(err)
 	}
@@ -404,14 +399,14 @@ func TestPairBadPeers(t *testing.T) {
 	pd["epoch"] = 99
 	st, _ = json.Marshal(pd)
 	os.WriteFile(filepath.Join(other.Dir, "pair.json"), st, 0o644)
-	l.start(other)
+	l.Start(other)
 	s = l.waitWaiting(other, "epoch")
 	if !strings.Contains(s.Waiting, "epoch history differs") || s.Serving {
 		t.Errorf("peer with epoch 99: serving %v, waiting %q", s.Serving, s.Waiting)
 	} else {
 		t.Logf("peer with another epoch history refused: %s", s.Waiting)
 	}
-	if o := l.status(own); o.Role != "owner" {
+	if o := l.Status(own); o.Role != "owner" {
 		t.Errorf("the owner stepped down for a peer's claimed epoch: %+v", o)
 	}
 
@@ -419,8 +414,8 @@ func TestPairBadPeers(t *testing.T) {
 	// as after a lost or replaced witness state file): the owner's next
 	// renewal is refused and it steps down; it may then win a new,
 	// higher epoch, never keep the old one.
-	epoch := l.status(own).Epoch
-	l.kill(other, syscall.SIGKILL)
+	epoch := l.Status(own).Epoch
+	l.Kill(other, syscall.SIGKILL)
 	time.Sleep(2 * time.Second) // the owner's lease at the witness runs on, renewed
 	rep, err := l.Witness.Do(witness.Request{Pair: "p1", Node: own.Name, Op: witness.OpRelease, Epoch: epoch})
 	if err != nil || !rep.Granted {
@@ -433,7 +428,7 @@ func TestPairBadPeers(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	var o storagenode.PairStatus
 	for time.Now().Before(deadline) {
-		if o = l.status(own); o.Role != "owner" || o.Epoch > epoch {
+		if o = l.Status(own); o.Role != "owner" || o.Epoch > epoch {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)

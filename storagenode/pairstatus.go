@@ -72,8 +72,8 @@ func (p *Pair) Status() PairStatus {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s := PairStatus{Pair: p.cfg.Name, Node: p.cfg.Node, Peer: p.cfg.PeerNode, Role: p.role.String(), Epoch: p.st.Epoch,
-		PeerConnected: p.link != nil, Serving: p.serving(), Generation: p.st.Generation, LastEvent: p.lastEvent, Events: slices.Clone(p.events),
-		Waiting: p.resync.lastStallReason, TakenOver: []string{}, Updated: time.Now().UTC()}
+		PeerConnected: p.link != nil, Serving: p.serving(), Generation: p.st.Generation, Events: slices.Clone(p.events),
+		Waiting: p.waitingFor, TakenOver: []string{}, Updated: time.Now().UTC()}
 	if p.role == roleOwner {
 		s.LeaseLeftMS = max(0, time.Until(p.leaseEnd).Milliseconds())
 	}
@@ -106,6 +106,9 @@ func (p *Pair) Status() PairStatus {
 		for _, tk := range p.takeovers {
 			paths = append(paths, net.HardwareAddr(tk.mac[:]).String()+" on "+tk.iface+" (the peer's)")
 		}
+	}
+	if n := len(s.Events); n > 0 {
+		s.LastEvent = s.Events[n-1]
 	}
 	for _, v := range p.t.tab.Load().list {
 		if !v.Replicated {

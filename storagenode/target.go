@@ -669,7 +669,7 @@ func (h *Handler) ata(v *volume, f wire.Frame, r Replier) {
 			break
 		}
 		want := int(count) * wire.SectorSize
-		if v.Replicated && !h.t.pair.mayRead() {
+		if v.Replicated && !h.t.pair.serving() {
 			c.ignored.Add(1) // not sure to be current: silence, the initiator resends
 			return
 		}

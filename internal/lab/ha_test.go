@@ -24,18 +24,7 @@ func TestHardwareNodeFailure(t *testing.T) {
 	images := skipUnlessLab(t)
 	bin := buildBinaries(t)
 	l := upLab(t, Config{Bin: bin, Images: images})
-	if _, err := l.Fabric("image", "import", "tiny", filepath.Join(images, "instance-template.img")); err != nil {
-		t.Fatal(err)
-	}
-	var in controllerapi.Instance
-	fabricJSON(t, l, &in, "instance", "create", "web", "--image", "tiny", "--vcpus", "1", "--memory", "128MiB", "--node", "hn1", "--start")
-	ip, _, _ := strings.Cut(in.IP, "/")
-	if err := waitFor(90*time.Second, func() bool {
-		_, err := In(l.ClientNS, "ping", "-c1", "-W1", ip)
-		return err == nil
-	}); err != nil {
-		t.Fatalf("instance web (%s) never answered ping: %v", ip, err)
-	}
+	in, ip := webOnHN1(t, l, images)
 	pb := make([]byte, 12)
 	_, _ = rand.Read(pb)
 	proof := hex.EncodeToString(pb)
@@ -137,18 +126,7 @@ func TestAgentDeathAndWatchdog(t *testing.T) {
 	bin := buildBinaries(t)
 	const wd = 8 * time.Second
 	l := upLab(t, Config{Bin: bin, Images: images, Watchdog: wd.String()})
-	if _, err := l.Fabric("image", "import", "tiny", filepath.Join(images, "instance-template.img")); err != nil {
-		t.Fatal(err)
-	}
-	var in controllerapi.Instance
-	fabricJSON(t, l, &in, "instance", "create", "web", "--image", "tiny", "--vcpus", "1", "--memory", "128MiB", "--node", "hn1", "--start")
-	ip, _, _ := strings.Cut(in.IP, "/")
-	if err := waitFor(90*time.Second, func() bool {
-		_, err := In(l.ClientNS, "ping", "-c1", "-W1", ip)
-		return err == nil
-	}); err != nil {
-		t.Fatalf("instance web (%s) never answered ping: %v", ip, err)
-	}
+	_, ip := webOnHN1(t, l, images)
 	hn1 := l.Hosts[0]
 	domid := func() string {
 		out, _ := In(hn1.NS, "virsh", "-c", hn1.URI(), "domid", "web")
@@ -216,15 +194,10 @@ func TestAgentDeathAndWatchdog(t *testing.T) {
 
 func jsonInto(s string, v any) bool { return json.Unmarshal([]byte(s), v) == nil }
 
-// TestLinksCut: every link of hn1 is cut (the node itself alive) for
-// longer than the controller's detection. The controller fences hn1 and
-// restarts web on hn2; hn1's agent, hearing neither the controller nor the
-// storage, pauses its copy before the links return; when they do, that
-// copy is destroyed, never resumed.
-func TestLinksCut(t *testing.T) {
-	images := skipUnlessLab(t)
-	bin := buildBinaries(t)
-	l := upLab(t, Config{Bin: bin, Images: images})
+// webOnHN1 imports the test image and starts instance web on hn1; it
+// returns once web answers ping, with web and its address.
+func webOnHN1(t *testing.T, l *Lab, images string) (controllerapi.Instance, string) {
+	t.Helper()
 	if _, err := l.Fabric("image", "import", "tiny", filepath.Join(images, "instance-template.img")); err != nil {
 		t.Fatal(err)
 	}
@@ -237,6 +210,19 @@ func TestLinksCut(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("instance web (%s) never answered ping: %v", ip, err)
 	}
+	return in, ip
+}
+
+// TestLinksCut: every link of hn1 is cut (the node itself alive) for
+// longer than the controller's detection. The controller fences hn1 and
+// restarts web on hn2; hn1's agent, hearing neither the controller nor the
+// storage, pauses its copy before the links return; when they do, that
+// copy is destroyed, never resumed.
+func TestLinksCut(t *testing.T) {
+	images := skipUnlessLab(t)
+	bin := buildBinaries(t)
+	l := upLab(t, Config{Bin: bin, Images: images})
+	_, ip := webOnHN1(t, l, images)
 	hn1 := l.Hosts[0]
 	state := func() string {
 		out, _ := In(hn1.NS, "virsh", "-c", hn1.URI(), "domstate", "web")

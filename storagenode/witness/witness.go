@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -98,6 +99,14 @@ func New(path string, lease time.Duration, log *slog.Logger) (*Server, error) {
 	b, err := os.ReadFile(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
+		// Write the empty state now: a directory that cannot hold it is
+		// an error at start, not at the first grant a pair asks for.
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return nil, fmt.Errorf("witness: state directory: %w", err)
+		}
+		if err := s.save(); err != nil {
+			return nil, fmt.Errorf("witness: state file %s: %w", path, err)
+		}
 	case err != nil:
 		return nil, fmt.Errorf("witness: %w", err)
 	default:

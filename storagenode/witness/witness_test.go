@@ -1,6 +1,7 @@
 package witness
 
 import (
+	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -74,5 +75,28 @@ func TestLeases(t *testing.T) {
 	}
 	if r, _ := s2.Do(Request{Pair: "p", Node: "b", Op: OpInSync, Epoch: 2}); r.Granted {
 		t.Error("insync without a peer granted")
+	}
+}
+
+// TestStateDirectory: the state file's directory is made at start, and one
+// that cannot be is an error then, not at a pair's first request.
+func TestStateDirectory(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "new", "dir", "witness.json")
+	if _, err := New(path, time.Second, nil); err != nil {
+		t.Fatalf("a missing state directory: %v", err)
+	}
+	blocker := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(blocker, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(filepath.Join(blocker, "witness.json"), time.Second, nil); err == nil {
+		t.Error("a state path under a regular file was accepted")
+	}
+	bad := filepath.Join(t.TempDir(), "witness.json")
+	if err := os.WriteFile(bad, []byte("{not json"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(bad, time.Second, nil); err == nil {
+		t.Error("a corrupt state file was accepted")
 	}
 }
