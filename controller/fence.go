@@ -211,7 +211,6 @@ func (c *Controller) watchNodes(ctx context.Context) {
 				continue
 			}
 			if _, f := c.fenced(n.Name); f {
-				c.restartFrom(n.Name)
 				continue
 			}
 			hb, seen, alive := c.agents.get(n.Name, time.Now())
@@ -244,8 +243,8 @@ func (c *Controller) watchNodes(ctx context.Context) {
 				continue
 			}
 			delete(lost, n.Name)
-			c.restartFrom(n.Name)
 		}
+		c.restartFenced()
 	}
 }
 
@@ -283,74 +282,77 @@ func (c *Controller) stillAlive(n controllerapi.Node, hb controllerapi.Heartbeat
 	return "", ""
 }
 
-// restartFrom restarts elsewhere the HA instances meant to run on a fenced
-// node, in the scheduler's order (priority, then size); those that fit
-// nowhere wait (an event says so once a minute) and are tried again at the
-// next pass.
-func (c *Controller) restartFrom(node string) {
-	ins, err := listJSON[controllerapi.Instance](c.st, bucketInstances)
-	if err != nil {
+// fencedNodes lists the fenced hardware nodes.
+func (c *Controller) fencedNodes() []string {
+	var out []string
+	_ = c.st.View(func(tx store.Tx) error {
+		return tx.ForEach(bucketFences, "", func(k string, _ []byte) error {
+			if k != keyFenceGen {
+				out = append(out, k)
+			}
+			return nil
+		})
+	})
+	return out
+}
+
+// restartFenced restarts elsewhere the HA instances meant to run on fenced
+// nodes, all in one scheduler plan: by priority (then size) whichever node
+// they ran on, so that when two nodes fail the most important instances
+// get the room. Those that fit nowhere wait (an event says so once a
+// minute) and are tried again at the next pass.
+func (c *Controller) restartFenced() {
+	fenced := c.fencedNodes()
+	if len(fenced) == 0 {
 		return
 	}
 	c.placeMu.Lock()
 	defer c.placeMu.Unlock()
-	snap, err := c.snapshot()
+	v, err := c.snapshot()
 	if err != nil {
 		return
 	}
-	byName := map[string]controllerapi.Instance{}
-	for _, in := range ins {
-		if in.Node != node || in.Want != controllerapi.StateRunning {
-			continue
+	for _, in := range v.ins {
+		if in.NoHA && in.Want == controllerapi.StateRunning && slices.Contains(fenced, in.Node) && c.firstInAMinute("noha/"+in.Name) {
+			msg := fmt.Sprintf("instance %s stays down with its fenced node %s: it is not HA (created with --ha=false)", in.Name, in.Node)
+			_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventInstanceNodeError, Node: in.Node, Message: msg})
 		}
-		if in.NoHA {
-			if c.firstInAMinute("noha/" + in.Name) {
-				msg := fmt.Sprintf("instance %s stays down with its fenced node %s: it is not HA (created with --ha=false)", in.Name, node)
-				_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventInstanceNodeError, Node: node, Message: msg})
-			}
-			continue
-		}
-		byName[in.Name] = in
-		snap.Instances = append(snap.Instances, scheduler.Instance{Name: in.Name, Node: node, VCPUs: in.VCPUs, MemoryMiB: in.MemoryMiB,
-			Group: in.Group, HA: true, Priority: in.Priority})
 	}
-	if len(byName) == 0 {
-		return
-	}
-	plan := scheduler.Restart(snap, node)
+	plan := scheduler.Restart(v.snap, fenced...)
 	for _, m := range plan.Moves {
-		in := byName[m.Instance]
-		to := m.To
+		in, from, to := v.ins[m.Instance], m.From, m.To
 		err := c.allow(instanceVolume(in.Name), to)
 		if err == nil {
 			err = c.reg.update(func(tx store.Tx) error {
 				cur, err := getInstance(tx, in.Name)
-				if err != nil || cur.Node != node {
+				if err != nil || cur.Node != from {
 					return err
 				}
 				cur.Node, cur.Migrate, cur.Updated = to, nil, time.Now().UTC()
-				cur.Restarts = append(cur.Restarts, controllerapi.Restart{At: cur.Updated, From: node, To: to, Why: node + " fenced"})
+				cur.Restarts = append(cur.Restarts, controllerapi.Restart{At: cur.Updated, From: from, To: to, Why: from + " fenced"})
 				if err := putJSON(tx, bucketInstances, in.Name, cur); err != nil {
 					return err
 				}
 				return appendEvent(tx, controllerapi.Event{Time: cur.Updated, Type: controllerapi.EventInstanceRestarted, Node: to,
-					Message: fmt.Sprintf("instance %s restarted on %s: %s failed and was fenced", in.Name, to, node)})
+					Message: fmt.Sprintf("instance %s restarted on %s: %s failed and was fenced", in.Name, to, from)})
 			})
 		}
 		if err != nil {
 			c.log.Error("restarting an instance elsewhere", "instance", in.Name, "to", to, "err", err)
 			continue
 		}
-		c.log.Warn("instance restarted elsewhere", "instance", in.Name, "from", node, "to", to)
+		c.log.Warn("instance restarted elsewhere", "instance", in.Name, "from", from, "to", to)
 	}
 	for i, name := range plan.Waiting {
 		if c.firstInAMinute("restart/" + name) {
+			node := v.ins[name].Node
 			msg := fmt.Sprintf("instance %s of fenced node %s waits for a node with room (%d of %d in the restart order, by priority)", name, node, i+1, len(plan.Waiting))
 			c.log.Warn(msg)
 			_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventInstanceNodeError, Node: node, Message: msg})
 		}
 	}
 }
+
 func (c *Controller) fenceNode(w http.ResponseWriter, r *http.Request) {
 	var req controllerapi.FenceRequest
 	if r.ContentLength != 0 && !decode(w, r, &req) {
@@ -368,7 +370,7 @@ func (c *Controller) fenceNode(w http.ResponseWriter, r *http.Request) {
 	if n, err := c.reg.Node(name); err == nil {
 		name = n.Name
 	}
-	c.restartFrom(name)
+	c.restartFenced()
 	writeJSON(w, http.StatusOK, controllerapi.FenceResult{Node: name, Confirmed: ok})
 }
 

@@ -162,47 +162,6 @@ func (c *Controller) DeleteImage(name string) error {
 	return nil
 }
 
-// room is a hardware node's free capacity.
-type room struct {
-	node          string
-	vcpus, memMiB int
-	cap           controllerapi.Capacity
-}
-
-// rooms returns every live hardware node's free capacity. An instance
-// counts on its node and, while migrating, on its destination too.
-func (c *Controller) rooms() (map[string]room, error) {
-	nodes, err := c.reg.Nodes()
-	if err != nil {
-		return nil, err
-	}
-	ins, err := listJSON[controllerapi.Instance](c.st, bucketInstances)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]room{}
-	for _, n := range nodes {
-		if n.Role != controllerapi.RoleHWNode {
-			continue
-		}
-		hb, _, alive := c.agents.get(n.Name, time.Now())
-		if _, fenced := c.fenced(n.Name); !alive || fenced || c.drained(n.Name) {
-			continue
-		}
-		out[n.Name] = room{node: n.Name, vcpus: hb.Capacity.VCPUs * c.cfg.vcpuRatio(), memMiB: hb.Capacity.MemoryMiB, cap: hb.Capacity}
-	}
-	for _, in := range ins {
-		for _, on := range []string{in.Node, migTarget(in)} {
-			if r, ok := out[on]; ok && on != "" {
-				r.vcpus -= in.VCPUs
-				r.memMiB -= in.MemoryMiB
-				out[on] = r
-			}
-		}
-	}
-	return out, nil
-}
-
 func migTarget(in controllerapi.Instance) string {
 	if in.Migrate == nil {
 		return ""
@@ -217,9 +176,10 @@ func (cfg Config) vcpuRatio() int {
 	return cfg.VCPUOvercommit
 }
 
-// fits says why an instance of vcpus and memMiB does not fit on node, or ""
-// when it does.
-func (c *Controller) fits(node string, vcpus, memMiB int) (string, error) {
+// fits says why in does not fit on node, or "" when it does: the node is
+// not a hardware node, is fenced, dead, drained or without libvirtd, has
+// too little room, or reaches none of the storage holding the disk.
+func (c *Controller) fits(v view, node string, in scheduler.Instance) (string, error) {
 	n, err := c.reg.Node(node)
 	if err != nil {
 		return "", err
@@ -230,69 +190,125 @@ func (c *Controller) fits(node string, vcpus, memMiB int) (string, error) {
 	if f, ok := c.fenced(node); ok {
 		return fmt.Sprintf("%s is fenced since %s (%s); `fabric node unfence %s` once it is repaired", node, f.At.Local().Format(time.DateTime), f.Reason, node), nil
 	}
-	_, seen, alive := c.agents.get(node, time.Now())
+	hb, seen, alive := c.agents.get(node, time.Now())
 	if !alive {
 		if seen.IsZero() {
 			return fmt.Sprintf("%s has no agent reporting (never heard from since the controller started)", node), nil
 		}
 		return fmt.Sprintf("%s is not alive: last heartbeat %s ago", node, time.Since(seen).Round(100*time.Millisecond)), nil
 	}
-	if hb, _, _ := c.agents.get(node, time.Now()); hb.LibvirtError != "" {
+	if hb.LibvirtError != "" {
 		return fmt.Sprintf("%s's libvirtd does not answer its agent (%s)", node, hb.LibvirtError), nil
 	}
 	if c.drained(node) {
 		return fmt.Sprintf("%s is drained (`fabric node undrain %s` to use it again)", node, node), nil
 	}
-	rs, err := c.rooms()
-	if err != nil {
-		return "", err
+	var nr *scheduler.ErrNoRoom
+	switch err := scheduler.Check(v.snap, in, node); {
+	case err == nil:
+		return "", nil
+	case errors.As(err, &nr) && nr.Unreachable:
+		return fmt.Sprintf("%s's AoE frames reach none of the storage nodes holding the disk (%s): no storage node heard it for %v", node, strings.Join(in.Storage, ", "), ReachWindow), nil
+	case errors.As(err, &nr) && len(nr.Why) > 0:
+		vcpus, mem := scheduler.Free(v.snap, node)
+		if mem < in.MemoryMiB {
+			return fmt.Sprintf("%s has %d MiB of memory free, the instance needs %d", node, max(mem, 0), in.MemoryMiB), nil
+		}
+		return fmt.Sprintf("%s has %d vCPUs free (overcommit %dx), the instance needs %d", node, max(vcpus, 0), c.cfg.vcpuRatio(), in.VCPUs), nil
+	default:
+		return fmt.Sprintf("%s takes no instances now", node), nil
 	}
-	r := rs[node]
-	if r.memMiB < memMiB {
-		return fmt.Sprintf("%s has %d MiB of memory free, the instance needs %d", node, max(r.memMiB, 0), memMiB), nil
-	}
-	if r.vcpus < vcpus {
-		return fmt.Sprintf("%s has %d vCPUs free (overcommit %dx), the instance needs %d", node, max(r.vcpus, 0), c.cfg.vcpuRatio(), vcpus), nil
-	}
-	return "", nil
 }
 
-// snapshot is the scheduler's view: the room left on each node that takes
-// instances, and (at no size, the room being counted already) where each
-// instance is, for its group.
-func (c *Controller) snapshot() (scheduler.Snapshot, error) {
-	var snap scheduler.Snapshot
-	rs, err := c.rooms()
+// view is the scheduler's snapshot with what the controller needs beside
+// it: the instances by name, and which storage nodes hold each volume.
+type view struct {
+	snap    scheduler.Snapshot
+	ins     map[string]controllerapi.Instance
+	holders map[string][]string // volume name -> live storage nodes holding it
+}
+
+// ReachWindow is how recently a storage node must have heard a hardware
+// node's AoE frames (its initiator asks every second) for the hardware
+// node to count as reaching it.
+const ReachWindow = 5 * time.Second
+
+// snapshot is the scheduler's view of the fabric (taken under placeMu):
+// every hardware node with what it offers, whether it takes instances
+// (alive, not drained, not fenced) and which storage nodes hear its AoE
+// frames; every instance with its size, its node (and its migration's
+// destination, whose room it holds), group, HA and priority, and the
+// storage nodes holding its disk.
+func (c *Controller) snapshot() (view, error) {
+	v := view{ins: map[string]controllerapi.Instance{}, holders: map[string][]string{}}
+	nodes, err := c.reg.Nodes()
 	if err != nil {
-		return snap, err
-	}
-	for _, r := range rs {
-		snap.Nodes = append(snap.Nodes, scheduler.Node{Name: r.node, Usable: true, VCPUs: r.vcpus, MemoryMiB: r.memMiB})
+		return v, err
 	}
 	ins, err := listJSON[controllerapi.Instance](c.st, bucketInstances)
 	if err != nil {
-		return snap, err
+		return v, err
 	}
-	for _, in := range ins {
-		if in.Group != "" {
-			snap.Instances = append(snap.Instances, scheduler.Instance{Name: in.Name, Node: in.Node, Group: in.Group})
+	sns, err := c.StorageNodes()
+	if err != nil {
+		return v, err
+	}
+	var live []controllerapi.StorageNode
+	told := true // every live storage node says whom it hears
+	for _, sn := range sns {
+		if !sn.Alive || sn.Report == nil {
+			continue
+		}
+		live = append(live, sn)
+		told = told && sn.Report.Heard != nil
+		for _, vol := range sn.Report.Volumes {
+			v.holders[vol.Name] = append(v.holders[vol.Name], sn.Name)
 		}
 	}
-	return snap, nil
-}
-
-// place picks the live hardware node with the most free memory that fits,
-// spreading the instance's group (controller/scheduler).
-func (c *Controller) place(vcpus, memMiB int, exclude string) (string, error) {
-	return c.placeIn(scheduler.Instance{Name: "the instance", VCPUs: vcpus, MemoryMiB: memMiB}, exclude)
-}
-
-func (c *Controller) placeIn(in scheduler.Instance, exclude string) (string, error) {
-	snap, err := c.snapshot()
-	if err != nil {
-		return "", err
+	now := time.Now()
+	for _, n := range nodes {
+		if n.Role != controllerapi.RoleHWNode {
+			continue
+		}
+		hb, _, alive := c.agents.get(n.Name, now)
+		_, fenced := c.fenced(n.Name)
+		sn := scheduler.Node{Name: n.Name, Usable: alive && !fenced && !c.drained(n.Name),
+			VCPUs: hb.Capacity.VCPUs * c.cfg.vcpuRatio(), MemoryMiB: hb.Capacity.MemoryMiB}
+		// Our initiator asks the storage every second; the kernel's aoe
+		// driver does not, so its nodes' reach is not known.
+		if hb.Capacity.Disk == "nbd" && len(live) > 0 && told {
+			sn.StorageKnown = true
+			mac := strings.ToLower(n.MAC)
+			if hb.Capacity.AoEMAC != "" {
+				mac = strings.ToLower(hb.Capacity.AoEMAC)
+			}
+			for _, st := range live {
+				if at, ok := st.Report.Heard[mac]; ok && now.Sub(at) < ReachWindow {
+					sn.Storage = append(sn.Storage, st.Name)
+				}
+			}
+		}
+		v.snap.Nodes = append(v.snap.Nodes, sn)
 	}
-	to, err := scheduler.Place(snap, in, exclude)
+	for _, in := range ins {
+		v.ins[in.Name] = in
+		v.snap.Instances = append(v.snap.Instances, v.instance(in))
+	}
+	return v, nil
+}
+
+// instance is in as the scheduler sees it.
+func (v view) instance(in controllerapi.Instance) scheduler.Instance {
+	return scheduler.Instance{Name: in.Name, Node: in.Node, Also: migTarget(in), VCPUs: in.VCPUs, MemoryMiB: in.MemoryMiB,
+		Group: in.Group, HA: !in.NoHA && in.Want == controllerapi.StateRunning, Priority: in.Priority,
+		Storage: v.holders[instanceVolume(in.Name)]}
+}
+
+// place picks the live hardware node with the most free memory that fits
+// in, spreading its group, among those reaching its storage
+// (controller/scheduler); never exclude.
+func (c *Controller) place(v view, in scheduler.Instance, exclude string) (string, error) {
+	to, err := scheduler.Place(v.snap, in, exclude)
 	var nr *scheduler.ErrNoRoom
 	switch {
 	case errors.As(err, &nr) && len(nr.Why) == 0:
@@ -399,16 +415,22 @@ func (c *Controller) CreateInstance(req controllerapi.CreateInstanceRequest) (co
 	}); err != nil {
 		return in, err
 	}
+	v, err := c.snapshot()
+	if err != nil {
+		return in, err
+	}
+	// The disk is cloned from the image: where the image is.
+	want := scheduler.Instance{Name: req.Name, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, Group: req.Group, Storage: v.holders[imageVolume(req.Image)]}
 	node := req.Node
 	if node != "" {
-		why, err := c.fits(node, req.VCPUs, req.MemoryMiB)
+		why, err := c.fits(v, node, want)
 		if err != nil {
 			return in, err
 		}
 		if why != "" {
 			return in, errorf(ErrUnplaceable, "cannot place %s on %s: %s", req.Name, node, why)
 		}
-	} else if node, err = c.placeIn(scheduler.Instance{Name: req.Name, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, Group: req.Group}, ""); err != nil {
+	} else if node, err = c.place(v, want, ""); err != nil {
 		return in, err
 	}
 	now := time.Now().UTC()
@@ -610,61 +632,16 @@ func (c *Controller) setMigration(name string, m *controllerapi.Migration, node 
 // On failure the instance keeps running where it was.
 func (c *Controller) Migrate(name, to string) (controllerapi.MigrateResult, error) {
 	var res controllerapi.MigrateResult
-	c.placeMu.Lock()
-	c.inflight[name] = true
+	in, m, err := c.decideMigration(name, to)
+	if err != nil {
+		return res, err
+	}
 	defer func() {
 		c.placeMu.Lock()
 		delete(c.inflight, name)
 		c.placeMu.Unlock()
 	}()
-	in, err := c.Instance(name)
-	if err != nil {
-		c.placeMu.Unlock()
-		return res, err
-	}
-	if in.Migrate != nil {
-		c.placeMu.Unlock()
-		return res, errorf(ErrConflict, "instance %s is already migrating to %s", name, in.Migrate.To)
-	}
-	from := in.Node
-	if in.State != "running" {
-		c.placeMu.Unlock()
-		return res, errorf(ErrConflict, "instance %s is %s on %s; only a running instance migrates live", name, in.State, from)
-	}
-	if to == "" {
-		if to, err = c.place(in.VCPUs, in.MemoryMiB, from); err != nil {
-			c.placeMu.Unlock()
-			return res, err
-		}
-	}
-	if to == from {
-		c.placeMu.Unlock()
-		return res, errorf(ErrInvalid, "instance %s already runs on %s", name, to)
-	}
-	why, err := c.fits(to, in.VCPUs, in.MemoryMiB)
-	if err != nil {
-		c.placeMu.Unlock()
-		return res, err
-	}
-	if why != "" {
-		c.placeMu.Unlock()
-		return res, c.migrationFailed(in, to, errorf(ErrUnplaceable, "cannot migrate %s to %s: %s", name, to, why))
-	}
-	src, _, _ := c.agents.get(from, time.Now())
-	dst, _, _ := c.agents.get(to, time.Now())
-	if src.Capacity.Hypervisor != dst.Capacity.Hypervisor {
-		c.placeMu.Unlock()
-		return res, c.migrationFailed(in, to, errorf(ErrUnplaceable, "cannot migrate %s to %s: %s runs %s guests, %s runs %s", name, to, from, src.Capacity.Hypervisor, to, dst.Capacity.Hypervisor))
-	}
-	c.migSeq++
-	m := &controllerapi.Migration{ID: uint64(time.Now().UnixNano()) + c.migSeq, To: to, ToURI: dst.Capacity.MigrationURI,
-		Phase: controllerapi.PhasePrepare, Started: time.Now().UTC()}
-	// Recording the migration reserves room on the destination.
-	err = c.setMigration(name, m, "")
-	c.placeMu.Unlock()
-	if err != nil {
-		return res, err
-	}
+	from, to := in.Node, m.To
 	t0 := time.Now()
 	vol := instanceVolume(name)
 	abort := func(err error) (controllerapi.MigrateResult, error) {
@@ -733,6 +710,60 @@ func (c *Controller) Migrate(name, to string) (controllerapi.MigrateResult, erro
 		return res, errorf(ErrNodeFailed, "migration of %s to %s reported done, but %s does not report it running", name, to, to)
 	}
 	return res, nil
+}
+
+// decideMigration decides a migration over one snapshot, under the
+// placement lock: the instance runs and is not migrating already; the
+// destination (given, or the scheduler's pick) fits it and runs the same
+// hypervisor. Recording the migration holds its room there; the instance
+// is marked in flight (Migrate clears it).
+func (c *Controller) decideMigration(name, to string) (controllerapi.Instance, *controllerapi.Migration, error) {
+	c.placeMu.Lock()
+	defer c.placeMu.Unlock()
+	in, err := c.Instance(name)
+	if err != nil {
+		return in, nil, err
+	}
+	if in.Migrate != nil {
+		return in, nil, errorf(ErrConflict, "instance %s is already migrating to %s", name, in.Migrate.To)
+	}
+	from := in.Node
+	if in.State != "running" {
+		return in, nil, errorf(ErrConflict, "instance %s is %s on %s; only a running instance migrates live", name, in.State, from)
+	}
+	v, err := c.snapshot()
+	if err != nil {
+		return in, nil, err
+	}
+	want := v.instance(in)
+	if to == "" {
+		if to, err = c.place(v, want, from); err != nil {
+			return in, nil, err
+		}
+	}
+	if to == from {
+		return in, nil, errorf(ErrInvalid, "instance %s already runs on %s", name, to)
+	}
+	why, err := c.fits(v, to, want)
+	if err != nil {
+		return in, nil, err
+	}
+	if why != "" {
+		return in, nil, c.migrationFailed(in, to, errorf(ErrUnplaceable, "cannot migrate %s to %s: %s", name, to, why))
+	}
+	src, _, _ := c.agents.get(from, time.Now())
+	dst, _, _ := c.agents.get(to, time.Now())
+	if src.Capacity.Hypervisor != dst.Capacity.Hypervisor {
+		return in, nil, c.migrationFailed(in, to, errorf(ErrUnplaceable, "cannot migrate %s to %s: %s runs %s guests, %s runs %s", name, to, from, src.Capacity.Hypervisor, to, dst.Capacity.Hypervisor))
+	}
+	c.migSeq++
+	m := &controllerapi.Migration{ID: uint64(time.Now().UnixNano()) + c.migSeq, To: to, ToURI: dst.Capacity.MigrationURI,
+		Phase: controllerapi.PhasePrepare, Started: time.Now().UTC()}
+	if err := c.setMigration(name, m, ""); err != nil {
+		return in, nil, err
+	}
+	c.inflight[name] = true
+	return in, m, nil
 }
 
 func (c *Controller) migrationFailed(in controllerapi.Instance, to string, err error) error {
@@ -877,25 +908,11 @@ func (c *Controller) mayStillRun(in controllerapi.Instance) string {
 func (c *Controller) drainPreflight(node string) error {
 	c.placeMu.Lock()
 	defer c.placeMu.Unlock()
-	snap, err := c.snapshot()
+	v, err := c.snapshot()
 	if err != nil {
 		return err
 	}
-	ins, err := listJSON[controllerapi.Instance](c.st, bucketInstances)
-	if err != nil {
-		return err
-	}
-	n := 0
-	for _, in := range ins {
-		if in.Node == node {
-			n++
-			snap.Instances = append(snap.Instances, scheduler.Instance{Name: in.Name, Node: node, VCPUs: in.VCPUs, MemoryMiB: in.MemoryMiB, Group: in.Group})
-		}
-	}
-	if n == 0 {
-		return nil
-	}
-	if _, err := scheduler.Drain(snap, node); err != nil {
+	if _, err := scheduler.Drain(v.snap, node); err != nil {
 		return errorf(ErrUnplaceable, "%v: nothing was moved (add a node, or stop or delete instances first)", err)
 	}
 	return nil
@@ -908,7 +925,11 @@ func (c *Controller) reassign(in controllerapi.Instance) (string, error) {
 	}
 	c.placeMu.Lock()
 	defer c.placeMu.Unlock()
-	to, err := c.place(in.VCPUs, in.MemoryMiB, in.Node)
+	v, err := c.snapshot()
+	if err != nil {
+		return "", err
+	}
+	to, err := c.place(v, v.instance(in), in.Node)
 	if err != nil {
 		return "", err
 	}

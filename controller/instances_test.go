@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -429,6 +430,13 @@ func TestNoSecondCopy(t *testing.T) {
 // it is given at once, until the test ends.
 func fakeStorage(t *testing.T, c *Controller, admin *controllerapi.Client, name, mac string) {
 	t.Helper()
+	fakeStorageWith(t, c, admin, name, mac, nil)
+}
+
+// fakeStorageWith reports as storage node name, with fill adding to each
+// report (volumes held, initiators heard).
+func fakeStorageWith(t *testing.T, c *Controller, admin *controllerapi.Client, name, mac string, fill func(*controllerapi.StorageReport)) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	if _, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: name, MAC: mac, Role: controllerapi.RoleStorage}); err != nil {
 		t.Fatal(err)
@@ -443,7 +451,11 @@ func fakeStorage(t *testing.T, c *Controller, admin *controllerapi.Client, name,
 		defer close(done)
 		var gen uint64
 		for ctx.Err() == nil {
-			d, err := cl.StorageReport(ctx, controllerapi.StorageReport{Node: name, Generation: gen})
+			r := controllerapi.StorageReport{Node: name, Generation: gen}
+			if fill != nil {
+				fill(&r)
+			}
+			d, err := cl.StorageReport(ctx, r)
 			if err == nil {
 				gen = d.Generation
 			}
@@ -518,6 +530,111 @@ func TestGroupsAndRestartOrder(t *testing.T) {
 	if !waits || !stays {
 		t.Errorf("events: low waits %v, solo stays %v", waits, stays)
 	}
+}
+
+// TestReserveInStatus: fabric status says when one node's failure would
+// leave HA instances waiting, and which.
+func TestReserveInStatus(t *testing.T) {
+	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
+		StorageDir: t.TempDir(), AgentTimeout: 2 * time.Second})
+	admin := serveAPI(t, c)
+	ctx := context.Background()
+	for i, n := range []string{"hn1", "hn2"} {
+		if _, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: n, MAC: "52:54:00:00:04:0" + string(rune('1'+i)), Role: controllerapi.RoleHWNode}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startFakeAgent(t, c, admin, "hn1", 4096)
+	startFakeAgent(t, c, admin, "hn2", 1024)
+	img := bytes.Repeat([]byte{0xab}, 1<<20)
+	if _, err := admin.ImportImage(ctx, "tiny", bytes.NewReader(img), int64(len(img))); err != nil {
+		t.Fatal(err)
+	}
+	status := func() controllerapi.Reserve {
+		t.Helper()
+		st, err := admin.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Reserve
+	}
+	if r := status(); !r.Met {
+		t.Fatalf("no instances, reserve %+v", r)
+	}
+	for _, r := range []controllerapi.CreateInstanceRequest{
+		{Name: "big", MemoryMiB: 900, Priority: 5, Start: true}, {Name: "small", MemoryMiB: 200, Start: true},
+		{Name: "stopped", MemoryMiB: 900}, {Name: "solo", MemoryMiB: 900, NoHA: true, Start: true},
+	} {
+		r.Image, r.VCPUs, r.Node = "tiny", 1, "hn1"
+		if _, err := admin.CreateInstance(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// hn2 (1024 MiB) takes big and not small if hn1 fails; the stopped
+	// and the non-HA instance need no restart.
+	r := status()
+	if r.Met || len(r.Short) != 1 || r.Short[0].Node != "hn1" || !slices.Equal(r.Short[0].Waiting, []string{"small"}) {
+		t.Fatalf("reserve %+v; want not met: if hn1 failed, small would wait", r)
+	}
+	if _, err := admin.DeleteInstance(ctx, "small"); err != nil {
+		t.Fatal(err)
+	}
+	if r := status(); !r.Met {
+		t.Errorf("reserve %+v with room on hn2 for all of hn1's HA instances", r)
+	}
+}
+
+// TestStorageReachability: a hardware node that no storage node holding an
+// instance's disk has heard from is no candidate for it: placement skips
+// it, an explicit placement or migration there is refused and says why.
+func TestStorageReachability(t *testing.T) {
+	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
+		StorageDir: t.TempDir(), AgentTimeout: 2 * time.Second, PrepareTimeout: time.Second, MigrateTimeout: 2 * time.Second})
+	admin := serveAPI(t, c)
+	ctx := context.Background()
+	macs := map[string]string{"hn1": "52:54:00:00:05:01", "hn2": "52:54:00:00:05:02"}
+	for _, n := range []string{"hn1", "hn2"} {
+		if _, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: n, MAC: macs[n], Role: controllerapi.RoleHWNode}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startFakeAgent(t, c, admin, "hn1", 4096)
+	startFakeAgent(t, c, admin, "hn2", 1024)
+	img := bytes.Repeat([]byte{0xab}, 1<<20)
+	if _, err := admin.ImportImage(ctx, "tiny", bytes.NewReader(img), int64(len(img))); err != nil {
+		t.Fatal(err)
+	}
+	// st1 holds the pool's volumes and hears hn2 only (hn1's AoE frames
+	// do not arrive: a cut storage link).
+	fakeStorageWith(t, c, admin, "st1", "52:54:00:00:05:09", func(r *controllerapi.StorageReport) {
+		r.Heard = map[string]time.Time{macs["hn2"]: time.Now()}
+		r.Volumes = []controllerapi.StorageVolume{{Name: imageVolume("tiny")}, {Name: instanceVolume("web")}}
+	})
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if sns, _ := c.StorageNodes(); len(sns) == 1 && sns[0].Alive {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("st1 does not report")
+		}
+	}
+	in, err := admin.CreateInstance(ctx, controllerapi.CreateInstanceRequest{Name: "web", Image: "tiny", VCPUs: 1, MemoryMiB: 256})
+	if err != nil || in.Node != "hn2" {
+		t.Fatalf("web placed on %q (%v); want hn2, the only node st1 hears, though hn1 has more room", in.Node, err)
+	}
+	_, err = admin.CreateInstance(ctx, controllerapi.CreateInstanceRequest{Name: "db", Image: "tiny", VCPUs: 1, MemoryMiB: 256, Node: "hn1"})
+	if err == nil || !strings.Contains(err.Error(), "hn1's AoE frames reach none of the storage nodes holding the disk (st1)") {
+		t.Errorf("db on hn1: %v", err)
+	}
+	t.Logf("explicit placement on a node that cannot reach the disk: %v", err)
+	if _, err := admin.SetInstanceState(ctx, "web", "start", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	_, err = admin.MigrateInstance(ctx, "web", "hn1")
+	if err == nil || !strings.Contains(err.Error(), "reach none of the storage nodes holding the disk") {
+		t.Errorf("migrating web to hn1: %v", err)
+	}
+	t.Logf("migration to a node that cannot reach the disk: %v", err)
 }
 
 // TestDrainPreflight: a drain whose instances cannot all fit elsewhere is

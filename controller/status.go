@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/controller/scheduler"
 	"github.com/fabric-project/fabric/controller/store"
 )
 
@@ -52,6 +53,9 @@ func (c *Controller) Status() (controllerapi.Status, error) {
 		if ns.Drained {
 			st.Nodes.Drained++
 		}
+		if _, f := c.fenced(n.Name); f {
+			st.Nodes.Fenced++
+		}
 	}
 	for i := range ins {
 		c.fillState(&ins[i])
@@ -63,6 +67,17 @@ func (c *Controller) Status() (controllerapi.Status, error) {
 			state = "unknown"
 		}
 		st.Instances[state]++
+	}
+	c.placeMu.Lock()
+	v, err := c.snapshot()
+	c.placeMu.Unlock()
+	if err != nil {
+		return st, err
+	}
+	short := scheduler.Reserve(v.snap)
+	st.Reserve.Met = len(short) == 0
+	for _, s := range short {
+		st.Reserve.Short = append(st.Reserve.Short, controllerapi.Shortfall{Node: s.Node, Waiting: s.Waiting})
 	}
 	// The newest 1000 events are enough to show what went wrong lately.
 	var last uint64

@@ -310,7 +310,7 @@ func TestCLIStatus(t *testing.T) {
 		}
 	}
 	code, out, errs := fabric(t, cfg, "status")
-	for _, want := range []string{"hardware nodes:   1: 0 alive, 0 dead, 1 not reporting, 0 drained", "storage nodes:    1", "instances:        none", "recent problems:  none"} {
+	for _, want := range []string{"hardware nodes:   1: 0 alive, 0 dead, 1 not reporting, 0 drained", "storage nodes:    1", "instances:        none", "N+1 reserve:      met", "recent problems:  none"} {
 		if code != 0 || !strings.Contains(out, want) {
 			t.Errorf("fabric status: exit %d, err %q, output lacks %q:\n%s", code, errs, want, out)
 		}

@@ -31,7 +31,7 @@ func statusCommand() *cli.Command {
 func statusTable(w io.Writer, st controllerapi.Status, now time.Time) {
 	n := st.Nodes
 	fmt.Fprintf(w, "controller:\tup %s (since %s), %d events\n", now.Sub(st.Controller.Started).Round(time.Second), st.Controller.Started.Local().Format(time.DateTime), st.Controller.Events)
-	fmt.Fprintf(w, "hardware nodes:\t%d: %d alive, %d dead, %d not reporting, %d drained\n", n.HWNodes, n.Alive, n.Dead, n.NotReported, n.Drained)
+	fmt.Fprintf(w, "hardware nodes:\t%d: %d alive, %d dead, %d not reporting, %d drained, %d fenced\n", n.HWNodes, n.Alive, n.Dead, n.NotReported, n.Drained, n.Fenced)
 	fmt.Fprintf(w, "storage nodes:\t%d\n", n.Storage)
 	cp := st.Capacity
 	fmt.Fprintf(w, "capacity in use:\t%d of %d vCPUs, %d of %d MiB (alive nodes)\n", cp.VCPUsUsed, cp.VCPUs, cp.MemoryUsedMiB, cp.MemoryMiB)
@@ -43,6 +43,14 @@ func statusTable(w io.Writer, st controllerapi.Status, now time.Time) {
 		parts = []string{"none"}
 	}
 	fmt.Fprintf(w, "instances:\t%s\n", strings.Join(parts, ", "))
+	if st.Reserve.Met {
+		fmt.Fprintf(w, "N+1 reserve:\tmet (any one node's HA instances can restart on the others)\n")
+	} else {
+		fmt.Fprintf(w, "N+1 reserve:\tNOT MET\n")
+		for _, s := range st.Reserve.Short {
+			fmt.Fprintf(w, "  if %s failed\t%s would wait for room\n", s.Node, strings.Join(s.Waiting, ", "))
+		}
+	}
 	if len(st.Problems) == 0 {
 		fmt.Fprintf(w, "recent problems:\tnone\n")
 		return

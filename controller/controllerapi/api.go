@@ -163,10 +163,26 @@ type Status struct {
 	Nodes      NodeCounts       `json:"nodes"`
 	Capacity   CapacitySummary  `json:"capacity"`
 	Instances  map[string]int   `json:"instances"` // by state
+	// Reserve is the N+1 check over the live, usable nodes.
+	Reserve Reserve `json:"reserve"`
 	// Problems are the most recent events that report something wrong
 	// (refused enrollments and certificates, failed migrations, instance
 	// errors, address conflicts, unknown MACs), newest last.
 	Problems []Event `json:"problems"`
+}
+
+// Reserve says whether the HA instances of every usable hardware node
+// could restart on the others if that node failed (the N+1 reserve).
+type Reserve struct {
+	Met bool `json:"met"`
+	// Short lists the nodes whose failure would leave instances waiting.
+	Short []Shortfall `json:"short,omitempty"`
+}
+
+// Shortfall is a node whose failure would leave HA instances waiting.
+type Shortfall struct {
+	Node    string   `json:"node"`
+	Waiting []string `json:"waiting"` // in restart order
 }
 
 // ControllerStatus describes the controller itself.
@@ -183,6 +199,7 @@ type NodeCounts struct {
 	Dead        int `json:"dead"`         // enrolled, silent past the agent timeout
 	NotReported int `json:"not_reported"` // never reported since the controller started
 	Drained     int `json:"drained"`
+	Fenced      int `json:"fenced"`
 	Storage     int `json:"storage"`
 }
 

@@ -21,6 +21,10 @@ type StorageReport struct {
 	// last minute to when it last did: the storage plane's witness that a
 	// hardware node is alive.
 	Initiators map[string]time.Time `json:"initiators"`
+	// Heard maps each initiator MAC that sent any AoE request (discovery
+	// included) in the last minute to when it last did: the hardware
+	// nodes that reach this storage node, for placement.
+	Heard      map[string]time.Time `json:"heard,omitempty"`
 	Capacity   StorageCapacity      `json:"capacity"`
 	Interfaces []StorageIface       `json:"interfaces"`
 	Volumes    []StorageVolume      `json:"volumes"`

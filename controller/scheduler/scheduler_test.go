@@ -3,20 +3,37 @@ package scheduler
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
 
 func randomSnapshot(r *rand.Rand, nodes, instances int) Snapshot {
 	var s Snapshot
+	storage := []string{"sn1", "sn2", "sn3"}
 	for i := 0; i < nodes; i++ {
-		s.Nodes = append(s.Nodes, Node{Name: fmt.Sprintf("hn%04d", i), Usable: r.IntN(10) > 0, VCPUs: 4 + r.IntN(60), MemoryMiB: 1024 * (2 + r.IntN(62))})
+		n := Node{Name: fmt.Sprintf("hn%04d", i), Usable: r.IntN(10) > 0, VCPUs: 4 + r.IntN(60), MemoryMiB: 1024 * (2 + r.IntN(62))}
+		// Most nodes say which storage nodes they reach; some reach
+		// only part of it.
+		if r.IntN(5) > 0 {
+			n.StorageKnown = true
+			for _, sn := range storage {
+				if r.IntN(4) > 0 {
+					n.Storage = append(n.Storage, sn)
+				}
+			}
+		}
+		s.Nodes = append(s.Nodes, n)
 	}
 	st := newState(s)
 	for i := 0; i < instances; i++ {
 		in := Instance{Name: fmt.Sprintf("vm%05d", i), VCPUs: 1 + r.IntN(4), MemoryMiB: 128 * (1 + r.IntN(32)), HA: r.IntN(5) > 0, Priority: r.IntN(3)}
 		if r.IntN(3) == 0 {
 			in.Group = fmt.Sprintf("g%d", r.IntN(20))
+		}
+		if r.IntN(2) == 0 {
+			in.Storage = []string{storage[r.IntN(len(storage))]}
 		}
 		if to, err := st.pick(in); err == nil {
 			in.Node = to
@@ -135,13 +152,97 @@ func TestPriorityAndWaiting(t *testing.T) {
 	if len(p.Moves) != 1 || p.Moves[0].Instance != "high" || len(p.Waiting) != 1 || p.Waiting[0] != "low" {
 		t.Fatalf("plan %+v: want high restarted, low waiting, noha left", p)
 	}
-	if short := Reserve(s); len(short) != 1 || short[0] != "hn1" {
-		t.Errorf("reserve short for %v, want hn1", short)
+	if short := Reserve(s); len(short) != 1 || short[0].Node != "hn1" || len(short[0].Waiting) != 1 || short[0].Waiting[0] != "low" {
+		t.Errorf("reserve short for %+v, want hn1 (low waiting)", short)
 	}
 	if _, err := Drain(s, "hn1"); err == nil {
 		t.Error("a drain that cannot fit was planned")
 	} else {
 		t.Logf("drain pre-flight: %v", err)
+	}
+	s.Nodes[1].MemoryMiB = 1200
+	if short := Reserve(s); len(short) != 0 {
+		t.Errorf("reserve short for %+v with room for all of hn1's HA instances on hn2", short)
+	}
+}
+
+// TestStorageReachability: no placement, restart or drain puts an
+// instance on a node known not to reach any storage node holding its
+// volume.
+func TestStorageReachability(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	for round := 0; round < 200; round++ {
+		s := randomSnapshot(r, 2+r.IntN(15), r.IntN(150))
+		nodes := map[string]Node{}
+		for _, n := range s.Nodes {
+			nodes[n.Name] = n
+		}
+		sizes := map[string]Instance{}
+		for _, in := range s.Instances {
+			sizes[in.Name] = in
+		}
+		check := func(what string, in Instance, to string) {
+			n := nodes[to]
+			if len(in.Storage) == 0 || !n.StorageKnown {
+				return
+			}
+			for _, sn := range in.Storage {
+				if slices.Contains(n.Storage, sn) {
+					return
+				}
+			}
+			t.Fatalf("round %d, %s: %s (disk on %v) on %s, which reaches only %v", round, what, in.Name, in.Storage, to, n.Storage)
+		}
+		for _, in := range s.Instances {
+			if in.Node != "" {
+				check("placement", in, in.Node)
+			}
+		}
+		failed := s.Nodes[r.IntN(len(s.Nodes))].Name
+		for _, m := range Restart(s, failed).Moves {
+			check("restart", sizes[m.Instance], m.To)
+		}
+		if p, err := Drain(s, failed); err == nil {
+			for _, m := range p.Moves {
+				check("drain", sizes[m.Instance], m.To)
+			}
+		}
+	}
+	s := Snapshot{Nodes: []Node{
+		{Name: "hn1", Usable: true, VCPUs: 8, MemoryMiB: 4096, StorageKnown: true, Storage: []string{"sn2"}},
+		{Name: "hn2", Usable: true, VCPUs: 8, MemoryMiB: 1024, StorageKnown: true, Storage: []string{"sn1"}},
+	}}
+	in := Instance{Name: "web", VCPUs: 1, MemoryMiB: 512, Storage: []string{"sn1"}}
+	if to, err := Place(s, in); err != nil || to != "hn2" {
+		t.Errorf("web (disk on sn1) placed on %q (%v); want hn2, the only node reaching sn1, though hn1 has more room", to, err)
+	}
+	err := Check(s, in, "hn1")
+	if err == nil || !strings.Contains(err.Error(), "reaches no storage node holding the disk (sn1)") {
+		t.Errorf("web on hn1 (reaches sn2 only): %v", err)
+	}
+	t.Logf("placement on a node that cannot reach the disk: %v", err)
+}
+
+// TestRestartAcrossNodes: two nodes fail together; their HA instances are
+// restarted in one priority order across both, and the room a migration
+// holds on its destination is not handed out twice.
+func TestRestartAcrossNodes(t *testing.T) {
+	s := Snapshot{
+		Nodes: []Node{
+			{Name: "hn1", VCPUs: 8, MemoryMiB: 1024}, {Name: "hn2", VCPUs: 8, MemoryMiB: 1024},
+			{Name: "hn3", Usable: true, VCPUs: 8, MemoryMiB: 1024},
+		},
+		Instances: []Instance{
+			{Name: "lo", Node: "hn1", VCPUs: 1, MemoryMiB: 512, HA: true, Priority: 1},
+			{Name: "hi", Node: "hn2", VCPUs: 1, MemoryMiB: 512, HA: true, Priority: 10},
+			{Name: "mid", Node: "hn2", VCPUs: 1, MemoryMiB: 256, HA: true, Priority: 5},
+			{Name: "moving", Node: "hn1", Also: "hn3", VCPUs: 1, MemoryMiB: 256},
+		},
+	}
+	p := Restart(s, "hn1", "hn2")
+	want := []Move{{Instance: "hi", From: "hn2", To: "hn3"}, {Instance: "mid", From: "hn2", To: "hn3"}}
+	if !slices.Equal(p.Moves, want) || !slices.Equal(p.Waiting, []string{"lo"}) {
+		t.Fatalf("plan %+v; want %+v and lo waiting (256 MiB of hn3 held by the migration)", p, want)
 	}
 }
 
