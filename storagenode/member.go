@@ -182,12 +182,15 @@ func (m *member) run(ctx context.Context) {
 // report is the node's state now.
 func (m *member) report() controllerapi.StorageReport {
 	r := controllerapi.StorageReport{Node: m.cfg.Node, Generation: m.applied, Fenced: []string{}, Initiators: map[string]time.Time{},
-		Interfaces: []controllerapi.StorageIface{}, Volumes: []controllerapi.StorageVolume{}}
+		Heard: map[string]time.Time{}, Interfaces: []controllerapi.StorageIface{}, Volumes: []controllerapi.StorageVolume{}}
 	for _, f := range m.t.Fenced() {
 		r.Fenced = append(r.Fenced, f.String())
 	}
 	for mac, at := range m.t.InitiatorsSeen(time.Now().Add(-time.Minute)) {
 		r.Initiators[mac] = at.UTC()
+	}
+	for mac, at := range m.t.InitiatorsHeard(time.Now().Add(-time.Minute)) {
+		r.Heard[mac] = at.UTC()
 	}
 	var fs unix.Statfs_t
 	if unix.Statfs(m.pool.Dir(), &fs) == nil {

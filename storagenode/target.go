@@ -227,10 +227,11 @@ type Target struct {
 	// volume: hardware nodes the controller declared failed. Nothing they
 	// still send reaches a disk.
 	fence atomic.Pointer[map[[6]byte]bool]
-	// seen is when each initiator MAC last sent an ATA command (unix
-	// nanoseconds): the storage plane's witness that a node is alive.
+	// seen is when each initiator MAC last sent any request and an ATA
+	// command: which hardware nodes reach this storage node, and the
+	// storage plane's witness that a node is alive.
 	seenMu sync.Mutex
-	seen   map[[6]byte]int64
+	seen   map[[6]byte]seenAt
 	// inflight is read-held by each queue from handling a batch of frames
 	// until its replies are sent, since replies may point into volume
 	// mappings. Remove takes it for writing to wait them out before
@@ -260,7 +261,7 @@ func NewTarget(cfg TargetConfig) *Target {
 		t.bufcnt = 64
 	}
 	t.tab.Store(&table{byAddr: map[uint32]*volume{}})
-	t.seen = map[[6]byte]int64{}
+	t.seen = map[[6]byte]seenAt{}
 	return t
 }
 
@@ -287,36 +288,63 @@ func (t *Target) Fenced() []net.HardwareAddr {
 	return out
 }
 
+// seenAt is when an initiator last sent a request of any kind and an ATA
+// command (unix nanoseconds; 0: never).
+type seenAt struct{ any, ata int64 }
+
 // InitiatorsSeen returns each initiator MAC that sent an ATA command
 // since, with the time of its last one.
 func (t *Target) InitiatorsSeen(since time.Time) map[string]time.Time {
+	return t.initiators(since, func(s seenAt) int64 { return s.ata })
+}
+
+// InitiatorsHeard returns each initiator MAC that sent any request
+// (discovery included) since, with the time of its last one: the hardware
+// nodes that reach this storage node.
+func (t *Target) InitiatorsHeard(since time.Time) map[string]time.Time {
+	return t.initiators(since, func(s seenAt) int64 { return s.any })
+}
+
+func (t *Target) initiators(since time.Time, when func(seenAt) int64) map[string]time.Time {
 	t.seenMu.Lock()
 	defer t.seenMu.Unlock()
 	out := map[string]time.Time{}
-	for k, ns := range t.seen {
-		if at := time.Unix(0, ns); at.After(since) {
-			out[net.HardwareAddr(k[:]).String()] = at
-		} else if time.Since(at) > time.Hour {
+	for k, s := range t.seen {
+		if ns := when(s); ns != 0 && time.Unix(0, ns).After(since) {
+			out[net.HardwareAddr(k[:]).String()] = time.Unix(0, ns)
+		} else if time.Since(time.Unix(0, s.any)) > time.Hour {
 			delete(t.seen, k)
 		}
 	}
 	return out
 }
 
-// noteSource records that src sent an ATA command now, at most every 100
-// ms per MAC and handler (a per-goroutine map spares the shared lock).
-func (h *Handler) noteSource(src []byte) {
+// noteSource records that src sent a request (ata: an ATA command) now, at
+// most every 100 ms per MAC, kind and handler (a per-goroutine map spares
+// the shared lock).
+func (h *Handler) noteSource(src []byte, ata bool) {
 	now := time.Now().UnixNano()
 	k := [6]byte(src)
-	if last, ok := h.touched[k]; ok && now-last < int64(100*time.Millisecond) {
+	last, ok := h.touched[k]
+	i := 0
+	if ata {
+		i = 1
+	}
+	if ok && now-last[i] < int64(100*time.Millisecond) {
 		return
 	}
 	if len(h.touched) > 4096 {
 		clear(h.touched) // a flood of made-up source addresses
 	}
-	h.touched[k] = now
+	last[i] = now
+	h.touched[k] = last
 	h.t.seenMu.Lock()
-	h.t.seen[k] = now
+	s := h.t.seen[k]
+	s.any = now
+	if ata {
+		s.ata = now
+	}
+	h.t.seen[k] = s
 	h.t.seenMu.Unlock()
 }
 
@@ -527,13 +555,13 @@ type Handler struct {
 	// send sends one frame at once, outside the batch: the reply to a
 	// replicated write, which leaves when the pair has it on both nodes.
 	send    func([]byte) error
-	touched map[[6]byte]int64 // noteSource's throttle
+	touched map[[6]byte][2]int64 // noteSource's throttle: any request, ATA
 }
 
 // NewHandler returns a handler for frames arriving on an interface with
 // the given MAC and MTU. Each goroutine needs its own handler.
 func (t *Target) NewHandler(mac net.HardwareAddr, mtu int) *Handler {
-	return &Handler{t: t, mac: [6]byte(mac), maxSectors: wire.MaxSectors(mtu), c: t.newCounters(), touched: map[[6]byte]int64{}}
+	return &Handler{t: t, mac: [6]byte(mac), maxSectors: wire.MaxSectors(mtu), c: t.newCounters(), touched: map[[6]byte][2]int64{}}
 }
 
 // Handle processes one received frame, replying through r. It never panics
@@ -584,7 +612,7 @@ func (h *Handler) Handle(req []byte, r Replier) {
 			c.malformed.Add(1)
 			return
 		}
-		h.noteSource(f.Src())
+		h.noteSource(f.Src(), true)
 		v := tab.byAddr[key(shelf, slot)]
 		if v == nil || !v.visibleTo(f.Src()) || (v.Replicated && !h.t.pair.serving()) {
 			c.ignored.Add(1)
@@ -597,6 +625,7 @@ func (h *Handler) Handle(req []byte, r Replier) {
 		return
 	}
 	// Control commands: possibly broadcast.
+	h.noteSource(f.Src(), false)
 	var hdr aoe.Header
 	if err := hdr.UnmarshalBinary(f.Control()); err != nil {
 		var code aoe.Error

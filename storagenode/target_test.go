@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/fabric-project/fabric/aoe/wire"
 	"github.com/mdlayher/aoe"
@@ -318,6 +319,29 @@ func TestBroadcastAndMasks(t *testing.T) {
 	}
 	if fx.t.Stats().MaskEditsDeny != 1 {
 		t.Error("refused edit not counted")
+	}
+}
+
+// TestInitiatorsHeard: every request counts as heard (a node that only
+// discovers reaches the storage node, masked or not); only ATA commands
+// count as seen I/O; a fenced node is neither.
+func TestInitiatorsHeard(t *testing.T) {
+	fx := newFixture(t, Export{Shelf: 1, Slot: 0, MACs: []net.HardwareAddr{initA}})
+	fx.do(t, initB, cfgReq(wire.BroadcastShelf, wire.BroadcastSlot, aoe.ConfigCommandRead, "")) // masked: no answer
+	fx.one(t, initA, ata(1, 0, wire.CmdReadSectorsExt, 0, 1, nil))
+	since := time.Now().Add(-time.Minute)
+	heard, seen := fx.t.InitiatorsHeard(since), fx.t.InitiatorsSeen(since)
+	if _, ok := heard[initB.String()]; !ok || len(heard) != 2 {
+		t.Errorf("heard %v, want %s (discovery) and %s (I/O)", heard, initB, initA)
+	}
+	if _, ok := seen[initA.String()]; !ok || len(seen) != 1 {
+		t.Errorf("seen I/O from %v, want %s only", seen, initA)
+	}
+	fenced := net.HardwareAddr{2, 0, 0, 0, 0, 0xfe}
+	fx.t.SetFence([]net.HardwareAddr{fenced})
+	fx.do(t, fenced, cfgReq(wire.BroadcastShelf, wire.BroadcastSlot, aoe.ConfigCommandRead, ""))
+	if _, ok := fx.t.InitiatorsHeard(since)[fenced.String()]; ok {
+		t.Error("a fenced MAC counts as reaching the storage node")
 	}
 }
 
