@@ -8,7 +8,7 @@ PKGS=(
   qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf busybox-static
   vblade aoetools dnsmasq kea-admin kea-dhcp4-server tftp-hpa tftpd-hpa curl
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
-  fio
+  fio nftables
 )
 
 missing=()

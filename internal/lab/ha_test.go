@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -266,4 +267,183 @@ func TestLinksCut(t *testing.T) {
 		t.Errorf("hn1's stale copy of web was not destroyed after its links returned (state %q)", state())
 	}
 	t.Logf("hn1's links back: its paused copy destroyed %.1f s later; web kept answering from hn2", time.Since(restored).Seconds())
+}
+
+// TestControlLinkCut: hn1's control link is cut (its IP traffic to the
+// config node dropped: agent heartbeats and ping) while its storage link
+// carries the instance's writes. The storage witness keeps hn1 unfenced:
+// no fence, no restart, the same domain runs on, and the agent picks up
+// where it was when the link returns. Then the storage policy: with hn2's
+// AoE frames dropped at the switch, the controller places nothing on hn2
+// that needs the storage node's disks.
+func TestControlLinkCut(t *testing.T) {
+	images := skipUnlessLab(t)
+	bin := buildBinaries(t)
+	l := upLab(t, Config{Bin: bin, Images: images})
+	_, ip := webOnHN1(t, l, images)
+	hn1, hn2 := l.Hosts[0], l.Hosts[1]
+	domid := func() string {
+		out, _ := In(hn1.NS, "virsh", "-c", hn1.URI(), "domid", "web")
+		return strings.TrimSpace(out)
+	}
+	before := domid()
+
+	// The guest writes (and syncs) twice a second throughout.
+	stop := make(chan struct{})
+	writes := make(chan [2]int)
+	go func() {
+		ok, failed := 0, 0
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				writes <- [2]int{ok, failed}
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+			if out, err := curl(l, "http://"+ip+"/cgi-bin/write?io="+strconv.Itoa(i)); err == nil && strings.Contains(out, "wrote io") {
+				ok++
+			} else {
+				failed++
+			}
+		}
+	}()
+	if _, err := In(hn1.NS, "ip", "route", "add", "blackhole", ControllerIP+"/32"); err != nil {
+		t.Fatal(err)
+	}
+	cut := time.Now()
+	time.Sleep(15 * time.Second) // the agent timeout (4 s) and the storage quiet time (4 s), three times over
+	events, _ := l.Fabric("events")
+	var in controllerapi.Instance
+	fabricJSON(t, l, &in, "instance", "show", "web", "-o", "json")
+	if strings.Contains(events, "node.fenced") || strings.Contains(events, "instance.restarted") || in.Node != hn1.Name {
+		t.Fatalf("control link cut, storage link up: fenced or restarted (web on %s):\n%s", in.Node, events)
+	}
+	var lost string
+	for _, line := range strings.Split(events, "\n") {
+		if strings.Contains(line, "agent.lost") {
+			lost = strings.Join(strings.Fields(line), " ")
+		}
+	}
+	if !strings.Contains(lost, "saw I/O from") {
+		t.Errorf("no agent.lost event naming the storage witness:\n%s", events)
+	}
+	t.Logf("control link of hn1 cut for %.0f s: no fence, no restart; %s", time.Since(cut).Seconds(), lost)
+	if _, err := In(hn1.NS, "ip", "route", "del", "blackhole", ControllerIP+"/32"); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(30*time.Second, func() bool {
+		out, _ := l.Fabric("node", "list")
+		return strings.Count(out, "alive") == 2
+	}); err != nil {
+		t.Fatalf("hn1's agent did not report again after its control link returned: %v", err)
+	}
+	close(stop)
+	w := <-writes
+	if id := domid(); id != before {
+		t.Errorf("web's domain on hn1 changed from id %s to %q across the control link cut", before, id)
+	}
+	if w[0] < 20 || w[1] > 0 {
+		t.Errorf("the guest's writes during the cut: %d done, %d failed; want them all done", w[0], w[1])
+	}
+	t.Logf("control link back: hn1 reports again, the same domain (id %s) runs web; the guest synced %d writes, none failed", before, w[0])
+
+	// hn2's AoE frames are dropped at its switch port: the storage node no
+	// longer hears it, and nothing that needs the storage node's disks
+	// goes there.
+	if out, err := In(l.SwitchNS, "nft", "add table bridge labcut; add chain bridge labcut forward { type filter hook forward priority 0; };"+
+		" add rule bridge labcut forward iifname p-"+hn2.Name+" ether type 0x88a2 drop"); err != nil {
+		t.Fatalf("nft: %v\n%s", err, out)
+	}
+	var out string
+	if err := waitFor(20*time.Second, func() bool {
+		var err error
+		out, err = l.Fabric("instance", "create", "db", "--image", "tiny", "--memory", "64MiB", "--node", hn2.Name)
+		if err == nil {
+			_, _ = l.Fabric("instance", "delete", "db")
+		}
+		return err != nil
+	}); err != nil || !strings.Contains(out, "reach none of the storage nodes holding the disk (sn1)") {
+		t.Fatalf("placing db on hn2, whose AoE frames do not reach sn1: %v\n%s", err, out)
+	}
+	t.Logf("hn2 cut off from the storage: %s", strings.TrimSpace(out))
+	if out, err := l.Fabric("instance", "migrate", "web", "--to", hn2.Name); err == nil || !strings.Contains(out, "reach none of the storage nodes") {
+		t.Errorf("migrating web to hn2, which cannot reach its disk: %v\n%s", err, out)
+	}
+	if out, err := l.Fabric("instance", "create", "db", "--image", "tiny", "--memory", "64MiB"); err != nil || !strings.Contains(out, hn1.Name) {
+		t.Errorf("db placed by the scheduler: %v\n%s (want hn1, the node reaching the storage)", err, out)
+	}
+}
+
+// TestTwoFailures: hn1 runs lo (priority 1), hn2 runs hi (priority 10);
+// both lose power. No node is left with room: both wait, with events. A
+// node joins with room for one: hi comes back there and lo still waits.
+// Another joins: lo comes back. Each answers ping from its new node.
+func TestTwoFailures(t *testing.T) {
+	images := skipUnlessLab(t)
+	bin := buildBinaries(t)
+	l := upLab(t, Config{Bin: bin, Images: images, Hosts: 4, Spare: 2})
+	if _, err := l.Fabric("image", "import", "tiny", filepath.Join(images, "instance-template.img")); err != nil {
+		t.Fatal(err)
+	}
+	ips := map[string]string{}
+	for _, c := range []struct{ name, node, prio string }{{"lo", "hn1", "1"}, {"hi", "hn2", "10"}} {
+		var in controllerapi.Instance
+		fabricJSON(t, l, &in, "instance", "create", c.name, "--image", "tiny", "--vcpus", "1", "--memory", "128MiB", "--node", c.node, "--priority", c.prio, "--start")
+		ips[c.name], _, _ = strings.Cut(in.IP, "/")
+	}
+	answers := func(name string) bool {
+		_, err := In(l.ClientNS, "ping", "-c1", "-W1", ips[name])
+		return err == nil
+	}
+	if err := waitFor(120*time.Second, func() bool { return answers("lo") && answers("hi") }); err != nil {
+		t.Fatalf("lo and hi never answered ping: %v", err)
+	}
+	node := func(name string) string {
+		var in controllerapi.Instance
+		out, _ := l.Fabric("instance", "show", name, "-o", "json")
+		jsonInto(out, &in)
+		return in.Node
+	}
+	for _, h := range l.Hosts[:2] {
+		if err := l.PowerOff(h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waits := func(name string) bool {
+		events, _ := l.Fabric("events")
+		return strings.Contains(events, "instance "+name+" of fenced node") && strings.Contains(events, "waits for a node with room")
+	}
+	if err := waitFor(30*time.Second, func() bool { return waits("lo") && waits("hi") }); err != nil {
+		events, _ := l.Fabric("events")
+		t.Fatalf("after hn1 and hn2 failed with no room left, lo and hi do not both wait: %v\n%s", err, events)
+	}
+	if st, _ := l.Fabric("status"); !strings.Contains(st, "2 fenced") {
+		t.Errorf("fabric status does not count two fenced nodes:\n%s", st)
+	}
+	t.Logf("hn1 and hn2 lost power, no node left: lo and hi wait for room (events)")
+
+	// hn3 joins with room for one 128 MiB instance: hi, by priority.
+	hn3, hn4 := l.Hosts[2], l.Hosts[3]
+	t0 := time.Now()
+	if err := l.Join(hn3, "200MiB"); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(90*time.Second, func() bool { return node("hi") == hn3.Name && answers("hi") }); err != nil {
+		t.Fatalf("hi did not come back on hn3 (on %s): %v", node("hi"), err)
+	}
+	t.Logf("hn3 joined with room for one: hi answers from hn3 %.1f s later", time.Since(t0).Seconds())
+	if n := node("lo"); n != "hn1" {
+		t.Errorf("lo moved to %s, which has no room for it", n)
+	}
+	t0 = time.Now()
+	if err := l.Join(hn4, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(90*time.Second, func() bool { return node("lo") == hn4.Name && answers("lo") }); err != nil {
+		t.Fatalf("lo did not come back on hn4 (on %s): %v", node("lo"), err)
+	}
+	t.Logf("hn4 joined: lo answers from hn4 %.1f s later; hi still answers: %v", time.Since(t0).Seconds(), answers("hi"))
+	if !answers("hi") {
+		t.Error("hi stopped answering")
+	}
 }

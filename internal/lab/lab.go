@@ -99,6 +99,13 @@ type Config struct {
 	// the fabric-issued node certificates (qemu+tls://, port 16514)
 	// instead of plain TCP.
 	LibvirtTLS bool
+	// Hosts is the number of hardware nodes, hn1 to hnN (0: 2; at most
+	// 9).
+	Hosts int
+	// Spare is how many of the last hosts are built (namespace, link,
+	// libvirtd) but not registered: Join adds one to the fabric, as a
+	// sysadmin adds a node.
+	Spare int
 	// Watchdog, e.g. "8s": each agent feeds a watchdog with this timeout,
 	// a stand-in process (fabric-lab watchdog) that "resets" the node's
 	// namespace when it is not fed (the machine's own is never armed).
@@ -183,11 +190,18 @@ func Up(cfg Config) (l *Lab, err error) {
 	}()
 	t0 := time.Now()
 	l.SwitchNS, l.CtlNS, l.StorageNS, l.ClientNS = cfg.Prefix+"-sw", cfg.Prefix+"-ctl", cfg.Prefix+"-st", cfg.Prefix+"-cl"
-	l.Hosts = []Host{
-		{Name: "hn1", NS: cfg.Prefix + "-hn1", IP: "10.234.0.11", MAC: "02:fa:b0:00:00:11"},
-		{Name: "hn2", NS: cfg.Prefix + "-hn2", IP: "10.234.0.12", MAC: "02:fa:b0:00:00:12"},
+	if cfg.Hosts == 0 {
+		cfg.Hosts = 2
 	}
-	all := []string{l.SwitchNS, l.CtlNS, l.StorageNS, l.ClientNS, l.Hosts[0].NS, l.Hosts[1].NS}
+	if cfg.Hosts < 1 || cfg.Hosts > 9 || cfg.Spare < 0 || cfg.Spare >= cfg.Hosts {
+		return l, fmt.Errorf("lab: %d hosts with %d spare: want 1 to 9 hosts, at least one not spare", cfg.Hosts, cfg.Spare)
+	}
+	all := []string{l.SwitchNS, l.CtlNS, l.StorageNS, l.ClientNS}
+	for i := 1; i <= cfg.Hosts; i++ {
+		h := Host{Name: fmt.Sprintf("hn%d", i), NS: fmt.Sprintf("%s-hn%d", cfg.Prefix, i), IP: fmt.Sprintf("10.234.0.1%d", i), MAC: fmt.Sprintf("02:fa:b0:00:00:1%d", i)}
+		l.Hosts = append(l.Hosts, h)
+		all = append(all, h.NS)
+	}
 	for _, ns := range all {
 		_ = run("ip", "netns", "del", ns) // a leftover of a lab killed before it could record itself
 		if err := run("ip", "netns", "add", ns); err != nil {
@@ -250,7 +264,7 @@ func Up(cfg Config) (l *Lab, err error) {
 			}
 		}
 	}
-	l.logf("network: 6 namespaces, switch sw0, MTU 9000 (%.1fs)", time.Since(t0).Seconds())
+	l.logf("network: %d namespaces, switch sw0, MTU 9000 (%.1fs)", len(all), time.Since(t0).Seconds())
 
 	// libvirtd per hardware node.
 	for _, d := range libvirtDirs {
@@ -271,7 +285,7 @@ func Up(cfg Config) (l *Lab, err error) {
 			return l, err
 		}
 	}
-	l.logf("libvirtd on hn1 and hn2 (%.1fs)", time.Since(t0).Seconds())
+	l.logf("libvirtd on %d hardware nodes (%.1fs)", len(l.Hosts), time.Since(t0).Seconds())
 
 	// Controller and storage node share the data directory: the storage
 	// node sits beside the controller.
@@ -328,7 +342,8 @@ func Up(cfg Config) (l *Lab, err error) {
 			return l, err
 		}
 	}
-	for i, h := range l.Hosts {
+	members := l.Hosts[:len(l.Hosts)-cfg.Spare]
+	for i, h := range members {
 		if _, err := l.Fabric("node", "register", "--name", h.Name, "--mac", h.MAC, "--role", "hwnode", "--ip", h.IP); err != nil {
 			return l, err
 		}
@@ -342,7 +357,7 @@ func Up(cfg Config) (l *Lab, err error) {
 	}
 	if err := waitFor(20*time.Second, func() bool {
 		out, err := l.Fabric("node", "list")
-		return err == nil && strings.Count(out, "alive") == len(l.Hosts)
+		return err == nil && strings.Count(out, "alive") == len(members)
 	}); err != nil {
 		out, _ := l.Fabric("node", "list")
 		return l, fmt.Errorf("hardware node agents did not report: %w\n%s", err, out)
@@ -353,7 +368,7 @@ func Up(cfg Config) (l *Lab, err error) {
 		// started without TLS, the agents enrolled and wrote their
 		// certificates; now it restarts with TLS (the agents reconnect,
 		// guests are not affected).
-		for _, h := range l.Hosts {
+		for _, h := range members {
 			if err := waitFor(10*time.Second, h.hasTLSCert); err != nil {
 				return l, fmt.Errorf("agent of %s wrote no libvirt TLS credentials: %w", h.Name, err)
 			}
@@ -364,7 +379,7 @@ func Up(cfg Config) (l *Lab, err error) {
 				return l, err
 			}
 		}
-		l.logf("libvirtd on hn1 and hn2 restarted with TLS (fabric node certificates)")
+		l.logf("libvirtd restarted with TLS (fabric node certificates)")
 	}
 	l.logf("agents enrolled and reporting; lab up in %.1fs", time.Since(t0).Seconds())
 	return l, l.save()
@@ -515,6 +530,27 @@ func (l *Lab) agentArgs(h Host, token, memory string) []string {
 		args = append(args, "--watchdog", h.watchdogFile())
 	}
 	return args
+}
+
+// Join adds a spare host to the fabric, as a sysadmin adds a node:
+// registers it and starts its agent (memory: what it offers guests, ""
+// for all), and waits until it reports.
+func (l *Lab) Join(h Host, memory string) error {
+	if _, err := l.Fabric("node", "register", "--name", h.Name, "--mac", h.MAC, "--role", "hwnode", "--ip", h.IP); err != nil {
+		return err
+	}
+	if err := l.StartAgent(h, memory); err != nil {
+		return err
+	}
+	return waitFor(20*time.Second, func() bool {
+		out, _ := l.Fabric("node", "list")
+		for _, line := range strings.Split(out, "\n") {
+			if f := strings.Fields(line); len(f) > 0 && f[0] == h.Name && strings.Contains(line, "alive") {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 // StopAgent kills a hardware node's agent (SIGKILL: a dead node).
