@@ -14,7 +14,7 @@ echo
 echo "## power loss to the instance answering again (ROUNDS=${ROUNDS:-5})"
 echo
 FABRIC_BENCH=ha ROUNDS=${ROUNDS:-5} go test -count=1 -timeout 30m -run '^TestHABench$' -v ./internal/lab/ 2>&1 |
-  grep -E '^\|' || { echo "TestHABench failed; rerun: FABRIC_BENCH=ha go test -run TestHABench -v ./internal/lab/" >&2; exit 1; }
+  grep -E '^(\||$)' | cat -s || { echo "TestHABench failed; rerun: FABRIC_BENCH=ha go test -run TestHABench -v ./internal/lab/" >&2; exit 1; }
 echo
 echo "## scheduler (go test -bench, COUNT=${COUNT:-3})"
 echo
