@@ -206,6 +206,9 @@ func (c *Controller) nodeStatus(n controllerapi.Node, insts []controllerapi.Inst
 	if f, ok := c.fenced(n.Name); ok {
 		st.Fenced, st.FenceReason = true, f.Reason
 	}
+	if !st.Fenced {
+		st.Health, st.HealthWhy = c.verdict(n.Name)
+	}
 	if rec, ok := certs[n.ID]; ok {
 		st.CertExpires = rec.NotAfter
 	}

@@ -115,6 +115,9 @@ type Controller struct {
 	unknownMu   sync.Mutex
 	unknownSeen map[string]time.Time
 
+	verdictMu sync.Mutex
+	verdicts  map[string][2]string // the failure detector's verdict per node: state, why
+
 	started time.Time // agents not heard from since may still be alive
 }
 

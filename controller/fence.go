@@ -191,6 +191,34 @@ func (c *Controller) Unfence(node, actor string) error {
 // before it counts as a witness of the node's death.
 const StorageQuiet = 4 * time.Second
 
+// Failure detector verdicts on a node whose agent is silent, shown by
+// `fabric node list`.
+const (
+	VerdictAgentLost = "agent lost" // a witness still hears the node: not fenced
+	VerdictFailed    = "failed"     // no witness hears it: being fenced
+)
+
+// setVerdict records the detector's verdict on node ("" state: none).
+func (c *Controller) setVerdict(node, state, why string) {
+	c.verdictMu.Lock()
+	defer c.verdictMu.Unlock()
+	if c.verdicts == nil {
+		c.verdicts = map[string][2]string{}
+	}
+	if state == "" {
+		delete(c.verdicts, node)
+		return
+	}
+	c.verdicts[node] = [2]string{state, why}
+}
+
+func (c *Controller) verdict(node string) (state, why string) {
+	c.verdictMu.Lock()
+	defer c.verdictMu.Unlock()
+	v := c.verdicts[node]
+	return v[0], v[1]
+}
+
 // watchNodes runs the failure detector until ctx ends.
 func (c *Controller) watchNodes(ctx context.Context) {
 	t := time.NewTicker(500 * time.Millisecond)
@@ -211,24 +239,29 @@ func (c *Controller) watchNodes(ctx context.Context) {
 				continue
 			}
 			if _, f := c.fenced(n.Name); f {
+				c.setVerdict(n.Name, "", "")
 				continue
 			}
 			hb, seen, alive := c.agents.get(n.Name, time.Now())
 			if alive || seen.IsZero() {
 				delete(lost, n.Name)
+				c.setVerdict(n.Name, "", "")
 				continue
 			}
+			silent := time.Since(seen).Round(time.Second)
 			witness, why := c.stillAlive(n, hb)
 			if witness != "" {
+				c.setVerdict(n.Name, VerdictAgentLost, fmt.Sprintf("agent silent %s, but %s", silent, why))
 				if lost[n.Name] != witness {
 					lost[n.Name] = witness
-					msg := fmt.Sprintf("%s's agent is silent for %s, but %s: not fenced", n.Name, time.Since(seen).Round(time.Second), why)
+					msg := fmt.Sprintf("%s's agent is silent for %s, but %s: not fenced", n.Name, silent, why)
 					c.log.Warn(msg)
 					_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventAgentLost, Node: n.Name, MAC: n.MAC, Message: msg})
 				}
 				continue
 			}
 			if !c.anyStorageAlive() {
+				c.setVerdict(n.Name, VerdictFailed, "no storage node reports to the controller to fence it through; its instances are not restarted")
 				if lost[n.Name] != "no storage" {
 					lost[n.Name] = "no storage"
 					msg := fmt.Sprintf("%s looks dead, but no storage node reports to the controller to fence it through: its instances are not restarted", n.Name)
@@ -238,10 +271,13 @@ func (c *Controller) watchNodes(ctx context.Context) {
 				continue
 			}
 			reason := fmt.Sprintf("agent silent %s, no AoE traffic for %v, no answer to ping", time.Since(seen).Round(100*time.Millisecond), StorageQuiet)
+			c.setVerdict(n.Name, VerdictFailed, reason+"; fencing")
 			if _, err := c.Fence(n.Name, reason, "failure detector"); err != nil {
+				c.setVerdict(n.Name, VerdictFailed, reason+"; fence not confirmed: "+err.Error())
 				c.log.Error("fencing a failed node", "node", n.Name, "err", err)
 				continue
 			}
+			c.setVerdict(n.Name, "", "")
 			delete(lost, n.Name)
 		}
 		c.restartFenced()

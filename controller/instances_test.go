@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -673,4 +674,61 @@ func TestDrainPreflight(t *testing.T) {
 		}
 	}
 	t.Logf("refused up front: %v", err)
+}
+
+// TestDetectorVerdicts: the failure detector's verdict shows in the node's
+// status. hn1's agent stops while the storage still sees its I/O: "agent
+// lost", naming the witness, and no fence. The I/O stops too (and hn1 has
+// no address to ping): "failed", then fenced, and the verdict gives way
+// to the fence.
+func TestDetectorVerdicts(t *testing.T) {
+	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
+		StorageDir: t.TempDir(), AgentTimeout: 500 * time.Millisecond, HA: true})
+	admin := serveAPI(t, c)
+	ctx := context.Background()
+	const mac = "52:54:00:00:06:01"
+	if _, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: "hn1", MAC: mac, Role: controllerapi.RoleHWNode}); err != nil {
+		t.Fatal(err)
+	}
+	hn1 := startFakeAgent(t, c, admin, "hn1", 1024)
+	var busy atomic.Bool
+	busy.Store(true)
+	last := time.Now()
+	fakeStorageWith(t, c, admin, "st1", "52:54:00:00:06:09", func(r *controllerapi.StorageReport) {
+		if busy.Load() {
+			last = time.Now() // only this goroutine touches last
+		}
+		r.Initiators = map[string]time.Time{mac: last}
+	})
+	status := func() controllerapi.NodeStatus {
+		n, err := admin.Node(ctx, "hn1")
+		if err != nil || n.Status == nil {
+			t.Fatalf("node hn1: %v", err)
+		}
+		return *n.Status
+	}
+	waitStatus := func(what string, d time.Duration, ok func(controllerapi.NodeStatus) bool) controllerapi.NodeStatus {
+		t.Helper()
+		for deadline := time.Now().Add(d); ; time.Sleep(50 * time.Millisecond) {
+			if st := status(); ok(st) {
+				return st
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("hn1 never %s: %+v", what, status())
+			}
+		}
+	}
+	hn1.stop()
+	st := waitStatus("agent lost", 5*time.Second, func(st controllerapi.NodeStatus) bool { return st.Health == VerdictAgentLost })
+	if !strings.Contains(st.HealthWhy, "storage node st1 saw I/O from "+mac) || st.Fenced {
+		t.Errorf("agent lost: %+v", st)
+	}
+	t.Logf("agent stopped, storage busy: %s (%s)", st.Health, st.HealthWhy)
+	busy.Store(false)
+	quiet := time.Now()
+	st = waitStatus("fenced", StorageQuiet+5*time.Second, func(st controllerapi.NodeStatus) bool { return st.Fenced })
+	if st.Health != "" || !strings.Contains(st.FenceReason, "no AoE traffic") || time.Since(quiet) < StorageQuiet-time.Second {
+		t.Errorf("fenced %v after the I/O stopped: %+v", time.Since(quiet), st)
+	}
+	t.Logf("storage quiet: fenced %.1f s later (%s)", time.Since(quiet).Seconds(), st.FenceReason)
 }

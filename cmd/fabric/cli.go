@@ -216,6 +216,8 @@ func agentSummary(st *controllerapi.NodeStatus) string {
 		return "FENCED (" + st.FenceReason + ")"
 	case st.LastSeen.IsZero():
 		return "not enrolled/not reporting"
+	case !st.Alive && st.Health != "":
+		return strings.ToUpper(st.Health) + " (" + st.HealthWhy + ")"
 	case st.Alive && st.Drained:
 		return fmt.Sprintf("alive, drained (%d instances)", len(st.Instances))
 	case st.Alive:

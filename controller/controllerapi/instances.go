@@ -218,13 +218,19 @@ type NodeStatus struct {
 	Drained bool `json:"drained,omitempty"`
 	// Fenced: the node was declared failed and cut off from its disks
 	// (FenceReason says why); it takes nothing until unfenced.
-	Fenced      bool      `json:"fenced,omitempty"`
-	FenceReason string    `json:"fence_reason,omitempty"`
-	LastSeen    time.Time `json:"last_seen,omitzero"`
-	Capacity    Capacity  `json:"capacity"`
-	UsedVCPUs   int       `json:"used_vcpus"`
-	UsedMiB     int       `json:"used_memory_mib"`
-	Instances   []string  `json:"instances"`
+	Fenced      bool   `json:"fenced,omitempty"`
+	FenceReason string `json:"fence_reason,omitempty"`
+	// Health is the failure detector's verdict on a node whose agent is
+	// silent: "agent lost" (a witness, the storage or ping, still hears
+	// the node: not fenced) or "failed" (none does: being fenced);
+	// HealthWhy says what the witnesses said.
+	Health    string    `json:"health,omitempty"`
+	HealthWhy string    `json:"health_why,omitempty"`
+	LastSeen  time.Time `json:"last_seen,omitzero"`
+	Capacity  Capacity  `json:"capacity"`
+	UsedVCPUs int       `json:"used_vcpus"`
+	UsedMiB   int       `json:"used_memory_mib"`
+	Instances []string  `json:"instances"`
 	// CertExpires is when the agent's current certificate expires
 	// (agents renew at half its lifetime).
 	CertExpires time.Time `json:"cert_expires,omitzero"`

@@ -327,6 +327,10 @@ func TestControlLinkCut(t *testing.T) {
 	if !strings.Contains(lost, "saw I/O from") {
 		t.Errorf("no agent.lost event naming the storage witness:\n%s", events)
 	}
+	nodes, _ := l.Fabric("node", "list")
+	if !strings.Contains(nodes, "AGENT LOST") {
+		t.Errorf("fabric node list does not show hn1's agent lost:\n%s", nodes)
+	}
 	t.Logf("control link of hn1 cut for %.0f s: no fence, no restart; %s", time.Since(cut).Seconds(), lost)
 	if _, err := In(hn1.NS, "ip", "route", "del", "blackhole", ControllerIP+"/32"); err != nil {
 		t.Fatal(err)
