@@ -34,6 +34,10 @@ type fenceRecord struct {
 	Reason string    `json:"reason"`
 	Actor  string    `json:"actor"`
 	At     time.Time `json:"at"`
+	// Generation is the storage desired-state generation that carries
+	// the fence: nothing restarts before every live storage node has
+	// applied it.
+	Generation uint64 `json:"generation,omitempty"`
 }
 
 // DefaultFenceConfirm is how long Fence waits for the storage nodes.
@@ -106,10 +110,10 @@ func (c *Controller) Fence(node, reason, actor string) ([]string, error) {
 	}
 	var gen uint64
 	if err := c.reg.update(func(tx store.Tx) error {
-		if err := putJSON(tx, bucketFences, n.Name, fenceRecord{Node: n.Name, MACs: macs, Reason: reason, Actor: actor, At: time.Now().UTC()}); err != nil {
+		if gen, err = bumpFenceGen(tx); err != nil {
 			return err
 		}
-		if gen, err = bumpFenceGen(tx); err != nil {
+		if err := putJSON(tx, bucketFences, n.Name, fenceRecord{Node: n.Name, MACs: macs, Reason: reason, Actor: actor, At: time.Now().UTC(), Generation: gen}); err != nil {
 			return err
 		}
 		return appendEvent(tx, controllerapi.Event{Time: time.Now().UTC(), Type: controllerapi.EventNodeFenced, Node: n.Name, MAC: n.MAC, Actor: actor,
@@ -318,27 +322,65 @@ func (c *Controller) stillAlive(n controllerapi.Node, hb controllerapi.Heartbeat
 	return "", ""
 }
 
-// fencedNodes lists the fenced hardware nodes.
-func (c *Controller) fencedNodes() []string {
-	var out []string
+// confirmedFences lists the fenced hardware nodes whose fence every live
+// storage node has applied (and at least one reports): only their
+// instances may run elsewhere. For the others it says what is missing,
+// once a minute.
+func (c *Controller) confirmedFences() []string {
+	var recs []fenceRecord
 	_ = c.st.View(func(tx store.Tx) error {
-		return tx.ForEach(bucketFences, "", func(k string, _ []byte) error {
-			if k != keyFenceGen {
-				out = append(out, k)
+		return tx.ForEach(bucketFences, "", func(k string, v []byte) error {
+			var r fenceRecord
+			if k != keyFenceGen && json.Unmarshal(v, &r) == nil {
+				recs = append(recs, r)
 			}
 			return nil
 		})
 	})
+	if len(recs) == 0 {
+		return nil
+	}
+	sns, err := c.StorageNodes()
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, r := range recs {
+		var ok, missing []string
+		for _, sn := range sns {
+			switch {
+			case !sn.Alive:
+			case sn.Report.Generation >= r.Generation:
+				ok = append(ok, sn.Name)
+			default:
+				missing = append(missing, sn.Name)
+			}
+		}
+		if len(ok) > 0 && len(missing) == 0 {
+			out = append(out, r.Node)
+			continue
+		}
+		if c.firstInAMinute("unconfirmed/" + r.Node) {
+			why := "no storage node reports to the controller"
+			if len(missing) > 0 {
+				why = "storage nodes " + strings.Join(missing, ", ") + " have not applied it"
+			}
+			msg := fmt.Sprintf("the instances of fenced node %s are not restarted yet: %s", r.Node, why)
+			c.log.Warn(msg)
+			_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventInstanceNodeError, Node: r.Node, Message: msg})
+		}
+	}
 	return out
 }
 
 // restartFenced restarts elsewhere the HA instances meant to run on fenced
-// nodes, all in one scheduler plan: by priority (then size) whichever node
+// nodes whose fence every live storage node applied, all in one scheduler
+// plan: by priority (then size) whichever node
 // they ran on, so that when two nodes fail the most important instances
 // get the room. Those that fit nowhere wait (an event says so once a
 // minute) and are tried again at the next pass.
 func (c *Controller) restartFenced() {
-	fenced := c.fencedNodes()
+	fenced := c.confirmedFences()
 	if len(fenced) == 0 {
 		return
 	}

@@ -732,3 +732,57 @@ func TestDetectorVerdicts(t *testing.T) {
 	}
 	t.Logf("storage quiet: fenced %.1f s later (%s)", time.Since(quiet).Seconds(), st.FenceReason)
 }
+
+// TestRestartWaitsForEveryStorageNode: nothing of a fenced node restarts
+// elsewhere while a live storage node has not applied the fence (it could
+// still serve the node's writes), and it restarts once that node does.
+func TestRestartWaitsForEveryStorageNode(t *testing.T) {
+	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
+		StorageDir: t.TempDir(), AgentTimeout: 500 * time.Millisecond, HA: true})
+	admin := serveAPI(t, c)
+	ctx := context.Background()
+	for i, n := range []string{"hn1", "hn2"} {
+		if _, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: n, MAC: "52:54:00:00:07:0" + string(rune('1'+i)), Role: controllerapi.RoleHWNode}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hn1 := startFakeAgent(t, c, admin, "hn1", 1024)
+	startFakeAgent(t, c, admin, "hn2", 1024)
+	fakeStorage(t, c, admin, "st1", "52:54:00:00:07:08")
+	var applies atomic.Bool
+	fakeStorageWith(t, c, admin, "st2", "52:54:00:00:07:09", func(r *controllerapi.StorageReport) {
+		if !applies.Load() {
+			r.Generation = 1 // stuck before any fence
+		}
+	})
+	img := bytes.Repeat([]byte{0xab}, 1<<20)
+	if _, err := admin.ImportImage(ctx, "tiny", bytes.NewReader(img), int64(len(img))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.CreateInstance(ctx, controllerapi.CreateInstanceRequest{Name: "web", Image: "tiny", VCPUs: 1, MemoryMiB: 128, Node: "hn1", Start: true}); err != nil {
+		t.Fatal(err)
+	}
+	hn1.stop()
+	go func() { _, _ = admin.FenceNode(ctx, "hn1", "test") }()
+	time.Sleep(3 * time.Second)
+	if in, _ := c.Instance("web"); in.Node != "hn1" {
+		t.Fatalf("web restarted on %s while st2 had not applied hn1's fence", in.Node)
+	}
+	evs, _ := admin.Events(ctx, 0, 0)
+	var said bool
+	for _, e := range evs.Events {
+		said = said || strings.Contains(e.Message, "fenced node hn1 are not restarted yet: storage nodes st2 have not applied it")
+	}
+	if !said {
+		t.Error("no event says why web waits")
+	}
+	applies.Store(true)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if in, _ := c.Instance("web"); in.Node == "hn2" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("web not restarted on hn2 after st2 applied the fence")
+		}
+	}
+}
