@@ -636,11 +636,7 @@ func (c *Controller) Migrate(name, to string) (controllerapi.MigrateResult, erro
 	if err != nil {
 		return res, err
 	}
-	defer func() {
-		c.placeMu.Lock()
-		delete(c.inflight, name)
-		c.placeMu.Unlock()
-	}()
+	defer c.migrationDone(name)
 	from, to := in.Node, m.To
 	t0 := time.Now()
 	vol := instanceVolume(name)
@@ -766,6 +762,20 @@ func (c *Controller) decideMigration(name, to string) (controllerapi.Instance, *
 	return in, m, nil
 }
 
+// migrating says whether a Migrate call is working on the instance.
+func (c *Controller) migrating(name string) bool {
+	c.placeMu.Lock()
+	defer c.placeMu.Unlock()
+	return c.inflight[name]
+}
+
+// migrationDone ends what decideMigration started.
+func (c *Controller) migrationDone(name string) {
+	c.placeMu.Lock()
+	defer c.placeMu.Unlock()
+	delete(c.inflight, name)
+}
+
 func (c *Controller) migrationFailed(in controllerapi.Instance, to string, err error) error {
 	_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventMigrationFailed, Node: in.Node, Message: err.Error()})
 	c.log.Warn("migration failed", "instance", in.Name, "from", in.Node, "to", to, "err", err)
@@ -841,7 +851,8 @@ func (c *Controller) Drain(node string) ([]controllerapi.DrainResult, error) {
 	if n.Role != controllerapi.RoleHWNode {
 		return nil, errorf(ErrInvalid, "%s is a %s node; only hardware nodes run instances", node, n.Role)
 	}
-	if err := c.drainPreflight(n.Name); err != nil {
+	plan, err := c.drainPlan(n.Name)
+	if err != nil {
 		return nil, err
 	}
 	if err := c.reg.update(func(tx store.Tx) error {
@@ -853,25 +864,25 @@ func (c *Controller) Drain(node string) ([]controllerapi.DrainResult, error) {
 	}); err != nil {
 		return nil, err
 	}
-	ins, err := listJSON[controllerapi.Instance](c.st, bucketInstances)
-	if err != nil {
-		return nil, err
-	}
+	// The plan's moves, each to the node the plan chose; each is checked
+	// again when it runs (the fabric may have changed meanwhile).
 	res := []controllerapi.DrainResult{}
-	for _, in := range ins {
-		if in.Node != n.Name {
-			continue
-		}
-		r := controllerapi.DrainResult{Instance: in.Name}
-		c.fillState(&in)
-		if in.State == "running" {
-			m, err := c.Migrate(in.Name, "")
+	for _, mv := range plan.Moves {
+		r := controllerapi.DrainResult{Instance: mv.Instance}
+		in, err := c.Instance(mv.Instance)
+		switch {
+		case err != nil:
+			r.Error = err.Error()
+		case in.Node != n.Name:
+			r.Error = fmt.Sprintf("instance %s moved to %s meanwhile", in.Name, in.Node)
+		case in.State == "running":
+			m, err := c.Migrate(in.Name, mv.To)
 			r.To, r.Live, r.DowntimeMS = m.To, true, m.DowntimeMS
 			if err != nil {
 				r.Error = err.Error()
 			}
-		} else {
-			r.To, err = c.reassign(in)
+		default:
+			r.To, err = c.reassign(in, mv.To)
 			if err != nil {
 				r.Error = err.Error()
 			}
@@ -903,23 +914,25 @@ func (c *Controller) mayStillRun(in controllerapi.Instance) string {
 		in.Name, in.Node, since, in.Node, in.Node)
 }
 
-// drainPreflight refuses, before anything moves, a drain whose instances
-// cannot all fit on the other nodes (the scheduler's drain plan).
-func (c *Controller) drainPreflight(node string) error {
+// drainPlan is the scheduler's plan for moving every instance off node,
+// decided over one snapshot; a drain that cannot fit is refused before
+// anything moves, with the numbers.
+func (c *Controller) drainPlan(node string) (scheduler.Plan, error) {
 	c.placeMu.Lock()
 	defer c.placeMu.Unlock()
 	v, err := c.snapshot()
 	if err != nil {
-		return err
+		return scheduler.Plan{}, err
 	}
-	if _, err := scheduler.Drain(v.snap, node); err != nil {
-		return errorf(ErrUnplaceable, "%v: nothing was moved (add a node, or stop or delete instances first)", err)
+	p, err := scheduler.Drain(v.snap, node)
+	if err != nil {
+		return p, errorf(ErrUnplaceable, "%v: nothing was moved (add a node, or stop or delete instances first)", err)
 	}
-	return nil
+	return p, nil
 }
 
-// reassign moves a stopped instance to another node with room.
-func (c *Controller) reassign(in controllerapi.Instance) (string, error) {
+// reassign moves a stopped instance to node to, which must fit it.
+func (c *Controller) reassign(in controllerapi.Instance, to string) (string, error) {
 	if why := c.mayStillRun(in); why != "" {
 		return "", errorf(ErrConflict, "%s", why)
 	}
@@ -929,9 +942,12 @@ func (c *Controller) reassign(in controllerapi.Instance) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	to, err := c.place(v, v.instance(in), in.Node)
+	why, err := c.fits(v, to, v.instance(in))
 	if err != nil {
 		return "", err
+	}
+	if why != "" {
+		return "", errorf(ErrUnplaceable, "cannot move %s to %s: %s", in.Name, to, why)
 	}
 	if err := c.allow(instanceVolume(in.Name), to); err != nil {
 		return "", err
@@ -988,10 +1004,7 @@ func (c *Controller) settleOrphans() {
 		if m == nil {
 			continue
 		}
-		c.placeMu.Lock()
-		busy := c.inflight[in.Name]
-		c.placeMu.Unlock()
-		if busy {
+		if c.migrating(in.Name) {
 			continue
 		}
 		vol := instanceVolume(in.Name)
