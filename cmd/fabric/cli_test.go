@@ -386,3 +386,23 @@ func TestCLIStorage(t *testing.T) {
 		t.Errorf("fabric storage list -o json: exit %d, %v, %+v", code, err, ns)
 	}
 }
+
+// TestInstanceDetail: fabric instance show gives HA, priority, group and
+// the restart history.
+func TestInstanceDetail(t *testing.T) {
+	at := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	var b strings.Builder
+	instanceDetail(&b, controllerapi.Instance{Name: "web", Node: "hn2", Group: "front", Priority: 7,
+		Restarts: []controllerapi.Restart{{At: at, From: "hn1", To: "hn2", Why: "hn1 fenced"}, {At: at.Add(time.Hour), From: "hn2", To: "hn3", Why: "hn2 fenced"}}})
+	out := b.String()
+	for _, want := range []string{"ha:\tyes: restarted elsewhere if its node fails (priority 7)", "group:\tfront", "restarts:\t" + at.Local().Format(time.RFC3339) + " from hn1 to hn2 (hn1 fenced)", "from hn2 to hn3 (hn2 fenced)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("instance detail lacks %q:\n%s", want, out)
+		}
+	}
+	b.Reset()
+	instanceDetail(&b, controllerapi.Instance{Name: "solo", NoHA: true})
+	if out := b.String(); !strings.Contains(out, "ha:\tno: stays down with its node") || strings.Contains(out, "restarts") {
+		t.Errorf("non-HA instance detail:\n%s", out)
+	}
+}

@@ -121,6 +121,21 @@ func instanceDetail(w io.Writer, in controllerapi.Instance) {
 	if m := in.Migrate; m != nil {
 		fmt.Fprintf(w, "migrating:\tto %s since %s (phase %s)\n", m.To, m.Started.Local().Format(time.RFC3339), m.Phase)
 	}
+	ha := "yes: restarted elsewhere if its node fails"
+	if in.NoHA {
+		ha = "no: stays down with its node"
+	}
+	fmt.Fprintf(w, "ha:\t%s (priority %d)\n", ha, in.Priority)
+	if in.Group != "" {
+		fmt.Fprintf(w, "group:\t%s (kept apart from the group's other members)\n", in.Group)
+	}
+	for i, r := range in.Restarts {
+		label := ""
+		if i == 0 {
+			label = "restarts:"
+		}
+		fmt.Fprintf(w, "%s\t%s from %s to %s (%s)\n", label, r.At.Local().Format(time.RFC3339), r.From, r.To, r.Why)
+	}
 }
 
 func instanceCommand() *cli.Command {

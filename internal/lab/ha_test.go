@@ -75,6 +75,9 @@ func TestHardwareNodeFailure(t *testing.T) {
 		t.Errorf("no fence or restart event:\n%s", events)
 	}
 
+	if out, _ := l.Fabric("instance", "show", "web"); !strings.Contains(out, "from hn1 to hn2 (hn1 fenced)") {
+		t.Errorf("fabric instance show web lacks the restart:\n%s", out)
+	}
 	if out, _ := l.Fabric("node", "list"); !strings.Contains(out, "FENCED") {
 		t.Errorf("fabric node list does not show hn1 fenced:\n%s", out)
 	}
