@@ -22,6 +22,9 @@ func (a *Agent) diskOf(name string) (string, bool) {
 	return d.URL(), true
 }
 
+// AttachBudget is how long one reconcile pass may spend attaching volumes.
+const AttachBudget = 2 * time.Second
+
 // attach makes an instance's volume available to QEMU.
 func (a *Agent) attach(ctx context.Context, name, vol string) (Disk, error) {
 	a.mu.Lock()
@@ -80,6 +83,12 @@ func (a *Agent) guest(name string) Guest {
 
 // reconcile brings libvirt to the desired state.
 func (a *Agent) reconcile(ctx context.Context, ds controllerapi.DesiredState) {
+	// Attaching volumes (the only step that waits on the network) shares
+	// one budget per pass, well under the controller's agent timeout: a
+	// volume the storage does not answer for must not stop the
+	// heartbeats. What did not attach is retried at a later pass.
+	ctx, cancel := context.WithTimeout(ctx, AttachBudget)
+	defer cancel()
 	doms, states, err := a.managed()
 	if err != nil {
 		a.log.Warn("listing domains", "err", err)

@@ -361,15 +361,37 @@ func TestControlLinkCut(t *testing.T) {
 		" add rule bridge labcut forward iifname p-"+hn2.Name+" ether type 0x88a2 drop"); err != nil {
 		t.Fatalf("nft: %v\n%s", err, out)
 	}
-	var out string
-	if err := waitFor(20*time.Second, func() bool {
-		var err error
-		out, err = l.Fabric("instance", "create", "db", "--image", "tiny", "--memory", "64MiB", "--node", hn2.Name)
-		if err == nil {
-			_, _ = l.Fabric("instance", "delete", "db")
+	// Placed there just before the controller can know: hn2's attach of
+	// db's disk gets no answer, and its agent keeps reporting meanwhile
+	// (attaching has a budget per pass, under the agent timeout).
+	if out, err := l.Fabric("instance", "create", "db", "--image", "tiny", "--memory", "64MiB", "--node", hn2.Name, "--start", "--wait", "0"); err != nil {
+		t.Fatalf("db on hn2 right after its AoE frames were dropped: %v\n%s", err, out)
+	}
+	for t0 := time.Now(); time.Since(t0) < 8*time.Second; time.Sleep(500 * time.Millisecond) {
+		out, _ := l.Fabric("node", "show", hn2.Name, "-o", "json")
+		var n controllerapi.Node
+		if !jsonInto(out, &n) || n.Status == nil || !n.Status.Alive {
+			t.Fatalf("hn2's agent stopped reporting %.1f s after it began attaching a disk it cannot reach:\n%s", time.Since(t0).Seconds(), out)
 		}
-		return err != nil
-	}); err != nil || !strings.Contains(out, "reach none of the storage nodes holding the disk (sn1)") {
+	}
+	if out, err := l.Fabric("instance", "delete", "db"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	t.Logf("hn2 tried for 8 s to attach a disk it cannot reach and kept reporting")
+	// Once sn1 has not heard hn2 for the controller's reach window (5 s).
+	if err := waitFor(20*time.Second, func() bool {
+		var sn controllerapi.StorageNode
+		out, _ := l.Fabric("storage", "show", "sn1", "-o", "json")
+		if !jsonInto(out, &sn) || sn.Report == nil {
+			return false
+		}
+		at, ok := sn.Report.Heard[hn2.MAC]
+		return !ok || time.Since(at) > 6*time.Second
+	}); err != nil {
+		t.Fatalf("sn1 still hears hn2 with its AoE frames dropped: %v", err)
+	}
+	out, err := l.Fabric("instance", "create", "db", "--image", "tiny", "--memory", "64MiB", "--node", hn2.Name)
+	if err == nil || !strings.Contains(out, "reach none of the storage nodes holding the disk (sn1)") {
 		t.Fatalf("placing db on hn2, whose AoE frames do not reach sn1: %v\n%s", err, out)
 	}
 	t.Logf("hn2 cut off from the storage: %s", strings.TrimSpace(out))
