@@ -52,6 +52,7 @@ func (c *Controller) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/agent/heartbeat", c.heartbeat)
 	mux.HandleFunc("POST /v1/agent/renew", c.renew)
 	mux.HandleFunc("POST /v1/storage/report", c.storageReport)
+	mux.HandleFunc("GET /v1/storage/images/{name}", c.storageImage)
 	mux.Handle("GET /v1/storage", c.auth(c.listStorage))
 	mux.Handle("GET /v1/storage/{name}", c.auth(c.showStorage))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

@@ -69,6 +69,8 @@ type Config struct {
 	HA bool
 	// StorageDir is the data directory of the storage node beside the
 	// controller: images and instance disks are volumes in its pool.
+	// Without it, volumes live on the storage nodes that report to the
+	// controller, which places them and drives them (controller/volumes.go).
 	StorageDir string
 	// HWNodeRootImage is the image cloned into each hardware node's root
 	// volume when it is registered ("" = root volumes are made by hand).
@@ -107,6 +109,7 @@ type Controller struct {
 
 	agents    *agents
 	storage   *storageNodes
+	vols      Volumes // where volumes live: the pool beside the controller, or storage nodes
 	watchOnce sync.Once
 	placeMu   sync.Mutex      // serialises placement decisions
 	migSeq    uint64          // under placeMu
@@ -162,6 +165,10 @@ func New(cfg Config) (*Controller, error) {
 	c := &Controller{cfg: cfg, log: log, st: st, ca: fca, token: token,
 		changed: make(chan struct{}), unknownSeen: map[string]time.Time{},
 		agents: newAgents(cfg.AgentTimeout), storage: newStorageNodes(cfg.AgentTimeout), gen: 1, inflight: map[string]bool{}, started: time.Now()}
+	c.vols = remoteVolumes{c: c, timeout: 2 * time.Minute}
+	if cfg.StorageDir != "" {
+		c.vols = localVolumes{dir: cfg.StorageDir}
+	}
 	reserved := map[netip.Addr]bool{}
 	if cfg.ServerIP.IsValid() {
 		reserved[cfg.ServerIP] = true

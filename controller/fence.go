@@ -56,11 +56,20 @@ func bumpFenceGen(tx store.Tx) (uint64, error) {
 	return g, tx.Put(bucketFences, keyFenceGen, binary.BigEndian.AppendUint64(nil, g))
 }
 
-// storageDesired is what every storage node must apply.
-func (c *Controller) storageDesired() (controllerapi.StorageDesired, error) {
+// storageDesired is what storage node node must apply: the fence (every
+// storage node's) and, when the controller places volumes on storage
+// nodes, the volumes it holds.
+func (c *Controller) storageDesired(node string) (controllerapi.StorageDesired, error) {
 	d := controllerapi.StorageDesired{Fence: []string{}}
 	err := c.st.View(func(tx store.Tx) error {
 		d.Generation = fenceGen(tx)
+		if _, remote := c.vols.(remoteVolumes); remote {
+			var err error
+			d.ManagesVolumes = true
+			if d.Volumes, err = c.storageVolumes(tx, node); err != nil {
+				return err
+			}
+		}
 		return tx.ForEach(bucketFences, "", func(k string, v []byte) error {
 			if k == keyFenceGen {
 				return nil

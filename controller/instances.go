@@ -28,13 +28,6 @@ func instanceKey(name string) []byte { return []byte("instance/" + name) }
 func imageVolume(name string) string    { return "img-" + name }
 func instanceVolume(name string) string { return "inst-" + name }
 
-func (c *Controller) pool() (*storagenode.Pool, error) {
-	if c.cfg.StorageDir == "" {
-		return nil, errorf(ErrInvalid, "this controller has no storage pool: start it with --storage-dir (the data directory of the storage node beside it)")
-	}
-	return storagenode.OpenPool(c.cfg.StorageDir)
-}
-
 func getInstance(tx store.Tx, name string) (controllerapi.Instance, error) {
 	return getJSON[controllerapi.Instance](tx, bucketInstances, name, func() error {
 		return errorf(ErrNotFound, "no instance named %q; see `fabric instance list`", name)
@@ -94,10 +87,6 @@ func (c *Controller) ImportImage(name string, size int64, fill func(*os.File) er
 	if size <= 0 {
 		return im, errorf(ErrInvalid, "image %s: empty upload (send the image file as the request body with its Content-Length)", name)
 	}
-	p, err := c.pool()
-	if err != nil {
-		return im, err
-	}
 	if err := c.st.View(func(tx store.Tx) error {
 		if _, err := tx.Get(bucketImages, name); err == nil {
 			return errorf(ErrConflict, "an image named %q exists; delete it first or choose another name", name)
@@ -106,25 +95,11 @@ func (c *Controller) ImportImage(name string, size int64, fill func(*os.File) er
 	}); err != nil {
 		return im, err
 	}
-	v, err := p.Create(imageVolume(name), size, storagenode.VolumeOptions{})
-	if errors.Is(err, storagenode.ErrConflict) {
-		return im, errorf(ErrConflict, "volume %s already exists in the storage pool", imageVolume(name))
-	}
+	vol, padded, err := c.vols.ImportImage(name, size, fill)
 	if err != nil {
-		return im, err
-	}
-	f, err := os.OpenFile(p.Path(v), os.O_WRONLY, 0)
-	if err == nil {
-		err = fill(f)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-	}
-	if err != nil {
-		_ = p.Delete(v.Name)
 		return im, fmt.Errorf("image %s: %w", name, err)
 	}
-	im = controllerapi.Image{Name: name, Volume: v.Name, Size: v.Size, Created: time.Now().UTC()}
+	im = controllerapi.Image{Name: name, Volume: vol, Size: padded, Created: time.Now().UTC()}
 	err = c.reg.update(func(tx store.Tx) error {
 		if _, err := tx.Get(bucketImages, name); err == nil {
 			return errorf(ErrConflict, "an image named %q exists", name)
@@ -133,21 +108,17 @@ func (c *Controller) ImportImage(name string, size int64, fill func(*os.File) er
 			return err
 		}
 		return appendEvent(tx, controllerapi.Event{Time: im.Created, Type: controllerapi.EventImageImported,
-			Message: imageMessage(name, size, v)})
+			Message: imageMessage(name, size, padded, vol)})
 	})
 	if err != nil {
-		_ = p.Delete(v.Name)
+		_ = c.vols.DeleteImage(name)
 	}
 	return im, err
 }
 
 // DeleteImage removes an image that no instance uses.
 func (c *Controller) DeleteImage(name string) error {
-	p, err := c.pool()
-	if err != nil {
-		return err
-	}
-	err = c.reg.update(func(tx store.Tx) error {
+	err := c.reg.update(func(tx store.Tx) error {
 		if _, err := tx.Get(bucketImages, name); err != nil {
 			return errorf(ErrNotFound, "no image named %q", name)
 		}
@@ -156,7 +127,7 @@ func (c *Controller) DeleteImage(name string) error {
 	if err != nil {
 		return err
 	}
-	if err := p.Delete(imageVolume(name)); err != nil && !errors.Is(err, storagenode.ErrNotFound) {
+	if err := c.vols.DeleteImage(name); err != nil && !errors.Is(err, storagenode.ErrNotFound) {
 		return err
 	}
 	return nil
@@ -335,10 +306,6 @@ func (c *Controller) aoeMAC(node string) (string, error) {
 // allow sets a volume's allow list to the given nodes: no other initiator
 // sees it.
 func (c *Controller) allow(vol string, nodes ...string) error {
-	p, err := c.pool()
-	if err != nil {
-		return err
-	}
 	macs := []string{}
 	for _, n := range nodes {
 		m, err := c.aoeMAC(n)
@@ -347,7 +314,7 @@ func (c *Controller) allow(vol string, nodes ...string) error {
 		}
 		macs = append(macs, m)
 	}
-	if _, err := p.SetExport(vol, "", macs, false); err != nil {
+	if err := c.vols.Allow(vol, macs); err != nil {
 		return fmt.Errorf("allow list of volume %s: %w", vol, err)
 	}
 	return nil
@@ -373,11 +340,11 @@ func randomUUID() string {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
 }
 
-func imageMessage(name string, uploaded int64, v storagenode.Volume) string {
-	if uploaded == v.Size {
-		return fmt.Sprintf("image %s imported (%d bytes, volume %s)", name, v.Size, v.Name)
+func imageMessage(name string, uploaded, size int64, vol string) string {
+	if uploaded == size {
+		return fmt.Sprintf("image %s imported (%d bytes, volume %s)", name, size, vol)
 	}
-	return fmt.Sprintf("image %s imported (%d bytes uploaded, padded with zeros to %d, a whole number of sectors; volume %s)", name, uploaded, v.Size, v.Name)
+	return fmt.Sprintf("image %s imported (%d bytes uploaded, padded with zeros to %d, a whole number of sectors; volume %s)", name, uploaded, size, vol)
 }
 
 // CreateInstance places an instance, clones its disk from the image and
@@ -397,10 +364,6 @@ func (c *Controller) CreateInstance(req controllerapi.CreateInstanceRequest) (co
 	}
 	if req.MemoryMiB < 32 || req.MemoryMiB > 1<<20 {
 		return in, errorf(ErrInvalid, "memory must be between 32 MiB and 1 TiB, not %d MiB", req.MemoryMiB)
-	}
-	p, err := c.pool()
-	if err != nil {
-		return in, err
 	}
 	c.placeMu.Lock()
 	defer c.placeMu.Unlock()
@@ -466,14 +429,13 @@ func (c *Controller) CreateInstance(req controllerapi.CreateInstanceRequest) (co
 	release := func() {
 		_ = c.st.Update(func(tx store.Tx) error { return releaseInstance(tx, in) })
 	}
-	_ = p.Delete(instanceVolume(in.Name)) // a leftover of a failed create
 	mac, err := c.aoeMAC(node)
 	if err != nil {
 		release()
 		return in, err
 	}
 	// Only the node the instance runs on sees its disk.
-	if _, how, err := p.Clone(imageVolume(req.Image), instanceVolume(in.Name), storagenode.VolumeOptions{Addr: in.Volume, MACs: []string{mac}}); err != nil {
+	if how, err := c.vols.Clone(req.Image, instanceVolume(in.Name), in.Volume, []string{mac}); err != nil {
 		release()
 		return in, fmt.Errorf("cloning image %s for %s: %w", req.Image, in.Name, err)
 	} else {
@@ -488,7 +450,7 @@ func (c *Controller) CreateInstance(req controllerapi.CreateInstanceRequest) (co
 	})
 	if err != nil {
 		release()
-		_ = p.Delete(instanceVolume(in.Name))
+		_ = c.vols.Delete(instanceVolume(in.Name))
 	}
 	return in, err
 }
@@ -573,10 +535,8 @@ func (c *Controller) DeleteInstance(name string) (controllerapi.Instance, error)
 		_, present := c.agents.instance(in.Node, name)
 		return !alive || !present
 	})
-	if p, err := c.pool(); err == nil {
-		if err := p.Delete(instanceVolume(name)); err != nil && !errors.Is(err, storagenode.ErrNotFound) {
-			return in, fmt.Errorf("instance %s deleted, but its volume stays: %w", name, err)
-		}
+	if err := c.vols.Delete(instanceVolume(name)); err != nil {
+		return in, fmt.Errorf("instance %s deleted, but its volume stays: %w", name, err)
 	}
 	return in, nil
 }
@@ -804,18 +764,14 @@ func (c *Controller) ensureRootVolume(n controllerapi.Node) error {
 	if n.Role != controllerapi.RoleHWNode || c.cfg.HWNodeRootImage == "" || n.RootVolume == "" {
 		return nil
 	}
-	p, err := c.pool()
-	if err != nil {
-		return err
-	}
 	name := "root-" + n.Name
 	how := "re-exported"
 	// Only the node itself sees its root.
 	macs := []string{n.MAC}
-	if _, err := p.SetExport(name, n.RootVolume, macs, false); errors.Is(err, storagenode.ErrNotFound) {
-		_, how, err = p.Clone(imageVolume(c.cfg.HWNodeRootImage), name, storagenode.VolumeOptions{Addr: n.RootVolume, MACs: macs})
-		if errors.Is(err, storagenode.ErrNotFound) {
-			err = fmt.Errorf("root image %q not imported (fabric image import %s FILE)", c.cfg.HWNodeRootImage, c.cfg.HWNodeRootImage)
+	if err := c.vols.Export(name, n.RootVolume, macs); errors.Is(err, storagenode.ErrNotFound) {
+		how, err = c.vols.Clone(c.cfg.HWNodeRootImage, name, n.RootVolume, macs)
+		if errors.Is(err, ErrNotFound) {
+			err = fmt.Errorf("root image %q not imported (fabric image import %s FILE): %w", c.cfg.HWNodeRootImage, c.cfg.HWNodeRootImage, err)
 		}
 		if err != nil {
 			return err

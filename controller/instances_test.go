@@ -226,7 +226,7 @@ func TestInstancesAndMigration(t *testing.T) {
 	}
 	// The instance's volume is visible to its node only.
 	allowed := func() []string {
-		p, err := c.pool()
+		p, err := c.vols.(localVolumes).pool()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -456,7 +456,7 @@ func fakeStorageWith(t *testing.T, c *Controller, admin *controllerapi.Client, n
 			if fill != nil {
 				fill(&r)
 			}
-			d, err := cl.StorageReport(ctx, r)
+			d, err := cl.StorageReport(ctx, r, 0)
 			if err == nil {
 				gen = d.Generation
 			}

@@ -60,10 +60,13 @@ func (c *Controller) storageReport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rep.Node = n.Name
-	d, err := c.storageDesired()
-	if err != nil {
-		c.fail(w, err)
-		return
+	var wait time.Duration
+	if s := r.URL.Query().Get("wait"); s != "" {
+		var err error
+		if wait, err = time.ParseDuration(s); err != nil || wait < 0 || wait > time.Minute {
+			writeError(w, http.StatusBadRequest, controllerapi.CodeInvalid, "wait must be a duration up to 1m")
+			return
+		}
 	}
 	if !c.storage.record(n.Name, rep, time.Now()) {
 		attrs := []any{"node", n.Name, "volumes", len(rep.Volumes), "free_bytes", rep.Capacity.FreeBytes}
@@ -71,6 +74,17 @@ func (c *Controller) storageReport(w http.ResponseWriter, r *http.Request) {
 			attrs = append(attrs, "pair", rep.Pair.Pair, "role", rep.Pair.Role, "state", rep.Pair.State)
 		}
 		c.log.Info("storage node up", attrs...)
+	}
+	// Held up to wait while the node has applied what it must.
+	var d controllerapi.StorageDesired
+	var err error
+	c.hold(r.Context(), wait, func(final bool) bool {
+		d, err = c.storageDesired(n.Name)
+		return err != nil || d.Generation != rep.Generation || final
+	})
+	if err != nil {
+		c.fail(w, err)
+		return
 	}
 	writeJSON(w, http.StatusOK, d)
 }

@@ -41,6 +41,7 @@ type member struct {
 	t      *Target
 	ifaces []string
 	rep    *reporter
+	vols   *managed
 	log    *slog.Logger
 	// applied is the desired-state generation applied (persisted with
 	// the fence in the pool).
@@ -78,8 +79,25 @@ func loadFence(pool *Pool, t *Target) (uint64, error) {
 	return fs.Generation, nil
 }
 
-// apply makes the controller's desired state durable, then applies it.
-func (m *member) apply(d controllerapi.StorageDesired) error {
+// apply makes the controller's desired state durable, then applies it:
+// the fence, then the volumes it manages.
+func (m *member) apply(ctx context.Context, d controllerapi.StorageDesired) error {
+	if d.Generation != m.applied {
+		if err := m.applyFence(d); err != nil {
+			return err
+		}
+	}
+	if d.ManagesVolumes {
+		if err := m.vols.apply(ctx, d.Volumes); err != nil {
+			m.log.Warn("applying the controller's volumes", "err", err)
+		}
+	}
+	m.applied = d.Generation
+	return nil
+}
+
+// applyFence makes the fence durable, then applies it.
+func (m *member) applyFence(d controllerapi.StorageDesired) error {
 	var macs []net.HardwareAddr
 	for _, s := range d.Fence {
 		hw, err := net.ParseMAC(s)
@@ -93,8 +111,7 @@ func (m *member) apply(d controllerapi.StorageDesired) error {
 		return err
 	}
 	m.t.SetFence(macs)
-	m.applied = d.Generation
-	m.log.Info("controller's desired state applied", "generation", d.Generation, "fenced", d.Fence)
+	m.log.Info("controller's fence applied", "generation", d.Generation, "fenced", d.Fence)
 	return nil
 }
 
@@ -116,6 +133,7 @@ func newMember(cfg MemberConfig, pool *Pool, t *Target, ifaces []string, rep *re
 	if m.api, err = controllerapi.NewAgentClient(cfg.Controller, ca, m.id); err != nil {
 		return nil, err
 	}
+	m.vols = newManaged(pool, m.log, m.api)
 	return m, nil
 }
 
@@ -152,12 +170,24 @@ func (m *member) run(ctx context.Context) {
 				m.log.Warn("certificate renewal failed; retrying", "err", err)
 			}
 		}
-		d, err := m.api.StorageReport(ctx, m.report())
-		if err == nil && d.Generation != m.applied {
+		// The controller holds the answer until there is something new
+		// (or the interval has passed): changes arrive at once.
+		// While volumes are on their way (an image fetch), look again
+		// soon: a guest may be waiting for the clone.
+		wait := m.cfg.Every
+		if len(m.vols.Pending()) > 0 {
+			wait = 100 * time.Millisecond
+		}
+		t0 := time.Now()
+		d, err := m.api.StorageReport(ctx, m.report(), wait)
+		held := time.Since(t0) > wait/2
+		changed := err == nil && d.Generation != m.applied
+		if err == nil && (changed || d.ManagesVolumes) {
 			// Apply and say so at once: the controller may be waiting
-			// for this before it restarts a failed node's instances.
-			if err = m.apply(d); err == nil {
-				_, err = m.api.StorageReport(ctx, m.report())
+			// for this before it restarts a failed node's instances or
+			// starts a guest on a new volume.
+			if err = m.apply(ctx, d); err == nil && changed {
+				_, err = m.api.StorageReport(ctx, m.report(), 0)
 			}
 		}
 		switch {
@@ -170,6 +200,9 @@ func (m *member) run(ctx context.Context) {
 		case err == nil && failing:
 			m.log.Info("reporting to the controller again")
 			failing = false
+		}
+		if err == nil && (held || changed) {
+			continue // the controller paces the reports, answering early only with news
 		}
 		select {
 		case <-ctx.Done():
@@ -208,6 +241,7 @@ func (m *member) report() controllerapi.StorageReport {
 		r.Pair = &controllerapi.StoragePair{Pair: s.Pair, Peer: s.Peer, Role: s.Role, Epoch: s.Epoch, PeerConnected: s.PeerConnected,
 			State: s.State, Serving: s.Serving, TakenOver: s.TakenOver, Waiting: s.Waiting, LastEvent: s.LastEvent}
 	}
+	r.Pending = m.vols.Pending()
 	problems := m.rep.problems()
 	vols, _ := m.pool.List()
 	for _, v := range vols {

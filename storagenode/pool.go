@@ -214,6 +214,43 @@ func (p *Pool) Create(name string, size int64, o VolumeOptions) (Volume, error) 
 	return out, err
 }
 
+// Import makes the complete file at path (in the data directory's file
+// system) volume name, moving it into the pool: how a volume fetched from
+// elsewhere arrives whole or not at all. Its size must be whole sectors.
+func (p *Pool) Import(name, path string, o VolumeOptions) (Volume, error) {
+	if !nameRE.MatchString(name) {
+		return Volume{}, fmt.Errorf("storagenode: volume name %q: %w", name, ErrInvalid)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return Volume{}, err
+	}
+	if st.Size() <= 0 || st.Size()%wire.SectorSize != 0 {
+		return Volume{}, fmt.Errorf("storagenode: %s: %d bytes, not whole sectors: %w", path, st.Size(), ErrInvalid)
+	}
+	var out Volume
+	err = p.update(func(s *poolState) error {
+		if findVol(s, name) >= 0 {
+			return fmt.Errorf("storagenode: volume %q already exists: %w", name, ErrConflict)
+		}
+		v := Volume{Name: name, File: filepath.Join("volumes", name+".img"), Size: st.Size(), Created: time.Now().UTC()}
+		if err := p.applyOptions(s, &v, o); err != nil {
+			return err
+		}
+		if err := os.Rename(path, p.Path(v)); err != nil {
+			return err
+		}
+		if d, err := os.Open(filepath.Join(p.dir, "volumes")); err == nil {
+			_ = d.Sync()
+			d.Close()
+		}
+		s.Volumes = append(s.Volumes, v)
+		out = v
+		return nil
+	})
+	return out, err
+}
+
 // Delete removes a volume and its file.
 func (p *Pool) Delete(name string) error {
 	var file string

@@ -362,10 +362,10 @@ func TestCLIStorage(t *testing.T) {
 	if _, err := agent.StorageReport(ctx, controllerapi.StorageReport{Node: "st1", Capacity: controllerapi.StorageCapacity{TotalBytes: 100 << 30, FreeBytes: 60 << 30},
 		Interfaces: []controllerapi.StorageIface{{Name: "eth1", MAC: "02:00:00:00:00:01"}},
 		Volumes:    []controllerapi.StorageVolume{{Name: "hn1-root", Addr: "e1.0", Size: 20 << 30, IOPS: 2000, ResyncPercent: &pct}},
-		Pair:       &controllerapi.StoragePair{Pair: "p1", Peer: "st2", Role: "owner", Epoch: 3, PeerConnected: true, State: "resyncing", Serving: true}}); err != nil {
+		Pair:       &controllerapi.StoragePair{Pair: "p1", Peer: "st2", Role: "owner", Epoch: 3, PeerConnected: true, State: "resyncing", Serving: true}}, 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := agent.StorageReport(ctx, controllerapi.StorageReport{Node: "st2"}); err == nil || !strings.Contains(err.Error(), "refused") {
+	if _, err := agent.StorageReport(ctx, controllerapi.StorageReport{Node: "st2"}, 0); err == nil || !strings.Contains(err.Error(), "refused") {
 		t.Errorf("st1's certificate reporting for st2: %v", err)
 	}
 	code, out, errs = fabric(t, cfg, "storage", "list")

@@ -133,4 +133,11 @@ func storageShow(w io.Writer, n controllerapi.StorageNode, now time.Time) {
 		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, addr, storagenode.FormatSize(v.Size), sync, limit, problem)
 	}
+	for _, p := range r.Pending {
+		why := p.Why
+		if p.Percent > 0 {
+			why = fmt.Sprintf("%s: %.0f%%", why, p.Percent)
+		}
+		fmt.Fprintf(w, "%s\t-\t-\t-\t-\tnot there yet: %s\n", p.Name, why)
+	}
 }

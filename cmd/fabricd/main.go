@@ -111,7 +111,7 @@ func controllerCommand() *cli.Command {
 			&cli.BoolFlag{Name: "hwnode-sanboot", Usage: "boot hardware nodes from their root volume's own boot loader (iPXE sanboot aoe:) instead of --hwnode-kernel/--hwnode-initrd"},
 			&cli.StringFlag{Name: "hwnode-cmdline", Value: pxe.DefaultCmdline, Usage: "hardware node kernel command line (Go template: .Name .MAC .IP .Role .RootVolume .Token .Controller)"},
 			&cli.BoolFlag{Name: "ha", Value: true, Usage: "fence a hardware node that its agent, the storage nodes and ping all find dead, and restart its instances elsewhere (needs storage nodes reporting: fabricd storage --controller)"},
-			&cli.StringFlag{Name: "storage-dir", Usage: "data directory of the storage node beside the controller (`fabricd storage --data-dir`): images and instance disks are made there"},
+			&cli.StringFlag{Name: "storage-dir", Usage: "data directory of a storage node beside the controller (its --data-dir): images and instance disks are made there directly; without it, images stay in the state directory and volumes are placed on the storage nodes that report (fabricd storage --controller)"},
 			&cli.StringFlag{Name: "hwnode-root-image", Usage: "image (`fabric image import`) cloned into each hardware node's root volume at registration"},
 			&cli.IntFlag{Name: "vcpu-overcommit", Value: 4, Usage: "guest vCPUs per host CPU"},
 			&cli.DurationFlag{Name: "agent-timeout", Value: controller.DefaultAgentTimeout, Usage: "a hardware node silent this long is dead"},

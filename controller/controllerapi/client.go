@@ -154,12 +154,7 @@ func (c *Client) send(req *http.Request, out any) error {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
-		var e ErrorResponse
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		if json.Unmarshal(b, &e) != nil || e.Error == "" {
-			e.Error = fmt.Sprintf("controller answered HTTP %d", resp.StatusCode)
-		}
-		return &APIError{Status: resp.StatusCode, Code: e.Code, Message: e.Error}
+		return respError(resp)
 	}
 	if out == nil {
 		_, _ = io.Copy(io.Discard, resp.Body)
@@ -169,6 +164,16 @@ func (c *Client) send(req *http.Request, out any) error {
 		return fmt.Errorf("decoding controller answer to %s %s: %w", method, path, err)
 	}
 	return nil
+}
+
+// respError is the APIError a failed answer carries.
+func respError(resp *http.Response) error {
+	var e ErrorResponse
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if json.Unmarshal(b, &e) != nil || e.Error == "" {
+		e.Error = fmt.Sprintf("controller answered HTTP %d", resp.StatusCode)
+	}
+	return &APIError{Status: resp.StatusCode, Code: e.Code, Message: e.Error}
 }
 
 // NodeToken issues a new one-time enrollment token for a node (the

@@ -2,6 +2,8 @@ package controllerapi
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"time"
@@ -28,7 +30,10 @@ type StorageReport struct {
 	Capacity   StorageCapacity      `json:"capacity"`
 	Interfaces []StorageIface       `json:"interfaces"`
 	Volumes    []StorageVolume      `json:"volumes"`
-	Pair       *StoragePair         `json:"pair,omitempty"`
+	// Pending lists the volumes the controller asked for that are not
+	// there yet, and why.
+	Pending []StoragePending `json:"pending,omitempty"`
+	Pair    *StoragePair     `json:"pair,omitempty"`
 }
 
 // StorageDesired is the controller's answer to a report: what the node
@@ -40,6 +45,36 @@ type StorageDesired struct {
 	// failed node's instances only once every live storage node reports
 	// this generation applied.
 	Fence []string `json:"fence"`
+	// ManagesVolumes: the controller decides which volumes this node
+	// holds. Volumes lists them; one the node made for the controller
+	// and no longer listed is deleted. Volumes made by hand on the node
+	// are left alone.
+	ManagesVolumes bool                `json:"manages_volumes,omitempty"`
+	Volumes        []StorageVolumeSpec `json:"volumes,omitempty"`
+}
+
+// StorageVolumeSpec is a volume the controller wants a storage node to
+// hold, exported at Addr to the MACs listed.
+type StorageVolumeSpec struct {
+	Name string `json:"name"`
+	Size int64  `json:"size"`
+	// Image: the volume holds image Image, fetched from the controller
+	// (GET /v1/storage/images/NAME) before anything uses it.
+	Image string `json:"image,omitempty"`
+	// Clone: the volume starts as a copy of volume Clone of the same
+	// node (made once that one is there).
+	Clone string   `json:"clone,omitempty"`
+	Addr  string   `json:"addr,omitempty"` // e<shelf>.<slot>; "" = not exported
+	MACs  []string `json:"macs,omitempty"` // allow list
+}
+
+// StoragePending is a volume the controller listed that the node does not
+// hold yet: an image being fetched, a clone waiting for its source, or a
+// step that failed (retried at the next report).
+type StoragePending struct {
+	Name    string  `json:"name"`
+	Percent float64 `json:"percent,omitempty"` // of an image fetch
+	Why     string  `json:"why"`
 }
 
 // StorageCapacity is the pool's file system.
@@ -98,10 +133,34 @@ type StorageNode struct {
 
 // StorageReport sends a storage node's report (agent client) and
 // returns what the node must apply.
-func (c *Client) StorageReport(ctx context.Context, r StorageReport) (StorageDesired, error) {
+// With wait > 0 the controller holds the answer up to wait until the
+// node's desired state differs from r.Generation.
+func (c *Client) StorageReport(ctx context.Context, r StorageReport, wait time.Duration) (StorageDesired, error) {
 	var d StorageDesired
-	err := c.do(ctx, http.MethodPost, "/v1/storage/report", r, &d)
+	p := "/v1/storage/report"
+	if wait > 0 {
+		p += "?wait=" + url.QueryEscape(wait.String())
+	}
+	err := c.do(ctx, http.MethodPost, p, r, &d)
 	return d, err
+}
+
+// StorageImage fetches image name's content for a storage node (its
+// certificate authorises it); the caller closes the body.
+func (c *Client) StorageImage(ctx context.Context, name string) (io.ReadCloser, int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.BaseURL+"/v1/storage/images/"+url.PathEscape(name), nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return nil, 0, fmt.Errorf("cannot reach the controller at %s: %w", c.BaseURL, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		return nil, 0, respError(resp)
+	}
+	return resp.Body, resp.ContentLength, nil
 }
 
 // StorageNodes lists the storage nodes.

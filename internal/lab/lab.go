@@ -287,15 +287,16 @@ func Up(cfg Config) (l *Lab, err error) {
 	}
 	l.logf("libvirtd on %d hardware nodes (%.1fs)", len(l.Hosts), time.Since(t0).Seconds())
 
-	// Controller and storage node share the data directory: the storage
-	// node sits beside the controller.
+	// The controller keeps images in its state directory and places
+	// volumes on the storage node, which reports to it and holds what
+	// its desired state lists (controller/volumes.go).
 	l.StateDir, l.DataDir = filepath.Join(dir, "controller"), filepath.Join(dir, "storage")
 	if err := os.MkdirAll(l.DataDir, 0o755); err != nil {
 		return l, err
 	}
 	ctlArgs := []string{"controller", "--state-dir", l.StateDir,
 		"--api-addr", ControllerIP + ":" + APIPort, "--api-host", ControllerIP, "--boot-subnet", Subnet, "--server-ip", ControllerIP,
-		"--first-ip", "10.234.0.50", "--storage-dir", l.DataDir, "--agent-timeout", "4s"}
+		"--first-ip", "10.234.0.50", "--agent-timeout", "4s"}
 	if cfg.CertTTL != "" {
 		ctlArgs = append(ctlArgs, "--cert-ttl", cfg.CertTTL)
 	}

@@ -1,0 +1,414 @@
+package controller
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/fabric-project/fabric/aoe/wire"
+	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/controller/store"
+	"github.com/fabric-project/fabric/storagenode"
+)
+
+// Volumes is where the controller's volumes live: image templates,
+// instance disks and hardware nodes' roots. Two kinds:
+//
+//   - local: the pool directory of the storage node beside the controller
+//     (--storage-dir), changed in place; the storage daemon rereads it
+//     within a second. The one-machine default.
+//   - remote: storage nodes that report to the controller, driven through
+//     their desired state. The controller keeps a catalog of which volume
+//     it wants on which storage node (bucketVolumes) and waits for the
+//     storage node's report wherever correctness depends on it: a clone is
+//     there before a guest is started on it, an allow list is applied
+//     before the next step relies on it. Images stay with the controller
+//     (STATE/images) and are copied to a storage node on first use.
+type Volumes interface {
+	// ImportImage stores size bytes that fill writes as image name,
+	// padded to whole sectors; it returns the volume and its size.
+	ImportImage(name string, size int64, fill func(*os.File) error) (string, int64, error)
+	DeleteImage(name string) error
+	// Clone makes volume name, a copy of image's, exported at addr to
+	// macs; it returns where and how.
+	Clone(image, name, addr string, macs []string) (string, error)
+	// Export exports an existing volume at addr to macs
+	// (storagenode.ErrNotFound: no such volume).
+	Export(name, addr string, macs []string) error
+	// Allow sets a volume's allow list, and returns once it is applied.
+	Allow(name string, macs []string) error
+	Delete(name string) error
+}
+
+// localVolumes is a pool directory beside the controller.
+type localVolumes struct{ dir string }
+
+func (l localVolumes) pool() (*storagenode.Pool, error) { return storagenode.OpenPool(l.dir) }
+
+func (l localVolumes) ImportImage(name string, size int64, fill func(*os.File) error) (string, int64, error) {
+	p, err := l.pool()
+	if err != nil {
+		return "", 0, err
+	}
+	v, err := p.Create(imageVolume(name), size, storagenode.VolumeOptions{})
+	if errors.Is(err, storagenode.ErrConflict) {
+		return "", 0, errorf(ErrConflict, "volume %s already exists in the storage pool", imageVolume(name))
+	}
+	if err != nil {
+		return "", 0, err
+	}
+	f, err := os.OpenFile(p.Path(v), os.O_WRONLY, 0)
+	if err == nil {
+		err = fill(f)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		_ = p.Delete(v.Name)
+		return "", 0, err
+	}
+	return v.Name, v.Size, nil
+}
+
+func (l localVolumes) DeleteImage(name string) error { return l.Delete(imageVolume(name)) }
+
+func (l localVolumes) Clone(image, name, addr string, macs []string) (string, error) {
+	p, err := l.pool()
+	if err != nil {
+		return "", err
+	}
+	_ = p.Delete(name) // a leftover of a failed create
+	_, how, err := p.Clone(imageVolume(image), name, storagenode.VolumeOptions{Addr: addr, MACs: macs})
+	if errors.Is(err, storagenode.ErrNotFound) {
+		err = errorf(ErrNotFound, "image %q is not in the storage pool (fabric image import %s FILE)", image, image)
+	}
+	return "local pool, " + how, err
+}
+
+func (l localVolumes) Export(name, addr string, macs []string) error {
+	p, err := l.pool()
+	if err != nil {
+		return err
+	}
+	_, err = p.SetExport(name, addr, macs, false)
+	return err
+}
+
+func (l localVolumes) Allow(name string, macs []string) error { return l.Export(name, "", macs) }
+
+func (l localVolumes) Delete(name string) error {
+	p, err := l.pool()
+	if err != nil {
+		return err
+	}
+	if err := p.Delete(name); err != nil && !errors.Is(err, storagenode.ErrNotFound) {
+		return err
+	}
+	return nil
+}
+
+// bucketVolumes is the remote catalog: "NODE/VOLUME" -> StorageVolumeSpec.
+const bucketVolumes = "volumes"
+
+// remoteVolumes drives the storage nodes that report to c.
+type remoteVolumes struct {
+	c *Controller
+	// timeout bounds the waits for a storage node (a clone may need an
+	// image fetched first).
+	timeout time.Duration
+}
+
+func (rv remoteVolumes) imagePath(name string) string {
+	return filepath.Join(rv.c.cfg.StateDir, "images", name+".img")
+}
+
+func (rv remoteVolumes) ImportImage(name string, size int64, fill func(*os.File) error) (string, int64, error) {
+	dir := filepath.Join(rv.c.cfg.StateDir, "images")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", 0, err
+	}
+	tmp, err := os.CreateTemp(dir, name+".*.part")
+	if err != nil {
+		return "", 0, err
+	}
+	size = (size + wire.SectorSize - 1) / wire.SectorSize * wire.SectorSize
+	defer os.Remove(tmp.Name())
+	if err := tmp.Truncate(size); err == nil {
+		err = fill(tmp)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", 0, err
+	}
+	if _, err := os.Stat(rv.imagePath(name)); err == nil {
+		return "", 0, errorf(ErrConflict, "image file %s exists", rv.imagePath(name))
+	}
+	return imageVolume(name), size, os.Rename(tmp.Name(), rv.imagePath(name))
+}
+
+func (rv remoteVolumes) DeleteImage(name string) error {
+	if err := rv.Delete(imageVolume(name)); err != nil {
+		return err
+	}
+	if err := os.Remove(rv.imagePath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// specs returns the catalog entries for volume name, by storage node.
+func (rv remoteVolumes) specs(tx store.Tx, name string) (map[string]controllerapi.StorageVolumeSpec, error) {
+	out := map[string]controllerapi.StorageVolumeSpec{}
+	err := tx.ForEach(bucketVolumes, "", func(k string, v []byte) error {
+		node, vol, ok := strings.Cut(k, "/")
+		if !ok || vol != name {
+			return nil
+		}
+		var s controllerapi.StorageVolumeSpec
+		if err := json.Unmarshal(v, &s); err != nil {
+			return err
+		}
+		out[node] = s
+		return nil
+	})
+	return out, err
+}
+
+// put records specs (by storage node) and bumps the storage generation.
+func (rv remoteVolumes) put(specs map[string]controllerapi.StorageVolumeSpec, del ...string) error {
+	return rv.c.reg.update(func(tx store.Tx) error {
+		for node, s := range specs {
+			if err := putJSON(tx, bucketVolumes, node+"/"+s.Name, s); err != nil {
+				return err
+			}
+		}
+		for _, k := range del {
+			if err := tx.Delete(bucketVolumes, k); err != nil {
+				return err
+			}
+		}
+		_, err := bumpFenceGen(tx)
+		return err
+	})
+}
+
+// pick chooses the storage node for a new volume: the live one with the
+// most free space.
+func (rv remoteVolumes) pick() (string, error) {
+	sns, err := rv.c.StorageNodes()
+	if err != nil {
+		return "", err
+	}
+	best, free := "", int64(-1)
+	for _, sn := range sns {
+		if sn.Alive && sn.Report != nil && sn.Report.Capacity.FreeBytes > free {
+			best, free = sn.Name, sn.Report.Capacity.FreeBytes
+		}
+	}
+	if best == "" {
+		return "", errorf(ErrUnplaceable, "no storage node reports to the controller to hold the volume (start one with `fabricd storage --controller ...`; see `fabric storage list`)")
+	}
+	return best, nil
+}
+
+func (rv remoteVolumes) Clone(image, name, addr string, macs []string) (string, error) {
+	st, err := os.Stat(rv.imagePath(image))
+	if err != nil {
+		return "", errorf(ErrNotFound, "image %q is not stored with the controller (fabric image import %s FILE)", image, image)
+	}
+	node, err := rv.pick()
+	if err != nil {
+		return "", err
+	}
+	img := controllerapi.StorageVolumeSpec{Name: imageVolume(image), Size: st.Size(), Image: image}
+	vol := controllerapi.StorageVolumeSpec{Name: name, Size: st.Size(), Clone: img.Name, Addr: addr, MACs: macs}
+	var drop []string
+	if err := rv.c.st.View(func(tx store.Tx) error {
+		old, err := rv.specs(tx, name) // a leftover of a failed create
+		for n := range old {
+			if n != node {
+				drop = append(drop, n+"/"+name)
+			}
+		}
+		return err
+	}); err != nil {
+		return "", err
+	}
+	if err := rv.put(map[string]controllerapi.StorageVolumeSpec{node: vol}, drop...); err != nil {
+		return "", err
+	}
+	// The image travels once per storage node; it stays for later clones.
+	if err := rv.c.reg.update(func(tx store.Tx) error {
+		if _, err := tx.Get(bucketVolumes, node+"/"+img.Name); err == nil {
+			return nil
+		}
+		return putJSON(tx, bucketVolumes, node+"/"+img.Name, img)
+	}); err != nil {
+		return "", err
+	}
+	if err := rv.wait(node, vol); err != nil {
+		return "", err
+	}
+	return "on storage node " + node, nil
+}
+
+func (rv remoteVolumes) Export(name, addr string, macs []string) error {
+	return rv.change(name, func(s *controllerapi.StorageVolumeSpec) { s.Addr, s.MACs = addr, macs })
+}
+
+func (rv remoteVolumes) Allow(name string, macs []string) error {
+	return rv.change(name, func(s *controllerapi.StorageVolumeSpec) { s.MACs = macs })
+}
+
+// change edits volume name's catalog entries and waits until every live
+// storage node holding it applied the edit.
+func (rv remoteVolumes) change(name string, edit func(*controllerapi.StorageVolumeSpec)) error {
+	var specs map[string]controllerapi.StorageVolumeSpec
+	if err := rv.c.st.View(func(tx store.Tx) (err error) {
+		specs, err = rv.specs(tx, name)
+		return err
+	}); err != nil {
+		return err
+	}
+	if len(specs) == 0 {
+		return fmt.Errorf("volume %s: %w", name, storagenode.ErrNotFound)
+	}
+	for node, s := range specs {
+		edit(&s)
+		specs[node] = s
+	}
+	if err := rv.put(specs); err != nil {
+		return err
+	}
+	for node, s := range specs {
+		if err := rv.wait(node, s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (rv remoteVolumes) Delete(name string) error {
+	var del []string
+	if err := rv.c.st.View(func(tx store.Tx) error {
+		specs, err := rv.specs(tx, name)
+		for node := range specs {
+			del = append(del, node+"/"+name)
+		}
+		return err
+	}); err != nil || len(del) == 0 {
+		return err
+	}
+	return rv.put(nil, del...)
+}
+
+// wait waits until storage node node reports volume s as the spec says
+// (exported at its address to exactly its MACs). A node that is not alive
+// is not waited for: it applies its desired state when it reports again,
+// before it serves anything.
+func (rv remoteVolumes) wait(node string, s controllerapi.StorageVolumeSpec) error {
+	want := slices.Clone(s.MACs)
+	for i, m := range want {
+		want[i] = strings.ToLower(m)
+	}
+	slices.Sort(want)
+	deadline := time.Now().Add(rv.timeout)
+	var why string
+	for {
+		n, err := rv.c.reg.Node(node)
+		if err != nil {
+			return err
+		}
+		sn := rv.c.storageNode(n, time.Now())
+		if !sn.Alive || sn.Report == nil {
+			return nil
+		}
+		why = "it does not report the volume yet"
+		for _, p := range sn.Report.Pending {
+			if p.Name == s.Name {
+				why = p.Why
+				if p.Percent > 0 {
+					why += fmt.Sprintf(" (%.0f%%)", p.Percent)
+				}
+			}
+		}
+		for _, v := range sn.Report.Volumes {
+			got := slices.Clone(v.MACs)
+			slices.Sort(got)
+			if v.Name == s.Name && normalAddr(v.Addr) == normalAddr(s.Addr) && slices.Equal(got, want) {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return errorf(ErrNodeFailed, "storage node %s has not applied volume %s within %v: %s", node, s.Name, rv.timeout, why)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func normalAddr(a string) string {
+	if a == "" {
+		return ""
+	}
+	if sh, sl, err := wire.ParseAddr(a); err == nil {
+		return wire.Addr(sh, sl)
+	}
+	return a
+}
+
+// storageVolumes lists what the controller wants storage node node to
+// hold (remote volumes only).
+func (c *Controller) storageVolumes(tx store.Tx, node string) ([]controllerapi.StorageVolumeSpec, error) {
+	out := []controllerapi.StorageVolumeSpec{}
+	err := tx.ForEach(bucketVolumes, node+"/", func(k string, v []byte) error {
+		if !strings.HasPrefix(k, node+"/") {
+			return store.ErrStop
+		}
+		var s controllerapi.StorageVolumeSpec
+		if err := json.Unmarshal(v, &s); err != nil {
+			return err
+		}
+		out = append(out, s)
+		return nil
+	})
+	return out, err
+}
+
+// storageImage serves an image's content to a storage node
+// (GET /v1/storage/images/{name}, the node's certificate).
+func (c *Controller) storageImage(w http.ResponseWriter, r *http.Request) {
+	if _, _, err := c.agentAuth(r, controllerapi.RoleStorage); err != nil {
+		c.fail(w, err)
+		return
+	}
+	rv, ok := c.vols.(remoteVolumes)
+	name := r.PathValue("name")
+	if !ok || checkName("image", name) != nil {
+		c.fail(w, errorf(ErrNotFound, "no image %q stored with the controller", name))
+		return
+	}
+	f, err := os.Open(rv.imagePath(name))
+	if err != nil {
+		c.fail(w, errorf(ErrNotFound, "no image %q stored with the controller", name))
+		return
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	http.ServeContent(w, r, name+".img", st.ModTime(), f)
+}

@@ -1,0 +1,213 @@
+package controller
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fabric-project/fabric/aoe/initiator"
+	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/internal/netns"
+	"github.com/fabric-project/fabric/internal/pairlab"
+	"github.com/fabric-project/fabric/storagenode"
+)
+
+// TestRemoteVolumes: a controller without a pool of its own drives a real
+// storage node (fabricd storage --controller, in a namespace) through its
+// desired state. An image is copied to the storage node on first use and
+// cloned there; the clone is served at its address to the allowed MAC
+// only, with the image's bytes; an allow-list change is in force when
+// Allow returns; a second clone does not fetch the image again; a deleted
+// volume goes; a volume made by hand on the node is never touched; and a
+// restarted storage node keeps what it holds.
+func TestRemoteVolumes(t *testing.T) {
+	netns.Skip(t)
+	bin := pairlab.Fabricd(t, "..")
+	sto, ini := netns.New(t, "fvsto"), netns.New(t, "fvini")
+	netns.Veth(t, sto, "sto0", "10.76.0.5/24", ini, "ini0", "10.76.0.1/24")
+	iniMAC := strings.TrimSpace(ini.Must(t, "cat", "/sys/class/net/ini0/address"))
+	stoMAC := strings.TrimSpace(sto.Must(t, "cat", "/sys/class/net/sto0/address"))
+
+	c, err := New(Config{StateDir: t.TempDir(), BootSubnet: netip.MustParsePrefix("10.76.0.0/24"), ServerIP: netip.MustParseAddr("10.76.0.1"),
+		APIHosts: []string{"10.76.0.1"}, AgentTimeout: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	rv, ok := c.vols.(remoteVolumes)
+	if !ok {
+		t.Fatalf("a controller without --storage-dir has %T volumes", c.vols)
+	}
+	var ln net.Listener
+	if err := ini.Do(func() (err error) { ln, err = net.Listen("tcp", "10.76.0.1:8443"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- c.Serve(ctx, ln) }()
+	t.Cleanup(func() { cancel(); <-served })
+	ca := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(ca, c.CACertPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Registry().Register(controllerapi.RegisterRequest{Name: "sn1", MAC: stoMAC, Role: controllerapi.RoleStorage}); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := c.Registry().IssueToken("sn1", "test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A volume made by hand before the node joins.
+	data := t.TempDir()
+	pool, err := storagenode.OpenPool(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Create("handmade", 1<<20, storagenode.VolumeOptions{Addr: "e9.9"}); err != nil {
+		t.Fatal(err)
+	}
+	var proc *os.Process
+	start := func() {
+		cmd := sto.Cmd(bin, "storage", "--iface", "sto0", "--data-dir", data, "--controller", "https://10.76.0.1:8443", "--ca", ca, "--name", "sn1", "--token", tok)
+		logf, err := os.OpenFile(filepath.Join(data, "..", "storage.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		proc = cmd.Process
+		go func() { _ = cmd.Wait(); logf.Close() }()
+	}
+	start()
+	t.Cleanup(func() { _ = proc.Signal(syscall.SIGKILL) })
+	logs := func() string {
+		b, _ := os.ReadFile(filepath.Join(data, "..", "storage.log"))
+		return string(b)
+	}
+	waitFor := func(what string, d time.Duration, ok func() bool) {
+		t.Helper()
+		for end := time.Now().Add(d); !ok(); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(end) {
+				t.Fatalf("%s: not within %v\n%s", what, d, logs())
+			}
+		}
+	}
+	waitFor("sn1 reports", 20*time.Second, func() bool {
+		sns, _ := c.StorageNodes()
+		return len(sns) == 1 && sns[0].Alive
+	})
+
+	img := make([]byte, 4<<20)
+	for i := range img {
+		img[i] = byte(i / 512)
+	}
+	if _, err := c.ImportImage("tiny", int64(len(img)), func(f *os.File) error { _, err := f.Write(img); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	how, err := rv.Clone("tiny", "inst-a", "e5.1", []string{iniMAC})
+	if err != nil {
+		t.Fatalf("clone: %v\n%s", err, logs())
+	}
+	first := time.Since(t0)
+	t0 = time.Now()
+	if _, err := rv.Clone("tiny", "inst-b", "e5.2", []string{iniMAC}); err != nil {
+		t.Fatal(err)
+	}
+	second := time.Since(t0)
+	t.Logf("clone %s: %v with the image fetched first, %v for a second clone", how, first.Round(time.Millisecond), second.Round(time.Millisecond))
+	if !strings.Contains(how, "sn1") {
+		t.Errorf("clone placed %q", how)
+	}
+	if n := strings.Count(logs(), "volume imported"); n > 1 {
+		t.Errorf("the image was fetched %d times", n)
+	}
+
+	var in *initiator.Initiator
+	if err := ini.Do(func() (err error) {
+		in, err = initiator.New("ini0", initiator.Config{Window: 8, Timeout: 200 * time.Millisecond, Retries: 3})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	readAll := func(slot uint8) ([]byte, error) {
+		octx, ocancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer ocancel()
+		d, err := in.Open(octx, 5, slot, 300*time.Millisecond)
+		if err != nil {
+			return nil, err
+		}
+		defer d.Close()
+		buf := make([]byte, len(img))
+		_, err = d.ReadAt(buf, 0)
+		return buf, err
+	}
+	got, err := readAll(1)
+	if err != nil || !bytes.Equal(got, img) {
+		t.Fatalf("e5.1 through the initiator: %v (%d bytes, equal %v)", err, len(got), bytes.Equal(got, img))
+	}
+
+	// The allow list moves to another MAC: in force when Allow returns.
+	if err := rv.Allow("inst-a", []string{"02:00:00:00:00:99"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readAll(1); err == nil {
+		t.Error("e5.1 still answers the MAC taken off its allow list")
+	}
+	if err := rv.Allow("inst-a", []string{iniMAC}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readAll(1); err != nil {
+		t.Errorf("e5.1 after the allow list came back: %v", err)
+	}
+
+	if err := rv.Delete("inst-b"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("inst-b deleted", 10*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(data, "volumes", "inst-b.img"))
+		return os.IsNotExist(err)
+	})
+
+	// Restarted, the node keeps what it holds and fetches nothing again.
+	_ = proc.Signal(syscall.SIGTERM)
+	time.Sleep(time.Second)
+	start()
+	waitFor("sn1 back with inst-a", 20*time.Second, func() bool {
+		sns, _ := c.StorageNodes()
+		if len(sns) != 1 || !sns[0].Alive || sns[0].Report == nil {
+			return false
+		}
+		for _, v := range sns[0].Report.Volumes {
+			if v.Name == "inst-a" && v.Addr == "e5.1" {
+				return true
+			}
+		}
+		return false
+	})
+	if got, err := readAll(1); err != nil || !bytes.Equal(got, img) {
+		t.Errorf("e5.1 after the storage node's restart: %v", err)
+	}
+	vols, _ := pool.List()
+	var names []string
+	for _, v := range vols {
+		names = append(names, v.Name+"@"+v.Addr())
+	}
+	if strings.Join(names, " ") != "handmade@e9.9 img-tiny@ inst-a@e5.1" {
+		t.Errorf("the pool holds %v; want the hand-made volume, the image and inst-a", names)
+	}
+	if n := strings.Count(logs(), "volume imported"); n != 1 {
+		t.Errorf("the image was fetched %d times", n)
+	}
+}
