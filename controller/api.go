@@ -54,6 +54,7 @@ func (c *Controller) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/storage/report", c.storageReport)
 	mux.HandleFunc("GET /v1/storage/images/{name}", c.storageImage)
 	mux.Handle("GET /v1/storage", c.auth(c.listStorage))
+	mux.Handle("GET /v1/volumes", c.auth(c.listVolumes))
 	mux.Handle("GET /v1/storage/{name}", c.auth(c.showStorage))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, controllerapi.CodeNotFound, fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path))

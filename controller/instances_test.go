@@ -3,6 +3,7 @@ package controller
 import (
 	"bytes"
 	"context"
+	"io"
 	"net/http"
 	"net/netip"
 	"path/filepath"
@@ -783,6 +784,57 @@ func TestRestartWaitsForEveryStorageNode(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("web not restarted on hn2 after st2 applied the fence")
+		}
+	}
+}
+
+// TestStorageImageAccess: a controller without a pool of its own serves an
+// image's bytes to storage nodes only (their certificates): not to a
+// hardware node's agent, not to an admin token, not for a name that is
+// not an image or would escape the image directory.
+func TestStorageImageAccess(t *testing.T) {
+	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"), AgentTimeout: 2 * time.Second})
+	admin := serveAPI(t, c)
+	ctx := context.Background()
+	for i, n := range []string{"hn1", "st1"} {
+		role := controllerapi.RoleHWNode
+		if n == "st1" {
+			role = controllerapi.RoleStorage
+		}
+		if _, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: n, MAC: "52:54:00:00:08:0" + string(rune('1'+i)), Role: role}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	img := bytes.Repeat([]byte("fabric!\n"), 1000) // 8000 bytes: padded to 8192
+	if im, err := admin.ImportImage(ctx, "tiny", bytes.NewReader(img), int64(len(img))); err != nil || im.Size != 8192 {
+		t.Fatalf("import: %+v %v", im, err)
+	}
+	hw, st := enrollAgent(t, c, admin, "hn1"), enrollAgent(t, c, admin, "st1")
+	body, size, err := st.StorageImage(ctx, "tiny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(body)
+	body.Close()
+	if size != 8192 || !bytes.Equal(got[:len(img)], img) || !bytes.Equal(got[len(img):], make([]byte, 192)) {
+		t.Errorf("storage node got %d bytes (size %d); want the image padded with zeros to 8192", len(got), size)
+	}
+	for _, tc := range []struct {
+		who  string
+		cl   *controllerapi.Client
+		name string
+		want int
+	}{
+		{"a hardware node", hw, "tiny", http.StatusForbidden},
+		{"an admin token", admin, "tiny", http.StatusUnauthorized},
+		{"a storage node, unknown image", st, "nothere", http.StatusNotFound},
+		{"a storage node, a path", st, "../fabric.db", http.StatusNotFound},
+	} {
+		if b, _, err := tc.cl.StorageImage(ctx, tc.name); apiStatus(err) != tc.want {
+			if b != nil {
+				b.Close()
+			}
+			t.Errorf("%s asking for %q: %v; want HTTP %d", tc.who, tc.name, err, tc.want)
 		}
 	}
 }

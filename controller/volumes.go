@@ -412,3 +412,88 @@ func (c *Controller) storageImage(w http.ResponseWriter, r *http.Request) {
 	}
 	http.ServeContent(w, r, name+".img", st.ModTime(), f)
 }
+
+func volumeKind(name string) string {
+	switch {
+	case strings.HasPrefix(name, "img-"):
+		return "image"
+	case strings.HasPrefix(name, "inst-"):
+		return "instance"
+	case strings.HasPrefix(name, "root-"):
+		return "root"
+	}
+	return "other"
+}
+
+// VolumeList lists the controller's volumes: where each lives and whether
+// its storage node serves it as the controller wants.
+func (c *Controller) VolumeList() ([]controllerapi.Volume, error) {
+	out := []controllerapi.Volume{}
+	if l, ok := c.vols.(localVolumes); ok {
+		p, err := l.pool()
+		if err != nil {
+			return nil, err
+		}
+		vs, err := p.List()
+		if err != nil {
+			return nil, err
+		}
+		for _, v := range vs {
+			out = append(out, controllerapi.Volume{Name: v.Name, Kind: volumeKind(v.Name), Storage: "local pool", Addr: v.Addr(), Size: v.Size, MACs: v.MACs, State: "served"})
+		}
+		return out, nil
+	}
+	sns, err := c.StorageNodes()
+	if err != nil {
+		return nil, err
+	}
+	reports := map[string]*controllerapi.StorageReport{}
+	for _, sn := range sns {
+		if sn.Alive {
+			reports[sn.Name] = sn.Report
+		}
+	}
+	err = c.st.View(func(tx store.Tx) error {
+		return tx.ForEach(bucketVolumes, "", func(k string, b []byte) error {
+			node, _, _ := strings.Cut(k, "/")
+			var s controllerapi.StorageVolumeSpec
+			if err := json.Unmarshal(b, &s); err != nil {
+				return err
+			}
+			v := controllerapi.Volume{Name: s.Name, Kind: volumeKind(s.Name), Storage: node, Addr: s.Addr, Size: s.Size, MACs: s.MACs,
+				State: "storage node down"}
+			if r := reports[node]; r != nil {
+				v.State = "not there yet"
+				for _, p := range r.Pending {
+					if p.Name == s.Name {
+						v.State = "not there yet: " + p.Why
+					}
+				}
+				for _, got := range r.Volumes {
+					if got.Name != s.Name {
+						continue
+					}
+					a, b := slices.Clone(got.MACs), slices.Clone(s.MACs)
+					slices.Sort(a)
+					slices.Sort(b)
+					v.State = "served"
+					if !slices.Equal(a, b) || normalAddr(got.Addr) != normalAddr(s.Addr) {
+						v.State = "allow list not applied yet"
+					}
+				}
+			}
+			out = append(out, v)
+			return nil
+		})
+	})
+	return out, err
+}
+
+func (c *Controller) listVolumes(w http.ResponseWriter, r *http.Request) {
+	out, err := c.VolumeList()
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}

@@ -172,6 +172,19 @@ func TestRemoteVolumes(t *testing.T) {
 		t.Errorf("e5.1 after the allow list came back: %v", err)
 	}
 
+	vl, err := c.VolumeList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	states := map[string]string{}
+	for _, v := range vl {
+		states[v.Name] = v.Kind + " on " + v.Storage + ": " + v.State
+	}
+	for name, want := range map[string]string{"inst-a": "instance on sn1: served", "inst-b": "instance on sn1: served", "img-tiny": "image on sn1: served"} {
+		if states[name] != want {
+			t.Errorf("fabric volume list: %s is %q, want %q", name, states[name], want)
+		}
+	}
 	if err := rv.Delete("inst-b"); err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,40 @@ import (
 	"github.com/fabric-project/fabric/storagenode"
 )
 
+func volumeCommand() *cli.Command {
+	return &cli.Command{
+		Name:    "volume",
+		Aliases: []string{"volumes"},
+		Usage:   "the controller's volumes: where each lives, its address, allow list and state",
+		Subcommands: []*cli.Command{
+			{
+				Name:  "list",
+				Usage: "list volumes: kind, storage node, address, size, allowed MACs, state",
+				Flags: []cli.Flag{outputFlag},
+				Action: withClient(func(c *cli.Context, cl *controllerapi.Client) error {
+					vs, err := cl.Volumes(c.Context)
+					if err != nil {
+						return err
+					}
+					return show(c, vs, func(w io.Writer) {
+						fmt.Fprintln(w, "NAME\tKIND\tSTORAGE\tADDR\tSIZE\tALLOWED\tSTATE")
+						for _, v := range vs {
+							addr, macs := v.Addr, strings.Join(v.MACs, ",")
+							if addr == "" {
+								addr = "-"
+							}
+							if macs == "" {
+								macs = "-"
+							}
+							fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.Kind, v.Storage, addr, storagenode.FormatSize(v.Size), macs, v.State)
+						}
+					})
+				}),
+			},
+		},
+	}
+}
+
 func storageCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "storage",

@@ -176,3 +176,25 @@ func (c *Client) StorageNode(ctx context.Context, name string) (StorageNode, err
 	err := c.do(ctx, http.MethodGet, "/v1/storage/"+url.PathEscape(name), nil, &out)
 	return out, err
 }
+
+// Volume is one of the controller's volumes: where it lives and its state.
+type Volume struct {
+	Name string `json:"name"`
+	// Kind: image (a template), instance (a guest's disk) or root (a
+	// hardware node's root).
+	Kind    string   `json:"kind"`
+	Storage string   `json:"storage"` // the storage node holding it ("local pool": beside the controller)
+	Addr    string   `json:"addr,omitempty"`
+	Size    int64    `json:"size"`
+	MACs    []string `json:"macs,omitempty"` // allow list
+	// State: "served", "not there yet: WHY", "storage node down", or
+	// "allow list not applied yet".
+	State string `json:"state"`
+}
+
+// Volumes lists the controller's volumes.
+func (c *Client) Volumes(ctx context.Context) ([]Volume, error) {
+	var out []Volume
+	err := c.do(ctx, http.MethodGet, "/v1/volumes", nil, &out)
+	return out, err
+}

@@ -75,6 +75,19 @@ func TestHardwareNodeFailure(t *testing.T) {
 		t.Errorf("no fence or restart event:\n%s", events)
 	}
 
+	// The controller moved the disk's allow list to hn2 on the storage
+	// node, and the storage node confirmed it.
+	var vols []controllerapi.Volume
+	fabricJSON(t, l, &vols, "volume", "list", "-o", "json")
+	var disk controllerapi.Volume
+	for _, v := range vols {
+		if v.Name == "inst-web" {
+			disk = v
+		}
+	}
+	if disk.Storage != "sn1" || disk.State != "served" || len(disk.MACs) != 1 || disk.MACs[0] != hn2.MAC {
+		t.Errorf("fabric volume list: web's disk is %+v; want served by sn1 to hn2's MAC %s only", disk, hn2.MAC)
+	}
 	if out, _ := l.Fabric("instance", "show", "web"); !strings.Contains(out, "from hn1 to hn2 (hn1 fenced)") {
 		t.Errorf("fabric instance show web lacks the restart:\n%s", out)
 	}
