@@ -48,6 +48,7 @@ func (c *Controller) Handler() http.Handler {
 	mux.Handle("POST /v1/instances/{name}/stop", c.auth(c.setState(controllerapi.StateStopped, "shutoff")))
 	mux.Handle("DELETE /v1/instances/{name}", c.auth(c.deleteInstance))
 	mux.Handle("POST /v1/instances/{name}/migrate", c.auth(c.migrateInstance))
+	mux.Handle("POST /v1/instances/{name}/limit", c.auth(c.limitInstance))
 	mux.HandleFunc("POST /v1/agent/enroll", c.enroll)
 	mux.HandleFunc("POST /v1/agent/heartbeat", c.heartbeat)
 	mux.HandleFunc("POST /v1/agent/renew", c.renew)

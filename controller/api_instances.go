@@ -128,6 +128,19 @@ func (c *Controller) deleteInstance(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, in)
 }
 
+func (c *Controller) limitInstance(w http.ResponseWriter, r *http.Request) {
+	var req controllerapi.LimitRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	in, err := c.LimitInstance(r.PathValue("name"), req.IOPS, req.BPS)
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, in)
+}
+
 func (c *Controller) migrateInstance(w http.ResponseWriter, r *http.Request) {
 	var req controllerapi.MigrateRequest
 	if !decode(w, r, &req) {

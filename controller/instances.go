@@ -365,6 +365,9 @@ func (c *Controller) CreateInstance(req controllerapi.CreateInstanceRequest) (co
 	if req.MemoryMiB < 32 || req.MemoryMiB > 1<<20 {
 		return in, errorf(ErrInvalid, "memory must be between 32 MiB and 1 TiB, not %d MiB", req.MemoryMiB)
 	}
+	if err := checkLimits(req.IOPS, req.BPS); err != nil {
+		return in, err
+	}
 	c.placeMu.Lock()
 	defer c.placeMu.Unlock()
 	if err := c.st.View(func(tx store.Tx) error {
@@ -399,7 +402,7 @@ func (c *Controller) CreateInstance(req controllerapi.CreateInstanceRequest) (co
 	now := time.Now().UTC()
 	in = controllerapi.Instance{Name: req.Name, UUID: randomUUID(), Image: req.Image, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
 		MAC: randomMAC(), Node: node, Want: controllerapi.StateStopped, Created: now, Updated: now,
-		Group: req.Group, Priority: req.Priority, NoHA: req.NoHA}
+		Group: req.Group, Priority: req.Priority, NoHA: req.NoHA, IOPS: req.IOPS, BPS: req.BPS}
 	if req.Start {
 		in.Want = controllerapi.StateRunning
 	}
@@ -441,6 +444,13 @@ func (c *Controller) CreateInstance(req controllerapi.CreateInstanceRequest) (co
 	} else {
 		c.log.Info("instance disk cloned", "instance", in.Name, "volume", in.Volume, "how", how)
 	}
+	if in.IOPS > 0 || in.BPS > 0 {
+		if err := c.vols.Limit(instanceVolume(in.Name), in.IOPS, in.BPS); err != nil {
+			release()
+			_ = c.vols.Delete(instanceVolume(in.Name))
+			return in, fmt.Errorf("I/O caps of %s's disk: %w", in.Name, err)
+		}
+	}
 	err = c.reg.update(func(tx store.Tx) error {
 		if err := putJSON(tx, bucketInstances, in.Name, in); err != nil {
 			return err
@@ -453,6 +463,62 @@ func (c *Controller) CreateInstance(req controllerapi.CreateInstanceRequest) (co
 		_ = c.vols.Delete(instanceVolume(in.Name))
 	}
 	return in, err
+}
+
+func checkLimits(iops, bps int64) error {
+	if iops < 0 || bps < 0 {
+		return errorf(ErrInvalid, "I/O caps cannot be negative (0 removes one)")
+	}
+	if bps > 0 && bps < 64<<10 {
+		return errorf(ErrInvalid, "a bandwidth cap of %d bytes/s is below 64 KiB/s, less than two 32 KiB requests a second", bps)
+	}
+	return nil
+}
+
+// LimitInstance sets the I/O caps of an instance's disk at the storage
+// node (0 removes one); they are in force when it returns, whether the
+// instance runs or not.
+func (c *Controller) LimitInstance(name string, iops, bps int64) (controllerapi.Instance, error) {
+	if err := checkLimits(iops, bps); err != nil {
+		return controllerapi.Instance{}, err
+	}
+	in, err := c.Instance(name)
+	if err != nil {
+		return in, err
+	}
+	if err := c.vols.Limit(instanceVolume(name), iops, bps); err != nil {
+		return in, fmt.Errorf("I/O caps of %s's disk: %w", name, err)
+	}
+	err = c.reg.update(func(tx store.Tx) error {
+		cur, err := getInstance(tx, name)
+		if err != nil {
+			return err
+		}
+		cur.IOPS, cur.BPS, cur.Updated = iops, bps, time.Now().UTC()
+		if err := putJSON(tx, bucketInstances, name, cur); err != nil {
+			return err
+		}
+		return appendEvent(tx, controllerapi.Event{Time: cur.Updated, Type: controllerapi.EventInstanceLimited, Node: cur.Node,
+			Message: fmt.Sprintf("instance %s's disk capped at %s", name, limitText(iops, bps))})
+	})
+	if err != nil {
+		return in, err
+	}
+	return c.Instance(name)
+}
+
+func limitText(iops, bps int64) string {
+	var parts []string
+	if iops > 0 {
+		parts = append(parts, fmt.Sprintf("%d IOPS", iops))
+	}
+	if bps > 0 {
+		parts = append(parts, storagenode.FormatSize(bps)+"/s")
+	}
+	if len(parts) == 0 {
+		return "nothing (no caps)"
+	}
+	return strings.Join(parts, " and ")
 }
 
 func releaseInstance(tx store.Tx, in controllerapi.Instance) error {

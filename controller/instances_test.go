@@ -16,6 +16,7 @@ import (
 
 	"github.com/fabric-project/fabric/controller/controllerapi"
 	"github.com/fabric-project/fabric/controller/store"
+	"github.com/fabric-project/fabric/storagenode"
 )
 
 // fakeAgent is an in-memory hardware node agent: it heartbeats, reports
@@ -836,5 +837,69 @@ func TestStorageImageAccess(t *testing.T) {
 			}
 			t.Errorf("%s asking for %q: %v; want HTTP %d", tc.who, tc.name, err, tc.want)
 		}
+	}
+}
+
+// TestInstanceLimits: I/O caps set at create reach the disk's volume, can
+// be changed and removed while the instance exists, and bad ones are
+// refused with the reason.
+func TestInstanceLimits(t *testing.T) {
+	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
+		StorageDir: t.TempDir(), AgentTimeout: 2 * time.Second})
+	admin := serveAPI(t, c)
+	ctx := context.Background()
+	if _, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: "hn1", MAC: "52:54:00:00:09:01", Role: controllerapi.RoleHWNode}); err != nil {
+		t.Fatal(err)
+	}
+	startFakeAgent(t, c, admin, "hn1", 1024)
+	img := bytes.Repeat([]byte{0xab}, 1<<20)
+	if _, err := admin.ImportImage(ctx, "tiny", bytes.NewReader(img), int64(len(img))); err != nil {
+		t.Fatal(err)
+	}
+	limit := func() storagenode.Limit {
+		p, _ := c.vols.(localVolumes).pool()
+		vs, _ := p.List()
+		for _, v := range vs {
+			if v.Name == instanceVolume("web") && v.Limit != nil {
+				return *v.Limit
+			}
+		}
+		return storagenode.Limit{}
+	}
+	if _, err := admin.CreateInstance(ctx, controllerapi.CreateInstanceRequest{Name: "bad", Image: "tiny", VCPUs: 1, MemoryMiB: 64, IOPS: -1}); err == nil || !strings.Contains(err.Error(), "negative") {
+		t.Errorf("negative IOPS: %v", err)
+	}
+	in, err := admin.CreateInstance(ctx, controllerapi.CreateInstanceRequest{Name: "web", Image: "tiny", VCPUs: 1, MemoryMiB: 64, IOPS: 500, BPS: 10 << 20})
+	if err != nil || in.IOPS != 500 || in.BPS != 10<<20 {
+		t.Fatalf("create with caps: %+v %v", in, err)
+	}
+	if l := limit(); l.IOPS != 500 || l.BytesPerSecond != 10<<20 {
+		t.Errorf("volume limit after create: %+v", l)
+	}
+	if in, err = admin.LimitInstance(ctx, "web", controllerapi.LimitRequest{IOPS: 100}); err != nil || in.IOPS != 100 || in.BPS != 0 {
+		t.Fatalf("limit: %+v %v", in, err)
+	}
+	if l := limit(); l.IOPS != 100 || l.BytesPerSecond != 0 {
+		t.Errorf("volume limit after the change: %+v", l)
+	}
+	if _, err := admin.LimitInstance(ctx, "web", controllerapi.LimitRequest{BPS: 1000}); err == nil || !strings.Contains(err.Error(), "below 64 KiB/s") {
+		t.Errorf("a 1000 B/s cap: %v", err)
+	}
+	if _, err := admin.LimitInstance(ctx, "nothere", controllerapi.LimitRequest{IOPS: 1}); apiStatus(err) != http.StatusNotFound {
+		t.Errorf("limit of an unknown instance: %v", err)
+	}
+	if _, err := admin.LimitInstance(ctx, "web", controllerapi.LimitRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if l := limit(); !l.IsZero() {
+		t.Errorf("volume limit after removing the caps: %+v", l)
+	}
+	evs, _ := admin.Events(ctx, 0, 0)
+	var said bool
+	for _, e := range evs.Events {
+		said = said || e.Type == controllerapi.EventInstanceLimited && strings.Contains(e.Message, "capped at 100 IOPS")
+	}
+	if !said {
+		t.Error("no instance.limited event")
 	}
 }

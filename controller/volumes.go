@@ -43,6 +43,8 @@ type Volumes interface {
 	Export(name, addr string, macs []string) error
 	// Allow sets a volume's allow list, and returns once it is applied.
 	Allow(name string, macs []string) error
+	// Limit sets a volume's I/O caps (0: none), in force when it returns.
+	Limit(name string, iops, bps int64) error
 	Delete(name string) error
 }
 
@@ -102,6 +104,15 @@ func (l localVolumes) Export(name, addr string, macs []string) error {
 }
 
 func (l localVolumes) Allow(name string, macs []string) error { return l.Export(name, "", macs) }
+
+func (l localVolumes) Limit(name string, iops, bps int64) error {
+	p, err := l.pool()
+	if err != nil {
+		return err
+	}
+	_, err = p.SetLimit(name, storagenode.Limit{IOPS: iops, BytesPerSecond: bps})
+	return err
+}
 
 func (l localVolumes) Delete(name string) error {
 	p, err := l.pool()
@@ -272,6 +283,10 @@ func (rv remoteVolumes) Allow(name string, macs []string) error {
 	return rv.change(name, func(s *controllerapi.StorageVolumeSpec) { s.MACs = macs })
 }
 
+func (rv remoteVolumes) Limit(name string, iops, bps int64) error {
+	return rv.change(name, func(s *controllerapi.StorageVolumeSpec) { s.IOPS, s.BPS = iops, bps })
+}
+
 // change edits volume name's catalog entries and waits until every live
 // storage node holding it applied the edit.
 func (rv remoteVolumes) change(name string, edit func(*controllerapi.StorageVolumeSpec)) error {
@@ -347,7 +362,7 @@ func (rv remoteVolumes) wait(node string, s controllerapi.StorageVolumeSpec) err
 		for _, v := range sn.Report.Volumes {
 			got := slices.Clone(v.MACs)
 			slices.Sort(got)
-			if v.Name == s.Name && normalAddr(v.Addr) == normalAddr(s.Addr) && slices.Equal(got, want) {
+			if v.Name == s.Name && normalAddr(v.Addr) == normalAddr(s.Addr) && slices.Equal(got, want) && v.IOPS == s.IOPS && v.BPS == s.BPS {
 				return nil
 			}
 		}

@@ -172,6 +172,40 @@ func TestRemoteVolumes(t *testing.T) {
 		t.Errorf("e5.1 after the allow list came back: %v", err)
 	}
 
+	// An I/O cap is in force when Limit returns: reads at about the cap.
+	rate := func() float64 {
+		octx, ocancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer ocancel()
+		d, err := in.Open(octx, 5, 1, 300*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		// 1 KiB: one AoE command at this MTU (1500); the cap counts
+		// commands.
+		buf := make([]byte, 1024)
+		n, t0 := 0, time.Now()
+		for time.Since(t0) < 1500*time.Millisecond {
+			if _, err := d.ReadAt(buf, int64(n%1000)*1024); err != nil {
+				t.Fatal(err)
+			}
+			n++
+		}
+		return float64(n) / time.Since(t0).Seconds()
+	}
+	if err := rv.Limit("inst-a", 200, 0); err != nil {
+		t.Fatal(err)
+	}
+	capped := rate()
+	if err := rv.Limit("inst-a", 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	free := rate()
+	t.Logf("reads of e5.1: %.0f/s capped at 200 IOPS, %.0f/s with the cap removed", capped, free)
+	if capped < 160 || capped > 240 || free < 2*capped {
+		t.Errorf("reads %.0f/s under a 200 IOPS cap and %.0f/s without", capped, free)
+	}
+
 	vl, err := c.VolumeList()
 	if err != nil {
 		t.Fatal(err)

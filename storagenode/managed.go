@@ -299,13 +299,22 @@ func (p *progress) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// export sets a volume's address and allow list to the spec's.
+// export sets a volume's address, allow list and I/O caps to the spec's.
 func (m *managed) export(v Volume, s controllerapi.StorageVolumeSpec) error {
+	var cur Limit
+	if v.Limit != nil {
+		cur = *v.Limit
+	}
+	if want := (Limit{IOPS: s.IOPS, BytesPerSecond: s.BPS}); cur != want {
+		if _, err := m.pool.SetLimit(v.Name, want); err != nil {
+			return err
+		}
+	}
 	macs := slices.Clone(s.MACs)
 	slices.Sort(macs)
-	cur := slices.Clone(v.MACs)
-	slices.Sort(cur)
-	if v.Addr() == normAddr(s.Addr) && slices.Equal(cur, macs) {
+	have := slices.Clone(v.MACs)
+	slices.Sort(have)
+	if v.Addr() == normAddr(s.Addr) && slices.Equal(have, macs) {
 		return nil
 	}
 	if macs == nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -126,6 +127,9 @@ func instanceDetail(w io.Writer, in controllerapi.Instance) {
 		ha = "no: stays down with its node"
 	}
 	fmt.Fprintf(w, "ha:\t%s (priority %d)\n", ha, in.Priority)
+	if in.IOPS > 0 || in.BPS > 0 {
+		fmt.Fprintf(w, "disk caps:\t%s\n", limitText(in.IOPS, in.BPS))
+	}
 	if in.Group != "" {
 		fmt.Fprintf(w, "group:\t%s (kept apart from the group's other members)\n", in.Group)
 	}
@@ -136,6 +140,41 @@ func instanceDetail(w io.Writer, in controllerapi.Instance) {
 		}
 		fmt.Fprintf(w, "%s\t%s from %s to %s (%s)\n", label, r.At.Local().Format(time.RFC3339), r.From, r.To, r.Why)
 	}
+}
+
+var (
+	iopsFlag      = &cli.Int64Flag{Name: "iops", Usage: "cap the disk at this many I/O operations a second (AoE commands; 0: no cap)"}
+	bandwidthFlag = &cli.StringFlag{Name: "bandwidth", Value: "0", Usage: "cap the disk's bytes a second, like 100MB/s or 20M (0: no cap)"}
+)
+
+// limitFlags reads --iops and --bandwidth.
+func limitFlags(c *cli.Context) (controllerapi.LimitRequest, error) {
+	l := controllerapi.LimitRequest{IOPS: c.Int64("iops")}
+	if b := strings.TrimSuffix(strings.TrimSpace(c.String("bandwidth")), "/s"); b != "0" && b != "" {
+		v, err := storagenode.ParseSize(b)
+		if err != nil {
+			return l, fmt.Errorf("--bandwidth %q: want bytes a second like 100MB/s or 20M", c.String("bandwidth"))
+		}
+		l.BPS = v
+	}
+	if l.IOPS < 0 {
+		return l, fmt.Errorf("--iops %d: want 0 (no cap) or more", l.IOPS)
+	}
+	return l, nil
+}
+
+func limitText(iops, bps int64) string {
+	var parts []string
+	if iops > 0 {
+		parts = append(parts, fmt.Sprintf("%d IOPS", iops))
+	}
+	if bps > 0 {
+		parts = append(parts, storagenode.FormatSize(bps)+"/s")
+	}
+	if len(parts) == 0 {
+		return "nothing (no caps)"
+	}
+	return strings.Join(parts, " and ")
 }
 
 func instanceCommand() *cli.Command {
@@ -170,6 +209,7 @@ func instanceCommand() *cli.Command {
 					&cli.StringFlag{Name: "group", Usage: "anti-affinity group: no two members on one node while another has room"},
 					&cli.IntFlag{Name: "priority", Usage: "restart order after a node failure (higher first)"},
 					&cli.BoolFlag{Name: "ha", Value: true, Usage: "restart it on another node when its node fails (--ha=false: stay down with it)"},
+					iopsFlag, bandwidthFlag,
 					waitFlag,
 					outputFlag,
 				},
@@ -185,13 +225,17 @@ func instanceCommand() *cli.Command {
 					if mem < 1<<20 {
 						return fmt.Errorf("--memory %s is %d bytes; write a unit, e.g. 512MiB or 2GiB", c.String("memory"), mem)
 					}
+					lim, err := limitFlags(c)
+					if err != nil {
+						return err
+					}
 					cl, err := client(c)
 					if err != nil {
 						return err
 					}
 					in, err := cl.CreateInstance(c.Context, controllerapi.CreateInstanceRequest{Name: name, Image: c.String("image"),
 						VCPUs: c.Int("vcpus"), MemoryMiB: int(mem >> 20), Node: c.String("node"), Start: c.Bool("start"),
-						Group: c.String("group"), Priority: c.Int("priority"), NoHA: !c.Bool("ha")})
+						Group: c.String("group"), Priority: c.Int("priority"), NoHA: !c.Bool("ha"), IOPS: lim.IOPS, BPS: lim.BPS})
 					if err != nil {
 						return err
 					}
@@ -206,6 +250,25 @@ func instanceCommand() *cli.Command {
 						fmt.Fprintf(w, "created instance %s on %s: %d vCPUs, %d MiB, disk %s, address %s\n", in.Name, in.Node, in.VCPUs, in.MemoryMiB, in.Volume, in.IP)
 					})
 				},
+			},
+			{
+				Name:      "limit",
+				Usage:     "cap an instance's disk I/O at the storage node, running or not (0 removes a cap)",
+				ArgsUsage: "NAME",
+				Flags:     []cli.Flag{iopsFlag, bandwidthFlag, outputFlag},
+				Action: withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
+					lim, err := limitFlags(c)
+					if err != nil {
+						return err
+					}
+					in, err := cl.LimitInstance(c.Context, name, lim)
+					if err != nil {
+						return err
+					}
+					return show(c, in, func(w io.Writer) {
+						fmt.Fprintf(w, "instance %s: disk capped at %s\n", in.Name, limitText(in.IOPS, in.BPS))
+					})
+				}),
 			},
 			{Name: "start", Usage: "start an instance", ArgsUsage: "NAME", Flags: []cli.Flag{waitFlag, outputFlag}, Action: state("start")},
 			{Name: "stop", Usage: "stop an instance (graceful, then forced after the node's timeout)", ArgsUsage: "NAME", Flags: []cli.Flag{waitFlag, outputFlag}, Action: state("stop")},

@@ -253,6 +253,14 @@ func (c *Client) DeleteInstance(ctx context.Context, name string) (Instance, err
 	return in, err
 }
 
+// LimitInstance sets the I/O caps of an instance's disk (0 removes one),
+// in force when it returns.
+func (c *Client) LimitInstance(ctx context.Context, name string, r LimitRequest) (Instance, error) {
+	var in Instance
+	err := c.do(ctx, http.MethodPost, "/v1/instances/"+url.PathEscape(name)+"/limit", r, &in)
+	return in, err
+}
+
 // MigrateInstance live-migrates an instance; to "" lets the scheduler pick.
 func (c *Client) MigrateInstance(ctx context.Context, name, to string) (MigrateResult, error) {
 	var r MigrateResult

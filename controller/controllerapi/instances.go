@@ -39,6 +39,9 @@ type Instance struct {
 	Group    string     `json:"group,omitempty"`
 	Priority int        `json:"priority,omitempty"`
 	NoHA     bool       `json:"no_ha,omitempty"`
+	// IOPS and BPS cap the disk at the storage node (0: no cap).
+	IOPS int64 `json:"iops,omitempty"`
+	BPS  int64 `json:"bytes_per_second,omitempty"`
 	// Restarts is the instance's restart history: each time its node
 	// failed and it was started on another.
 	Restarts []Restart `json:"restarts,omitempty"`
@@ -84,6 +87,16 @@ type CreateInstanceRequest struct {
 	Priority int `json:"priority,omitempty"`
 	// NoHA: not restarted elsewhere when its node fails.
 	NoHA bool `json:"no_ha,omitempty"`
+	// IOPS and BPS cap the disk at the storage node (0: no cap).
+	IOPS int64 `json:"iops,omitempty"`
+	BPS  int64 `json:"bytes_per_second,omitempty"`
+}
+
+// LimitRequest is the body of POST /v1/instances/{name}/limit: the disk's
+// new I/O caps (0 removes one).
+type LimitRequest struct {
+	IOPS int64 `json:"iops"`
+	BPS  int64 `json:"bytes_per_second"`
 }
 
 // MigrateRequest is the body of POST /v1/instances/{name}/migrate.
@@ -251,5 +264,6 @@ const (
 	EventMigrationFailed   = "instance.migration_failed"
 	EventInstanceNodeError = "instance.error"
 	EventInstanceRestarted = "instance.restarted" // elsewhere, after its node failed
+	EventInstanceLimited   = "instance.limited"   // its disk's I/O caps changed
 	EventNodeFenced        = "node.fenced"
 )

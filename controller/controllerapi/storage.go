@@ -66,6 +66,9 @@ type StorageVolumeSpec struct {
 	Clone string   `json:"clone,omitempty"`
 	Addr  string   `json:"addr,omitempty"` // e<shelf>.<slot>; "" = not exported
 	MACs  []string `json:"macs,omitempty"` // allow list
+	// IOPS and BPS cap the volume at the target (0: no cap).
+	IOPS int64 `json:"iops_limit,omitempty"`
+	BPS  int64 `json:"bytes_per_second_limit,omitempty"`
 }
 
 // StoragePending is a volume the controller listed that the node does not
