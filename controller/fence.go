@@ -63,6 +63,7 @@ func (c *Controller) storageDesired(node string) (controllerapi.StorageDesired, 
 	d := controllerapi.StorageDesired{Fence: []string{}}
 	err := c.st.View(func(tx store.Tx) error {
 		d.Generation = fenceGen(tx)
+		d.Drain = c.storageDrained(tx, node)
 		if _, remote := c.vols.(remoteVolumes); remote {
 			var err error
 			d.ManagesVolumes = true

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/controller/store"
 )
 
 // storageNodes is the controller's in-memory view of the storage nodes:
@@ -135,4 +137,138 @@ func (c *Controller) showStorage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, c.storageNode(n, time.Now()))
+}
+
+// bucketStorageDrained holds the storage nodes drained on an admin's word.
+const bucketStorageDrained = "storage-drained"
+
+func (c *Controller) storageDrained(tx store.Tx, node string) bool {
+	_, err := tx.Get(bucketStorageDrained, node)
+	return err == nil
+}
+
+// DrainStorage takes a pair node out of service without a stall: it hands
+// write ownership to its peer and stops serving (its desired state says
+// Drain), and DrainStorage returns once the node reports it has left and
+// the peer serves. Refused when the peer is not in sync: the node's
+// volumes would go offline.
+func (c *Controller) DrainStorage(name, actor string) (controllerapi.StorageNode, error) {
+	n, err := c.reg.Node(name)
+	if err != nil {
+		return controllerapi.StorageNode{}, err
+	}
+	if n.Role != controllerapi.RoleStorage {
+		return controllerapi.StorageNode{}, errorf(ErrInvalid, "%s is a %s node, not a storage node", n.Name, n.Role)
+	}
+	sn := c.storageNode(n, time.Now())
+	switch {
+	case !sn.Alive || sn.Report == nil:
+		return sn, errorf(ErrConflict, "storage node %s does not report to the controller; stop it where it runs", n.Name)
+	case sn.Report.Pair == nil:
+		return sn, errorf(ErrConflict, "storage node %s is not in a pair: draining it would take its volumes offline", n.Name)
+	case !sn.Report.Drained && (sn.Report.Pair.State != "in sync" || !sn.Report.Pair.PeerConnected):
+		return sn, errorf(ErrConflict, "%s's peer %s is not in sync with it (%s): draining %s now would take its volumes offline; wait for the resync (`fabric storage show %s`)",
+			n.Name, sn.Report.Pair.Peer, sn.Report.Pair.State, n.Name, n.Name)
+	}
+	peer := sn.Report.Pair.Peer
+	if err := c.reg.update(func(tx store.Tx) error {
+		if err := tx.Put(bucketStorageDrained, n.Name, []byte(time.Now().UTC().Format(time.RFC3339))); err != nil {
+			return err
+		}
+		if _, err := bumpFenceGen(tx); err != nil {
+			return err
+		}
+		return appendEvent(tx, controllerapi.Event{Time: time.Now().UTC(), Type: controllerapi.EventNodeUpdated, Node: n.Name, MAC: n.MAC, Actor: actor,
+			Message: fmt.Sprintf("storage node %s drained: it hands its volumes to %s and stops serving", n.Name, peer)})
+	}); err != nil {
+		return sn, err
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		sn = c.storageNode(n, time.Now())
+		var peerServes bool
+		if pn, err := c.reg.Node(peer); err == nil {
+			ps := c.storageNode(pn, time.Now())
+			peerServes = ps.Alive && ps.Report != nil && ps.Report.Pair != nil && ps.Report.Pair.Serving && ps.Report.Pair.Role == "owner"
+		}
+		if sn.Report != nil && sn.Report.Drained && sn.Report.Pair != nil && !sn.Report.Pair.Serving && peerServes {
+			return sn, nil
+		}
+		if time.Now().After(deadline) {
+			return sn, errorf(ErrNodeFailed, "storage node %s was told to drain, but within 15 s it has not reported leaving the pair with %s serving alone (see `fabric storage show %s`)", n.Name, peer, n.Name)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// UndrainStorage brings a drained node back into its pair (through a
+// resync); with wait > 0 it returns once the pair is in sync again.
+func (c *Controller) UndrainStorage(name, actor string, wait time.Duration) (controllerapi.StorageNode, error) {
+	n, err := c.reg.Node(name)
+	if err != nil {
+		return controllerapi.StorageNode{}, err
+	}
+	var was bool
+	if err := c.reg.update(func(tx store.Tx) error {
+		if was = c.storageDrained(tx, n.Name); !was {
+			return nil
+		}
+		if err := tx.Delete(bucketStorageDrained, n.Name); err != nil {
+			return err
+		}
+		if _, err := bumpFenceGen(tx); err != nil {
+			return err
+		}
+		return appendEvent(tx, controllerapi.Event{Time: time.Now().UTC(), Type: controllerapi.EventNodeUpdated, Node: n.Name, MAC: n.MAC, Actor: actor,
+			Message: fmt.Sprintf("storage node %s undrained: it rejoins its pair through a resync", n.Name)})
+	}); err != nil {
+		return controllerapi.StorageNode{}, err
+	}
+	if !was {
+		return c.storageNode(n, time.Now()), errorf(ErrInvalid, "storage node %s is not drained", n.Name)
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		sn := c.storageNode(n, time.Now())
+		if sn.Report != nil && !sn.Report.Drained && sn.Report.Pair != nil && sn.Report.Pair.State == "in sync" && sn.Report.Pair.Serving {
+			return sn, nil
+		}
+		if wait <= 0 {
+			return sn, nil
+		}
+		if time.Now().After(deadline) {
+			state := "not reporting"
+			if sn.Report != nil && sn.Report.Pair != nil {
+				state = sn.Report.Pair.State
+			}
+			return sn, errorf(ErrNodeFailed, "storage node %s rejoins its pair but is not in sync within %v (%s); `fabric storage show %s` follows the resync", n.Name, wait, state, n.Name)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (c *Controller) drainStorage(w http.ResponseWriter, r *http.Request) {
+	sn, err := c.DrainStorage(r.PathValue("name"), actorOf(r))
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, sn)
+}
+
+func (c *Controller) undrainStorage(w http.ResponseWriter, r *http.Request) {
+	var wait time.Duration
+	if s := r.URL.Query().Get("wait"); s != "" {
+		var err error
+		if wait, err = time.ParseDuration(s); err != nil || wait < 0 || wait > time.Hour {
+			writeError(w, http.StatusBadRequest, controllerapi.CodeInvalid, "wait must be a duration up to 1h")
+			return
+		}
+	}
+	sn, err := c.UndrainStorage(r.PathValue("name"), actorOf(r), wait)
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, sn)
 }

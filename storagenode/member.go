@@ -92,6 +92,15 @@ func (m *member) apply(ctx context.Context, d controllerapi.StorageDesired) erro
 			m.log.Warn("applying the controller's volumes", "err", err)
 		}
 	}
+	if p := m.t.pair; p != nil && d.Drain != p.Left() {
+		if d.Drain {
+			m.log.Info("draining on the controller's word: handing over to the peer and leaving the pair")
+			p.Leave(2 * time.Second)
+		} else {
+			m.log.Info("undrained on the controller's word: rejoining the pair")
+			p.Rejoin()
+		}
+	}
 	m.applied = d.Generation
 	return nil
 }
@@ -238,6 +247,7 @@ func (m *member) report() controllerapi.StorageReport {
 	if p := m.t.pair; p != nil {
 		s := p.Status()
 		ps = &s
+		r.Drained = p.Left()
 		r.Pair = &controllerapi.StoragePair{Pair: s.Pair, Peer: s.Peer, Role: s.Role, Epoch: s.Epoch, PeerConnected: s.PeerConnected,
 			State: s.State, Serving: s.Serving, TakenOver: s.TakenOver, Waiting: s.Waiting, LastEvent: s.LastEvent}
 	}

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -154,6 +155,40 @@ func TestPairReportsToController(t *testing.T) {
 		t.Fatalf("I/O after unfence: %v", err)
 	}
 	t.Logf("after unfence hn1's MAC reads and writes again")
+
+	// Planned maintenance on the controller's word: the owner is drained
+	// under 8 writers (hands over, stops serving: no failover's stall),
+	// then undrained and back in sync through a resync; every block holds
+	// its last acknowledged write, through each node.
+	var drained controllerapi.StorageNode
+	stall := l.phase("drain of the owner "+own.Name+" by the controller", func() {
+		start := time.Now()
+		if drained, err = c.DrainStorage(own.Name, "test"); err != nil {
+			t.Errorf("drain: %v\n%s", err, l.Logs())
+		}
+		t.Logf("DrainStorage(%s) returned after %v", own.Name, time.Since(start).Round(time.Millisecond))
+	}, 2*time.Second)
+	if err != nil {
+		t.FailNow()
+	}
+	if r := drained.Report; r == nil || !r.Drained || r.Pair.Serving {
+		t.Errorf("%s after the drain: %+v", own.Name, r)
+	}
+	if stall > 200*time.Millisecond {
+		t.Errorf("the drain stalled writes %v (bar: 200 ms, as a planned shutdown)", stall)
+	}
+	if _, err := c.DrainStorage(other.Name, "test"); err == nil || !strings.Contains(err.Error(), "would take its volumes offline") {
+		t.Errorf("draining the last serving node of the pair: %v", err)
+	}
+	l.check("after the drain", other)
+	start = time.Now()
+	back, err := c.UndrainStorage(own.Name, "test", time.Minute)
+	if err != nil {
+		t.Fatalf("undrain: %v\n%s", err, l.Logs())
+	}
+	t.Logf("undrained: %s %s and %s again after %v", own.Name, back.Report.Pair.Role, back.Report.Pair.State, time.Since(start).Round(time.Millisecond))
+	l.check("after the undrain", l.Nodes[0], l.Nodes[1])
+	own, other = l.Owner()
 
 	l.Kill(own, syscall.SIGKILL)
 	wait("the owner dead, the other owning alone", func(m map[string]controllerapi.StorageNode) bool {

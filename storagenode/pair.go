@@ -202,7 +202,8 @@ type Pair struct {
 
 	renewing   atomic.Bool
 	dialing    atomic.Bool
-	stopping   atomic.Bool  // Leave was called: neither bid nor follow any more
+	stopping   atomic.Bool  // Leave was called: neither bid nor follow until Rejoin
+	rejoin     chan struct{}
 	serveUntil atomic.Int64 // unix nanos: may answer initiators for replicated volumes until then
 
 	mu         sync.Mutex
@@ -257,7 +258,8 @@ func NewPair(t *Target, cfg PairConfig, dir string, ifaces []string, log *slog.L
 	}
 	p := &Pair{cfg: cfg, t: t, dir: dir, ifaces: ifaces, log: log.With("pair", cfg.Name),
 		wc:      &witness.Client{URL: strings.TrimRight(cfg.Witness, "/"), HTTP: &http.Client{Timeout: 300 * time.Millisecond}},
-		changed: make(chan struct{}), pending: map[uint64]pendingWrite{}, bitmaps: map[uint32]*bitmap{}, fwd: map[uint64]func(bool){}}
+		changed: make(chan struct{}), pending: map[uint64]pendingWrite{}, bitmaps: map[uint32]*bitmap{}, fwd: map[uint64]func(bool){},
+		rejoin: make(chan struct{}, 1)}
 	b, err := os.ReadFile(p.statePath())
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -382,7 +384,15 @@ func (p *Pair) Run(ctx context.Context) error {
 	go p.tick(ctx)
 	defer p.shutdown()
 	var lastTry time.Time
-	for ctx.Err() == nil && !p.stopping.Load() {
+	for ctx.Err() == nil {
+		if p.stopping.Load() {
+			// Left the pair (drained): wait to be asked back.
+			select {
+			case <-ctx.Done():
+			case <-p.rejoin:
+			}
+			continue
+		}
 		p.mu.Lock()
 		r, changed, link := p.role, p.changed, p.link
 		notBefore := p.lastAnswer.Add(p.cfg.Promise)
@@ -1533,6 +1543,26 @@ func (p *Pair) Leave(timeout time.Duration) {
 	select {
 	case <-l.closed:
 	case <-time.After(time.Until(deadline)):
+	}
+}
+
+// Left says whether the node has left the pair (Leave) and not rejoined.
+func (p *Pair) Left() bool { return p.stopping.Load() }
+
+// Rejoin undoes Leave: the node follows (or bids) again and comes back
+// through a resync.
+func (p *Pair) Rejoin() {
+	p.mu.Lock()
+	p.leaving = false
+	p.mu.Unlock()
+	if p.stopping.CompareAndSwap(true, false) {
+		p.mu.Lock()
+		p.event("rejoining the pair")
+		p.mu.Unlock()
+		select {
+		case p.rejoin <- struct{}{}:
+		default:
+		}
 	}
 }
 

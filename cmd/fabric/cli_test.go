@@ -380,6 +380,15 @@ func TestCLIStorage(t *testing.T) {
 			t.Errorf("fabric storage show st1: exit %d, %q; output lacks %q:\n%s", code, errs, want, out)
 		}
 	}
+	// Drains that would take volumes offline are refused with the reason.
+	for node, want := range map[string]string{"st1": "st1's peer st2 is not in sync with it (resyncing)", "st2": "does not report to the controller", "hn9": "no node"} {
+		if code, _, errs := fabric(t, cfg, "storage", "drain", node); code == 0 || !strings.Contains(errs, want) {
+			t.Errorf("fabric storage drain %s: exit %d, %q; want it refused with %q", node, code, errs, want)
+		}
+	}
+	if code, _, errs := fabric(t, cfg, "storage", "undrain", "st1"); code == 0 || !strings.Contains(errs, "not drained") {
+		t.Errorf("fabric storage undrain st1 (not drained): exit %d, %q", code, errs)
+	}
 	code, out, _ = fabric(t, cfg, "storage", "list", "-o", "json")
 	var ns []controllerapi.StorageNode
 	if err := json.Unmarshal([]byte(out), &ns); code != 0 || err != nil || len(ns) != 2 || !ns[0].Alive || ns[0].Report.Pair.Epoch != 3 {

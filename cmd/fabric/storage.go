@@ -49,8 +49,45 @@ func volumeCommand() *cli.Command {
 func storageCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "storage",
-		Usage: "storage nodes: what each reports (capacity, volumes, pair state)",
+		Usage: "storage nodes: what each reports (capacity, volumes, pair state); drain and undrain",
 		Subcommands: []*cli.Command{
+			{
+				Name:      "drain",
+				Usage:     "take a pair node out of service without a stall: it hands its volumes to its peer and stops serving",
+				ArgsUsage: "NAME",
+				Flags:     []cli.Flag{outputFlag},
+				Action: withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
+					t0 := time.Now()
+					n, err := cl.DrainStorage(c.Context, name)
+					if err != nil {
+						return err
+					}
+					return show(c, n, func(w io.Writer) {
+						fmt.Fprintf(w, "storage node %s drained in %.1f s: %s serves its volumes alone; `fabric storage undrain %s` brings it back\n",
+							n.Name, time.Since(t0).Seconds(), n.Report.Pair.Peer, n.Name)
+					})
+				}),
+			},
+			{
+				Name:      "undrain",
+				Usage:     "bring a drained storage node back into its pair (through a resync)",
+				ArgsUsage: "NAME",
+				Flags:     []cli.Flag{&cli.DurationFlag{Name: "wait", Value: 10 * time.Minute, Usage: "wait this long for the pair to be in sync again (0: do not wait)"}, outputFlag},
+				Action: withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
+					t0 := time.Now()
+					n, err := cl.UndrainStorage(c.Context, name, c.Duration("wait"))
+					if err != nil {
+						return err
+					}
+					return show(c, n, func(w io.Writer) {
+						state := "rejoining"
+						if n.Report != nil && n.Report.Pair != nil {
+							state = n.Report.Pair.State
+						}
+						fmt.Fprintf(w, "storage node %s undrained (%.1f s): %s\n", n.Name, time.Since(t0).Seconds(), state)
+					})
+				}),
+			},
 			{
 				Name:  "list",
 				Usage: "list storage nodes: alive, pair and role, sync state, volumes, free space",
@@ -121,6 +158,9 @@ func storageShow(w io.Writer, n controllerapi.StorageNode, now time.Time) {
 		ifs = append(ifs, i.Name+" "+i.MAC)
 	}
 	fmt.Fprintf(w, "AoE interfaces:\t%s\n", strings.Join(ifs, ", "))
+	if r.Drained {
+		fmt.Fprintf(w, "drained:\tout of its pair on the controller's word (`fabric storage undrain %s` brings it back)\n", n.Name)
+	}
 	if p := r.Pair; p != nil {
 		fmt.Fprintf(w, "pair:\t%s with %s: %s of epoch %d, %s; peer %s; serving %v\n", p.Pair, p.Peer, p.Role, p.Epoch, p.State,
 			map[bool]string{true: "connected", false: "not connected"}[p.PeerConnected], p.Serving)

@@ -34,6 +34,8 @@ type StorageReport struct {
 	// there yet, and why.
 	Pending []StoragePending `json:"pending,omitempty"`
 	Pair    *StoragePair     `json:"pair,omitempty"`
+	// Drained: the node has left its pair on the controller's word.
+	Drained bool `json:"drained,omitempty"`
 }
 
 // StorageDesired is the controller's answer to a report: what the node
@@ -51,6 +53,10 @@ type StorageDesired struct {
 	// are left alone.
 	ManagesVolumes bool                `json:"manages_volumes,omitempty"`
 	Volumes        []StorageVolumeSpec `json:"volumes,omitempty"`
+	// Drain: leave the pair in a planned way (hand write ownership to
+	// the peer, stop serving) and stay out until the controller says
+	// otherwise; then come back through a resync.
+	Drain bool `json:"drain,omitempty"`
 }
 
 // StorageVolumeSpec is a volume the controller wants a storage node to
@@ -200,4 +206,24 @@ func (c *Client) Volumes(ctx context.Context) ([]Volume, error) {
 	var out []Volume
 	err := c.do(ctx, http.MethodGet, "/v1/volumes", nil, &out)
 	return out, err
+}
+
+// DrainStorage hands a pair node's write ownership to its peer and has it
+// stop serving; it returns once the peer serves alone.
+func (c *Client) DrainStorage(ctx context.Context, name string) (StorageNode, error) {
+	var n StorageNode
+	err := c.do(ctx, http.MethodPost, "/v1/storage/"+url.PathEscape(name)+"/drain", nil, &n)
+	return n, err
+}
+
+// UndrainStorage brings a drained pair node back; with wait > 0 the
+// controller answers once the pair is in sync again (or wait has passed).
+func (c *Client) UndrainStorage(ctx context.Context, name string, wait time.Duration) (StorageNode, error) {
+	var n StorageNode
+	p := "/v1/storage/" + url.PathEscape(name) + "/undrain"
+	if wait > 0 {
+		p += "?wait=" + url.QueryEscape(wait.String())
+	}
+	err := c.do(ctx, http.MethodPost, p, nil, &n)
+	return n, err
 }
