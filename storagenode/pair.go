@@ -202,7 +202,7 @@ type Pair struct {
 
 	renewing   atomic.Bool
 	dialing    atomic.Bool
-	stopping   atomic.Bool  // Leave was called: neither bid nor follow until Rejoin
+	stopping   atomic.Bool // Leave was called: neither bid nor follow until Rejoin
 	rejoin     chan struct{}
 	serveUntil atomic.Int64 // unix nanos: may answer initiators for replicated volumes until then
 
