@@ -903,3 +903,39 @@ func TestInstanceLimits(t *testing.T) {
 		t.Error("no instance.limited event")
 	}
 }
+
+// TestNoVolumesOnPairsYet: with only pair nodes reporting, a controller
+// without a pool of its own refuses to place a disk (a volume on one node
+// of a pair would break the pair) and says what to do.
+func TestNoVolumesOnPairsYet(t *testing.T) {
+	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"), AgentTimeout: 2 * time.Second})
+	admin := serveAPI(t, c)
+	ctx := context.Background()
+	if _, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: "hn1", MAC: "52:54:00:00:0a:01", Role: controllerapi.RoleHWNode}); err != nil {
+		t.Fatal(err)
+	}
+	startFakeAgent(t, c, admin, "hn1", 1024)
+	fakeStorageWith(t, c, admin, "sn1", "52:54:00:00:0a:09", func(r *controllerapi.StorageReport) {
+		r.Pair = &controllerapi.StoragePair{Pair: "p1", Peer: "sn2", Role: "owner", State: "in sync", Serving: true}
+	})
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if sns, _ := c.StorageNodes(); len(sns) == 1 && sns[0].Alive {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("sn1 does not report")
+		}
+	}
+	img := bytes.Repeat([]byte{0xab}, 1<<20)
+	if _, err := admin.ImportImage(ctx, "tiny", bytes.NewReader(img), int64(len(img))); err != nil {
+		t.Fatal(err)
+	}
+	_, err := admin.CreateInstance(ctx, controllerapi.CreateInstanceRequest{Name: "web", Image: "tiny", VCPUs: 1, MemoryMiB: 64})
+	if err == nil || !strings.Contains(err.Error(), "does not place volumes on pairs yet") {
+		t.Fatalf("create with only a pair node reporting: %v", err)
+	}
+	if ins, _ := admin.Instances(ctx); len(ins) != 0 {
+		t.Errorf("a refused create left %+v", ins)
+	}
+	t.Logf("refused: %v", err)
+}

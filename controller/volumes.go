@@ -222,13 +222,25 @@ func (rv remoteVolumes) pick() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	best, free := "", int64(-1)
+	best, free, pairs := "", int64(-1), 0
 	for _, sn := range sns {
-		if sn.Alive && sn.Report != nil && sn.Report.Capacity.FreeBytes > free {
+		if !sn.Alive || sn.Report == nil {
+			continue
+		}
+		if sn.Report.Pair != nil {
+			// A volume on one node of a pair and not the other would
+			// break the pair; placing volumes on pairs is not built.
+			pairs++
+			continue
+		}
+		if sn.Report.Capacity.FreeBytes > free {
 			best, free = sn.Name, sn.Report.Capacity.FreeBytes
 		}
 	}
-	if best == "" {
+	switch {
+	case best == "" && pairs > 0:
+		return "", errorf(ErrUnplaceable, "only storage nodes in pairs report to the controller, and it does not place volumes on pairs yet: run a standalone storage node with --controller, or give the controller --storage-dir")
+	case best == "":
 		return "", errorf(ErrUnplaceable, "no storage node reports to the controller to hold the volume (start one with `fabricd storage --controller ...`; see `fabric storage list`)")
 	}
 	return best, nil
