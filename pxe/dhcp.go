@@ -39,25 +39,34 @@ type DHCPServer struct {
 	Stats   DHCPStats
 }
 
-// Serve answers requests until ctx ends or the conn fails.
+// Serve answers requests until ctx ends or the conn fails (it closes the
+// conn when ctx ends). Each packet is parsed once; one that does not parse
+// is counted (Stats.Malformed) and dropped; each request is answered on
+// its own goroutine, so a slow registry lookup holds up no other client.
 func (s *DHCPServer) Serve(ctx context.Context) error {
 	log := s.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	srv, err := server4.NewServer("", nil, func(conn net.PacketConn, _ net.Addr, req *dhcpv4.DHCPv4) {
-		s.handle(log, conn, req)
-	}, server4.WithConn(countingConn{s.Conn, &s.Stats}), server4.WithLogger(discardLogger{}))
-	if err != nil {
-		return err
-	}
-	stop := context.AfterFunc(ctx, func() { srv.Close() })
+	stop := context.AfterFunc(ctx, func() { s.Conn.Close() })
 	defer stop()
-	err = srv.Serve()
-	if ctx.Err() != nil {
-		return nil
+	for {
+		// A buffer per packet: the parsed request keeps slices of it.
+		buf := make([]byte, 4096)
+		n, _, err := s.Conn.ReadFrom(buf)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		req, err := dhcpv4.FromBytes(buf[:n])
+		if err != nil {
+			s.Stats.Malformed.Add(1)
+			continue
+		}
+		go s.handle(log, s.Conn, req)
 	}
-	return err
 }
 
 func (s *DHCPServer) handle(log *slog.Logger, conn net.PacketConn, req *dhcpv4.DHCPv4) {
@@ -106,32 +115,6 @@ func (s *DHCPServer) handle(log *slog.Logger, conn net.PacketConn, req *dhcpv4.D
 	s.Stats.Replied.Add(1)
 	log.Debug("dhcp: reply", "mac", mac.String(), "type", d.Reply.MessageType().String(), "ip", d.Reply.YourIPAddr.String(), "dst", dst.String())
 }
-
-// countingConn counts packets the DHCP library could not parse: it reads
-// them itself and drops them silently.
-type countingConn struct {
-	net.PacketConn
-	st *DHCPStats
-}
-
-func (c countingConn) ReadFrom(b []byte) (int, net.Addr, error) {
-	for {
-		n, a, err := c.PacketConn.ReadFrom(b)
-		if err != nil {
-			return n, a, err
-		}
-		if _, perr := dhcpv4.FromBytes(b[:n]); perr != nil {
-			c.st.Malformed.Add(1)
-			continue
-		}
-		return n, a, err
-	}
-}
-
-type discardLogger struct{}
-
-func (discardLogger) Printf(string, ...any)               {}
-func (discardLogger) PrintMessage(string, *dhcpv4.DHCPv4) {}
 
 // ListenDHCP opens the DHCP server socket on iface (port 67, broadcast
 // allowed, bound to the interface).
