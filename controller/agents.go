@@ -166,13 +166,9 @@ func (c *Controller) heartbeat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	node := n.Name
-	var wait time.Duration
-	if s := r.URL.Query().Get("wait"); s != "" {
-		var err error
-		if wait, err = time.ParseDuration(s); err != nil || wait < 0 || wait > time.Minute {
-			writeError(w, http.StatusBadRequest, controllerapi.CodeInvalid, "wait must be a duration up to 1m")
-			return
-		}
+	wait, ok := waitParam(w, r, time.Minute)
+	if !ok {
+		return
 	}
 	_, _, wasAlive := c.agents.get(node, time.Now())
 	acked := c.agents.record(node, hb, time.Now())

@@ -239,14 +239,9 @@ func (c *Controller) events(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = v
 	}
-	var wait time.Duration
-	if s := q.Get("wait"); s != "" {
-		v, err := time.ParseDuration(s)
-		if err != nil || v < 0 || v > 5*time.Minute {
-			writeError(w, http.StatusBadRequest, controllerapi.CodeInvalid, "wait must be a duration up to 5m")
-			return
-		}
-		wait = v
+	wait, ok := waitParam(w, r, 5*time.Minute)
+	if !ok {
+		return
 	}
 	c.hold(r.Context(), wait, func(final bool) bool {
 		evs, err := c.reg.Events(since, limit)
@@ -269,6 +264,21 @@ func (c *Controller) events(w http.ResponseWriter, r *http.Request) {
 // hold runs try after every committed change until it returns true, the
 // client goes away, or wait passes; then it runs try once more with final
 // set, which must answer. With wait 0, try runs once, final.
+// waitParam reads the request's ?wait= duration (0 when absent), up to
+// max; on a bad one it answers 400 and returns false.
+func waitParam(w http.ResponseWriter, r *http.Request, max time.Duration) (time.Duration, bool) {
+	s := r.URL.Query().Get("wait")
+	if s == "" {
+		return 0, true
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 || d > max {
+		writeError(w, http.StatusBadRequest, controllerapi.CodeInvalid, fmt.Sprintf("wait must be a duration up to %v", max))
+		return 0, false
+	}
+	return d, true
+}
+
 func (c *Controller) hold(ctx context.Context, wait time.Duration, try func(final bool) bool) {
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()

@@ -96,18 +96,16 @@ func (c *Controller) showInstance(w http.ResponseWriter, r *http.Request) {
 func (c *Controller) setState(want, reported string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
+		d, ok := waitParam(w, r, 10*time.Minute) // checked before anything changes
+		if !ok {
+			return
+		}
 		in, err := c.SetWant(name, want)
 		if err != nil {
 			c.fail(w, err)
 			return
 		}
-		if s := r.URL.Query().Get("wait"); s != "" {
-			d, err := time.ParseDuration(s)
-			if err != nil || d < 0 || d > 10*time.Minute {
-				writeError(w, http.StatusBadRequest, controllerapi.CodeInvalid, "wait must be a duration up to 10m")
-				return
-			}
-			var ok bool
+		if d > 0 {
 			if in, ok = c.WaitState(name, reported, d); !ok {
 				writeError(w, http.StatusGatewayTimeout, "timeout", fmt.Sprintf("instance %s is %s on %s after %s, not %s", name, in.State, in.Node, d, reported))
 				return

@@ -499,26 +499,12 @@ func (c *Controller) LimitInstance(name string, iops, bps int64) (controllerapi.
 			return err
 		}
 		return appendEvent(tx, controllerapi.Event{Time: cur.Updated, Type: controllerapi.EventInstanceLimited, Node: cur.Node,
-			Message: fmt.Sprintf("instance %s's disk capped at %s", name, limitText(iops, bps))})
+			Message: fmt.Sprintf("instance %s's disk caps set: %d IOPS, %d bytes/s (0: no cap)", name, iops, bps)})
 	})
 	if err != nil {
 		return in, err
 	}
 	return c.Instance(name)
-}
-
-func limitText(iops, bps int64) string {
-	var parts []string
-	if iops > 0 {
-		parts = append(parts, fmt.Sprintf("%d IOPS", iops))
-	}
-	if bps > 0 {
-		parts = append(parts, storagenode.FormatSize(bps)+"/s")
-	}
-	if len(parts) == 0 {
-		return "nothing (no caps)"
-	}
-	return strings.Join(parts, " and ")
 }
 
 func releaseInstance(tx store.Tx, in controllerapi.Instance) error {

@@ -897,7 +897,7 @@ func TestInstanceLimits(t *testing.T) {
 	evs, _ := admin.Events(ctx, 0, 0)
 	var said bool
 	for _, e := range evs.Events {
-		said = said || e.Type == controllerapi.EventInstanceLimited && strings.Contains(e.Message, "capped at 100 IOPS")
+		said = said || e.Type == controllerapi.EventInstanceLimited && strings.Contains(e.Message, "caps set: 100 IOPS, 0 bytes/s")
 	}
 	if !said {
 		t.Error("no instance.limited event")

@@ -62,13 +62,9 @@ func (c *Controller) storageReport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rep.Node = n.Name
-	var wait time.Duration
-	if s := r.URL.Query().Get("wait"); s != "" {
-		var err error
-		if wait, err = time.ParseDuration(s); err != nil || wait < 0 || wait > time.Minute {
-			writeError(w, http.StatusBadRequest, controllerapi.CodeInvalid, "wait must be a duration up to 1m")
-			return
-		}
+	wait, ok := waitParam(w, r, time.Minute)
+	if !ok {
+		return
 	}
 	if !c.storage.record(n.Name, rep, time.Now()) {
 		attrs := []any{"node", n.Name, "volumes", len(rep.Volumes), "free_bytes", rep.Capacity.FreeBytes}
@@ -257,13 +253,9 @@ func (c *Controller) drainStorage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (c *Controller) undrainStorage(w http.ResponseWriter, r *http.Request) {
-	var wait time.Duration
-	if s := r.URL.Query().Get("wait"); s != "" {
-		var err error
-		if wait, err = time.ParseDuration(s); err != nil || wait < 0 || wait > time.Hour {
-			writeError(w, http.StatusBadRequest, controllerapi.CodeInvalid, "wait must be a duration up to 1h")
-			return
-		}
+	wait, ok := waitParam(w, r, time.Hour)
+	if !ok {
+		return
 	}
 	sn, err := c.UndrainStorage(r.PathValue("name"), actorOf(r), wait)
 	if err != nil {
