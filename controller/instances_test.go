@@ -885,6 +885,13 @@ func TestInstanceLimits(t *testing.T) {
 	if _, err := admin.LimitInstance(ctx, "web", controllerapi.LimitRequest{BPS: 1000}); err == nil || !strings.Contains(err.Error(), "below 64 KiB/s") {
 		t.Errorf("a 1000 B/s cap: %v", err)
 	}
+	// A bad wait is refused before anything changes.
+	if _, err := admin.SetInstanceState(ctx, "web", "start", 11*time.Minute); apiStatus(err) != http.StatusBadRequest || !strings.Contains(err.Error(), "wait must be a duration up to 10m0s") {
+		t.Errorf("start with an 11 min wait: %v", err)
+	}
+	if in, _ := c.Instance("web"); in.Want != controllerapi.StateStopped {
+		t.Errorf("a refused start changed web's wanted state to %s", in.Want)
+	}
 	if _, err := admin.LimitInstance(ctx, "nothere", controllerapi.LimitRequest{IOPS: 1}); apiStatus(err) != http.StatusNotFound {
 		t.Errorf("limit of an unknown instance: %v", err)
 	}
