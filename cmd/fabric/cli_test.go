@@ -415,3 +415,21 @@ func TestInstanceDetail(t *testing.T) {
 		t.Errorf("non-HA instance detail:\n%s", out)
 	}
 }
+
+// TestStorageState: a drained storage node says so, with the way back.
+func TestStorageState(t *testing.T) {
+	now := time.Now()
+	for _, tc := range []struct {
+		n    controllerapi.StorageNode
+		want string
+	}{
+		{controllerapi.StorageNode{Name: "sn1"}, "never reported"},
+		{controllerapi.StorageNode{Name: "sn1", Report: &controllerapi.StorageReport{}, LastSeen: now.Add(-9 * time.Second)}, "not reporting (last 9s ago)"},
+		{controllerapi.StorageNode{Name: "sn1", Alive: true, Report: &controllerapi.StorageReport{}}, "alive"},
+		{controllerapi.StorageNode{Name: "sn1", Alive: true, Report: &controllerapi.StorageReport{Drained: true}}, "alive, DRAINED (fabric storage undrain sn1)"},
+	} {
+		if got := storageState(tc.n, now); !strings.HasPrefix(got, tc.want) {
+			t.Errorf("%+v: %q, want %q", tc.n, got, tc.want)
+		}
+	}
+}

@@ -126,6 +126,8 @@ func storageState(n controllerapi.StorageNode, now time.Time) string {
 		return "never reported (start fabricd storage with --controller)"
 	case !n.Alive:
 		return fmt.Sprintf("not reporting (last %s ago)", now.Sub(n.LastSeen).Round(time.Second))
+	case n.Report.Drained:
+		return "alive, DRAINED (fabric storage undrain " + n.Name + ")"
 	}
 	return "alive"
 }
