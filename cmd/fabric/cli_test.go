@@ -433,3 +433,19 @@ func TestStorageState(t *testing.T) {
 		}
 	}
 }
+
+// TestCLILimitFlags: --bandwidth takes the README's 100MB/s form; a bad
+// value is refused before the controller is asked.
+func TestCLILimitFlags(t *testing.T) {
+	t.Setenv("FABRIC_TOKEN", "")
+	cfg, _ := startController(t)
+	if code, _, errs := fabric(t, cfg, "instance", "limit", "nothere", "--iops", "2000", "--bandwidth", "100MB/s"); code == 0 || !strings.Contains(errs, "no instance named") {
+		t.Errorf("limit of an unknown instance with good flags: exit %d, %q; want the controller's not found", code, errs)
+	}
+	if code, _, errs := fabric(t, cfg, "instance", "limit", "web", "--bandwidth", "fast"); code == 0 || !strings.Contains(errs, `--bandwidth "fast"`) {
+		t.Errorf("--bandwidth fast: exit %d, %q", code, errs)
+	}
+	if code, _, errs := fabric(t, cfg, "instance", "limit", "web", "--iops", "-5"); code == 0 || !strings.Contains(errs, "--iops -5") {
+		t.Errorf("--iops -5: exit %d, %q", code, errs)
+	}
+}
