@@ -430,7 +430,7 @@ func (c *Controller) CreateInstance(req controllerapi.CreateInstanceRequest) (co
 		return in, err
 	}
 	release := func() {
-		_ = c.st.Update(func(tx store.Tx) error { return releaseInstance(tx, in) })
+		_ = c.st.Update(func(tx store.Tx) error { return c.reg.releaseInstance(tx, in) })
 	}
 	mac, err := c.aoeMAC(node)
 	if err != nil {
@@ -507,14 +507,15 @@ func (c *Controller) LimitInstance(name string, iops, bps int64) (controllerapi.
 	return c.Instance(name)
 }
 
-func releaseInstance(tx store.Tx, in controllerapi.Instance) error {
+// releaseInstance frees an instance's address and AoE address in tx.
+func (r *Registry) releaseInstance(tx store.Tx, in controllerapi.Instance) error {
 	if p, err := netip.ParsePrefix(in.IP); err == nil {
-		if err := tx.Delete(bucketIPs, ipKey(p.Addr())); err != nil {
+		if err := r.freeIP(tx, p.Addr()); err != nil {
 			return err
 		}
 	}
 	if sh, sl, err := ParseAoE(in.Volume); err == nil {
-		if err := tx.Delete(bucketAoE, aoeKey(sh, sl)); err != nil {
+		if err := r.freeAoE(tx, sh, sl); err != nil {
 			return err
 		}
 	}
@@ -572,7 +573,7 @@ func (c *Controller) DeleteInstance(name string) (controllerapi.Instance, error)
 		if err := tx.Delete(bucketInstances, name); err != nil {
 			return err
 		}
-		if err := releaseInstance(tx, in); err != nil {
+		if err := c.reg.releaseInstance(tx, in); err != nil {
 			return err
 		}
 		return appendEvent(tx, controllerapi.Event{Time: time.Now().UTC(), Type: controllerapi.EventInstanceDeleted, Node: in.Node,

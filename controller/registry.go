@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fabric-project/fabric/aoe/wire"
@@ -93,6 +94,36 @@ type Registry struct {
 	rootShelf uint16              // first shelf for hardware nodes' root volumes
 	now       func() time.Time
 	notify    func() // called after a committed change that appended events
+
+	// Allocation hints: no free address lies below them, so a search
+	// starts there instead of at the first address (each registration
+	// scanned every address taken before it). Raised to what a search
+	// found, lowered by every release; a rolled-back transaction leaves
+	// them valid, as lower bounds.
+	hintMu  sync.Mutex
+	ipHint  netip.Addr
+	aoeHint string // aoeKey
+}
+
+// freeIP releases an automatic address in tx and lowers the hint.
+func (r *Registry) freeIP(tx store.Tx, a netip.Addr) error {
+	r.hintMu.Lock()
+	if !r.ipHint.IsValid() || a.Less(r.ipHint) {
+		r.ipHint = a
+	}
+	r.hintMu.Unlock()
+	return tx.Delete(bucketIPs, ipKey(a))
+}
+
+// freeAoE releases a root volume address in tx and lowers the hint.
+func (r *Registry) freeAoE(tx store.Tx, shelf uint16, slot uint8) error {
+	k := aoeKey(shelf, slot)
+	r.hintMu.Lock()
+	if k < r.aoeHint {
+		r.aoeHint = k
+	}
+	r.hintMu.Unlock()
+	return tx.Delete(bucketAoE, k)
 }
 
 func ipKey(a netip.Addr) string { b := a.As4(); return string(b[:]) }
@@ -130,9 +161,14 @@ func lastAddr(p netip.Prefix) netip.Addr {
 // allocate returns the lowest free address from r.first up.
 func (r *Registry) allocate(tx store.Tx) (netip.Addr, error) {
 	next := r.first
+	r.hintMu.Lock()
+	if r.ipHint.IsValid() && next.Less(r.ipHint) {
+		next = r.ipHint
+	}
+	r.hintMu.Unlock()
 	last := lastAddr(r.subnet)
 	var found bool
-	err := tx.ForEach(bucketIPs, ipKey(r.first), func(k string, _ []byte) error {
+	err := tx.ForEach(bucketIPs, ipKey(next), func(k string, _ []byte) error {
 		for r.reserved[next] {
 			next = next.Next()
 		}
@@ -152,6 +188,11 @@ func (r *Registry) allocate(tx store.Tx) (netip.Addr, error) {
 	if !next.IsValid() || !r.subnet.Contains(next) || next == last {
 		return netip.Addr{}, errorf(ErrExhausted, "no free address left in the boot subnet %s; give one with --ip or widen the subnet", r.subnet)
 	}
+	r.hintMu.Lock()
+	if !r.ipHint.IsValid() || r.ipHint.Less(next) {
+		r.ipHint = next
+	}
+	r.hintMu.Unlock()
 	return next, nil
 }
 
@@ -176,7 +217,12 @@ func ParseAoE(s string) (shelf uint16, slot uint8, err error) {
 // Slot 255 and shelf 65535 are the broadcast addresses and never used.
 func (r *Registry) allocateRoot(tx store.Tx) (string, error) {
 	shelf, slot := r.rootShelf, uint8(0)
-	err := tx.ForEach(bucketAoE, aoeKey(shelf, 0), func(k string, _ []byte) error {
+	r.hintMu.Lock()
+	if h := r.aoeHint; h > aoeKey(shelf, slot) {
+		shelf, slot = parseAoEKey(h)
+	}
+	r.hintMu.Unlock()
+	err := tx.ForEach(bucketAoE, aoeKey(shelf, slot), func(k string, _ []byte) error {
 		if k != aoeKey(shelf, slot) {
 			return store.ErrStop
 		}
@@ -193,6 +239,11 @@ func (r *Registry) allocateRoot(tx store.Tx) (string, error) {
 	if shelf == 0xffff {
 		return "", errorf(ErrExhausted, "no free AoE address left for root volumes")
 	}
+	r.hintMu.Lock()
+	if k := aoeKey(shelf, slot); k > r.aoeHint {
+		r.aoeHint = k
+	}
+	r.hintMu.Unlock()
 	return wire.Addr(shelf, slot), nil
 }
 
@@ -463,7 +514,7 @@ func (r *Registry) Update(nameOrMAC string, req controllerapi.UpdateRequest) (co
 			n.Role = *req.Role
 			changes = append(changes, "role "+old.Role+" -> "+n.Role)
 			// Only hardware nodes boot from a root volume.
-			if err := deleteRoot(tx, n.RootVolume); err != nil {
+			if err := r.deleteRoot(tx, n.RootVolume); err != nil {
 				return err
 			}
 			n.RootVolume = ""
@@ -483,7 +534,7 @@ func (r *Registry) Update(nameOrMAC string, req controllerapi.UpdateRequest) (co
 			if holder, err := tx.Get(bucketIPs, ipKey(want)); err == nil {
 				return errorf(ErrConflict, "%s is already assigned to %s", want, holder)
 			}
-			if err := tx.Delete(bucketIPs, ipKey(netip.MustParseAddr(old.IP))); err != nil {
+			if err := r.freeIP(tx, netip.MustParseAddr(old.IP)); err != nil {
 				return err
 			}
 			n.IP = want.String()
@@ -579,7 +630,7 @@ func (r *Registry) Remove(nameOrMAC string) (controllerapi.Node, error) {
 		for _, op := range []func() error{
 			func() error { return tx.Delete(bucketNodes, n.Name) },
 			func() error { return tx.Delete(bucketMACs, n.MAC) },
-			func() error { return tx.Delete(bucketIPs, ipKey(netip.MustParseAddr(n.IP))) },
+			func() error { return r.freeIP(tx, netip.MustParseAddr(n.IP)) },
 			func() error { return tx.Delete(bucketTokens, n.Name) },
 			func() error { return tx.Delete(bucketDrained, n.Name) },
 			func() error {
@@ -589,7 +640,7 @@ func (r *Registry) Remove(nameOrMAC string) (controllerapi.Node, error) {
 				return tx.Delete(bucketCerts, n.ID)
 			},
 			func() error { return tx.Delete(bucketLeases, n.MAC) },
-			func() error { return deleteRoot(tx, n.RootVolume) },
+			func() error { return r.deleteRoot(tx, n.RootVolume) },
 		} {
 			if err := op(); err != nil {
 				return err
@@ -601,7 +652,7 @@ func (r *Registry) Remove(nameOrMAC string) (controllerapi.Node, error) {
 	return n, err
 }
 
-func deleteRoot(tx store.Tx, root string) error {
+func (r *Registry) deleteRoot(tx store.Tx, root string) error {
 	if root == "" {
 		return nil
 	}
@@ -609,7 +660,7 @@ func deleteRoot(tx store.Tx, root string) error {
 	if err != nil {
 		return err
 	}
-	return tx.Delete(bucketAoE, aoeKey(sh, sl))
+	return r.freeAoE(tx, sh, sl)
 }
 
 // Record appends an event that is not tied to a registry change.

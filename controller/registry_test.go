@@ -69,13 +69,13 @@ func TestParseMAC(t *testing.T) {
 func TestRegisterAssignsLowestFreeAddress(t *testing.T) {
 	c := newTestController(t, "10.9.0.0/24")
 	r := c.Registry()
-	var got []string
+	var got, roots []string
 	for i := range 3 {
 		n, err := r.Register(controllerapi.RegisterRequest{Name: fmt.Sprintf("hn%d", i), MAC: fmt.Sprintf("52:54:00:00:00:%02x", i), Role: "hwnode"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		got = append(got, n.IP)
+		got, roots = append(got, n.IP), append(roots, n.RootVolume)
 	}
 	if d := cmp.Diff([]string{"10.9.0.10", "10.9.0.11", "10.9.0.12"}, got); d != "" {
 		t.Fatalf("addresses (-want +got):\n%s", d)
@@ -89,6 +89,17 @@ func TestRegisterAssignsLowestFreeAddress(t *testing.T) {
 	}
 	if n.IP != "10.9.0.11" {
 		t.Errorf("after removing hn1, next address = %s; want the freed 10.9.0.11", n.IP)
+	}
+	if roots[1] == "" {
+		t.Fatalf("no root volume addresses: %v", roots)
+	}
+	// Its root volume address is handed out again too, to the next
+	// hardware node.
+	if n, err := r.Register(controllerapi.RegisterRequest{Name: "hn8", MAC: "52:54:00:00:00:98", Role: "hwnode"}); err != nil || n.RootVolume != roots[1] {
+		t.Errorf("after removing hn1 (root %s of %v), the next hardware node's root is %s, %v", roots[1], roots, n.RootVolume, err)
+	}
+	if _, err := r.Remove("hn8"); err != nil {
+		t.Fatal(err)
 	}
 	// A fixed address above the allocator's cursor is skipped later.
 	if _, err := r.Register(controllerapi.RegisterRequest{Name: "fixed", MAC: "52:54:00:00:01:00", Role: "hwnode", IP: "10.9.0.13"}); err != nil {
