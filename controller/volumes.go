@@ -257,27 +257,29 @@ func (rv remoteVolumes) Clone(image, name, addr string, macs []string) (string, 
 	}
 	img := controllerapi.StorageVolumeSpec{Name: imageVolume(image), Size: st.Size(), Image: image}
 	vol := controllerapi.StorageVolumeSpec{Name: name, Size: st.Size(), Clone: img.Name, Addr: addr, MACs: macs}
-	var drop []string
-	if err := rv.c.st.View(func(tx store.Tx) error {
-		old, err := rv.specs(tx, name) // a leftover of a failed create
+	// One change: the clone here (and nowhere else: a leftover of a
+	// failed create goes), and the image it needs, which travels once per
+	// storage node and stays for later clones.
+	if err := rv.c.reg.update(func(tx store.Tx) error {
+		old, err := rv.specs(tx, name)
+		if err != nil {
+			return err
+		}
 		for n := range old {
-			if n != node {
-				drop = append(drop, n+"/"+name)
+			if err := tx.Delete(bucketVolumes, n+"/"+name); err != nil {
+				return err
 			}
 		}
-		return err
-	}); err != nil {
-		return "", err
-	}
-	if err := rv.put(map[string]controllerapi.StorageVolumeSpec{node: vol}, drop...); err != nil {
-		return "", err
-	}
-	// The image travels once per storage node; it stays for later clones.
-	if err := rv.c.reg.update(func(tx store.Tx) error {
-		if _, err := tx.Get(bucketVolumes, node+"/"+img.Name); err == nil {
-			return nil
+		if _, err := tx.Get(bucketVolumes, node+"/"+img.Name); err != nil {
+			if err := putJSON(tx, bucketVolumes, node+"/"+img.Name, img); err != nil {
+				return err
+			}
 		}
-		return putJSON(tx, bucketVolumes, node+"/"+img.Name, img)
+		if err := putJSON(tx, bucketVolumes, node+"/"+name, vol); err != nil {
+			return err
+		}
+		_, err = bumpFenceGen(tx)
+		return err
 	}); err != nil {
 		return "", err
 	}
@@ -346,11 +348,6 @@ func (rv remoteVolumes) Delete(name string) error {
 // is not waited for: it applies its desired state when it reports again,
 // before it serves anything.
 func (rv remoteVolumes) wait(node string, s controllerapi.StorageVolumeSpec) error {
-	want := slices.Clone(s.MACs)
-	for i, m := range want {
-		want[i] = strings.ToLower(m)
-	}
-	slices.Sort(want)
 	deadline := time.Now().Add(rv.timeout)
 	var why string
 	for {
@@ -372,9 +369,7 @@ func (rv remoteVolumes) wait(node string, s controllerapi.StorageVolumeSpec) err
 			}
 		}
 		for _, v := range sn.Report.Volumes {
-			got := slices.Clone(v.MACs)
-			slices.Sort(got)
-			if v.Name == s.Name && normalAddr(v.Addr) == normalAddr(s.Addr) && slices.Equal(got, want) && v.IOPS == s.IOPS && v.BPS == s.BPS {
+			if v.Name == s.Name && asSpecified(v, s) {
 				return nil
 			}
 		}
@@ -385,14 +380,18 @@ func (rv remoteVolumes) wait(node string, s controllerapi.StorageVolumeSpec) err
 	}
 }
 
-func normalAddr(a string) string {
-	if a == "" {
-		return ""
+// asSpecified says whether a storage node serves v as spec s says: its
+// address, exactly its allow list, its I/O caps.
+func asSpecified(v controllerapi.StorageVolume, s controllerapi.StorageVolumeSpec) bool {
+	norm := func(macs []string) []string {
+		out := make([]string, len(macs))
+		for i, m := range macs {
+			out[i] = strings.ToLower(m)
+		}
+		slices.Sort(out)
+		return out
 	}
-	if sh, sl, err := wire.ParseAddr(a); err == nil {
-		return wire.Addr(sh, sl)
-	}
-	return a
+	return wire.CanonAddr(v.Addr) == wire.CanonAddr(s.Addr) && slices.Equal(norm(v.MACs), norm(s.MACs)) && v.IOPS == s.IOPS && v.BPS == s.BPS
 }
 
 // storageVolumes lists what the controller wants storage node node to
@@ -500,12 +499,9 @@ func (c *Controller) VolumeList() ([]controllerapi.Volume, error) {
 					if got.Name != s.Name {
 						continue
 					}
-					a, b := slices.Clone(got.MACs), slices.Clone(s.MACs)
-					slices.Sort(a)
-					slices.Sort(b)
 					v.State = "served"
-					if !slices.Equal(a, b) || normalAddr(got.Addr) != normalAddr(s.Addr) {
-						v.State = "allow list not applied yet"
+					if !asSpecified(got, s) {
+						v.State = "address, allow list or caps not applied yet"
 					}
 				}
 			}

@@ -314,7 +314,7 @@ func (m *managed) export(v Volume, s controllerapi.StorageVolumeSpec) error {
 	slices.Sort(macs)
 	have := slices.Clone(v.MACs)
 	slices.Sort(have)
-	if v.Addr() == normAddr(s.Addr) && slices.Equal(have, macs) {
+	if v.Addr() == wire.CanonAddr(s.Addr) && slices.Equal(have, macs) {
 		return nil
 	}
 	if macs == nil {
@@ -334,16 +334,4 @@ func (m *managed) Pending() []controllerapi.StoragePending {
 	}
 	slices.SortFunc(out, func(a, b controllerapi.StoragePending) int { return cmp.Compare(a.Name, b.Name) })
 	return out
-}
-
-// normAddr is an address in its e<shelf>.<slot> form ("" stays "").
-func normAddr(s string) string {
-	if s == "" {
-		return ""
-	}
-	shelf, slot, err := wire.ParseAddr(s)
-	if err != nil {
-		return s
-	}
-	return wire.Addr(shelf, slot)
 }

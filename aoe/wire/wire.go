@@ -305,6 +305,15 @@ func ParseIdentify(p []byte) (Identity, error) {
 // Addr formats a volume address the way Linux names it: e<shelf>.<slot>.
 func Addr(shelf uint16, slot uint8) string { return fmt.Sprintf("e%d.%d", shelf, slot) }
 
+// CanonAddr is s in the form Addr writes ("1.0" -> "e1.0"); "" and
+// anything that is not an address come back unchanged.
+func CanonAddr(s string) string {
+	if sh, sl, err := ParseAddr(s); err == nil {
+		return Addr(sh, sl)
+	}
+	return s
+}
+
 // ParseAddr reads a volume address, "e1.0" (or "1.0"), in the canonical
 // form Addr writes. The broadcast shelf and slot are refused: no volume
 // lives there.

@@ -178,3 +178,11 @@ func FuzzParseAddr(f *testing.F) {
 		}
 	})
 }
+
+func TestCanonAddr(t *testing.T) {
+	for in, want := range map[string]string{"1.0": "e1.0", "e7.12": "e7.12", "": "", "e65535.0": "e65535.0", "bogus": "bogus"} {
+		if got := CanonAddr(in); got != want {
+			t.Errorf("CanonAddr(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

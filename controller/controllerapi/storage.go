@@ -197,7 +197,7 @@ type Volume struct {
 	Size    int64    `json:"size"`
 	MACs    []string `json:"macs,omitempty"` // allow list
 	// State: "served", "not there yet: WHY", "storage node down", or
-	// "allow list not applied yet".
+	// "address, allow list or caps not applied yet".
 	State string `json:"state"`
 }
 
