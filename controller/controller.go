@@ -27,6 +27,7 @@ import (
 	"github.com/fabric-project/fabric/controller/store"
 	"github.com/fabric-project/fabric/internal/atomicfile"
 	"github.com/fabric-project/fabric/pxe"
+	"github.com/fabric-project/fabric/storagenode/witness"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -109,7 +110,8 @@ type Controller struct {
 
 	agents    *agents
 	storage   *storageNodes
-	vols      Volumes // where volumes live: the pool beside the controller, or storage nodes
+	vols      Volumes         // where volumes live: the pool beside the controller, or storage nodes
+	wit       *witness.Server // the witness of the pairs the controller made
 	watchOnce sync.Once
 	placeMu   sync.Mutex      // serialises placement decisions
 	migSeq    uint64          // under placeMu
@@ -166,6 +168,10 @@ func New(cfg Config) (*Controller, error) {
 		changed: make(chan struct{}), unknownSeen: map[string]time.Time{},
 		agents: newAgents(cfg.AgentTimeout), storage: newStorageNodes(cfg.AgentTimeout), gen: 1, inflight: map[string]bool{}, started: time.Now()}
 	c.vols = remoteVolumes{c: c, timeout: 2 * time.Minute}
+	if c.wit, err = witness.New(filepath.Join(cfg.StateDir, WitnessFile), witnessLease, log.With("part", "witness")); err != nil {
+		st.Close()
+		return nil, err
+	}
 	if cfg.StorageDir != "" {
 		c.vols = localVolumes{dir: cfg.StorageDir}
 	}

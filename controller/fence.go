@@ -70,6 +70,9 @@ func (c *Controller) storageDesired(node string) (controllerapi.StorageDesired, 
 			if d.Volumes, err = c.storageVolumes(tx, node); err != nil {
 				return err
 			}
+			if d.Pair, err = c.storagePairSpec(tx, node); err != nil {
+				return err
+			}
 		}
 		return tx.ForEach(bucketFences, "", func(k string, v []byte) error {
 			if k == keyFenceGen {

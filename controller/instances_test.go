@@ -911,10 +911,11 @@ func TestInstanceLimits(t *testing.T) {
 	}
 }
 
-// TestNoVolumesOnPairsYet: with only pair nodes reporting, a controller
-// without a pool of its own refuses to place a disk (a volume on one node
-// of a pair would break the pair) and says what to do.
-func TestNoVolumesOnPairsYet(t *testing.T) {
+// TestNoVolumesOnFlagPairs: with only nodes of a pair set by their own
+// --pair flags reporting, a controller without a pool of its own refuses
+// to place a disk (it did not make the pair, so a volume on one node of it
+// would break the pair) and says what to do.
+func TestNoVolumesOnFlagPairs(t *testing.T) {
 	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"), AgentTimeout: 2 * time.Second})
 	admin := serveAPI(t, c)
 	ctx := context.Background()
@@ -938,7 +939,7 @@ func TestNoVolumesOnPairsYet(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := admin.CreateInstance(ctx, controllerapi.CreateInstanceRequest{Name: "web", Image: "tiny", VCPUs: 1, MemoryMiB: 64})
-	if err == nil || !strings.Contains(err.Error(), "does not place volumes on pairs yet") {
+	if err == nil || !strings.Contains(err.Error(), "places volumes only on pairs it made") {
 		t.Fatalf("create with only a pair node reporting: %v", err)
 	}
 	if ins, _ := admin.Instances(ctx); len(ins) != 0 {

@@ -48,6 +48,9 @@ type Volumes interface {
 	Delete(name string) error
 }
 
+// Volumes returns where the controller's volumes live.
+func (c *Controller) Volumes() Volumes { return c.vols }
+
 // localVolumes is a pool directory beside the controller.
 type localVolumes struct{ dir string }
 
@@ -215,35 +218,67 @@ func (rv remoteVolumes) put(specs map[string]controllerapi.StorageVolumeSpec, de
 	})
 }
 
-// pick chooses the storage node for a new volume: the live one with the
-// most free space.
-func (rv remoteVolumes) pick() (string, error) {
+// pick chooses where a new volume of size bytes goes: the pair with the
+// most free space (both nodes hold it), or, with no pair that has room,
+// the standalone storage node with the most. A pair with one node down
+// still takes volumes: the node that comes back makes them before it
+// rejoins (the pair's resync copies what was written meanwhile).
+func (rv remoteVolumes) pick(size int64) (nodes []string, where string, err error) {
 	sns, err := rv.c.StorageNodes()
 	if err != nil {
-		return "", err
+		return nil, "", err
 	}
-	best, free, pairs := "", int64(-1), 0
+	var recs []pairRecord
+	if err := rv.c.st.View(func(tx store.Tx) (err error) {
+		recs, err = rv.c.pairList(tx)
+		return err
+	}); err != nil {
+		return nil, "", err
+	}
+	paired := map[string]bool{}
+	var best []string
+	bestFree, most, flagPairs := int64(-1), int64(-1), 0
+	now := time.Now()
+	for _, p := range recs {
+		paired[p.Nodes[0]], paired[p.Nodes[1]] = true, true
+		info := rv.c.pairInfo(p, now)
+		if info.Owner == "" {
+			continue // down, or not formed: nothing could be served from it
+		}
+		most = max(most, info.FreeBytes)
+		if info.FreeBytes >= size && info.FreeBytes > bestFree {
+			best, bestFree, where = p.Nodes[:], info.FreeBytes, fmt.Sprintf("on pair %s (%s, %s)", p.Name, p.Nodes[0], p.Nodes[1])
+		}
+	}
+	if best != nil {
+		return best, where, nil
+	}
 	for _, sn := range sns {
-		if !sn.Alive || sn.Report == nil {
+		if !sn.Alive || sn.Report == nil || paired[sn.Name] {
 			continue
 		}
 		if sn.Report.Pair != nil {
-			// A volume on one node of a pair and not the other would
-			// break the pair; placing volumes on pairs is not built.
-			pairs++
+			// Paired by its own flags: a volume on one node of such a
+			// pair and not the other would break the pair.
+			flagPairs++
 			continue
 		}
-		if sn.Report.Capacity.FreeBytes > free {
-			best, free = sn.Name, sn.Report.Capacity.FreeBytes
+		free := sn.Report.Capacity.FreeBytes
+		most = max(most, free)
+		if free >= size && free > bestFree {
+			best, bestFree, where = []string{sn.Name}, free, "on storage node "+sn.Name
 		}
 	}
 	switch {
-	case best == "" && pairs > 0:
-		return "", errorf(ErrUnplaceable, "only storage nodes in pairs report to the controller, and it does not place volumes on pairs yet: run a standalone storage node with --controller, or give the controller --storage-dir")
-	case best == "":
-		return "", errorf(ErrUnplaceable, "no storage node reports to the controller to hold the volume (start one with `fabricd storage --controller ...`; see `fabric storage list`)")
+	case best != nil:
+		return best, where, nil
+	case most >= 0:
+		return nil, "", errorf(ErrUnplaceable, "no storage has room for %s: the most free on a live pair or storage node is %s (see `fabric storage list`)",
+			storagenode.FormatSize(size), storagenode.FormatSize(most))
+	case flagPairs > 0:
+		return nil, "", errorf(ErrUnplaceable, "only storage nodes paired by their own --pair flags report to the controller, and it places volumes only on pairs it made: run the nodes with --replication-listen instead and `fabric storage pair create`")
 	}
-	return best, nil
+	return nil, "", errorf(ErrUnplaceable, "no storage node reports to the controller to hold the volume (start one with `fabricd storage --controller ...`; see `fabric storage list`)")
 }
 
 func (rv remoteVolumes) Clone(image, name, addr string, macs []string) (string, error) {
@@ -251,15 +286,18 @@ func (rv remoteVolumes) Clone(image, name, addr string, macs []string) (string, 
 	if err != nil {
 		return "", errorf(ErrNotFound, "image %q is not stored with the controller (fabric image import %s FILE)", image, image)
 	}
-	node, err := rv.pick()
+	img := controllerapi.StorageVolumeSpec{Name: imageVolume(image), Size: st.Size(), Image: image}
+	vol := controllerapi.StorageVolumeSpec{Name: name, Size: st.Size(), Clone: img.Name, Addr: addr, MACs: macs}
+	nodes, where, err := rv.pick(vol.Size)
 	if err != nil {
 		return "", err
 	}
-	img := controllerapi.StorageVolumeSpec{Name: imageVolume(image), Size: st.Size(), Image: image}
-	vol := controllerapi.StorageVolumeSpec{Name: name, Size: st.Size(), Clone: img.Name, Addr: addr, MACs: macs}
 	// One change: the clone here (and nowhere else: a leftover of a
 	// failed create goes), and the image it needs, which travels once per
-	// storage node and stays for later clones.
+	// storage node and stays for later clones. A pair's two nodes each
+	// clone the same image, so the copies start equal; nothing writes to
+	// them before both report the clone (or one is down: then the pair's
+	// resync brings it what was written meanwhile).
 	if err := rv.c.reg.update(func(tx store.Tx) error {
 		old, err := rv.specs(tx, name)
 		if err != nil {
@@ -270,23 +308,27 @@ func (rv remoteVolumes) Clone(image, name, addr string, macs []string) (string, 
 				return err
 			}
 		}
-		if _, err := tx.Get(bucketVolumes, node+"/"+img.Name); err != nil {
-			if err := putJSON(tx, bucketVolumes, node+"/"+img.Name, img); err != nil {
+		for _, node := range nodes {
+			if _, err := tx.Get(bucketVolumes, node+"/"+img.Name); err != nil {
+				if err := putJSON(tx, bucketVolumes, node+"/"+img.Name, img); err != nil {
+					return err
+				}
+			}
+			if err := putJSON(tx, bucketVolumes, node+"/"+name, vol); err != nil {
 				return err
 			}
-		}
-		if err := putJSON(tx, bucketVolumes, node+"/"+name, vol); err != nil {
-			return err
 		}
 		_, err = bumpFenceGen(tx)
 		return err
 	}); err != nil {
 		return "", err
 	}
-	if err := rv.wait(node, vol); err != nil {
-		return "", err
+	for _, node := range nodes {
+		if err := rv.wait(node, vol); err != nil {
+			return "", err
+		}
 	}
-	return "on storage node " + node, nil
+	return where, nil
 }
 
 func (rv remoteVolumes) Export(name, addr string, macs []string) error {

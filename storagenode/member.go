@@ -28,6 +28,12 @@ type MemberConfig struct {
 	Node       string        // the name it is registered under (role storage)
 	Token      string        // one-time enrollment token; unused once enrolled
 	Every      time.Duration // report interval; default 1s
+	// ReplicationListen is where the node takes a pair peer's replication
+	// connection once the controller pairs it (fabric storage pair
+	// create); "": the node cannot be paired by the controller.
+	ReplicationListen string
+	ResyncRate        int64 // for a pair the controller makes; 0: the default
+	NoTakeover        bool  // for a pair the controller makes
 }
 
 // identityFile holds the node's key and certificate, in the pool.
@@ -46,6 +52,67 @@ type member struct {
 	// applied is the desired-state generation applied (persisted with
 	// the fence in the pool).
 	applied uint64
+	// join starts this node's half of a pair the controller made.
+	join func(PairConfig) error
+	// pairWarned: the controller's pair differs from the running one and
+	// the node said so.
+	pairWarned bool
+	pairErr    string // the last error joining it, said once
+}
+
+// pairSpecFile keeps the pair the controller made, in the pool: a node
+// restarted before it reaches the controller again serves its volumes
+// only as one of the pair, never alone as if unpaired.
+const pairSpecFile = "pair-spec.json"
+
+func loadPairSpec(pool *Pool) (*controllerapi.StoragePairSpec, error) {
+	b, err := os.ReadFile(filepath.Join(pool.Dir(), pairSpecFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var s controllerapi.StoragePairSpec
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("storagenode: %s: %w", pairSpecFile, err)
+	}
+	return &s, nil
+}
+
+// pairConfig is this node's half of pair s, with the controller as the
+// witness.
+func (m *member) pairConfig(s controllerapi.StoragePairSpec) PairConfig {
+	return PairConfig{Name: s.Name, Node: m.cfg.Node, PeerNode: s.Peer, Listen: m.cfg.ReplicationListen, PeerAddr: s.PeerAddr,
+		Witness:     strings.TrimRight(m.cfg.Controller, "/") + "/v1/storage/witness",
+		WitnessHTTP: m.api.AgentHTTP(300 * time.Millisecond), ResyncRate: m.cfg.ResyncRate, NoTakeover: m.cfg.NoTakeover}
+}
+
+// applyPair joins the pair the controller made (once: a pair stays).
+func (m *member) applyPair(s *controllerapi.StoragePairSpec) error {
+	if s == nil {
+		return nil
+	}
+	if cur := m.t.pair.Load(); cur != nil {
+		if (cur.cfg.Name != s.Name || cur.cfg.PeerNode != s.Peer || cur.cfg.PeerAddr != s.PeerAddr) && !m.pairWarned {
+			m.log.Error("the controller's pair differs from the one this node runs; keeping the running one (restart the node to change it)",
+				"controller_pair", s.Name, "controller_peer", s.Peer+"@"+s.PeerAddr, "pair", cur.cfg.Name, "peer", cur.cfg.PeerNode+"@"+cur.cfg.PeerAddr)
+			m.pairWarned = true
+		}
+		return nil
+	}
+	if m.cfg.ReplicationListen == "" || m.join == nil {
+		return fmt.Errorf("the controller paired this node with %s (pair %s), but it runs without --replication-listen", s.Peer, s.Name)
+	}
+	b, _ := json.MarshalIndent(s, "", "  ")
+	if err := atomicfile.Write(filepath.Join(m.pool.Dir(), pairSpecFile), append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	if err := m.join(m.pairConfig(*s)); err != nil {
+		return err
+	}
+	m.log.Info("joined the pair the controller made", "pair", s.Name, "peer", s.Peer, "peer_addr", s.PeerAddr)
+	return nil
 }
 
 // fenceFile keeps the fence across restarts, in the pool.
@@ -87,12 +154,17 @@ func (m *member) apply(ctx context.Context, d controllerapi.StorageDesired) erro
 			return err
 		}
 	}
+	// The pair first: volumes exported from now on are replicated.
+	if err := m.applyPair(d.Pair); err != nil && err.Error() != m.pairErr {
+		m.log.Error("joining the controller's pair", "err", err)
+		m.pairErr = err.Error()
+	}
 	if d.ManagesVolumes {
 		if err := m.vols.apply(ctx, d.Volumes); err != nil {
 			m.log.Warn("applying the controller's volumes", "err", err)
 		}
 	}
-	if p := m.t.pair; p != nil && d.Drain != p.Left() {
+	if p := m.t.pair.Load(); p != nil && d.Drain != p.Left() {
 		if d.Drain {
 			m.log.Info("draining on the controller's word: handing over to the peer and leaving the pair")
 			p.Leave(2 * time.Second)
@@ -223,7 +295,7 @@ func (m *member) run(ctx context.Context) {
 
 // report is the node's state now.
 func (m *member) report() controllerapi.StorageReport {
-	r := controllerapi.StorageReport{Node: m.cfg.Node, Generation: m.applied, Fenced: []string{}, Initiators: map[string]time.Time{},
+	r := controllerapi.StorageReport{Node: m.cfg.Node, Generation: m.applied, Replication: m.cfg.ReplicationListen, Fenced: []string{}, Initiators: map[string]time.Time{},
 		Heard: map[string]time.Time{}, Interfaces: []controllerapi.StorageIface{}, Volumes: []controllerapi.StorageVolume{}}
 	for _, f := range m.t.Fenced() {
 		r.Fenced = append(r.Fenced, f.String())
@@ -244,7 +316,7 @@ func (m *member) report() controllerapi.StorageReport {
 		}
 	}
 	var ps *PairStatus
-	if p := m.t.pair; p != nil {
+	if p := m.t.pair.Load(); p != nil {
 		s := p.Status()
 		ps = &s
 		r.Drained = p.Left()

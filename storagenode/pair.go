@@ -34,6 +34,10 @@ type PairConfig struct {
 	Listen   string // replication address to listen on, host:port
 	PeerAddr string // the other node's replication address
 	Witness  string // the witness's URL, http://host:port
+	// WitnessHTTP, if set, is the client for the witness (the
+	// controller's, with the node's certificate); it should time out
+	// within a third of the lease. Default: plain HTTP, 300ms.
+	WitnessHTTP *http.Client
 	// LinkTimeout is how long the replication link may stay silent
 	// before the peer counts as gone; default 500ms.
 	LinkTimeout time.Duration
@@ -256,8 +260,12 @@ func NewPair(t *Target, cfg PairConfig, dir string, ifaces []string, log *slog.L
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	hc := cfg.WitnessHTTP
+	if hc == nil {
+		hc = &http.Client{Timeout: 300 * time.Millisecond}
+	}
 	p := &Pair{cfg: cfg, t: t, dir: dir, ifaces: ifaces, log: log.With("pair", cfg.Name),
-		wc:      &witness.Client{URL: strings.TrimRight(cfg.Witness, "/"), HTTP: &http.Client{Timeout: 300 * time.Millisecond}},
+		wc:      &witness.Client{URL: strings.TrimRight(cfg.Witness, "/"), HTTP: hc},
 		changed: make(chan struct{}), pending: map[uint64]pendingWrite{}, bitmaps: map[uint32]*bitmap{}, fwd: map[uint64]func(bool){},
 		rejoin: make(chan struct{}, 1)}
 	b, err := os.ReadFile(p.statePath())
@@ -273,7 +281,9 @@ func NewPair(t *Target, cfg PairConfig, dir string, ifaces []string, log *slog.L
 	if err := os.MkdirAll(filepath.Join(dir, "pair-bitmaps"), 0o755); err != nil {
 		return nil, err
 	}
-	t.pair = p
+	if !t.pair.CompareAndSwap(nil, p) {
+		return nil, fmt.Errorf("storagenode: this node is already in pair %q", t.pair.Load().cfg.Name)
+	}
 	return p, nil
 }
 

@@ -39,6 +39,7 @@ type pairLab struct {
 	shelf    uint16
 	slot     uint8
 	blockSz  int
+	vol      string // the volume's name in the pools
 	blocks   uint64
 	log      *writelog.Log
 	mu       sync.Mutex
@@ -47,6 +48,27 @@ type pairLab struct {
 
 func newPairLab(t *testing.T, volSize int64) *pairLab {
 	t.Helper()
+	l := newPairLabStopped(t)
+	l.Volume("vol1", volSize, "7.1", "")
+	l.StartAll()
+	l.setBlocks(volSize)
+	return l
+}
+
+// setBlocks sizes the write log for a volume of volSize bytes.
+func (l *pairLab) setBlocks(volSize int64) {
+	l.t.Helper()
+	l.blocks = uint64(volSize / int64(l.blockSz))
+	var err error
+	if l.log, err = writelog.New(l.blocks, l.blockSz); err != nil {
+		l.t.Fatal(err)
+	}
+}
+
+// newPairLabStopped is the pair's machines and the initiator, with
+// nothing in the pools and nothing started.
+func newPairLabStopped(t *testing.T) *pairLab {
+	t.Helper()
 	netns.Skip(t)
 	sw, ini := netns.New(t, "psw"), netns.New(t, "pini")
 	sw.Must(t, "ip", "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0")
@@ -54,10 +76,7 @@ func newPairLab(t *testing.T, volSize int64) *pairLab {
 	netns.Veth(t, ini, "ini0", "", sw, "pi", "")
 	sw.Must(t, "ip", "link", "set", "pi", "master", "br0")
 	pl := pairlab.New(t, pairlab.Fabricd(t, ".."), sw, "br0")
-	l := &pairLab{Lab: pl, t: t, ini: ini, shelf: 7, slot: 1, blockSz: 4096}
-	pl.Volume("vol1", volSize, "7.1", "")
-	pl.StartAll()
-	var err error
+	l := &pairLab{Lab: pl, t: t, ini: ini, shelf: 7, slot: 1, blockSz: 4096, vol: "vol1"}
 	if err := ini.Do(func() (err error) {
 		l.in, err = initiator.New("ini0", initiator.Config{Window: 32, Timeout: 100 * time.Millisecond, MaxTimeout: 200 * time.Millisecond, Retries: 60})
 		return err
@@ -65,10 +84,6 @@ func newPairLab(t *testing.T, volSize int64) *pairLab {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.in.Close() })
-	l.blocks = uint64(volSize / int64(l.blockSz))
-	if l.log, err = writelog.New(l.blocks, l.blockSz); err != nil {
-		t.Fatal(err)
-	}
 	return l
 }
 
@@ -79,7 +94,7 @@ func (l *pairLab) waitInSync(within time.Duration) {
 	}
 }
 
-func (l *pairLab) volPath(n *pairlab.Node) string { return l.VolumePath(n, "vol1") }
+func (l *pairLab) volPath(n *pairlab.Node) string { return l.VolumePath(n, l.vol) }
 func (l *pairLab) dumpLogs()                      { l.t.Log(l.Logs()) }
 
 // open opens the volume through both nodes' MACs.

@@ -64,9 +64,32 @@ func Run(ctx context.Context, cfg Config) error {
 	defer release()
 	t := NewTarget(TargetConfig{Logger: log, Configs: pool, BufferCount: cfg.BufferCount})
 	defer t.Close()
+	rep := &reporter{pool: pool, info: info, log: log}
+	var m *member
+	if cfg.Member != nil {
+		if m, err = newMember(*cfg.Member, pool, t, cfg.Interfaces, rep, log); err != nil {
+			return err
+		}
+	}
 	var pair *Pair
-	if cfg.Pair != nil {
+	switch spec, err := loadPairSpec(pool); {
+	case err != nil:
+		return err
+	case cfg.Pair != nil && spec != nil:
+		return fmt.Errorf("storagenode: the controller made this node one of pair %s (%s); --pair cannot apply too", spec.Name, pairSpecFile)
+	case cfg.Pair != nil:
 		if pair, err = NewPair(t, *cfg.Pair, pool.Dir(), cfg.Interfaces, log); err != nil {
+			return err
+		}
+	case spec != nil && m == nil:
+		return fmt.Errorf("storagenode: the controller made this node one of pair %s (%s in the pool): run it with --controller", spec.Name, pairSpecFile)
+	case spec != nil:
+		// Paired by the controller: the pair holds before anything is
+		// served, whether or not the controller answers.
+		if cfg.Member.ReplicationListen == "" {
+			return fmt.Errorf("storagenode: the controller made this node one of pair %s: it needs --replication-listen", spec.Name)
+		}
+		if pair, err = NewPair(t, m.pairConfig(*spec), pool.Dir(), cfg.Interfaces, log); err != nil {
 			return err
 		}
 	}
@@ -75,7 +98,6 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	rep := &reporter{pool: pool, info: info, log: log}
 	if err := reconcile(t, pool, cfg.Exports, rep); err != nil {
 		return err
 	}
@@ -101,8 +123,8 @@ func Run(ctx context.Context, cfg Config) error {
 	go func() {
 		select {
 		case <-outer.Done():
-			if pair != nil {
-				pair.Leave(2 * time.Second)
+			if p := t.pair.Load(); p != nil {
+				p.Leave(2 * time.Second)
 			}
 			stop()
 		case <-serveCtx.Done():
@@ -115,12 +137,21 @@ func Run(ctx context.Context, cfg Config) error {
 	if pair != nil {
 		g.Go(func() error { return pair.Run(ctx) })
 	}
-	if cfg.Member != nil {
-		m, err := newMember(*cfg.Member, pool, t, cfg.Interfaces, rep, log)
-		if err != nil {
-			return err
-		}
+	kick := make(chan struct{}, 1) // reconcile now
+	if m != nil {
 		m.applied = fenceGen
+		m.join = func(pc PairConfig) error {
+			p, err := NewPair(t, pc, pool.Dir(), cfg.Interfaces, log)
+			if err != nil {
+				return err
+			}
+			g.Go(func() error { return p.Run(ctx) })
+			select {
+			case kick <- struct{}{}: // its volumes are replicated from now on
+			default:
+			}
+			return nil
+		}
 		g.Go(func() error { m.run(ctx); return nil })
 	}
 	every := cfg.Reload
@@ -139,15 +170,15 @@ func Run(ctx context.Context, cfg Config) error {
 			select {
 			case <-ctx.Done():
 				return nil
+			case <-kick:
 			case <-tick.C:
-				stamp := stateStamp(pool)
-				if stamp == lastStamp && time.Since(last) < every {
+				if stateStamp(pool) == lastStamp && time.Since(last) < every {
 					continue
 				}
-				last, lastStamp = time.Now(), stamp
-				if err := reconcile(t, pool, cfg.Exports, rep); err != nil {
-					log.Error("reloading volumes", "err", err)
-				}
+			}
+			last, lastStamp = time.Now(), stateStamp(pool)
+			if err := reconcile(t, pool, cfg.Exports, rep); err != nil {
+				log.Error("reloading volumes", "err", err)
 			}
 		}
 	})
@@ -178,7 +209,7 @@ func reconcile(t *Target, pool *Pool, static []Export, rep *reporter) error {
 		return err
 	}
 	for i := range vols {
-		vols[i].Replicated = t.pair != nil
+		vols[i].Replicated = t.pair.Load() != nil
 	}
 	problems := map[string]string{}
 	staticAt := map[uint32]Export{}

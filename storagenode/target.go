@@ -217,7 +217,8 @@ type Target struct {
 	mu  sync.Mutex // serialises Add/Remove
 	tab atomic.Pointer[table]
 	// pair replicates the Replicated volumes; nil: none may be added.
-	pair *Pair
+	// Set once, at start or when the controller pairs the node.
+	pair atomic.Pointer[Pair]
 	// also holds the MACs this target answers for besides its ports' own:
 	// the pair peer's, while it is away. Frames to them arrive on the
 	// same sockets as the rest (ports in promiscuous mode), so one
@@ -368,7 +369,7 @@ var ErrExists = errors.New("storagenode: address already exported")
 // refused: two targets answering for one shelf.slot with different data is
 // how initiators corrupt disks.
 func (t *Target) Add(e Export) error {
-	if e.Replicated && t.pair == nil {
+	if e.Replicated && t.pair.Load() == nil {
 		return fmt.Errorf("storagenode: %s: replicated, but this node is not in a pair", e.Addr())
 	}
 	if e.Shelf == wire.BroadcastShelf || e.Slot == wire.BroadcastSlot {
@@ -614,7 +615,7 @@ func (h *Handler) Handle(req []byte, r Replier) {
 		}
 		h.noteSource(f.Src(), true)
 		v := tab.byAddr[key(shelf, slot)]
-		if v == nil || !v.visibleTo(f.Src()) || (v.Replicated && !h.t.pair.serving()) {
+		if v == nil || !v.visibleTo(f.Src()) || (v.Replicated && !h.t.pair.Load().serving()) {
 			c.ignored.Add(1)
 			return
 		}
@@ -646,7 +647,7 @@ func (h *Handler) Handle(req []byte, r Replier) {
 		if (shelf != wire.BroadcastShelf && shelf != v.Shelf) || (slot != wire.BroadcastSlot && slot != v.Slot) {
 			continue
 		}
-		if !v.visibleTo(f.Src()) || (v.Replicated && !h.t.pair.serving()) {
+		if !v.visibleTo(f.Src()) || (v.Replicated && !h.t.pair.Load().serving()) {
 			continue
 		}
 		matched = true
@@ -698,7 +699,7 @@ func (h *Handler) ata(v *volume, f wire.Frame, r Replier) {
 			break
 		}
 		want := int(count) * wire.SectorSize
-		if v.Replicated && !h.t.pair.serving() {
+		if v.Replicated && !h.t.pair.Load().serving() {
 			c.ignored.Add(1) // not sure to be current: silence, the initiator resends
 			return
 		}
@@ -735,7 +736,7 @@ func (h *Handler) ata(v *volume, f wire.Frame, r Replier) {
 		if v.Replicated {
 			// Applied by the pair, in its order, and answered once on
 			// both nodes (or dropped: the initiator resends).
-			h.t.pair.aoeWrite(h, v, f, off, want)
+			h.t.pair.Load().aoeWrite(h, v, f, off, want)
 			return
 		}
 		if err := v.writeAt(f.Data()[:want], off); err != nil {
@@ -929,7 +930,7 @@ func (h *Handler) reserve(v *volume, f wire.Frame, hdr *aoe.Header, a *aoe.Reser
 // the broadcast address when a volume comes up (like vblade at start), so
 // initiators that already run see it without rescanning.
 func (h *Handler) announcement(v *volume, r Replier) {
-	if v.Replicated && !h.t.pair.serving() {
+	if v.Replicated && !h.t.pair.Load().serving() {
 		return
 	}
 	v.mu.Lock()

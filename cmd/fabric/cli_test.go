@@ -449,3 +449,31 @@ func TestCLILimitFlags(t *testing.T) {
 		t.Errorf("--iops -5: exit %d, %q", code, errs)
 	}
 }
+
+// TestCLIPairCreate: `fabric storage pair create` wants two names, and
+// passes on the controller's refusals with their reasons; `pair list`
+// prints its header with no pair.
+func TestCLIPairCreate(t *testing.T) {
+	t.Setenv("FABRIC_TOKEN", "")
+	cfg, ctl := startController(t)
+	if _, err := ctl.Registry().Register(controllerapi.RegisterRequest{Name: "hn1", MAC: "52:54:00:aa:00:01", Role: controllerapi.RoleHWNode}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"sn1"}, "want two storage node names, got 1"},
+		{[]string{"sn1", "sn1"}, "sn1 cannot pair with itself"},
+		{[]string{"hn1", "sn2"}, "hn1 is a hwnode node, not a storage node"},
+		{[]string{"sn1", "sn2"}, `no node named "sn1"`},
+	} {
+		code, _, errs := fabric(t, cfg, append([]string{"storage", "pair", "create"}, tc.args...)...)
+		if code == 0 || !strings.Contains(errs, tc.want) {
+			t.Errorf("fabric storage pair create %v: exit %d, %q; want %q", tc.args, code, errs, tc.want)
+		}
+	}
+	if code, out, errs := fabric(t, cfg, "storage", "pair", "list"); code != 0 || !strings.HasPrefix(out, "PAIR") {
+		t.Errorf("fabric storage pair list: exit %d, %q %q", code, out, errs)
+	}
+}

@@ -49,8 +49,9 @@ func volumeCommand() *cli.Command {
 func storageCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "storage",
-		Usage: "storage nodes: what each reports (capacity, volumes, pair state); drain and undrain",
+		Usage: "storage nodes: what each reports (capacity, volumes, pair state); pairs; drain and undrain",
 		Subcommands: []*cli.Command{
+			pairCommand(),
 			{
 				Name:      "drain",
 				Usage:     "take a pair node out of service without a stall: it hands its volumes to its peer and stops serving",
@@ -215,5 +216,62 @@ func storageShow(w io.Writer, n controllerapi.StorageNode, now time.Time) {
 			why = fmt.Sprintf("%s: %.0f%%", why, p.Percent)
 		}
 		fmt.Fprintf(w, "%s\t-\t-\t-\t-\tnot there yet: %s\n", p.Name, why)
+	}
+}
+
+func pairCommand() *cli.Command {
+	printPairs := func(c *cli.Context, ps []controllerapi.StoragePairInfo) error {
+		return show(c, ps, func(w io.Writer) {
+			fmt.Fprintln(w, "PAIR\tNODES\tOWNER\tSTATE\tFREE")
+			for _, p := range ps {
+				owner := p.Owner
+				if owner == "" {
+					owner = "-"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", p.Name, strings.Join(p.Nodes, ","), owner, p.State, storagenode.FormatSize(p.FreeBytes))
+			}
+		})
+	}
+	return &cli.Command{
+		Name:    "pair",
+		Aliases: []string{"pairs"},
+		Usage:   "storage pairs: two storage nodes that hold the same volumes, each serving them (docs/storage-pairs.md)",
+		Subcommands: []*cli.Command{
+			{
+				Name:  "create",
+				Usage: "make two storage nodes a pair; new volumes go to the pair with the most free space",
+				Description: `Both nodes must report to the controller, run with --replication-listen
+(their peer connects there; not on an AoE interface) and export no volume
+yet. The controller is the pair's witness. Returns once one node owns
+writes and the other follows in sync.`,
+				ArgsUsage: "NODE1 NODE2",
+				Flags:     []cli.Flag{&cli.StringFlag{Name: "name", Usage: "the pair's name (default NODE1-NODE2)"}, outputFlag},
+				Action: withClient(func(c *cli.Context, cl *controllerapi.Client) error {
+					if c.NArg() != 2 {
+						return fmt.Errorf("fabric storage pair create: want two storage node names, got %d arguments", c.NArg())
+					}
+					t0 := time.Now()
+					p, err := cl.CreatePair(c.Context, controllerapi.PairRequest{Name: c.String("name"), Nodes: c.Args().Slice()})
+					if err != nil {
+						return err
+					}
+					return show(c, p, func(w io.Writer) {
+						fmt.Fprintf(w, "pair %s formed in %.1f s: %s owns writes, both serve every volume of the pair\n", p.Name, time.Since(t0).Seconds(), p.Owner)
+					})
+				}),
+			},
+			{
+				Name:  "list",
+				Usage: "list the pairs: nodes, owner, state, free space",
+				Flags: []cli.Flag{outputFlag},
+				Action: withClient(func(c *cli.Context, cl *controllerapi.Client) error {
+					ps, err := cl.Pairs(c.Context)
+					if err != nil {
+						return err
+					}
+					return printPairs(c, ps)
+				}),
+			},
+		},
 	}
 }

@@ -29,7 +29,13 @@ volumes (address, size, name) in each pool, and a witness somewhere else:
 
    fabricd storage witness --listen 10.0.9.3:7420 --state /var/lib/fabric/witness.json
    fabricd storage --iface eth1 --data-dir /srv/aoe --pair p1 --node sn1 --peer-node sn2 \
-       --replication-listen 10.0.9.1:7410 --peer 10.0.9.2:7410 --witness http://10.0.9.3:7420`,
+       --replication-listen 10.0.9.1:7410 --peer 10.0.9.2:7410 --witness http://10.0.9.3:7420
+
+Or let the controller pair two members (it is then the pair's witness):
+
+   fabricd storage --iface eth1 --data-dir /srv/aoe --controller https://10.0.0.1:8443 \
+       --ca /etc/fabric/ca.crt --name sn1 --replication-listen 10.0.9.1:7410
+   fabric storage pair create sn1 sn2`,
 		Flags: []cli.Flag{
 			&cli.StringSliceFlag{Name: "iface", Usage: "serve AoE on this interface (repeatable)"},
 			dataDir,
@@ -39,7 +45,7 @@ volumes (address, size, name) in each pool, and a witness somewhere else:
 			&cli.StringFlag{Name: "pair", Usage: "replicate every pool volume with a peer: the pair's name", Category: "pair"},
 			&cli.StringFlag{Name: "node", Usage: "this node's name in the pair", Category: "pair"},
 			&cli.StringFlag{Name: "peer-node", Usage: "the peer's name", Category: "pair"},
-			&cli.StringFlag{Name: "replication-listen", Usage: "HOST:PORT to take the peer's replication connection on (not on an AoE interface)", Category: "pair"},
+			&cli.StringFlag{Name: "replication-listen", Usage: "HOST:PORT to take the peer's replication connection on (not on an AoE interface); with --controller alone, the node can be paired by the controller", Category: "pair"},
 			&cli.StringFlag{Name: "peer", Usage: "the peer's replication HOST:PORT", Category: "pair"},
 			&cli.StringFlag{Name: "witness", Usage: "URL of the witness that grants write ownership (fabricd storage witness)", Category: "pair"},
 			&cli.StringFlag{Name: "resync-rate", Value: "100M", Usage: "resync bandwidth per second (guests keep the rest)", Category: "pair"},
@@ -65,12 +71,12 @@ volumes (address, size, name) in each pool, and a witness somewhere else:
 			if c.Uint("buffers") < 1 || c.Uint("buffers") > 65535 {
 				return fmt.Errorf("--buffers: want 1-65535")
 			}
+			rate, err := storagenode.ParseSize(c.String("resync-rate"))
+			if err != nil || rate <= 0 {
+				return fmt.Errorf("--resync-rate %q: want bytes per second, like 50M", c.String("resync-rate"))
+			}
 			var pair *storagenode.PairConfig
 			if c.IsSet("pair") {
-				rate, err := storagenode.ParseSize(c.String("resync-rate"))
-				if err != nil || rate <= 0 {
-					return fmt.Errorf("--resync-rate %q: want bytes per second, like 50M", c.String("resync-rate"))
-				}
 				pair = &storagenode.PairConfig{Name: c.String("pair"), Node: c.String("node"), PeerNode: c.String("peer-node"),
 					Listen: c.String("replication-listen"), PeerAddr: c.String("peer"), Witness: c.String("witness"),
 					ResyncRate: rate, NoTakeover: c.Bool("no-takeover")}
@@ -84,7 +90,12 @@ volumes (address, size, name) in each pool, and a witness somewhere else:
 				if name == "" || c.String("ca") == "" {
 					return fmt.Errorf("--controller needs --name (the node's registered name) and --ca (the fabric CA)")
 				}
-				member = &storagenode.MemberConfig{Controller: c.String("controller"), CAFile: c.String("ca"), Node: name, Token: c.String("token")}
+				member = &storagenode.MemberConfig{Controller: c.String("controller"), CAFile: c.String("ca"), Node: name, Token: c.String("token"),
+					ResyncRate: rate, NoTakeover: c.Bool("no-takeover")}
+				if pair == nil {
+					// Paired later by the controller (fabric storage pair create).
+					member.ReplicationListen = c.String("replication-listen")
+				}
 			}
 			return storagenode.Run(c.Context, storagenode.Config{
 				Member:      member,

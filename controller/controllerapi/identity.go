@@ -171,6 +171,15 @@ func NewAgentClient(baseURL string, caPEM []byte, id *Identity) (*Client, error)
 	return c, nil
 }
 
+// AgentHTTP returns a new HTTP client that presents the agent's
+// certificate (the current one at each new connection), for calls outside
+// this client's API, like a pair's witness at the controller.
+func (c *Client) AgentHTTP(timeout time.Duration) *http.Client {
+	h := c.agentHTTP()
+	h.Timeout = timeout
+	return h
+}
+
 func (c *Client) agentHTTP() *http.Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = &tls.Config{RootCAs: c.roots, MinVersion: tls.VersionTLS12, GetClientCertificate: c.id.clientCertificate}

@@ -36,6 +36,10 @@ type StorageReport struct {
 	Pair    *StoragePair     `json:"pair,omitempty"`
 	// Drained: the node has left its pair on the controller's word.
 	Drained bool `json:"drained,omitempty"`
+	// Replication is the address the node takes a pair peer's
+	// replication connection on (--replication-listen); "": it cannot be
+	// paired by the controller.
+	Replication string `json:"replication,omitempty"`
 }
 
 // StorageDesired is the controller's answer to a report: what the node
@@ -57,6 +61,17 @@ type StorageDesired struct {
 	// the peer, stop serving) and stay out until the controller says
 	// otherwise; then come back through a resync.
 	Drain bool `json:"drain,omitempty"`
+	// Pair makes the node one of a storage pair (fabric storage pair
+	// create): every volume it exports is replicated to the peer, and the
+	// controller is the pair's witness. A pair, once made, stays.
+	Pair *StoragePairSpec `json:"pair,omitempty"`
+}
+
+// StoragePairSpec is a storage node's pair, as the controller made it.
+type StoragePairSpec struct {
+	Name     string `json:"name"`
+	Peer     string `json:"peer"`      // the other node's registered name
+	PeerAddr string `json:"peer_addr"` // its replication address, host:port
 }
 
 // StorageVolumeSpec is a volume the controller wants a storage node to
@@ -226,4 +241,43 @@ func (c *Client) UndrainStorage(ctx context.Context, name string, wait time.Dura
 	}
 	err := c.do(ctx, http.MethodPost, p, nil, &n)
 	return n, err
+}
+
+// PairRequest asks the controller to make two storage nodes a pair
+// (POST /v1/storage/pairs).
+type PairRequest struct {
+	Name  string   `json:"name,omitempty"` // default: NODE1-NODE2
+	Nodes []string `json:"nodes"`          // exactly two storage nodes
+}
+
+// StoragePairInfo is a pair the controller made, with its state from the
+// two nodes' reports.
+type StoragePairInfo struct {
+	Name    string    `json:"name"`
+	Nodes   []string  `json:"nodes"`
+	Created time.Time `json:"created"`
+	// Owner is the node that owns writes ("" while none does).
+	Owner string `json:"owner"`
+	// State is "in sync", "degraded: ...", "resyncing ..." or "forming".
+	State string `json:"state"`
+	// Members is each node's view, by name ("down" when it does not report).
+	Members map[string]string `json:"members"`
+	// FreeBytes is what a new volume may use: the smaller free space of
+	// its live nodes.
+	FreeBytes int64 `json:"free_bytes"`
+}
+
+// CreatePair makes two storage nodes a pair; the controller answers once
+// the pair has formed (one owner, the other in sync).
+func (c *Client) CreatePair(ctx context.Context, req PairRequest) (StoragePairInfo, error) {
+	var p StoragePairInfo
+	err := c.do(ctx, http.MethodPost, "/v1/storage/pairs", req, &p)
+	return p, err
+}
+
+// Pairs lists the pairs the controller made.
+func (c *Client) Pairs(ctx context.Context) ([]StoragePairInfo, error) {
+	var ps []StoragePairInfo
+	err := c.do(ctx, http.MethodGet, "/v1/storage/pairs", nil, &ps)
+	return ps, err
 }

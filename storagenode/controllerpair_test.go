@@ -1,0 +1,225 @@
+package storagenode_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fabric-project/fabric/controller"
+	"github.com/fabric-project/fabric/controller/controllerapi"
+)
+
+// TestControllerMadePair: two storage nodes that report to a controller
+// (and were started with no pair of their own) become a pair on
+// `fabric storage pair create`, with the controller as their witness. A
+// volume cloned from an image goes to both; it is read through both
+// paths; writes through both paths survive kill -9 of the owner and a
+// planned drain, each copy identical after the resyncs; a volume made
+// while one node is down reaches that node when it comes back, with what
+// was written meanwhile. Bad pairings are refused with the reason.
+func TestControllerMadePair(t *testing.T) {
+	l := newPairLabStopped(t)
+	l.shelf, l.slot, l.vol = 5, 1, "inst-a"
+	c, err := controller.New(controller.Config{StateDir: t.TempDir(), BootSubnet: netip.MustParsePrefix("10.79.0.0/24"),
+		ServerIP: netip.MustParseAddr("10.79.0.1"), APIHosts: []string{"10.78.1.254", "10.78.2.254"}, AgentTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	var ln net.Listener
+	if err := l.Wit.Do(func() (err error) { ln, err = net.Listen("tcp", ":8443"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- c.Serve(ctx, ln) }()
+	t.Cleanup(func() { cancel(); <-served })
+	ca := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(ca, c.CACertPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Registry().Register(controllerapi.RegisterRequest{Name: "hn1", MAC: "52:54:00:99:00:01", Role: controllerapi.RoleHWNode}); err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range l.Nodes {
+		if _, err := c.Registry().Register(controllerapi.RegisterRequest{Name: n.Name, MAC: n.MAC, Role: controllerapi.RoleStorage}); err != nil {
+			t.Fatal(err)
+		}
+		tok, err := c.Registry().IssueToken(n.Name, "test", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.Args = []string{"storage", "--iface", "aoe0", "--data-dir", n.Dir, "--replication-listen", fmt.Sprintf("10.77.0.%d:7410", i+1),
+			"--controller", fmt.Sprintf("https://10.78.%d.254:8443", i+1), "--ca", ca, "--name", n.Name, "--token", tok}
+	}
+	l.StartAll()
+	waitFor := func(what string, d time.Duration, ok func() bool) {
+		t.Helper()
+		for end := time.Now().Add(d); !ok(); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(end) {
+				t.Fatalf("%s: not within %v\n%s", what, d, l.Logs())
+			}
+		}
+	}
+	alive := func(names ...string) func() bool {
+		return func() bool {
+			sns, _ := c.StorageNodes()
+			n := 0
+			for _, sn := range sns {
+				for _, name := range names {
+					if sn.Name == name && sn.Alive {
+						n++
+					}
+				}
+			}
+			return n == len(names)
+		}
+	}
+	waitFor("both storage nodes report", 20*time.Second, alive("sn1", "sn2"))
+
+	// Bad pairings.
+	for _, bad := range []struct {
+		nodes []string
+		want  string
+	}{
+		{[]string{"sn1", "sn1"}, "cannot pair with itself"},
+		{[]string{"sn1", "hn1"}, "hn1 is a hwnode node, not a storage node"},
+		{[]string{"sn1"}, "a pair is two storage nodes"},
+		{[]string{"sn1", "nope"}, "nope"},
+	} {
+		if _, err := c.CreatePair(controllerapi.PairRequest{Nodes: bad.nodes}, "test"); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("pair %v: %v, want an error saying %q", bad.nodes, err, bad.want)
+		}
+	}
+
+	t0 := time.Now()
+	info, err := c.CreatePair(controllerapi.PairRequest{Nodes: []string{"sn1", "sn2"}}, "test")
+	if err != nil {
+		t.Fatalf("pair create: %v\n%s", err, l.Logs())
+	}
+	t.Logf("pair %s formed in %v: owner %s, %v", info.Name, time.Since(t0).Round(time.Millisecond), info.Owner, info.Members)
+	if info.State != "in sync" || info.Owner == "" {
+		t.Fatalf("pair after create: %+v", info)
+	}
+	if _, err := c.CreatePair(controllerapi.PairRequest{Name: "again", Nodes: []string{"sn2", "sn1"}}, "test"); err == nil || !strings.Contains(err.Error(), "already in pair sn1-sn2") {
+		t.Errorf("pairing sn2 and sn1 again: %v", err)
+	}
+
+	// A volume cloned from an image goes to both nodes of the pair.
+	const size = 8 << 20
+	img := make([]byte, size)
+	for i := range img {
+		img[i] = byte(i/512) ^ 0x5a
+	}
+	if _, err := c.ImportImage("tiny", size, func(f *os.File) error { _, err := f.Write(img); return err }); err != nil {
+		t.Fatal(err)
+	}
+	iniMAC := strings.TrimSpace(l.ini.Must(t, "cat", "/sys/class/net/ini0/address"))
+	t0 = time.Now()
+	where, err := c.Volumes().Clone("tiny", "inst-a", "e5.1", []string{iniMAC})
+	if err != nil {
+		t.Fatalf("clone: %v\n%s", err, l.Logs())
+	}
+	t.Logf("clone %s in %v", where, time.Since(t0).Round(time.Millisecond))
+	if !strings.Contains(where, "pair sn1-sn2") {
+		t.Errorf("the clone went %s, want the pair", where)
+	}
+	octx, ocancel := context.WithTimeout(context.Background(), 3*time.Second)
+	d, err := l.in.Open(octx, 5, 1, 500*time.Millisecond)
+	ocancel()
+	if err != nil {
+		t.Fatalf("open e5.1: %v\n%s", err, l.Logs())
+	}
+	if len(d.Paths) != 2 {
+		t.Errorf("e5.1 answers through %v, want both storage nodes", d.Paths)
+	}
+	got := make([]byte, size)
+	if _, err := d.ReadAt(got, 0); err != nil || !bytes.Equal(got, img) {
+		t.Fatalf("e5.1 through both paths: %v (equal %v)", err, bytes.Equal(got, img))
+	}
+	d.Close()
+
+	// Writes through both paths survive the owner's death and a planned
+	// drain; the copies are identical after each resync.
+	l.setBlocks(size)
+	l.check("fresh clone", l.Nodes[0], l.Nodes[1])
+	l.phase("healthy", func() {}, time.Second)
+	l.check("healthy", l.Nodes[0], l.Nodes[1])
+	own, other := l.Owner()
+	stall := l.phase("kill -9 of the owner "+own.Name, func() { l.Kill(own, syscall.SIGKILL) }, 3*time.Second)
+	if stall > 2*time.Second {
+		t.Errorf("kill -9 of the owner: writes stalled %v (bar 2 s)", stall)
+	}
+	l.check("owner killed", other)
+	l.Start(own)
+	l.waitInSync(30 * time.Second)
+	l.check("owner back, resynced", l.Nodes[0], l.Nodes[1])
+	waitFor("the controller sees the pair in sync", 10*time.Second, func() bool {
+		ps, _ := c.Pairs()
+		return len(ps) == 1 && ps[0].State == "in sync"
+	})
+	own, _ = l.Owner()
+	var drainErr error
+	stall = l.phase("drain of the owner "+own.Name, func() { _, drainErr = c.DrainStorage(own.Name, "test") }, 2*time.Second)
+	if drainErr != nil {
+		t.Fatalf("drain: %v", drainErr)
+	}
+	t.Logf("planned drain of the owner: longest write stall %v", stall.Round(time.Millisecond))
+	if stall > time.Second {
+		t.Errorf("drain of the owner: writes stalled %v", stall)
+	}
+	if _, err := c.UndrainStorage(own.Name, "test", 30*time.Second); err != nil {
+		t.Fatalf("undrain: %v\n%s", err, l.Logs())
+	}
+	l.waitInSync(30 * time.Second)
+	l.check("drained and back", l.Nodes[0], l.Nodes[1])
+
+	// A volume made while one node is down: the other holds it alone and
+	// takes writes; the node that comes back makes it and the resync
+	// brings it what was written.
+	own, other = l.Owner()
+	l.Kill(other, syscall.SIGKILL)
+	waitFor(other.Name+" reported down", 10*time.Second, func() bool { return !alive(other.Name)() })
+	if _, err := c.Volumes().Clone("tiny", "inst-b", "e5.2", []string{iniMAC}); err != nil {
+		t.Fatalf("clone with %s down: %v", other.Name, err)
+	}
+	l.vol, l.slot = "inst-b", 2
+	l.setBlocks(size)
+	l.phase("inst-b on "+own.Name+" alone", func() {}, time.Second)
+	l.Start(other)
+	l.waitInSync(60 * time.Second)
+	l.check("inst-b after "+other.Name+" came back", l.Nodes[0], l.Nodes[1])
+
+	// A volume larger than any pair's free space is refused up front.
+	vols := c.Volumes()
+	if _, err := vols.Clone("nosuch", "inst-c", "e5.3", nil); err == nil {
+		t.Error("a clone of a missing image succeeded")
+	}
+	ps, err := c.Pairs()
+	if err != nil || len(ps) != 1 || ps[0].FreeBytes <= 0 {
+		t.Fatalf("pairs: %+v %v", ps, err)
+	}
+	t.Logf("fabric storage pair list: %+v", ps[0])
+	huge := ps[0].FreeBytes + 1<<30
+	_, err = c.ImportImage("huge", huge, func(f *os.File) error { return nil }) // sparse
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vols.Clone("huge", "inst-c", "e5.3", nil); !errors.Is(err, controller.ErrUnplaceable) || !strings.Contains(err.Error(), "no storage has room") {
+		t.Errorf("a clone larger than the pair's free space: %v", err)
+	}
+	for _, n := range l.Nodes {
+		if _, err := os.Stat(filepath.Join(n.Dir, "volumes", "inst-c.img")); err == nil {
+			t.Errorf("%s holds a leftover of the refused clone", n.Name)
+		}
+	}
+}
