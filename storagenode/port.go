@@ -7,6 +7,8 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
+	"time"
 
 	"github.com/fabric-project/fabric/aoe/rawsock"
 	"github.com/fabric-project/fabric/aoe/wire"
@@ -185,13 +187,31 @@ func (t *Target) Serve(ctx context.Context, p *Port) error {
 		g.Go(func() error {
 			rx := rawsock.NewBatch(batchSize, size)
 			tx := &txq{c: c, b: rawsock.NewBatch(batchSize, size), reads: make([]mappedRead, batchSize), h: h}
+			down := false
 			for {
 				n, err := c.ReadBatch(rx)
 				if err != nil {
 					if ctx.Err() != nil || rawsock.IsClosed(err) {
 						return nil
 					}
+					if errors.Is(err, syscall.ENETDOWN) {
+						// The link is down (a cable, a switch port): wait
+						// for it, never exit; initiators resend meanwhile.
+						if !down {
+							t.log.Warn("link down; serving again when it returns", "iface", p.ifi.Name)
+							down = true
+						}
+						sleep(ctx, 100*time.Millisecond)
+						continue
+					}
 					return fmt.Errorf("storagenode: %s: %w", p.ifi.Name, err)
+				}
+				if down {
+					down = false
+					t.log.Info("link up again", "iface", p.ifi.Name)
+					for _, v := range t.tab.Load().list {
+						p.announce(t, v)
+					}
 				}
 				t.inflight.RLock()
 				for i := 0; i < n; i++ {
@@ -202,6 +222,10 @@ func (t *Target) Serve(ctx context.Context, p *Port) error {
 				if tx.err != nil {
 					if ctx.Err() != nil || rawsock.IsClosed(tx.err) {
 						return nil
+					}
+					if errors.Is(tx.err, syscall.ENETDOWN) {
+						tx.err = nil // the replies are lost; initiators resend
+						continue
 					}
 					return fmt.Errorf("storagenode: %s: %w", p.ifi.Name, tx.err)
 				}

@@ -115,7 +115,7 @@ func up(c *cli.Context, log, trace io.Writer) (*lab.Lab, error) {
 			return nil, fmt.Errorf("%s missing: run `make build images`", f)
 		}
 	}
-	return lab.Up(lab.Config{Dir: c.String("dir"), Bin: bin, Images: images, Prefix: "fdemo", Log: log, Boot: true, Trace: trace})
+	return lab.Up(lab.Config{Dir: c.String("dir"), Bin: bin, Images: images, Prefix: "fdemo", Log: log, Boot: true, Trace: trace, StoragePair: true})
 }
 
 // story is the demo's record: one line per step for the summary.
@@ -179,7 +179,7 @@ func demo(c *cli.Context) (err error) {
 	}()
 	ctx := c.Context
 	stopped := func() error { return ctx.Err() }
-	if err := s.step("0. the lab: switch, config node, storage node, hardware nodes hn1 and hn2 with libvirtd and agents, client", func() (string, error) {
+	if err := s.step("0. the lab: switch, config node, storage nodes sn1 and sn2 (paired by the controller), hardware nodes hn1 and hn2 with libvirtd and agents, client", func() (string, error) {
 		var err error
 		l, err = up(c, os.Stdout, os.Stdout)
 		if err != nil {
@@ -204,7 +204,7 @@ func demo(c *cli.Context) (err error) {
 	}); err != nil {
 		return err
 	}
-	if err := s.step("2. dl1 (QEMU, no disk) PXE-boots from the config node, root on AoE from the storage node", func() (string, error) {
+	if err := s.step("2. dl1 (QEMU, no disk) PXE-boots from the config node, root on AoE from the storage pair", func() (string, error) {
 		tl, serial, err := l.BootDiskless("dl1", "52:54:00:de:00:01", 180*time.Second)
 		if err != nil {
 			n := len(serial)
@@ -291,9 +291,131 @@ func demo(c *cli.Context) (err error) {
 			return err
 		}
 	}
-	_ = s.step("5. the event log", func() (string, error) {
+	if err := stopped(); err != nil {
+		return err
+	}
+	if err := storageFailures(s, l, ip); err != nil {
+		return err
+	}
+	_ = s.step("6. the event log", func() (string, error) {
 		_, err := l.Fabric("events")
 		return "", err
 	})
 	return nil
+}
+
+// storageFailures is the storage part of the story: web's disk is on the
+// pair sn1+sn2; while the guest runs a write-verify loop on it and the
+// client pings it and fetches HTTP, the owner is drained (a planned
+// shutdown) and brought back through a resync, then the other node is
+// killed and restarted. Each step reports the longest write-verify pass
+// the guest saw.
+func storageFailures(s *story, l *lab.Lab, ip string) error {
+	var healthy time.Duration
+	if err := s.step("5.0 web's disk is on the pair: start a write-verify loop in the guest (write, fsync, drop caches, read back)", func() (string, error) {
+		if _, err := l.Fabric("volume", "list"); err != nil {
+			return "", err
+		}
+		if _, err := l.GuestIO(ip, "start"); err != nil {
+			return "", err
+		}
+		time.Sleep(3 * time.Second)
+		g, err := l.GuestIO(ip, "")
+		if err != nil {
+			return "", err
+		}
+		healthy = g.Longest
+		_, _ = l.Fabric("storage", "pair", "list")
+		return fmt.Sprintf("%d passes, longest %v, %d errors", g.Passes, g.Longest, g.Errors), nil
+	}); err != nil {
+		return err
+	}
+	p, err := l.StartProber(ip, filepath.Join(l.Dir, "demo-storage"))
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if p != nil {
+			_, _, _, _ = p.Stop()
+		}
+	}()
+	// under runs fault while the guest's loop runs, and says what the
+	// guest saw.
+	under := func(fault func() error) (string, error) {
+		if _, err := l.GuestIO(ip, "reset"); err != nil {
+			return "", err
+		}
+		g0, err := l.GuestIO(ip, "")
+		if err != nil {
+			return "", err
+		}
+		if err := fault(); err != nil {
+			return "", err
+		}
+		time.Sleep(5 * time.Second)
+		g, err := l.GuestIO(ip, "")
+		if err != nil {
+			return "", err
+		}
+		d := fmt.Sprintf("in the guest: longest write-verify pass %v (healthy %v), %d passes, %d errors", g.Longest, healthy, g.Passes-g0.Passes, g.Errors)
+		if g.Errors > 0 || g.Passes-g0.Passes < 3 {
+			return "", errors.New(d)
+		}
+		return d, nil
+	}
+	pair, err := l.PairInfo()
+	if err != nil {
+		return err
+	}
+	own := pair.Owner
+	other := map[string]string{"sn1": "sn2", "sn2": "sn1"}[own]
+	if err := s.step("5.1 planned shutdown of the owner "+own+": fabric storage drain (ownership handed to "+other+" first)", func() (string, error) {
+		return under(func() error { _, err := l.Fabric("storage", "drain", own); return err })
+	}); err != nil {
+		return err
+	}
+	if err := s.step("5.2 "+own+" comes back: fabric storage undrain, resync of what changed", func() (string, error) {
+		t0 := time.Now()
+		if _, err := l.Fabric("storage", "undrain", own); err != nil {
+			return "", err
+		}
+		_, _ = l.Fabric("storage", "show", own)
+		_, _ = l.Fabric("storage", "pair", "list")
+		return fmt.Sprintf("in sync again %.1f s after undrain", time.Since(t0).Seconds()), nil
+	}); err != nil {
+		return err
+	}
+	pair, err = l.PairInfo()
+	if err != nil {
+		return err
+	}
+	victim := pair.Owner
+	if err := s.step("5.3 kill -9 of the storage node "+victim+" (the owner now)", func() (string, error) {
+		d, err := under(func() error { return l.Kill(lab.StorageProc(victim)) })
+		_, _ = l.Fabric("storage", "pair", "list")
+		return d, err
+	}); err != nil {
+		return err
+	}
+	return s.step("5.4 "+victim+" restarts and rejoins through a full resync; the client's view of it all", func() (string, error) {
+		if err := l.RestartStorage(lab.StorageProc(victim)); err != nil {
+			return "", err
+		}
+		took, err := l.WaitPairInSync(90 * time.Second)
+		if err != nil {
+			return "", err
+		}
+		_, _ = l.Fabric("storage", "pair", "list")
+		fast, slow, h, err := p.Stop()
+		p = nil
+		if err != nil {
+			return "", err
+		}
+		d := fmt.Sprintf("in sync again after %.1f s; through 5.1-5.4 pings 10 Hz: %d sent, %d lost; 1 Hz: %d sent, %d lost; HTTP: %d ok, %d failed",
+			took.Seconds(), fast.Sent, fast.Lost(), slow.Sent, slow.Lost(), h.OK, h.Failed)
+		if slow.Lost() > 0 || h.Failed > 0 {
+			return "", errors.New(d)
+		}
+		return d, nil
+	})
 }

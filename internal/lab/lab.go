@@ -31,6 +31,11 @@ const (
 	ClientIP     = "10.234.0.100"
 	StorageIP    = "10.234.0.5" // the storage node reports to the controller from here
 	APIPort      = "8443"
+	// With a storage pair, the storage nodes' eth0 carries AoE only (a
+	// node must send nothing from its AoE MAC while its peer answers for
+	// it); they reach the controller and each other on a second network.
+	MgmtSubnetPrefix = "10.235.0."
+	MgmtControllerIP = MgmtSubnetPrefix + "1"
 )
 
 // Host is a hardware node of the lab.
@@ -64,10 +69,15 @@ type Lab struct {
 	Hosts       []Host   `json:"hosts"`
 	CtlNS       string   `json:"controller_ns"`
 	StorageNS   string   `json:"storage_ns"`
-	ClientNS    string   `json:"client_ns"`
-	SwitchNS    string   `json:"switch_ns"`
-	StateDir    string   `json:"state_dir"`
-	DataDir     string   `json:"data_dir"`
+	// Storage2NS is sn2's namespace when the lab runs a storage pair.
+	Storage2NS string `json:"storage2_ns,omitempty"`
+	// StorageArgs are each storage node's fabricd arguments (by process
+	// name: storage, storage2), for RestartStorage.
+	StorageArgs map[string][]string `json:"storage_args,omitempty"`
+	ClientNS    string              `json:"client_ns"`
+	SwitchNS    string              `json:"switch_ns"`
+	StateDir    string              `json:"state_dir"`
+	DataDir     string              `json:"data_dir"`
 
 	log, trace io.Writer
 }
@@ -106,6 +116,10 @@ type Config struct {
 	// libvirtd) but not registered: Join adds one to the fabric, as a
 	// sysadmin adds a node.
 	Spare int
+	// StoragePair runs two storage nodes, sn1 and sn2, that the
+	// controller makes a pair (fabric storage pair create): every
+	// controller volume is on both.
+	StoragePair bool
 	// Watchdog, e.g. "8s": each agent feeds a watchdog with this timeout,
 	// a stand-in process (fabric-lab watchdog) that "resets" the node's
 	// namespace when it is not fed (the machine's own is never armed).
@@ -197,6 +211,10 @@ func Up(cfg Config) (l *Lab, err error) {
 		return l, fmt.Errorf("lab: %d hosts with %d spare: want 1 to 9 hosts, at least one not spare", cfg.Hosts, cfg.Spare)
 	}
 	all := []string{l.SwitchNS, l.CtlNS, l.StorageNS, l.ClientNS}
+	if cfg.StoragePair {
+		l.Storage2NS = cfg.Prefix + "-st2"
+		all = append(all, l.Storage2NS)
+	}
 	for i := 1; i <= cfg.Hosts; i++ {
 		h := Host{Name: fmt.Sprintf("hn%d", i), NS: fmt.Sprintf("%s-hn%d", cfg.Prefix, i), IP: fmt.Sprintf("10.234.0.1%d", i), MAC: fmt.Sprintf("02:fa:b0:00:00:1%d", i)}
 		l.Hosts = append(l.Hosts, h)
@@ -235,9 +253,17 @@ func Up(cfg Config) (l *Lab, err error) {
 		}
 		return run("ip", "-n", ns, "link", "set", "eth0", "mtu", "9000", "up")
 	}
-	for _, p := range []struct{ ns, name, addr string }{
+	ports := []struct{ ns, name, addr string }{
 		{l.CtlNS, "ctl", ControllerIP + "/24"}, {l.StorageNS, "st", StorageIP + "/24"}, {l.ClientNS, "cl", ClientIP + "/24"},
-	} {
+	}
+	if cfg.StoragePair {
+		ports[1].addr = ""
+		ports = append(ports, struct{ ns, name, addr string }{l.Storage2NS, "st2", ""})
+		if err := l.mgmtNetwork(); err != nil {
+			return l, err
+		}
+	}
+	for _, p := range ports {
 		if err := port(p.ns, p.name); err != nil {
 			return l, err
 		}
@@ -297,6 +323,10 @@ func Up(cfg Config) (l *Lab, err error) {
 	ctlArgs := []string{"controller", "--state-dir", l.StateDir,
 		"--api-addr", ControllerIP + ":" + APIPort, "--api-host", ControllerIP, "--boot-subnet", Subnet, "--server-ip", ControllerIP,
 		"--first-ip", "10.234.0.50", "--agent-timeout", "4s"}
+	if cfg.StoragePair {
+		ctlArgs[4] = ":" + APIPort // both networks
+		ctlArgs = append(ctlArgs, "--api-host", MgmtControllerIP)
+	}
 	if cfg.CertTTL != "" {
 		ctlArgs = append(ctlArgs, "--cert-ttl", cfg.CertTTL)
 	}
@@ -312,32 +342,58 @@ func Up(cfg Config) (l *Lab, err error) {
 	}); err != nil {
 		return l, fmt.Errorf("controller API did not come up: %w", err)
 	}
-	// The storage node is a member: it reports what it serves and which
-	// initiators it hears, and applies fences (HA).
-	stMAC, err := In(l.StorageNS, "cat", "/sys/class/net/eth0/address")
-	if err != nil {
-		return l, err
+	// The storage nodes are members: they report what they serve and
+	// which initiators they hear, and apply fences (HA).
+	stores := []struct{ proc, name, ns, dir, ip string }{{"storage", "sn1", l.StorageNS, l.DataDir, StorageIP}}
+	if cfg.StoragePair {
+		stores = append(stores, struct{ proc, name, ns, dir, ip string }{"storage2", "sn2", l.Storage2NS, filepath.Join(dir, "storage2"), "10.234.0.6"})
 	}
-	if _, err := l.Fabric("node", "register", "--name", "sn1", "--mac", strings.TrimSpace(stMAC), "--role", "storage", "--ip", StorageIP); err != nil {
-		return l, err
-	}
-	tok, err := l.Fabric("node", "token", "sn1")
-	if err != nil {
-		return l, err
-	}
-	f := strings.Fields(tok)
-	if err := l.start("storage", l.StorageNS, filepath.Join(l.Bin, "fabricd"), "storage", "--iface", "eth0", "--data-dir", l.DataDir,
-		"--controller", "https://"+ControllerIP+":"+APIPort, "--ca", filepath.Join(l.StateDir, "ca", "ca.crt"), "--name", "sn1", "--token", f[len(f)-1]); err != nil {
-		return l, err
+	l.StorageArgs = map[string][]string{}
+	for i, st := range stores {
+		if err := os.MkdirAll(st.dir, 0o755); err != nil {
+			return l, err
+		}
+		mac, err := In(st.ns, "cat", "/sys/class/net/eth0/address")
+		if err != nil {
+			return l, err
+		}
+		if _, err := l.Fabric("node", "register", "--name", st.name, "--mac", strings.TrimSpace(mac), "--role", "storage", "--ip", st.ip); err != nil {
+			return l, err
+		}
+		tok, err := l.Fabric("node", "token", st.name)
+		if err != nil {
+			return l, err
+		}
+		f := strings.Fields(tok)
+		args := []string{"storage", "--iface", "eth0", "--data-dir", st.dir, "--controller", "https://" + ControllerIP + ":" + APIPort,
+			"--ca", filepath.Join(l.StateDir, "ca", "ca.crt"), "--name", st.name, "--token", f[len(f)-1]}
+		if cfg.StoragePair {
+			mgmt := fmt.Sprintf("%s%d", MgmtSubnetPrefix, 5+i)
+			args[6] = "https://" + MgmtControllerIP + ":" + APIPort
+			args = append(args, "--replication-listen", mgmt+":7410")
+		}
+		l.StorageArgs[st.proc] = args
+		if err := l.start(st.proc, st.ns, filepath.Join(l.Bin, "fabricd"), args...); err != nil {
+			return l, err
+		}
 	}
 	if err := waitFor(20*time.Second, func() bool {
 		out, err := l.Fabric("storage", "list")
-		return err == nil && strings.Contains(out, "sn1   alive")
+		return err == nil && strings.Count(out, "  alive") == len(stores)
 	}); err != nil {
 		out, _ := l.Fabric("storage", "list")
-		return l, fmt.Errorf("storage node did not report: %w\n%s", err, out)
+		for _, st := range stores {
+			b, _ := os.ReadFile(filepath.Join(dir, st.proc+".log"))
+			out += fmt.Sprintf("%s.log:\n%s\n", st.proc, b[max(0, len(b)-2000):])
+		}
+		return l, fmt.Errorf("storage nodes did not report: %w\n%s", err, out)
 	}
-	l.logf("controller and storage node (%.1fs)", time.Since(t0).Seconds())
+	if cfg.StoragePair {
+		if _, err := l.Fabric("storage", "pair", "create", "sn1", "sn2"); err != nil {
+			return l, err
+		}
+	}
+	l.logf("controller and %d storage nodes (%.1fs)", len(stores), time.Since(t0).Seconds())
 	if cfg.Boot {
 		if _, err := l.Fabric("image", "import", "hwnode-root", filepath.Join(l.Images, "hwnode-root.img")); err != nil {
 			return l, err
@@ -598,6 +654,56 @@ func (l *Lab) running(name string) bool {
 		}
 	}
 	return false
+}
+
+// mgmtNetwork is the storage pair's second network: bridge mg0 in the
+// switch namespace, with the controller (eth1, MgmtControllerIP) and each
+// storage node (eth1, .5 and .6) on it.
+func (l *Lab) mgmtNetwork() error {
+	sw := l.SwitchNS
+	if _, err := In(sw, "ip", "link", "add", "mg0", "type", "bridge", "stp_state", "0", "forward_delay", "0"); err != nil {
+		return err
+	}
+	if _, err := In(sw, "ip", "link", "set", "mg0", "up"); err != nil {
+		return err
+	}
+	for _, m := range []struct{ ns, name, ip string }{
+		{l.CtlNS, "ctl", MgmtControllerIP}, {l.StorageNS, "st", MgmtSubnetPrefix + "5"}, {l.Storage2NS, "st2", MgmtSubnetPrefix + "6"},
+	} {
+		for _, c := range [][]string{
+			{"ip", "-n", sw, "link", "add", "m-" + m.name, "type", "veth", "peer", "name", "eth1", "netns", m.ns},
+			{"ip", "-n", sw, "link", "set", "m-" + m.name, "master", "mg0", "up"},
+			{"ip", "-n", m.ns, "addr", "add", m.ip + "/24", "dev", "eth1"},
+			{"ip", "-n", m.ns, "link", "set", "eth1", "up"},
+		} {
+			if err := run(c[0], c[1:]...); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// RestartStorage starts storage node process name (storage, storage2)
+// again with its arguments, after Kill.
+func (l *Lab) RestartStorage(name string) error {
+	args, ok := l.StorageArgs[name]
+	if !ok {
+		return fmt.Errorf("no storage process %s in the lab", name)
+	}
+	ns := l.StorageNS
+	if name == "storage2" {
+		ns = l.Storage2NS
+	}
+	return l.start(name, ns, filepath.Join(l.Bin, "fabricd"), args...)
+}
+
+// StorageProc is the lab process name of storage node node (sn1, sn2).
+func StorageProc(node string) string {
+	if node == "sn2" {
+		return "storage2"
+	}
+	return "storage"
 }
 
 // Kill kills a process the lab started, by its name (SIGKILL).

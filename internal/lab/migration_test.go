@@ -72,7 +72,7 @@ func upLab(t *testing.T, cfg Config) *Lab {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			for _, p := range []string{"controller.log", "agent-hn1.log", "agent-hn2.log", "storage.log"} {
+			for _, p := range []string{"controller.log", "agent-hn1.log", "agent-hn2.log", "storage.log", "storage2.log"} {
 				tail(t, filepath.Join(l.Dir, p), 40)
 			}
 			for _, h := range l.Hosts {

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/fabric-project/fabric/controller/controllerapi"
 )
 
 // Prober pings an address at 10 Hz and 1 Hz and fetches HTTP from it in a
@@ -148,4 +151,59 @@ func (p *Prober) Stop() (fast, slow PingStats, h HTTPStats, err error) {
 		}
 	}
 	return fast, slow, h, sc.Err()
+}
+
+// GuestIO is the test instance's write-verify loop on its data disk
+// (images/instance/init, GET /cgi-bin/wv): passes made, passes that failed
+// (an I/O error or a wrong read back), and the longest pass since the last
+// reset, measured inside the guest.
+type GuestIO struct {
+	Passes, Errors int
+	Longest        time.Duration
+}
+
+var guestIORE = regexp.MustCompile(`passes=(\d+) errors=(\d+) maxpass_ms=(\d+)`)
+
+// GuestIO asks the instance at ip about its write-verify loop; op "start"
+// starts it, "reset" restarts the longest-pass count, "" only reads.
+func (l *Lab) GuestIO(ip, op string) (GuestIO, error) {
+	var g GuestIO
+	out, err := In(l.ClientNS, "curl", "-s", "-m", "10", "http://"+ip+"/cgi-bin/wv?"+op)
+	m := guestIORE.FindStringSubmatch(out)
+	if err != nil || m == nil {
+		return g, fmt.Errorf("the guest's write-verify loop (%s): %v %q", op, err, out)
+	}
+	g.Passes, _ = strconv.Atoi(m[1])
+	g.Errors, _ = strconv.Atoi(m[2])
+	ms, _ := strconv.Atoi(m[3])
+	g.Longest = time.Duration(ms) * time.Millisecond
+	return g, nil
+}
+
+// PairInfo is the lab's storage pair as the controller sees it.
+func (l *Lab) PairInfo() (controllerapi.StoragePairInfo, error) {
+	var ps []controllerapi.StoragePairInfo
+	out, err := l.Fabric("storage", "pair", "list", "-o", "json")
+	if err != nil {
+		return controllerapi.StoragePairInfo{}, err
+	}
+	if err := json.Unmarshal([]byte(out), &ps); err != nil || len(ps) != 1 {
+		return controllerapi.StoragePairInfo{}, fmt.Errorf("storage pairs: %v %q", err, out)
+	}
+	return ps[0], nil
+}
+
+// WaitPairInSync waits until the lab's pair is in sync, and says how long
+// that took.
+func (l *Lab) WaitPairInSync(within time.Duration) (time.Duration, error) {
+	t0 := time.Now()
+	err := waitFor(within, func() bool {
+		p, err := l.PairInfo()
+		return err == nil && p.State == "in sync"
+	})
+	if err != nil {
+		out, _ := l.Fabric("storage", "pair", "list")
+		return 0, fmt.Errorf("the pair is not in sync within %v: %w\n%s", within, err, out)
+	}
+	return time.Since(t0), nil
 }
