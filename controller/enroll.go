@@ -441,6 +441,11 @@ func (c *Controller) RemoveNode(nameOrMAC string, force bool, actor string) (con
 	if err != nil {
 		return n, err
 	}
+	if n.Role == controllerapi.RoleStorage {
+		if err := c.storageRemovable(n.Name); err != nil {
+			return n, err
+		}
+	}
 	ins, err := listJSON[controllerapi.Instance](c.st, bucketInstances)
 	if err != nil {
 		return n, err

@@ -310,3 +310,38 @@ func (c *Controller) storageWitness(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, rep)
 }
+
+// storageRemovable refuses to forget a storage node that holds the
+// controller's volumes or is one of a pair: its volumes would be lost, or
+// the pair left with a member the controller no longer knows. Even with
+// --force: what is lost here is data.
+func (c *Controller) storageRemovable(node string) error {
+	var vols []controllerapi.StorageVolumeSpec
+	var p pairRecord
+	var paired bool
+	if err := c.st.View(func(tx store.Tx) (err error) {
+		if vols, err = c.storageVolumes(tx, node); err != nil {
+			return err
+		}
+		p, paired, err = c.pairOf(tx, node)
+		return err
+	}); err != nil {
+		return err
+	}
+	var names []string
+	for _, v := range vols {
+		if v.Addr != "" {
+			names = append(names, v.Name)
+		}
+	}
+	switch {
+	case paired && len(names) > 0:
+		return errorf(ErrConflict, "storage node %s is one of pair %s, which holds %s; removing a pair member is not built: keep the node (drain it for maintenance: `fabric storage drain %s`)",
+			node, p.Name, strings.Join(names, ", "), node)
+	case paired:
+		return errorf(ErrConflict, "storage node %s is one of pair %s; removing a pair member is not built", node, p.Name)
+	case len(names) > 0:
+		return errorf(ErrConflict, "storage node %s holds the only copy of %s; delete the instances and nodes those belong to first", node, strings.Join(names, ", "))
+	}
+	return nil
+}

@@ -219,6 +219,9 @@ func TestRemoteVolumes(t *testing.T) {
 			t.Errorf("fabric volume list: %s is %q, want %q", name, states[name], want)
 		}
 	}
+	if _, err := c.RemoveNode("sn1", true, "test"); err == nil || !strings.Contains(err.Error(), "holds the only copy of inst-a, inst-b") {
+		t.Errorf("removing sn1, which holds the only copies: %v", err)
+	}
 	if err := rv.Delete("inst-b"); err != nil {
 		t.Fatal(err)
 	}

@@ -199,6 +199,11 @@ func TestControllerMadePair(t *testing.T) {
 	l.waitInSync(60 * time.Second)
 	l.check("inst-b after "+other.Name+" came back", l.Nodes[0], l.Nodes[1])
 
+	// A pair member holding volumes is not removed, even with --force.
+	if _, err := c.RemoveNode("sn1", true, "test"); err == nil || !strings.Contains(err.Error(), "one of pair sn1-sn2, which holds inst-a, inst-b") {
+		t.Errorf("removing sn1: %v", err)
+	}
+
 	// A volume larger than any pair's free space is refused up front.
 	vols := c.Volumes()
 	if _, err := vols.Clone("nosuch", "inst-c", "e5.3", nil); err == nil {
