@@ -5,7 +5,7 @@ BIN     := bin
 GOFLAGS ?= -buildvcs=false
 export GOFLAGS
 
-.PHONY: all build deps images test test-unit lint demo demo-up demo-down bench bench-controller bench-aoe bench-boot bench-pair bench-ha clean
+.PHONY: all build deps images test test-unit lint demo demo-up demo-down bench bench-controller bench-aoe bench-boot bench-pair bench-ha bench-storage clean
 
 all: build
 
@@ -48,12 +48,15 @@ demo-down:
 	@[ -x bin/fabric-lab ] || $(GO) build -o $(BIN)/ ./cmd/fabric-lab
 	./bin/fabric-lab down --dir work/lab
 
-bench: bench-controller bench-aoe bench-boot bench-pair bench-ha
+bench: bench-controller bench-aoe bench-boot bench-pair bench-ha bench-storage
 
 # Hardware node failure: power loss to the instance answering from another
 # node, 5 times in the lab; the scheduler's benchmarks (about 4 min).
 bench-ha: images build
 	./scripts/bench-ha.sh
+
+bench-storage: images build
+	./scripts/bench-storage.sh
 
 bench-controller: build
 	./scripts/bench-controller.sh

@@ -59,6 +59,7 @@ func (c *Controller) Handler() http.Handler {
 	mux.Handle("GET /v1/storage/pairs", c.auth(c.listPairs))
 	mux.Handle("GET /v1/storage", c.auth(c.listStorage))
 	mux.Handle("GET /v1/volumes", c.auth(c.listVolumes))
+	mux.Handle("GET /v1/volumes/{name}", c.auth(c.showVolume))
 	mux.Handle("GET /v1/storage/{name}", c.auth(c.showStorage))
 	mux.Handle("POST /v1/storage/{name}/drain", c.auth(c.drainStorage))
 	mux.Handle("POST /v1/storage/{name}/undrain", c.auth(c.undrainStorage))

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -530,28 +531,128 @@ func (c *Controller) VolumeList() ([]controllerapi.Volume, error) {
 			}
 			v := controllerapi.Volume{Name: s.Name, Kind: volumeKind(s.Name), Storage: node, Addr: s.Addr, Size: s.Size, MACs: s.MACs,
 				State: "storage node down"}
-			if r := reports[node]; r != nil {
-				v.State = "not there yet"
-				for _, p := range r.Pending {
-					if p.Name == s.Name {
-						v.State = "not there yet: " + p.Why
-					}
-				}
-				for _, got := range r.Volumes {
-					if got.Name != s.Name {
-						continue
-					}
-					v.State = "served"
-					if !asSpecified(got, s) {
-						v.State = "address, allow list or caps not applied yet"
-					}
-				}
-			}
+			v.State, _ = volumeState(s, reports[node])
 			out = append(out, v)
 			return nil
 		})
 	})
 	return out, err
+}
+
+// volumeState says how storage node r (nil: down) holds volume s, and
+// returns what it reports of it.
+func volumeState(s controllerapi.StorageVolumeSpec, r *controllerapi.StorageReport) (string, *controllerapi.StorageVolume) {
+	if r == nil {
+		return "storage node down", nil
+	}
+	for i, got := range r.Volumes {
+		if got.Name != s.Name {
+			continue
+		}
+		if !asSpecified(got, s) {
+			return "address, allow list or caps not applied yet", &r.Volumes[i]
+		}
+		return "served", &r.Volumes[i]
+	}
+	for _, p := range r.Pending {
+		if p.Name == s.Name {
+			return "not there yet: " + p.Why, nil
+		}
+	}
+	return "not there yet", nil
+}
+
+// VolumeShow is one volume with each of its copies.
+func (c *Controller) VolumeShow(name string) (controllerapi.VolumeDetail, error) {
+	d := controllerapi.VolumeDetail{Name: name, Kind: volumeKind(name), Copies: []controllerapi.VolumeCopy{}}
+	if l, ok := c.vols.(localVolumes); ok {
+		p, err := l.pool()
+		if err != nil {
+			return d, err
+		}
+		vs, err := p.List()
+		if err != nil {
+			return d, err
+		}
+		for _, v := range vs {
+			if v.Name == name {
+				d.Addr, d.Size, d.MACs = v.Addr(), v.Size, v.MACs
+				if v.Limit != nil {
+					d.IOPS, d.BPS = v.Limit.IOPS, v.Limit.BytesPerSecond
+				}
+				d.Copies = append(d.Copies, controllerapi.VolumeCopy{Storage: "local pool", State: "served"})
+				return d, nil
+			}
+		}
+		return d, errorf(ErrNotFound, "no volume %q in the storage pool; see `fabric volume list`", name)
+	}
+	var specs map[string]controllerapi.StorageVolumeSpec
+	var pr pairRecord
+	var paired bool
+	if err := c.st.View(func(tx store.Tx) (err error) {
+		if specs, err = c.vols.(remoteVolumes).specs(tx, name); err != nil {
+			return err
+		}
+		for node := range specs {
+			if pr, paired, err = c.pairOf(tx, node); err != nil || paired {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		return d, err
+	}
+	if len(specs) == 0 {
+		return d, errorf(ErrNotFound, "no volume %q; see `fabric volume list`", name)
+	}
+	if paired {
+		d.Pair = pr.Name
+	}
+	nodes := slices.Sorted(maps.Keys(specs))
+	now := time.Now()
+	for _, node := range nodes {
+		s := specs[node]
+		d.Addr, d.Size, d.MACs, d.IOPS, d.BPS = s.Addr, s.Size, s.MACs, s.IOPS, s.BPS
+		cp := controllerapi.VolumeCopy{Storage: node}
+		var r *controllerapi.StorageReport
+		if n, err := c.reg.Node(node); err == nil {
+			if sn := c.storageNode(n, now); sn.Alive {
+				r = sn.Report
+			}
+		}
+		var got *controllerapi.StorageVolume
+		cp.State, got = volumeState(s, r)
+		if got != nil {
+			cp.DirtyBytes, cp.ResyncPercent = got.DirtyBytes, got.ResyncPercent
+		}
+		if r != nil && cp.State == "served" {
+			serving := r.Pair == nil || r.Pair.Serving
+			if r.Pair != nil {
+				cp.Role, cp.Sync = r.Pair.Role, r.Pair.State
+			}
+			if serving {
+				for _, ifc := range r.Interfaces {
+					cp.Paths = append(cp.Paths, ifc.MAC)
+				}
+				if r.Pair != nil {
+					cp.Paths = append(cp.Paths, r.Pair.TakenOver...)
+				}
+			} else {
+				cp.State = "held, not serving (" + r.Pair.State + ")"
+			}
+		}
+		d.Copies = append(d.Copies, cp)
+	}
+	return d, nil
+}
+
+func (c *Controller) showVolume(w http.ResponseWriter, r *http.Request) {
+	d, err := c.VolumeShow(r.PathValue("name"))
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
 }
 
 func (c *Controller) listVolumes(w http.ResponseWriter, r *http.Request) {

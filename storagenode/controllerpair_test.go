@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -27,41 +28,7 @@ import (
 // while one node is down reaches that node when it comes back, with what
 // was written meanwhile. Bad pairings are refused with the reason.
 func TestControllerMadePair(t *testing.T) {
-	l := newPairLabStopped(t)
-	l.shelf, l.slot, l.vol = 5, 1, "inst-a"
-	c, err := controller.New(controller.Config{StateDir: t.TempDir(), BootSubnet: netip.MustParsePrefix("10.79.0.0/24"),
-		ServerIP: netip.MustParseAddr("10.79.0.1"), APIHosts: []string{"10.78.1.254", "10.78.2.254"}, AgentTimeout: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	var ln net.Listener
-	if err := l.Wit.Do(func() (err error) { ln, err = net.Listen("tcp", ":8443"); return err }); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- c.Serve(ctx, ln) }()
-	t.Cleanup(func() { cancel(); <-served })
-	ca := filepath.Join(t.TempDir(), "ca.crt")
-	if err := os.WriteFile(ca, c.CACertPEM(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Registry().Register(controllerapi.RegisterRequest{Name: "hn1", MAC: "52:54:00:99:00:01", Role: controllerapi.RoleHWNode}); err != nil {
-		t.Fatal(err)
-	}
-	for i, n := range l.Nodes {
-		if _, err := c.Registry().Register(controllerapi.RegisterRequest{Name: n.Name, MAC: n.MAC, Role: controllerapi.RoleStorage}); err != nil {
-			t.Fatal(err)
-		}
-		tok, err := c.Registry().IssueToken(n.Name, "test", time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n.Args = []string{"storage", "--iface", "aoe0", "--data-dir", n.Dir, "--replication-listen", fmt.Sprintf("10.77.0.%d:7410", i+1),
-			"--controller", fmt.Sprintf("https://10.78.%d.254:8443", i+1), "--ca", ca, "--name", n.Name, "--token", tok}
-	}
-	l.StartAll()
+	l, c := newControllerPair(t)
 	waitFor := func(what string, d time.Duration, ok func() bool) {
 		t.Helper()
 		for end := time.Now().Add(d); !ok(); time.Sleep(50 * time.Millisecond) {
@@ -70,21 +37,10 @@ func TestControllerMadePair(t *testing.T) {
 			}
 		}
 	}
-	alive := func(names ...string) func() bool {
-		return func() bool {
-			sns, _ := c.StorageNodes()
-			n := 0
-			for _, sn := range sns {
-				for _, name := range names {
-					if sn.Name == name && sn.Alive {
-						n++
-					}
-				}
-			}
-			return n == len(names)
-		}
+	alive := func(names ...string) func() bool { return storageAlive(c, names...) }
+	if _, err := c.Registry().Register(controllerapi.RegisterRequest{Name: "hn1", MAC: "52:54:00:99:00:01", Role: controllerapi.RoleHWNode}); err != nil {
+		t.Fatal(err)
 	}
-	waitFor("both storage nodes report", 20*time.Second, alive("sn1", "sn2"))
 
 	// Bad pairings.
 	for _, bad := range []struct {
@@ -147,6 +103,19 @@ func TestControllerMadePair(t *testing.T) {
 		t.Fatalf("e5.1 through both paths: %v (equal %v)", err, bytes.Equal(got, img))
 	}
 	d.Close()
+
+	vd, err := c.VolumeShow("inst-a")
+	if err != nil || vd.Pair != "sn1-sn2" || len(vd.Copies) != 2 || vd.Addr != "e5.1" {
+		t.Fatalf("fabric volume show inst-a: %+v %v", vd, err)
+	}
+	for i, cp := range vd.Copies {
+		if n := l.Nodes[i]; cp.Storage != n.Name || cp.State != "served" || cp.Sync != "in sync" || len(cp.Paths) != 1 || cp.Paths[0] != n.MAC {
+			t.Errorf("fabric volume show inst-a, copy %d: %+v (want on %s, served in sync through %s)", i, cp, n.Name, n.MAC)
+		}
+	}
+	if _, err := c.VolumeShow("nope"); !errors.Is(err, controller.ErrNotFound) {
+		t.Errorf("fabric volume show nope: %v", err)
+	}
 
 	// Writes through both paths survive the owner's death and a planned
 	// drain; the copies are identical after each resync.
@@ -226,5 +195,65 @@ func TestControllerMadePair(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(n.Dir, "volumes", "inst-c.img")); err == nil {
 			t.Errorf("%s holds a leftover of the refused clone", n.Name)
 		}
+	}
+}
+
+// newControllerPair is a controller (no pool of its own) serving in the
+// pair lab's witness namespace and the pair's two storage nodes, started
+// with --controller and --replication-listen and no pair of their own,
+// both reporting.
+func newControllerPair(t *testing.T) (*pairLab, *controller.Controller) {
+	t.Helper()
+	l := newPairLabStopped(t)
+	l.shelf, l.slot, l.vol = 5, 1, "inst-a"
+	c, err := controller.New(controller.Config{StateDir: t.TempDir(), BootSubnet: netip.MustParsePrefix("10.79.0.0/24"),
+		ServerIP: netip.MustParseAddr("10.79.0.1"), APIHosts: []string{"10.78.1.254", "10.78.2.254"}, AgentTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	var ln net.Listener
+	if err := l.Wit.Do(func() (err error) { ln, err = net.Listen("tcp", ":8443"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- c.Serve(ctx, ln) }()
+	t.Cleanup(func() { cancel(); <-served })
+	ca := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(ca, c.CACertPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range l.Nodes {
+		if _, err := c.Registry().Register(controllerapi.RegisterRequest{Name: n.Name, MAC: n.MAC, Role: controllerapi.RoleStorage}); err != nil {
+			t.Fatal(err)
+		}
+		tok, err := c.Registry().IssueToken(n.Name, "test", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.Args = []string{"storage", "--iface", "aoe0", "--data-dir", n.Dir, "--replication-listen", fmt.Sprintf("10.77.0.%d:7410", i+1),
+			"--controller", fmt.Sprintf("https://10.78.%d.254:8443", i+1), "--ca", ca, "--name", n.Name, "--token", tok}
+	}
+	l.StartAll()
+	for end := time.Now().Add(20 * time.Second); !storageAlive(c, "sn1", "sn2")(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("the storage nodes do not report\n%s", l.Logs())
+		}
+	}
+	return l, c
+}
+
+// storageAlive says whether the controller hears every named storage node.
+func storageAlive(c *controller.Controller, names ...string) func() bool {
+	return func() bool {
+		sns, _ := c.StorageNodes()
+		n := 0
+		for _, sn := range sns {
+			if sn.Alive && slices.Contains(names, sn.Name) {
+				n++
+			}
+		}
+		return n == len(names)
 	}
 }

@@ -18,6 +18,7 @@ func volumeCommand() *cli.Command {
 		Aliases: []string{"volumes"},
 		Usage:   "the controller's volumes: where each lives, its address, allow list and state",
 		Subcommands: []*cli.Command{
+			volumeShowCommand(),
 			{
 				Name:  "list",
 				Usage: "list volumes: kind, storage node, address, size, allowed MACs, state",
@@ -43,6 +44,59 @@ func volumeCommand() *cli.Command {
 				}),
 			},
 		},
+	}
+}
+
+func volumeShowCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "show",
+		Usage:     "one volume: address, size, allow list, I/O caps, and each copy's storage node, paths and sync state",
+		ArgsUsage: "NAME",
+		Flags:     []cli.Flag{outputFlag},
+		Action: withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
+			v, err := cl.Volume(c.Context, name)
+			if err != nil {
+				return err
+			}
+			return show(c, v, func(w io.Writer) {
+				fmt.Fprintf(w, "name:\t%s (%s)\n", v.Name, v.Kind)
+				addr := v.Addr
+				if addr == "" {
+					addr = "not exported"
+				}
+				fmt.Fprintf(w, "address:\t%s\n", addr)
+				fmt.Fprintf(w, "size:\t%s\n", storagenode.FormatSize(v.Size))
+				macs := strings.Join(v.MACs, ", ")
+				if macs == "" {
+					macs = "-"
+				}
+				fmt.Fprintf(w, "allowed:\t%s\n", macs)
+				caps := "none"
+				if v.IOPS > 0 || v.BPS > 0 {
+					caps = fmt.Sprintf("%d IOPS, %s/s (0: no cap)", v.IOPS, storagenode.FormatSize(v.BPS))
+				}
+				fmt.Fprintf(w, "I/O caps:\t%s\n", caps)
+				if v.Pair != "" {
+					fmt.Fprintf(w, "pair:\t%s\n", v.Pair)
+				}
+				for _, cp := range v.Copies {
+					line := cp.State
+					if cp.Role != "" {
+						line += ", " + cp.Role + " (" + cp.Sync + ")"
+					}
+					if cp.DirtyBytes > 0 {
+						line += fmt.Sprintf(", %s the peer lacks", storagenode.FormatSize(cp.DirtyBytes))
+					}
+					if cp.ResyncPercent != nil {
+						line += fmt.Sprintf(", resync %.0f%%", *cp.ResyncPercent)
+					}
+					if len(cp.Paths) > 0 {
+						line += "; paths " + strings.Join(cp.Paths, ", ")
+					}
+					fmt.Fprintf(w, "on %s:\t%s\n", cp.Storage, line)
+				}
+			})
+		}),
 	}
 }
 

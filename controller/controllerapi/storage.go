@@ -281,3 +281,40 @@ func (c *Client) Pairs(ctx context.Context) ([]StoragePairInfo, error) {
 	err := c.do(ctx, http.MethodGet, "/v1/storage/pairs", nil, &ps)
 	return ps, err
 }
+
+// VolumeDetail is one controller volume with each of its copies, for
+// `fabric volume show`.
+type VolumeDetail struct {
+	Name string   `json:"name"`
+	Kind string   `json:"kind"`
+	Addr string   `json:"addr,omitempty"`
+	Size int64    `json:"size"`
+	MACs []string `json:"macs,omitempty"` // allow list
+	IOPS int64    `json:"iops_limit,omitempty"`
+	BPS  int64    `json:"bytes_per_second_limit,omitempty"`
+	// Pair is the storage pair holding it ("" on a standalone node).
+	Pair   string       `json:"pair,omitempty"`
+	Copies []VolumeCopy `json:"copies"`
+}
+
+// VolumeCopy is a volume on one storage node.
+type VolumeCopy struct {
+	Storage string `json:"storage"`
+	// Paths are the MACs initiators reach this copy through (the node's
+	// AoE ports, and in a pair any peer MAC it answers for now).
+	Paths []string `json:"paths,omitempty"`
+	// State: served, not there yet, storage node down, ...
+	State string `json:"state"`
+	// In a pair: the node's role and sync state, and what its peer lacks.
+	Role          string   `json:"role,omitempty"`
+	Sync          string   `json:"sync,omitempty"`
+	DirtyBytes    int64    `json:"dirty_bytes,omitempty"`
+	ResyncPercent *float64 `json:"resync_percent,omitempty"`
+}
+
+// Volume shows one volume.
+func (c *Client) Volume(ctx context.Context, name string) (VolumeDetail, error) {
+	var v VolumeDetail
+	err := c.do(ctx, http.MethodGet, "/v1/volumes/"+url.PathEscape(name), nil, &v)
+	return v, err
+}

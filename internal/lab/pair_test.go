@@ -36,6 +36,11 @@ func TestStoragePairUnderGuest(t *testing.T) {
 		t.Fatalf("web's disk is not on both storage nodes:\n%s", vols)
 	}
 	t.Logf("fabric volume list:\n%s", vols)
+	show, err := l.Fabric("volume", "show", "inst-web")
+	if err != nil || !strings.Contains(show, "pair:") || strings.Count(show, "served") != 2 {
+		t.Errorf("fabric volume show inst-web: %v\n%s", err, show)
+	}
+	t.Logf("fabric volume show inst-web:\n%s", show)
 	if _, errs, _ := wvStats(t, l, ip, "start"); errs != 0 {
 		t.Fatalf("write-verify errors before any fault: %d", errs)
 	}
