@@ -438,7 +438,7 @@ func (c *Controller) CreateInstance(req controllerapi.CreateInstanceRequest) (co
 		return in, err
 	}
 	// Only the node the instance runs on sees its disk.
-	if how, err := c.vols.Clone(req.Image, instanceVolume(in.Name), in.Volume, []string{mac}); err != nil {
+	if how, err := c.vols.Clone(req.Image, instanceVolume(in.Name), in.Volume, []string{mac}, req.Storage); err != nil {
 		release()
 		return in, fmt.Errorf("cloning image %s for %s: %w", req.Image, in.Name, err)
 	} else {
@@ -822,7 +822,7 @@ func (c *Controller) ensureRootVolume(n controllerapi.Node) error {
 	// Only the node itself sees its root.
 	macs := []string{n.MAC}
 	if err := c.vols.Export(name, n.RootVolume, macs); errors.Is(err, storagenode.ErrNotFound) {
-		how, err = c.vols.Clone(c.cfg.HWNodeRootImage, name, n.RootVolume, macs)
+		how, err = c.vols.Clone(c.cfg.HWNodeRootImage, name, n.RootVolume, macs, "")
 		if errors.Is(err, ErrNotFound) {
 			err = fmt.Errorf("root image %q not imported (fabric image import %s FILE): %w", c.cfg.HWNodeRootImage, c.cfg.HWNodeRootImage, err)
 		}

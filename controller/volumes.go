@@ -37,8 +37,9 @@ type Volumes interface {
 	ImportImage(name string, size int64, fill func(*os.File) error) (string, int64, error)
 	DeleteImage(name string) error
 	// Clone makes volume name, a copy of image's, exported at addr to
-	// macs; it returns where and how.
-	Clone(image, name, addr string, macs []string) (string, error)
+	// macs, on storage on (a pair or storage node; "": the storage with
+	// the most free space); it returns where and how.
+	Clone(image, name, addr string, macs []string, on string) (string, error)
 	// Export exports an existing volume at addr to macs
 	// (storagenode.ErrNotFound: no such volume).
 	Export(name, addr string, macs []string) error
@@ -85,7 +86,10 @@ func (l localVolumes) ImportImage(name string, size int64, fill func(*os.File) e
 
 func (l localVolumes) DeleteImage(name string) error { return l.Delete(imageVolume(name)) }
 
-func (l localVolumes) Clone(image, name, addr string, macs []string) (string, error) {
+func (l localVolumes) Clone(image, name, addr string, macs []string, on string) (string, error) {
+	if on != "" {
+		return "", errorf(ErrInvalid, "this controller keeps every volume in its --storage-dir: there is no storage %q to choose", on)
+	}
 	p, err := l.pool()
 	if err != nil {
 		return "", err
@@ -224,7 +228,7 @@ func (rv remoteVolumes) put(specs map[string]controllerapi.StorageVolumeSpec, de
 // the standalone storage node with the most. A pair with one node down
 // still takes volumes: the node that comes back makes them before it
 // rejoins (the pair's resync copies what was written meanwhile).
-func (rv remoteVolumes) pick(size int64) (nodes []string, where string, err error) {
+func (rv remoteVolumes) pick(size int64, on string) (nodes []string, where string, err error) {
 	sns, err := rv.c.StorageNodes()
 	if err != nil {
 		return nil, "", err
@@ -235,6 +239,9 @@ func (rv remoteVolumes) pick(size int64) (nodes []string, where string, err erro
 		return err
 	}); err != nil {
 		return nil, "", err
+	}
+	if on != "" {
+		return rv.pickNamed(size, on, sns, recs)
 	}
 	paired := map[string]bool{}
 	var best []string
@@ -282,14 +289,14 @@ func (rv remoteVolumes) pick(size int64) (nodes []string, where string, err erro
 	return nil, "", errorf(ErrUnplaceable, "no storage node reports to the controller to hold the volume (start one with `fabricd storage --controller ...`; see `fabric storage list`)")
 }
 
-func (rv remoteVolumes) Clone(image, name, addr string, macs []string) (string, error) {
+func (rv remoteVolumes) Clone(image, name, addr string, macs []string, on string) (string, error) {
 	st, err := os.Stat(rv.imagePath(image))
 	if err != nil {
 		return "", errorf(ErrNotFound, "image %q is not stored with the controller (fabric image import %s FILE)", image, image)
 	}
 	img := controllerapi.StorageVolumeSpec{Name: imageVolume(image), Size: st.Size(), Image: image}
 	vol := controllerapi.StorageVolumeSpec{Name: name, Size: st.Size(), Clone: img.Name, Addr: addr, MACs: macs}
-	nodes, where, err := rv.pick(vol.Size)
+	nodes, where, err := rv.pick(vol.Size, on)
 	if err != nil {
 		return "", err
 	}
@@ -330,6 +337,44 @@ func (rv remoteVolumes) Clone(image, name, addr string, macs []string) (string, 
 		}
 	}
 	return where, nil
+}
+
+// pickNamed places a volume of size bytes on the pair or standalone
+// storage node named on, or says why not.
+func (rv remoteVolumes) pickNamed(size int64, on string, sns []controllerapi.StorageNode, recs []pairRecord) ([]string, string, error) {
+	for _, p := range recs {
+		if p.Name != on {
+			continue
+		}
+		info := rv.c.pairInfo(p, time.Now())
+		switch {
+		case info.Owner == "":
+			return nil, "", errorf(ErrUnplaceable, "pair %s serves nothing now (%s)", on, info.State)
+		case info.FreeBytes < size:
+			return nil, "", errorf(ErrUnplaceable, "pair %s has %s free, the volume needs %s", on, storagenode.FormatSize(info.FreeBytes), storagenode.FormatSize(size))
+		}
+		return p.Nodes[:], fmt.Sprintf("on pair %s (%s, %s), as asked", p.Name, p.Nodes[0], p.Nodes[1]), nil
+	}
+	for _, sn := range sns {
+		if sn.Name != on {
+			continue
+		}
+		for _, p := range recs {
+			if slices.Contains(p.Nodes[:], on) {
+				return nil, "", errorf(ErrUnplaceable, "storage node %s is one of pair %s: name the pair", on, p.Name)
+			}
+		}
+		switch {
+		case !sn.Alive || sn.Report == nil:
+			return nil, "", errorf(ErrUnplaceable, "storage node %s does not report to the controller", on)
+		case sn.Report.Pair != nil:
+			return nil, "", errorf(ErrUnplaceable, "storage node %s is paired by its own --pair flags; the controller places volumes only on pairs it made", on)
+		case sn.Report.Capacity.FreeBytes < size:
+			return nil, "", errorf(ErrUnplaceable, "storage node %s has %s free, the volume needs %s", on, storagenode.FormatSize(sn.Report.Capacity.FreeBytes), storagenode.FormatSize(size))
+		}
+		return []string{on}, "on storage node " + on + ", as asked", nil
+	}
+	return nil, "", errorf(ErrNotFound, "no storage pair or storage node named %q; see `fabric storage pair list` and `fabric storage list`", on)
 }
 
 func (rv remoteVolumes) Export(name, addr string, macs []string) error {

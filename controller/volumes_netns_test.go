@@ -115,13 +115,13 @@ func TestRemoteVolumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	t0 := time.Now()
-	how, err := rv.Clone("tiny", "inst-a", "e5.1", []string{iniMAC})
+	how, err := rv.Clone("tiny", "inst-a", "e5.1", []string{iniMAC}, "")
 	if err != nil {
 		t.Fatalf("clone: %v\n%s", err, logs())
 	}
 	first := time.Since(t0)
 	t0 = time.Now()
-	if _, err := rv.Clone("tiny", "inst-b", "e5.2", []string{iniMAC}); err != nil {
+	if _, err := rv.Clone("tiny", "inst-b", "e5.2", []string{iniMAC}, ""); err != nil {
 		t.Fatal(err)
 	}
 	second := time.Since(t0)

@@ -81,12 +81,20 @@ func TestControllerMadePair(t *testing.T) {
 	}
 	iniMAC := strings.TrimSpace(l.ini.Must(t, "cat", "/sys/class/net/ini0/address"))
 	t0 = time.Now()
-	where, err := c.Volumes().Clone("tiny", "inst-a", "e5.1", []string{iniMAC})
+	for _, bad := range []struct{ on, want string }{
+		{"sn1", "storage node sn1 is one of pair sn1-sn2: name the pair"},
+		{"nope", `no storage pair or storage node named "nope"`},
+	} {
+		if _, err := c.Volumes().Clone("tiny", "inst-a", "e5.1", []string{iniMAC}, bad.on); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("clone on %s: %v, want %q", bad.on, err, bad.want)
+		}
+	}
+	where, err := c.Volumes().Clone("tiny", "inst-a", "e5.1", []string{iniMAC}, "sn1-sn2")
 	if err != nil {
 		t.Fatalf("clone: %v\n%s", err, l.Logs())
 	}
 	t.Logf("clone %s in %v", where, time.Since(t0).Round(time.Millisecond))
-	if !strings.Contains(where, "pair sn1-sn2") {
+	if !strings.Contains(where, "pair sn1-sn2 (sn1, sn2), as asked") {
 		t.Errorf("the clone went %s, want the pair", where)
 	}
 	octx, ocancel := context.WithTimeout(context.Background(), 3*time.Second)
@@ -158,7 +166,7 @@ func TestControllerMadePair(t *testing.T) {
 	own, other = l.Owner()
 	l.Kill(other, syscall.SIGKILL)
 	waitFor(other.Name+" reported down", 10*time.Second, func() bool { return !alive(other.Name)() })
-	if _, err := c.Volumes().Clone("tiny", "inst-b", "e5.2", []string{iniMAC}); err != nil {
+	if _, err := c.Volumes().Clone("tiny", "inst-b", "e5.2", []string{iniMAC}, ""); err != nil {
 		t.Fatalf("clone with %s down: %v", other.Name, err)
 	}
 	l.vol, l.slot = "inst-b", 2
@@ -175,7 +183,7 @@ func TestControllerMadePair(t *testing.T) {
 
 	// A volume larger than any pair's free space is refused up front.
 	vols := c.Volumes()
-	if _, err := vols.Clone("nosuch", "inst-c", "e5.3", nil); err == nil {
+	if _, err := vols.Clone("nosuch", "inst-c", "e5.3", nil, ""); err == nil {
 		t.Error("a clone of a missing image succeeded")
 	}
 	ps, err := c.Pairs()
@@ -188,8 +196,11 @@ func TestControllerMadePair(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := vols.Clone("huge", "inst-c", "e5.3", nil); !errors.Is(err, controller.ErrUnplaceable) || !strings.Contains(err.Error(), "no storage has room") {
+	if _, err := vols.Clone("huge", "inst-c", "e5.3", nil, ""); !errors.Is(err, controller.ErrUnplaceable) || !strings.Contains(err.Error(), "no storage has room") {
 		t.Errorf("a clone larger than the pair's free space: %v", err)
+	}
+	if _, err := vols.Clone("huge", "inst-c", "e5.3", nil, "sn1-sn2"); !errors.Is(err, controller.ErrUnplaceable) || !strings.Contains(err.Error(), "pair sn1-sn2 has") {
+		t.Errorf("a clone larger than the named pair's free space: %v", err)
 	}
 	for _, n := range l.Nodes {
 		if _, err := os.Stat(filepath.Join(n.Dir, "volumes", "inst-c.img")); err == nil {

@@ -42,7 +42,7 @@ func TestVolumeOpsBench(t *testing.T) {
 	}
 	vols := c.Volumes()
 	// The image travels to the nodes once, before the runs.
-	if _, err := vols.Clone("tiny", "warm", "e5.250", nil); err != nil {
+	if _, err := vols.Clone("tiny", "warm", "e5.250", nil, ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := vols.Delete("warm"); err != nil {
@@ -67,7 +67,7 @@ func TestVolumeOpsBench(t *testing.T) {
 	for r := 0; r < runs; r++ {
 		t0 := time.Now()
 		for i := 0; i < n; i++ {
-			if _, err := vols.Clone("tiny", fmt.Sprintf("v%d", i), fmt.Sprintf("e5.%d", i), []string{"02:00:00:00:00:01"}); err != nil {
+			if _, err := vols.Clone("tiny", fmt.Sprintf("v%d", i), fmt.Sprintf("e5.%d", i), []string{"02:00:00:00:00:01"}, ""); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -205,6 +205,7 @@ func instanceCommand() *cli.Command {
 					&cli.IntFlag{Name: "vcpus", Value: 1, Usage: "virtual CPUs"},
 					&cli.StringFlag{Name: "memory", Value: "128MiB", Usage: "memory, e.g. 512MiB or 2GiB"},
 					&cli.StringFlag{Name: "node", Usage: "place on this hardware node (default: the one with most free memory)"},
+					&cli.StringFlag{Name: "storage", Usage: "put the disk on this storage pair or standalone storage node (default: the pair with most free space)"},
 					&cli.BoolFlag{Name: "start", Usage: "start it right away"},
 					&cli.StringFlag{Name: "group", Usage: "anti-affinity group: no two members on one node while another has room"},
 					&cli.IntFlag{Name: "priority", Usage: "restart order after a node failure (higher first)"},
@@ -234,7 +235,7 @@ func instanceCommand() *cli.Command {
 						return err
 					}
 					in, err := cl.CreateInstance(c.Context, controllerapi.CreateInstanceRequest{Name: name, Image: c.String("image"),
-						VCPUs: c.Int("vcpus"), MemoryMiB: int(mem >> 20), Node: c.String("node"), Start: c.Bool("start"),
+						VCPUs: c.Int("vcpus"), MemoryMiB: int(mem >> 20), Node: c.String("node"), Storage: c.String("storage"), Start: c.Bool("start"),
 						Group: c.String("group"), Priority: c.Int("priority"), NoHA: !c.Bool("ha"), IOPS: lim.IOPS, BPS: lim.BPS})
 					if err != nil {
 						return err

@@ -79,7 +79,10 @@ type CreateInstanceRequest struct {
 	VCPUs     int    `json:"vcpus"`
 	MemoryMiB int    `json:"memory_mib"`
 	Node      string `json:"node,omitempty"` // empty: the scheduler picks
-	Start     bool   `json:"start,omitempty"`
+	// Storage puts the disk on this storage pair or standalone storage
+	// node; empty: the pair with the most free space.
+	Storage string `json:"storage,omitempty"`
+	Start   bool   `json:"start,omitempty"`
 	// Group is an anti-affinity group: no two members on one node while
 	// another node has room.
 	Group string `json:"group,omitempty"`

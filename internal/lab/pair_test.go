@@ -41,6 +41,13 @@ func TestStoragePairUnderGuest(t *testing.T) {
 		t.Errorf("fabric volume show inst-web: %v\n%s", err, show)
 	}
 	t.Logf("fabric volume show inst-web:\n%s", show)
+	if out, err := l.Fabric("instance", "create", "nowhere", "--image", "tiny", "--memory", "64MiB", "--storage", "nope"); err == nil ||
+		!strings.Contains(out, `no storage pair or storage node named "nope"`) {
+		t.Errorf("instance create --storage nope: %v\n%s", err, out)
+	}
+	if out, _ := l.Fabric("instance", "list"); strings.Contains(out, "nowhere") {
+		t.Errorf("a refused create left an instance:\n%s", out)
+	}
 	if _, errs, _ := wvStats(t, l, ip, "start"); errs != 0 {
 		t.Fatalf("write-verify errors before any fault: %d", errs)
 	}
