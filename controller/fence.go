@@ -64,6 +64,7 @@ func (c *Controller) storageDesired(node string) (controllerapi.StorageDesired, 
 	err := c.st.View(func(tx store.Tx) error {
 		d.Generation = fenceGen(tx)
 		d.Drain = c.storageDrained(tx, node)
+		d.Shutdown = c.storageShutdown(tx, node)
 		if _, remote := c.vols.(remoteVolumes); remote {
 			var err error
 			d.ManagesVolumes = true

@@ -149,6 +149,34 @@ func (c *Controller) storageDrained(tx store.Tx, node string) bool {
 // the peer serves. Refused when the peer is not in sync: the node's
 // volumes would go offline.
 func (c *Controller) DrainStorage(name, actor string) (controllerapi.StorageNode, error) {
+	return c.drainStorage(name, actor, false)
+}
+
+// ShutdownStorage drains a pair node (DrainStorage) and then has its
+// daemon exit: a planned shutdown without a stall. Started again, the node
+// stays out of its pair until undrained.
+func (c *Controller) ShutdownStorage(name, actor string) (controllerapi.StorageNode, error) {
+	return c.drainStorage(name, actor, true)
+}
+
+// shutdownMark prefixes a drained record that also asks the node to exit.
+const shutdownMark = "shutdown "
+
+// storageShutdown is the shutdown a drained node is asked for ("": none):
+// an identifier the node obeys once.
+func (c *Controller) storageShutdown(tx store.Tx, node string) string {
+	b, err := tx.Get(bucketStorageDrained, node)
+	if err != nil {
+		return ""
+	}
+	id, ok := strings.CutPrefix(string(b), shutdownMark)
+	if !ok {
+		return ""
+	}
+	return id
+}
+
+func (c *Controller) drainStorage(name, actor string, shutdown bool) (controllerapi.StorageNode, error) {
 	n, err := c.reg.Node(name)
 	if err != nil {
 		return controllerapi.StorageNode{}, err
@@ -167,15 +195,19 @@ func (c *Controller) DrainStorage(name, actor string) (controllerapi.StorageNode
 			n.Name, sn.Report.Pair.Peer, sn.Report.Pair.State, n.Name, n.Name)
 	}
 	peer := sn.Report.Pair.Peer
+	record, what := time.Now().UTC().Format(time.RFC3339Nano), "drained"
+	if shutdown {
+		record, what = shutdownMark+record, "shut down"
+	}
 	if err := c.reg.update(func(tx store.Tx) error {
-		if err := tx.Put(bucketStorageDrained, n.Name, []byte(time.Now().UTC().Format(time.RFC3339))); err != nil {
+		if err := tx.Put(bucketStorageDrained, n.Name, []byte(record)); err != nil {
 			return err
 		}
 		if _, err := bumpFenceGen(tx); err != nil {
 			return err
 		}
 		return appendEvent(tx, controllerapi.Event{Time: time.Now().UTC(), Type: controllerapi.EventNodeUpdated, Node: n.Name, MAC: n.MAC, Actor: actor,
-			Message: fmt.Sprintf("storage node %s drained: it hands its volumes to %s and stops serving", n.Name, peer)})
+			Message: fmt.Sprintf("storage node %s %s: it hands its volumes to %s and stops serving", n.Name, what, peer)})
 	}); err != nil {
 		return sn, err
 	}
@@ -243,8 +275,17 @@ func (c *Controller) UndrainStorage(name, actor string, wait time.Duration) (con
 	}
 }
 
-func (c *Controller) drainStorage(w http.ResponseWriter, r *http.Request) {
+func (c *Controller) drainStorageAPI(w http.ResponseWriter, r *http.Request) {
 	sn, err := c.DrainStorage(r.PathValue("name"), actorOf(r))
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, sn)
+}
+
+func (c *Controller) shutdownStorageAPI(w http.ResponseWriter, r *http.Request) {
+	sn, err := c.ShutdownStorage(r.PathValue("name"), actorOf(r))
 	if err != nil {
 		c.fail(w, err)
 		return

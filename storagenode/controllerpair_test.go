@@ -11,10 +11,13 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/fabric-project/fabric/aoe/initiator"
 	"github.com/fabric-project/fabric/controller"
 	"github.com/fabric-project/fabric/controller/controllerapi"
 )
@@ -125,6 +128,27 @@ func TestControllerMadePair(t *testing.T) {
 		t.Errorf("fabric volume show nope: %v", err)
 	}
 
+	// An I/O cap holds for the volume, not per node: frames spread over
+	// both paths, and each node grants half while both serve.
+	if err := c.Volumes().Limit("inst-a", 200, 0); err != nil {
+		t.Fatal(err)
+	}
+	octx, ocancel = context.WithTimeout(context.Background(), 3*time.Second)
+	d, err = l.in.Open(octx, 5, 1, 500*time.Millisecond)
+	ocancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	capped := readRate(t, d, 8, 1500*time.Millisecond)
+	d.Close()
+	t.Logf("reads of inst-a capped at 200 IOPS, through both paths: %.0f/s", capped)
+	if capped < 150 || capped > 260 {
+		t.Errorf("inst-a capped at 200 IOPS reads at %.0f/s through both paths", capped)
+	}
+	if err := c.Volumes().Limit("inst-a", 0, 0); err != nil {
+		t.Fatal(err)
+	}
+
 	// Writes through both paths survive the owner's death and a planned
 	// drain; the copies are identical after each resync.
 	l.setBlocks(size)
@@ -159,6 +183,35 @@ func TestControllerMadePair(t *testing.T) {
 	}
 	l.waitInSync(30 * time.Second)
 	l.check("drained and back", l.Nodes[0], l.Nodes[1])
+
+	// fabric storage shutdown: drained, the daemon exits (status 0);
+	// started again it stays out until undrained, and does not exit again.
+	_, fol := l.Owner()
+	if _, err := c.ShutdownStorage(fol.Name, "test"); err != nil {
+		t.Fatalf("shutdown of %s: %v\n%s", fol.Name, err, l.Logs())
+	}
+	if err := l.Exited(fol, 10*time.Second); err != nil {
+		t.Fatalf("after fabric storage shutdown %s: %v\n%s", fol.Name, err, l.Logs())
+	}
+	l.Start(fol)
+	waitFor(fol.Name+" reports drained after its restart", 20*time.Second, func() bool {
+		sns, _ := c.StorageNodes()
+		for _, sn := range sns {
+			if sn.Name == fol.Name && sn.Alive && sn.Report != nil && sn.Report.Drained {
+				return true
+			}
+		}
+		return false
+	})
+	time.Sleep(2 * time.Second)
+	if !alive(fol.Name)() {
+		t.Fatalf("%s exited again after its restart\n%s", fol.Name, l.Logs())
+	}
+	if _, err := c.UndrainStorage(fol.Name, "test", 30*time.Second); err != nil {
+		t.Fatalf("undrain after shutdown: %v\n%s", err, l.Logs())
+	}
+	l.waitInSync(30 * time.Second)
+	t.Logf("fabric storage shutdown %s: drained, exited 0, restarted drained, undrained and in sync", fol.Name)
 
 	// A volume made while one node is down: the other holds it alone and
 	// takes writes; the node that comes back makes it and the resync
@@ -267,4 +320,29 @@ func storageAlive(c *controller.Controller, names ...string) func() bool {
 		}
 		return n == len(names)
 	}
+}
+
+// readRate reads 1 KiB blocks (one frame each) of d with workers
+// goroutines for dur and returns reads per second.
+func readRate(t *testing.T, d *initiator.Device, workers int, dur time.Duration) float64 {
+	t.Helper()
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	end := time.Now().Add(dur)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 1024)
+			for i := w; time.Now().Before(end); i += workers {
+				if _, err := d.ReadAt(buf, int64(i%4096)*1024); err != nil {
+					t.Error(err)
+					return
+				}
+				n.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	return float64(n.Load()) / dur.Seconds()
 }

@@ -2,6 +2,7 @@ package storagenode
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fabric-project/fabric/aoe/wire"
@@ -26,6 +27,9 @@ func (l Limit) IsZero() bool { return l.IOPS <= 0 && l.BytesPerSecond <= 0 }
 // and are served by the limiter's goroutine as tokens come, replying
 // straight from there. A full queue drops: the initiator resends.
 type limiter struct {
+	// half: a pair peer serves the volume too (initiators spread their
+	// frames over both), so this node grants half the limit.
+	half    *atomic.Bool
 	mu      sync.Mutex
 	lim     Limit
 	ops     float64 // tokens
@@ -44,17 +48,26 @@ type queued struct {
 
 const limiterQueue = 1024
 
-func newLimiter(l Limit) *limiter {
-	lm := &limiter{lim: l, last: time.Now(), wake: make(chan struct{}, 1), closed: make(chan struct{})}
+func newLimiter(l Limit, half *atomic.Bool) *limiter {
+	lm := &limiter{lim: l, half: half, last: time.Now(), wake: make(chan struct{}, 1), closed: make(chan struct{})}
 	lm.ops, lm.bytes = lm.burst()
 	return lm
+}
+
+// rates are the limits this node grants now, per second.
+func (lm *limiter) rates() (ops, bytes float64) {
+	ops, bytes = float64(lm.lim.IOPS), float64(lm.lim.BytesPerSecond)
+	if lm.half != nil && lm.half.Load() {
+		ops, bytes = ops/2, bytes/2
+	}
+	return ops, bytes
 }
 
 // burst is what a bucket holds at most: a tenth of a second's worth, at
 // least one frame.
 func (lm *limiter) burst() (ops, bytes float64) {
-	ops, bytes = float64(lm.lim.IOPS)/10, float64(lm.lim.BytesPerSecond)/10
-	return max(ops, 1), max(bytes, 9000)
+	ops, bytes = lm.rates()
+	return max(ops/10, 1), max(bytes/10, 9000)
 }
 
 func (lm *limiter) set(l Limit) {
@@ -78,11 +91,12 @@ func (lm *limiter) refillLocked(now time.Time) {
 	dt := now.Sub(lm.last).Seconds()
 	lm.last = now
 	bo, bb := lm.burst()
+	ro, rb := lm.rates()
 	if lm.lim.IOPS > 0 {
-		lm.ops = min(bo, lm.ops+dt*float64(lm.lim.IOPS))
+		lm.ops = min(bo, lm.ops+dt*ro)
 	}
 	if lm.lim.BytesPerSecond > 0 {
-		lm.bytes = min(bb, lm.bytes+dt*float64(lm.lim.BytesPerSecond))
+		lm.bytes = min(bb, lm.bytes+dt*rb)
 	}
 }
 
@@ -90,12 +104,13 @@ func (lm *limiter) refillLocked(now time.Time) {
 // long until they are there.
 func (lm *limiter) takeLocked(n int, now time.Time) (time.Duration, bool) {
 	lm.refillLocked(now)
+	ro, rb := lm.rates()
 	var wait time.Duration
 	if lm.lim.IOPS > 0 && lm.ops < 1 {
-		wait = max(wait, time.Duration((1-lm.ops)/float64(lm.lim.IOPS)*float64(time.Second)))
+		wait = max(wait, time.Duration((1-lm.ops)/ro*float64(time.Second)))
 	}
 	if lm.lim.BytesPerSecond > 0 && lm.bytes < float64(n) {
-		wait = max(wait, time.Duration((float64(n)-lm.bytes)/float64(lm.lim.BytesPerSecond)*float64(time.Second)))
+		wait = max(wait, time.Duration((float64(n)-lm.bytes)/rb*float64(time.Second)))
 	}
 	if wait > 0 {
 		return wait, false
@@ -230,7 +245,7 @@ func (v *volume) setLimit(t *Target, l Limit) {
 	case cur != nil:
 		cur.set(l)
 	default:
-		lm := newLimiter(l)
+		lm := newLimiter(l, &t.limitHalf)
 		v.limit.Store(lm)
 		go lm.run(t, v)
 	}

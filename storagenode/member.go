@@ -58,7 +58,15 @@ type member struct {
 	// the node said so.
 	pairWarned bool
 	pairErr    string // the last error joining it, said once
+	// stop ends the daemon (fabric storage shutdown); exiting: it will
+	// once the controller has heard it left its pair.
+	stop    func()
+	exiting bool
 }
+
+// shutdownFile holds the last shutdown the controller asked for that the
+// node obeyed, in the pool: started again, it does not exit again.
+const shutdownFile = "shutdown-obeyed"
 
 // pairSpecFile keeps the pair the controller made, in the pool: a node
 // restarted before it reaches the controller again serves its volumes
@@ -173,6 +181,16 @@ func (m *member) apply(ctx context.Context, d controllerapi.StorageDesired) erro
 			p.Rejoin()
 		}
 	}
+	if p := m.t.pair.Load(); p != nil && d.Drain && d.Shutdown != "" && p.Left() && m.stop != nil {
+		path := filepath.Join(m.pool.Dir(), shutdownFile)
+		if b, _ := os.ReadFile(path); string(b) != d.Shutdown {
+			if err := atomicfile.Write(path, []byte(d.Shutdown), 0o644); err != nil {
+				return err
+			}
+			m.log.Info("shutting down on the controller's word: left the pair; the daemon exits (start it again, then `fabric storage undrain`)")
+			m.exiting = true
+		}
+	}
 	m.applied = d.Generation
 	return nil
 }
@@ -267,8 +285,12 @@ func (m *member) run(ctx context.Context) {
 			// Apply and say so at once: the controller may be waiting
 			// for this before it restarts a failed node's instances or
 			// starts a guest on a new volume.
-			if err = m.apply(ctx, d); err == nil && changed {
+			if err = m.apply(ctx, d); err == nil && (changed || m.exiting) {
 				_, err = m.api.StorageReport(ctx, m.report(), 0)
+			}
+			if m.exiting {
+				m.stop()
+				return
 			}
 		}
 		switch {

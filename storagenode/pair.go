@@ -331,6 +331,7 @@ func (p *Pair) updateServe() {
 		n = until.UnixNano()
 	}
 	p.serveUntil.Store(n)
+	p.t.limitHalf.Store(p.link != nil && (p.role == roleOwner && p.peerSyncd || p.role == roleFollower && p.fInSync))
 }
 
 func (p *Pair) setRole(r role) {
@@ -1052,6 +1053,7 @@ func (p *Pair) onInSync(l *plink, m *replication.InSync) {
 	}
 	p.mustSave()
 	p.fInSync = true
+	p.updateServe()
 	p.event("in sync with %s (generation %s): serving", l.peer.Node, p.st.Generation[:8])
 	p.mu.Unlock()
 	// Serve from the next answered ping on (the read lease), and tell
@@ -1489,6 +1491,7 @@ func (p *Pair) resyncTo(l *plink) {
 		return
 	}
 	p.peerSyncd = true
+	p.updateServe()
 	p.st.PeerGeneration = p.st.Generation
 	p.mustSave()
 	p.resync.running = false

@@ -140,6 +140,7 @@ func Run(ctx context.Context, cfg Config) error {
 	kick := make(chan struct{}, 1) // reconcile now
 	if m != nil {
 		m.applied = fenceGen
+		m.stop = stop
 		m.join = func(pc PairConfig) error {
 			p, err := NewPair(t, pc, pool.Dir(), cfg.Interfaces, log)
 			if err != nil {

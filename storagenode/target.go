@@ -219,6 +219,10 @@ type Target struct {
 	// pair replicates the Replicated volumes; nil: none may be added.
 	// Set once, at start or when the controller pairs the node.
 	pair atomic.Pointer[Pair]
+	// limitHalf: the pair peer serves every volume too, so each node
+	// grants half of a volume's I/O limit (initiators spread their frames
+	// over both paths); alone, a node grants all of it.
+	limitHalf atomic.Bool
 	// also holds the MACs this target answers for besides its ports' own:
 	// the pair peer's, while it is away. Frames to them arrive on the
 	// same sockets as the rest (ports in promiscuous mode), so one

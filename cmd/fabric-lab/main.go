@@ -369,19 +369,25 @@ func storageFailures(s *story, l *lab.Lab, ip string) error {
 	}
 	own := pair.Owner
 	other := map[string]string{"sn1": "sn2", "sn2": "sn1"}[own]
-	if err := s.step("5.1 planned shutdown of the owner "+own+": fabric storage drain (ownership handed to "+other+" first)", func() (string, error) {
-		return under(func() error { _, err := l.Fabric("storage", "drain", own); return err })
+	if err := s.step("5.1 planned shutdown of the owner "+own+": fabric storage shutdown (ownership handed to "+other+" first, then its daemon exits)", func() (string, error) {
+		return under(func() error { _, err := l.Fabric("storage", "shutdown", own); return err })
 	}); err != nil {
 		return err
 	}
-	if err := s.step("5.2 "+own+" comes back: fabric storage undrain, resync of what changed", func() (string, error) {
+	if err := s.step("5.2 "+own+" starts again and comes back: fabric storage undrain, resync of what changed", func() (string, error) {
 		t0 := time.Now()
+		if !l.Exited(lab.StorageProc(own)) {
+			return "", fmt.Errorf("%s's daemon still runs after fabric storage shutdown", own)
+		}
+		if err := l.RestartStorage(lab.StorageProc(own)); err != nil {
+			return "", err
+		}
 		if _, err := l.Fabric("storage", "undrain", own); err != nil {
 			return "", err
 		}
 		_, _ = l.Fabric("storage", "show", own)
 		_, _ = l.Fabric("storage", "pair", "list")
-		return fmt.Sprintf("in sync again %.1f s after undrain", time.Since(t0).Seconds()), nil
+		return fmt.Sprintf("restarted, undrained and in sync again in %.1f s", time.Since(t0).Seconds()), nil
 	}); err != nil {
 		return err
 	}

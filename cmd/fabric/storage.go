@@ -124,6 +124,23 @@ func storageCommand() *cli.Command {
 				}),
 			},
 			{
+				Name:      "shutdown",
+				Usage:     "a planned shutdown of a pair node: drain it, then its daemon exits",
+				ArgsUsage: "NAME",
+				Flags:     []cli.Flag{outputFlag},
+				Action: withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
+					t0 := time.Now()
+					n, err := cl.ShutdownStorage(c.Context, name)
+					if err != nil {
+						return err
+					}
+					return show(c, n, func(w io.Writer) {
+						fmt.Fprintf(w, "storage node %s drained in %.1f s and its daemon exits: %s serves its volumes alone; start it again, then `fabric storage undrain %s`\n",
+							n.Name, time.Since(t0).Seconds(), n.Report.Pair.Peer, n.Name)
+					})
+				}),
+			},
+			{
 				Name:      "undrain",
 				Usage:     "bring a drained storage node back into its pair (through a resync)",
 				ArgsUsage: "NAME",

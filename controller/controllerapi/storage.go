@@ -61,6 +61,10 @@ type StorageDesired struct {
 	// the peer, stop serving) and stay out until the controller says
 	// otherwise; then come back through a resync.
 	Drain bool `json:"drain,omitempty"`
+	// Shutdown, with Drain: once it has left its pair, the node's daemon
+	// exits (fabric storage shutdown). An identifier: a node obeys each
+	// one once, so it can be started again.
+	Shutdown string `json:"shutdown,omitempty"`
 	// Pair makes the node one of a storage pair (fabric storage pair
 	// create): every volume it exports is replicated to the peer, and the
 	// controller is the pair's witness. A pair, once made, stays.
@@ -228,6 +232,13 @@ func (c *Client) Volumes(ctx context.Context) ([]Volume, error) {
 func (c *Client) DrainStorage(ctx context.Context, name string) (StorageNode, error) {
 	var n StorageNode
 	err := c.do(ctx, http.MethodPost, "/v1/storage/"+url.PathEscape(name)+"/drain", nil, &n)
+	return n, err
+}
+
+// ShutdownStorage drains a pair node and has its daemon exit.
+func (c *Client) ShutdownStorage(ctx context.Context, name string) (StorageNode, error) {
+	var n StorageNode
+	err := c.do(ctx, http.MethodPost, "/v1/storage/"+url.PathEscape(name)+"/shutdown", nil, &n)
 	return n, err
 }
 

@@ -98,15 +98,21 @@ func TestStoragePairUnderGuest(t *testing.T) {
 	}
 
 	own, _ := owner()
-	phase("drain of the owner "+own, 500*time.Millisecond, func() {
-		if _, err := l.Fabric("storage", "drain", own); err != nil {
+	phase("planned shutdown of the owner "+own+" (fabric storage shutdown)", 500*time.Millisecond, func() {
+		if _, err := l.Fabric("storage", "shutdown", own); err != nil {
 			t.Fatal(err)
 		}
 	}, func() {
+		if err := waitFor(10*time.Second, func() bool { return l.Exited(StorageProc(own)) }); err != nil {
+			t.Fatalf("%s's daemon did not exit after fabric storage shutdown: %v", own, err)
+		}
+		if err := l.RestartStorage(StorageProc(own)); err != nil {
+			t.Fatal(err)
+		}
 		if _, err := l.Fabric("storage", "undrain", own); err != nil {
 			t.Fatal(err)
 		}
-		inSync("undrain")
+		inSync("restarted and undrained")
 	})
 	own, _ = owner()
 	phase("kill -9 of the owner "+own, 2*time.Second, func() {

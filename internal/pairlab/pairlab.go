@@ -213,6 +213,25 @@ func (l *Lab) Stop(n *Node) error {
 	return err
 }
 
+// Exited waits up to d for the node's daemon to exit on its own and
+// returns its exit error (nil: status 0).
+func (l *Lab) Exited(n *Node, d time.Duration) error {
+	if n.cmd == nil || n.cmd.Process == nil {
+		return fmt.Errorf("%s is not running", n.Name)
+	}
+	done := make(chan error, 1)
+	go func() { done <- n.cmd.Wait() }()
+	select {
+	case err := <-done:
+		n.cmd = nil
+		n.logf.Close()
+		return err
+	case <-time.After(d):
+		l.Kill(n, syscall.SIGKILL)
+		return fmt.Errorf("%s still runs after %v", n.Name, d)
+	}
+}
+
 // Status is what the node last wrote to its pair-status.json.
 func (l *Lab) Status(n *Node) storagenode.PairStatus {
 	s, _ := storagenode.ReadPairStatus(n.Dir)
