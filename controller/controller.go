@@ -113,9 +113,11 @@ type Controller struct {
 	vols      Volumes         // where volumes live: the pool beside the controller, or storage nodes
 	wit       *witness.Server // the witness of the pairs the controller made
 	watchOnce sync.Once
-	placeMu   sync.Mutex      // serialises placement decisions
-	migSeq    uint64          // under placeMu
-	inflight  map[string]bool // instances a Migrate call is working on, under placeMu
+	// storageWatchOnce starts the storage watch (events) once.
+	storageWatchOnce sync.Once
+	placeMu          sync.Mutex      // serialises placement decisions
+	migSeq           uint64          // under placeMu
+	inflight         map[string]bool // instances a Migrate call is working on, under placeMu
 
 	unknownMu   sync.Mutex
 	unknownSeen map[string]time.Time
@@ -281,6 +283,7 @@ func (c *Controller) Serve(ctx context.Context, ln net.Listener) error {
 	if c.cfg.HA {
 		c.watchOnce.Do(func() { go c.watchNodes(ctx) })
 	}
+	c.storageWatchOnce.Do(func() { go c.watchStorageLoop(ctx) })
 	srv := &http.Server{Handler: c.Handler(), TLSConfig: tc, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(c.log.Handler(), slog.LevelDebug)}
 	go func() {

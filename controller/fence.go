@@ -302,6 +302,71 @@ func (c *Controller) watchNodes(ctx context.Context) {
 	}
 }
 
+// watchStorageLoop records storage changes as events until ctx ends.
+func (c *Controller) watchStorageLoop(ctx context.Context) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	sw := storageWatch{up: map[string]bool{}, pairs: map[string]string{}}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		c.watchStorage(&sw)
+	}
+}
+
+// storageWatch is what the watch last saw of the storage: each node up or
+// not, each pair's state.
+type storageWatch struct {
+	up    map[string]bool
+	pairs map[string]string
+}
+
+// watchStorage records a storage node going silent or reporting again,
+// and a pair changing state, as events: what a sysadmin reads to follow
+// a storage node's death and its resync.
+func (c *Controller) watchStorage(sw *storageWatch) {
+	now := time.Now()
+	for _, name := range c.storage.names() {
+		_, seen, alive := c.storage.get(name, now)
+		was, known := sw.up[name]
+		sw.up[name] = alive
+		switch {
+		case !known || was == alive:
+		case alive:
+			_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventStorageUp, Node: name,
+				Message: fmt.Sprintf("storage node %s reports again", name)})
+		default:
+			_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventStorageDown, Node: name,
+				Message: fmt.Sprintf("storage node %s stopped reporting (silent %s)", name, now.Sub(seen).Round(100*time.Millisecond))})
+		}
+	}
+	if len(sw.up) == 0 {
+		return // no storage node ever reported: no pair to watch
+	}
+	ps, err := c.Pairs()
+	if err != nil {
+		return
+	}
+	for _, p := range ps {
+		prev, known := sw.pairs[p.Name]
+		if known && pairStateKey(prev) == pairStateKey(p.State) {
+			continue
+		}
+		sw.pairs[p.Name] = p.State
+		if !known {
+			continue
+		}
+		msg := fmt.Sprintf("pair %s: %s (was %s)", p.Name, p.State, pairStateKey(prev))
+		if p.Owner != "" {
+			msg += "; " + p.Owner + " owns writes"
+		}
+		_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventPairState, Node: p.Nodes[0], Message: msg})
+	}
+}
+
 func (c *Controller) anyStorageAlive() bool {
 	sns, _ := c.StorageNodes()
 	for _, sn := range sns {

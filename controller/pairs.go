@@ -190,6 +190,7 @@ func (c *Controller) CreatePair(req controllerapi.PairRequest, actor string) (co
 func (c *Controller) pairInfo(p pairRecord, now time.Time) controllerapi.StoragePairInfo {
 	info := controllerapi.StoragePairInfo{Name: p.Name, Nodes: p.Nodes[:], Created: p.Created, Members: map[string]string{}, FreeBytes: -1}
 	var up, synced int
+	var ownerEpoch uint64
 	for _, name := range p.Nodes {
 		n, err := c.reg.Node(name)
 		if err != nil {
@@ -201,13 +202,20 @@ func (c *Controller) pairInfo(p pairRecord, now time.Time) controllerapi.Storage
 		case !sn.Alive || sn.Report == nil:
 			info.Members[name] = "down"
 			continue
+		case now.Sub(sn.LastSeen) > 2*time.Second:
+			// A node reports every second: its last word is stale (it
+			// may have died), though it is not counted down yet.
+			info.Members[name] = fmt.Sprintf("not heard for %.0f s", now.Sub(sn.LastSeen).Seconds())
+			continue
 		case sn.Report.Pair == nil || sn.Report.Pair.Pair != p.Name:
 			info.Members[name] = "not in the pair yet"
 		default:
 			rp := sn.Report.Pair
 			info.Members[name] = rp.Role + ", " + rp.State
-			if rp.Role == "owner" && rp.Serving {
-				info.Owner = name
+			// A node killed a moment ago still counts as reporting, with
+			// its last word: of two owners the newer epoch is the owner.
+			if rp.Role == "owner" && rp.Serving && rp.Epoch >= ownerEpoch {
+				info.Owner, ownerEpoch = name, rp.Epoch
 			}
 			if rp.State == "in sync" && rp.Serving {
 				synced++
@@ -219,19 +227,31 @@ func (c *Controller) pairInfo(p pairRecord, now time.Time) controllerapi.Storage
 		}
 	}
 	info.FreeBytes = max(info.FreeBytes, 0)
-	switch {
+	peer := p.peer(info.Owner)
+	switch pv := info.Members[peer]; {
 	case synced == 2:
 		info.State = "in sync"
-	case info.Owner != "" && up == 1:
-		info.State = "degraded: " + p.peer(info.Owner) + " is down"
-	case info.Owner != "":
-		info.State = "degraded: " + info.Members[p.peer(info.Owner)]
 	case up == 0:
 		info.State = "down"
+	case info.Owner == "":
+		info.State = "no owner yet" // forming, or failing over
+	case pv == "down":
+		info.State = "degraded: " + peer + " is down"
+	case strings.Contains(pv, "resync"):
+		info.State = "resyncing " + peer + " (" + pv + ")"
 	default:
-		info.State = "forming"
+		info.State = "degraded: " + peer + " does not serve (" + pv + ")"
 	}
 	return info
+}
+
+// pairStateKey is a pair state without its detail in parentheses: what
+// changes enough to be an event.
+func pairStateKey(s string) string {
+	if i := strings.Index(s, " ("); i > 0 {
+		return s[:i]
+	}
+	return s
 }
 
 // Pairs lists the pairs the controller made.

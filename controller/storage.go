@@ -2,6 +2,7 @@ package controller
 
 import (
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -44,6 +45,13 @@ func (s *storageNodes) get(node string, now time.Time) (controllerapi.StorageRep
 	r, ok := s.last[node]
 	seen := s.seen[node]
 	return r, seen, ok && now.Sub(seen) < s.timeout
+}
+
+// names lists the nodes that have reported.
+func (s *storageNodes) names() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Collect(maps.Keys(s.last))
 }
 
 func (s *storageNodes) forget(node string) {

@@ -164,6 +164,17 @@ func TestControllerMadePair(t *testing.T) {
 	l.Start(own)
 	l.waitInSync(30 * time.Second)
 	l.check("owner back, resynced", l.Nodes[0], l.Nodes[1])
+	waitFor("the event log tells the owner's death and return", 10*time.Second, func() bool {
+		evs, _ := c.Registry().Events(0, 1000)
+		var down, up, degraded, synced bool
+		for _, e := range evs {
+			down = down || e.Type == controllerapi.EventStorageDown && e.Node == own.Name
+			up = up || e.Type == controllerapi.EventStorageUp && e.Node == own.Name
+			degraded = degraded || e.Type == controllerapi.EventPairState && strings.Contains(e.Message, "degraded")
+			synced = synced || e.Type == controllerapi.EventPairState && strings.Contains(e.Message, "pair sn1-sn2: in sync (was")
+		}
+		return down && up && degraded && synced
+	})
 	waitFor("the controller sees the pair in sync", 10*time.Second, func() bool {
 		ps, _ := c.Pairs()
 		return len(ps) == 1 && ps[0].State == "in sync"

@@ -269,4 +269,7 @@ const (
 	EventInstanceRestarted = "instance.restarted" // elsewhere, after its node failed
 	EventInstanceLimited   = "instance.limited"   // its disk's I/O caps changed
 	EventNodeFenced        = "node.fenced"
+	EventStorageDown       = "storage.down" // a storage node stopped reporting
+	EventStorageUp         = "storage.up"   // it reports again
+	EventPairState         = "storage.pair" // a storage pair changed state (in sync, degraded, ...)
 )

@@ -269,7 +269,8 @@ type StoragePairInfo struct {
 	Created time.Time `json:"created"`
 	// Owner is the node that owns writes ("" while none does).
 	Owner string `json:"owner"`
-	// State is "in sync", "degraded: ...", "resyncing ..." or "forming".
+	// State is "in sync", "degraded: NODE is down", "resyncing NODE (...)",
+	// "degraded: NODE does not serve (...)", "no owner yet" or "down".
 	State string `json:"state"`
 	// Members is each node's view, by name ("down" when it does not report).
 	Members map[string]string `json:"members"`

@@ -187,7 +187,7 @@ func Up(cfg Config) (l *Lab, err error) {
 		return nil, err
 	}
 	// A fresh fabric each time: what an earlier lab left is removed.
-	for _, pat := range []string{"controller", "storage", "hn[0-9]", "*.log", "*migration-*"} {
+	for _, pat := range []string{"controller", "storage*", "hn[0-9]", "*.log", "*migration-*", "demo-storage", "pair-probe"} {
 		old, _ := filepath.Glob(filepath.Join(dir, pat))
 		for _, o := range old {
 			if err := os.RemoveAll(o); err != nil {
