@@ -60,6 +60,7 @@ func (c *Controller) Handler() http.Handler {
 	mux.Handle("GET /v1/storage", c.auth(c.listStorage))
 	mux.Handle("GET /v1/volumes", c.auth(c.listVolumes))
 	mux.Handle("GET /v1/volumes/{name}", c.auth(c.showVolume))
+	mux.Handle("POST /v1/volumes/{name}/resize", c.auth(c.resizeVolume))
 	mux.Handle("GET /v1/storage/{name}", c.auth(c.showStorage))
 	mux.Handle("POST /v1/storage/{name}/drain", c.auth(c.drainStorageAPI))
 	mux.Handle("POST /v1/storage/{name}/shutdown", c.auth(c.shutdownStorageAPI))

@@ -47,6 +47,9 @@ type Volumes interface {
 	Allow(name string, macs []string) error
 	// Limit sets a volume's I/O caps (0: none), in force when it returns.
 	Limit(name string, iops, bps int64) error
+	// Resize grows a volume to size bytes (never shrinks it), on every
+	// copy, and returns once each live storage node holds it grown.
+	Resize(name string, size int64) error
 	Delete(name string) error
 }
 
@@ -119,6 +122,15 @@ func (l localVolumes) Limit(name string, iops, bps int64) error {
 		return err
 	}
 	_, err = p.SetLimit(name, storagenode.Limit{IOPS: iops, BytesPerSecond: bps})
+	return err
+}
+
+func (l localVolumes) Resize(name string, size int64) error {
+	p, err := l.pool()
+	if err != nil {
+		return err
+	}
+	_, err = p.Resize(name, size, false)
 	return err
 }
 
@@ -389,6 +401,36 @@ func (rv remoteVolumes) Limit(name string, iops, bps int64) error {
 	return rv.change(name, func(s *controllerapi.StorageVolumeSpec) { s.IOPS, s.BPS = iops, bps })
 }
 
+func (rv remoteVolumes) Resize(name string, size int64) error {
+	size = (size + wire.SectorSize - 1) / wire.SectorSize * wire.SectorSize
+	var specs map[string]controllerapi.StorageVolumeSpec
+	if err := rv.c.st.View(func(tx store.Tx) (err error) {
+		specs, err = rv.specs(tx, name)
+		return err
+	}); err != nil {
+		return err
+	}
+	if len(specs) == 0 {
+		return errorf(ErrNotFound, "no volume %q; see `fabric volume list`", name)
+	}
+	now := time.Now()
+	for node, s := range specs {
+		switch {
+		case s.Image != "":
+			return errorf(ErrInvalid, "%s is an image template; import a new image instead", name)
+		case size < s.Size:
+			return errorf(ErrInvalid, "volume %s is %s; shrinking it to %s would cut off data, and is refused", name, storagenode.FormatSize(s.Size), storagenode.FormatSize(size))
+		}
+		if n, err := rv.c.reg.Node(node); err == nil {
+			if sn := rv.c.storageNode(n, now); sn.Alive && sn.Report != nil && sn.Report.Capacity.FreeBytes < size-s.Size {
+				return errorf(ErrUnplaceable, "storage node %s has %s free; growing %s by %s needs more", node,
+					storagenode.FormatSize(sn.Report.Capacity.FreeBytes), name, storagenode.FormatSize(size-s.Size))
+			}
+		}
+	}
+	return rv.change(name, func(s *controllerapi.StorageVolumeSpec) { s.Size = size })
+}
+
 // change edits volume name's catalog entries and waits until every live
 // storage node holding it applied the edit.
 func (rv remoteVolumes) change(name string, edit func(*controllerapi.StorageVolumeSpec)) error {
@@ -479,7 +521,8 @@ func asSpecified(v controllerapi.StorageVolume, s controllerapi.StorageVolumeSpe
 		slices.Sort(out)
 		return out
 	}
-	return wire.CanonAddr(v.Addr) == wire.CanonAddr(s.Addr) && slices.Equal(norm(v.MACs), norm(s.MACs)) && v.IOPS == s.IOPS && v.BPS == s.BPS
+	return wire.CanonAddr(v.Addr) == wire.CanonAddr(s.Addr) && slices.Equal(norm(v.MACs), norm(s.MACs)) && v.IOPS == s.IOPS && v.BPS == s.BPS &&
+		v.Size >= s.Size
 }
 
 // storageVolumes lists what the controller wants storage node node to
@@ -689,6 +732,21 @@ func (c *Controller) VolumeShow(name string) (controllerapi.VolumeDetail, error)
 		d.Copies = append(d.Copies, cp)
 	}
 	return d, nil
+}
+
+func (c *Controller) resizeVolume(w http.ResponseWriter, r *http.Request) {
+	var req controllerapi.ResizeRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	name := r.PathValue("name")
+	if err := c.vols.Resize(name, req.Size); err != nil {
+		c.fail(w, err)
+		return
+	}
+	_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventVolumeResized, Actor: actorOf(r),
+		Message: fmt.Sprintf("volume %s grown to %s", name, storagenode.FormatSize(req.Size))})
+	c.showVolume(w, r)
 }
 
 func (c *Controller) showVolume(w http.ResponseWriter, r *http.Request) {

@@ -240,13 +240,41 @@ func TestControllerMadePair(t *testing.T) {
 	l.waitInSync(60 * time.Second)
 	l.check("inst-b after "+other.Name+" came back", l.Nodes[0], l.Nodes[1])
 
+	vols := c.Volumes()
+	// Growing a volume on the pair: both copies grow, the pair stays in
+	// sync, the new end is there through both paths.
+	if err := vols.Resize("inst-a", 4<<20); err == nil || !strings.Contains(err.Error(), "shrinking") {
+		t.Errorf("shrinking inst-a: %v", err)
+	}
+	t0 = time.Now()
+	if err := vols.Resize("inst-a", 16<<20); err != nil {
+		t.Fatalf("growing inst-a: %v\n%s", err, l.Logs())
+	}
+	t.Logf("inst-a grown to 16 MiB on both nodes in %v", time.Since(t0).Round(time.Millisecond))
+	l.waitInSync(10 * time.Second)
+	octx, ocancel = context.WithTimeout(context.Background(), 3*time.Second)
+	d, err = l.in.Open(octx, 5, 1, 500*time.Millisecond)
+	ocancel()
+	if err != nil || d.Size() != 16<<20 || len(d.Paths) != 2 {
+		t.Fatalf("inst-a after growing: %v (size %d, paths %v)", err, d.Size(), d.Paths)
+	}
+	tail := bytes.Repeat([]byte{0xc3}, 4096)
+	if _, err := d.WriteAt(tail, 16<<20-4096); err != nil {
+		t.Fatalf("writing the grown end: %v", err)
+	}
+	d.Close()
+	l.waitInSync(10 * time.Second)
+	if a, b := fileSum(t, l.VolumePath(l.Nodes[0], "inst-a")), fileSum(t, l.VolumePath(l.Nodes[1], "inst-a")); a != b {
+		t.Errorf("inst-a's copies differ after growing and writing its end: %s, %s", a, b)
+	}
+
 	// A pair member holding volumes is not removed, even with --force.
 	if _, err := c.RemoveNode("sn1", true, "test"); err == nil || !strings.Contains(err.Error(), "one of pair sn1-sn2, which holds inst-a, inst-b") {
 		t.Errorf("removing sn1: %v", err)
 	}
 
 	// A volume larger than any pair's free space is refused up front.
-	vols := c.Volumes()
+	vols = c.Volumes()
 	if _, err := vols.Clone("nosuch", "inst-c", "e5.3", nil, ""); err == nil {
 		t.Error("a clone of a missing image succeeded")
 	}

@@ -161,6 +161,14 @@ func (m *managed) apply(ctx context.Context, specs []controllerapi.StorageVolume
 			}
 			have[s.Name] = v
 		}
+		if s.Size > v.Size && s.Image == "" {
+			// Grown by the controller (never shrunk: that loses data).
+			if v, err = m.pool.Resize(s.Name, s.Size, false); err != nil {
+				pending[s.Name] = controllerapi.StoragePending{Name: s.Name, Why: "growing it: " + err.Error()}
+				continue
+			}
+			m.log.Info("volume grown on the controller's word", "volume", s.Name, "size", v.Size)
+		}
 		if err := m.export(v, s); err != nil {
 			pending[s.Name] = controllerapi.StoragePending{Name: s.Name, Why: err.Error()}
 		}

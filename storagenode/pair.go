@@ -830,10 +830,20 @@ func (p *Pair) serveConn(c net.Conn) {
 
 func (p *Pair) bitmapFor(v *volume) (*bitmap, error) {
 	k := key(v.Shelf, v.Slot)
+	size := int64(v.sectors) * wire.SectorSize
 	if b := p.bitmaps[k]; b != nil {
-		return b, nil
+		if b.n == uint64((size+RegionSize-1)/RegionSize) {
+			return b, nil
+		}
+		// The volume was grown (its file reread): the same bits, more
+		// regions.
+		if err := b.flush(); err != nil {
+			return nil, err
+		}
+		_ = b.close()
+		delete(p.bitmaps, k)
 	}
-	b, err := openBitmap(filepath.Join(p.dir, "pair-bitmaps", strings.TrimPrefix(v.Addr(), "e")), int64(v.sectors)*wire.SectorSize)
+	b, err := openBitmap(filepath.Join(p.dir, "pair-bitmaps", strings.TrimPrefix(v.Addr(), "e")), size)
 	if err != nil {
 		return nil, err
 	}

@@ -477,3 +477,23 @@ func TestCLIPairCreate(t *testing.T) {
 		t.Errorf("fabric storage pair list: exit %d, %q %q", code, out, errs)
 	}
 }
+
+// TestCLIVolumeResize: `fabric volume resize` wants a name and a size, and
+// says when there is no such volume.
+func TestCLIVolumeResize(t *testing.T) {
+	t.Setenv("FABRIC_TOKEN", "")
+	cfg, _ := startController(t)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"inst-a"}, "want NAME SIZE"},
+		{[]string{"inst-a", "big"}, `size "big"`},
+		{[]string{"inst-a", "1G"}, `no volume "inst-a"`},
+	} {
+		code, _, errs := fabric(t, cfg, append([]string{"volume", "resize"}, tc.args...)...)
+		if code == 0 || !strings.Contains(errs, tc.want) {
+			t.Errorf("fabric volume resize %v: exit %d, %q; want %q", tc.args, code, errs, tc.want)
+		}
+	}
+}

@@ -20,6 +20,28 @@ func volumeCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			volumeShowCommand(),
 			{
+				Name:      "resize",
+				Usage:     "grow a volume on every storage node holding it (a guest sees the new size at its next start)",
+				ArgsUsage: "NAME SIZE",
+				Flags:     []cli.Flag{outputFlag},
+				Action: withClient(func(c *cli.Context, cl *controllerapi.Client) error {
+					if c.NArg() != 2 {
+						return fmt.Errorf("fabric volume resize: want NAME SIZE (like 20G), got %d arguments", c.NArg())
+					}
+					size, err := storagenode.ParseSize(c.Args().Get(1))
+					if err != nil || size <= 0 {
+						return fmt.Errorf("fabric volume resize: size %q: want bytes, like 20G", c.Args().Get(1))
+					}
+					v, err := cl.ResizeVolume(c.Context, c.Args().Get(0), size)
+					if err != nil {
+						return err
+					}
+					return show(c, v, func(w io.Writer) {
+						fmt.Fprintf(w, "volume %s is %s on %d storage node(s)\n", v.Name, storagenode.FormatSize(v.Size), len(v.Copies))
+					})
+				}),
+			},
+			{
 				Name:  "list",
 				Usage: "list volumes: kind, storage node, address, size, allowed MACs, state",
 				Flags: []cli.Flag{outputFlag},

@@ -272,4 +272,5 @@ const (
 	EventStorageDown       = "storage.down" // a storage node stopped reporting
 	EventStorageUp         = "storage.up"   // it reports again
 	EventPairState         = "storage.pair" // a storage pair changed state (in sync, degraded, ...)
+	EventVolumeResized     = "volume.resized"
 )

@@ -330,3 +330,16 @@ func (c *Client) Volume(ctx context.Context, name string) (VolumeDetail, error) 
 	err := c.do(ctx, http.MethodGet, "/v1/volumes/"+url.PathEscape(name), nil, &v)
 	return v, err
 }
+
+// ResizeRequest grows a volume (POST /v1/volumes/{name}/resize).
+type ResizeRequest struct {
+	Size int64 `json:"size"` // bytes; never less than now
+}
+
+// ResizeVolume grows a volume on every copy; the answer is the volume
+// once every live storage node holds it grown.
+func (c *Client) ResizeVolume(ctx context.Context, name string, size int64) (VolumeDetail, error) {
+	var v VolumeDetail
+	err := c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(name)+"/resize", ResizeRequest{Size: size}, &v)
+	return v, err
+}
