@@ -20,6 +20,7 @@ import (
 	"github.com/fabric-project/fabric/aoe/initiator"
 	"github.com/fabric-project/fabric/controller"
 	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/internal/pairlab"
 )
 
 // TestControllerMadePair: two storage nodes that report to a controller
@@ -323,6 +324,16 @@ func newControllerPair(t *testing.T) (*pairLab, *controller.Controller) {
 	served := make(chan error, 1)
 	go func() { served <- c.Serve(ctx, ln) }()
 	t.Cleanup(func() { cancel(); <-served })
+	startMembers(t, c, l.Lab)
+	return l, c
+}
+
+// startMembers registers a pair lab's two nodes with c and starts them
+// with --controller (at their witness namespace's addresses, where c or
+// a proxy to it listens) and --replication-listen, no pair of their own;
+// it returns once both report.
+func startMembers(t *testing.T, c *controller.Controller, l *pairlab.Lab) {
+	t.Helper()
 	ca := filepath.Join(t.TempDir(), "ca.crt")
 	if err := os.WriteFile(ca, c.CACertPEM(), 0o644); err != nil {
 		t.Fatal(err)
@@ -339,12 +350,11 @@ func newControllerPair(t *testing.T) (*pairLab, *controller.Controller) {
 			"--controller", fmt.Sprintf("https://10.78.%d.254:8443", i+1), "--ca", ca, "--name", n.Name, "--token", tok}
 	}
 	l.StartAll()
-	for end := time.Now().Add(20 * time.Second); !storageAlive(c, "sn1", "sn2")(); time.Sleep(50 * time.Millisecond) {
+	for end := time.Now().Add(20 * time.Second); !storageAlive(c, l.Nodes[0].Name, l.Nodes[1].Name)(); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(end) {
 			t.Fatalf("the storage nodes do not report\n%s", l.Logs())
 		}
 	}
-	return l, c
 }
 
 // storageAlive says whether the controller hears every named storage node.
