@@ -242,6 +242,68 @@ func TestControllerMadePair(t *testing.T) {
 	l.check("inst-b after "+other.Name+" came back", l.Nodes[0], l.Nodes[1])
 
 	vols := c.Volumes()
+	// Two volumes on the pair: inst-a capped and read flat out through
+	// both paths, inst-b's read latency stays within 2x of idle; the cap
+	// raised live is in force within a second.
+	open := func(slot uint8) *initiator.Device {
+		t.Helper()
+		octx, ocancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer ocancel()
+		d, err := l.in.Open(octx, 5, slot, 500*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	da, db := open(1), open(2)
+	median := func(d *initiator.Device, n int) time.Duration {
+		var lat []time.Duration
+		buf := make([]byte, 1024)
+		for i := 0; i < n; i++ {
+			t0 := time.Now()
+			if _, err := d.ReadAt(buf, int64(i)*1024); err != nil {
+				t.Fatal(err)
+			}
+			lat = append(lat, time.Since(t0))
+		}
+		slices.Sort(lat)
+		return lat[len(lat)/2]
+	}
+	if err := c.Volumes().Limit("inst-a", 300, 0); err != nil {
+		t.Fatal(err)
+	}
+	idle := median(db, 300)
+	var busy time.Duration
+	var raised float64
+	doneB := make(chan struct{})
+	go func() {
+		defer close(doneB)
+		time.Sleep(300 * time.Millisecond)
+		busy = median(db, 300)
+	}()
+	capped = readRate(t, da, 8, 2*time.Second)
+	<-doneB
+	if err := c.Volumes().Limit("inst-a", 1000, 0); err != nil {
+		t.Fatal(err)
+	}
+	raised = readRate(t, da, 8, time.Second)
+	da.Close()
+	db.Close()
+	t.Logf("inst-a capped at 300 IOPS, read flat out through both paths: %.0f/s; inst-b median read latency %v idle, %v meanwhile; cap raised live to 1000: %.0f/s in the next second",
+		capped, idle, busy, raised)
+	if capped < 240 || capped > 360 {
+		t.Errorf("inst-a under a 300 IOPS cap: %.0f reads/s", capped)
+	}
+	if busy > 2*idle+100*time.Microsecond {
+		t.Errorf("inst-b's median latency went from %v to %v while inst-a ran flat out (bar: within 2x)", idle, busy)
+	}
+	if raised < 800 || raised > 1200 {
+		t.Errorf("inst-a's cap raised live to 1000 IOPS: %.0f reads/s in the next second", raised)
+	}
+	if err := c.Volumes().Limit("inst-a", 0, 0); err != nil {
+		t.Fatal(err)
+	}
+
 	// Growing a volume on the pair: both copies grow, the pair stays in
 	// sync, the new end is there through both paths.
 	if err := vols.Resize("inst-a", 4<<20); err == nil || !strings.Contains(err.Error(), "shrinking") {
