@@ -5,7 +5,7 @@ BIN     := bin
 GOFLAGS ?= -buildvcs=false
 export GOFLAGS
 
-.PHONY: all build deps images test test-unit lint demo demo-up demo-down bench bench-controller bench-aoe bench-boot bench-pair bench-ha bench-storage clean
+.PHONY: all build deps images test test-unit lint demo demo-up demo-down bench bench-controller bench-aoe bench-boot bench-pair bench-ha bench-storage deb clean
 
 all: build
 
@@ -16,6 +16,10 @@ build:
 
 deps:
 	./scripts/deps.sh
+
+# Debian packages fabric and fabricd (systemd units, /etc/fabric) in work/deb.
+deb:
+	./scripts/deb.sh work/deb
 
 # Boot images for the QEMU tests and the demo: Debian kernel, busybox
 # initramfs, root volume (work/images; rebuilt when their sources change).
