@@ -452,6 +452,11 @@ func (c *Controller) confirmedFences() []string {
 	return out
 }
 
+// restartFreshness is how recently a node's agent must have reported for
+// a restart to go there: a healthy agent reports at least every 2 s (its
+// held heartbeat).
+const restartFreshness = 3 * time.Second
+
 // restartFenced restarts elsewhere the HA instances meant to run on fenced
 // nodes whose fence every live storage node applied, all in one scheduler
 // plan: by priority (then size) whichever node
@@ -473,6 +478,16 @@ func (c *Controller) restartFenced() {
 		if in.NoHA && in.Want == controllerapi.StateRunning && slices.Contains(fenced, in.Node) && c.firstInAMinute("noha/"+in.Name) {
 			msg := fmt.Sprintf("instance %s stays down with its fenced node %s: it is not HA (created with --ha=false)", in.Name, in.Node)
 			_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventInstanceNodeError, Node: in.Node, Message: msg})
+		}
+	}
+	// A restart goes only to a node heard from lately: one whose agent
+	// missed its last report may be failing too (two nodes losing power
+	// a second apart), and an instance sent there would wait for that
+	// node's fence before it restarts again.
+	now := time.Now()
+	for i, n := range v.snap.Nodes {
+		if _, seen, _ := c.agents.get(n.Name, now); n.Usable && now.Sub(seen) > restartFreshness {
+			v.snap.Nodes[i].Usable = false
 		}
 	}
 	plan := scheduler.Restart(v.snap, fenced...)
