@@ -61,6 +61,15 @@ type localVolumes struct{ dir string }
 
 func (l localVolumes) pool() (*storagenode.Pool, error) { return storagenode.OpenPool(l.dir) }
 
+// list lists the pool's volumes.
+func (l localVolumes) list() ([]storagenode.Volume, error) {
+	p, err := l.pool()
+	if err != nil {
+		return nil, err
+	}
+	return p.List()
+}
+
 func (l localVolumes) ImportImage(name string, size int64, fill func(*os.File) error) (string, int64, error) {
 	p, err := l.pool()
 	if err != nil {
@@ -587,11 +596,7 @@ func volumeKind(name string) string {
 func (c *Controller) VolumeList() ([]controllerapi.Volume, error) {
 	out := []controllerapi.Volume{}
 	if l, ok := c.vols.(localVolumes); ok {
-		p, err := l.pool()
-		if err != nil {
-			return nil, err
-		}
-		vs, err := p.List()
+		vs, err := l.list()
 		if err != nil {
 			return nil, err
 		}
@@ -654,11 +659,7 @@ func volumeState(s controllerapi.StorageVolumeSpec, r *controllerapi.StorageRepo
 func (c *Controller) VolumeShow(name string) (controllerapi.VolumeDetail, error) {
 	d := controllerapi.VolumeDetail{Name: name, Kind: volumeKind(name), Copies: []controllerapi.VolumeCopy{}}
 	if l, ok := c.vols.(localVolumes); ok {
-		p, err := l.pool()
-		if err != nil {
-			return d, err
-		}
-		vs, err := p.List()
+		vs, err := l.list()
 		if err != nil {
 			return d, err
 		}

@@ -372,6 +372,16 @@ func newControllerPair(t *testing.T) (*pairLab, *controller.Controller) {
 	t.Helper()
 	l := newPairLabStopped(t)
 	l.shelf, l.slot, l.vol = 5, 1, "inst-a"
+	c := serveController(t, l.Lab)
+	startMembers(t, c, l.Lab)
+	return l, c
+}
+
+// serveController runs a controller without a pool of its own, serving
+// its API on :8443 in the pair lab's witness namespace (the nodes reach it
+// at 10.78.1.254 and 10.78.2.254).
+func serveController(t *testing.T, l *pairlab.Lab) *controller.Controller {
+	t.Helper()
 	c, err := controller.New(controller.Config{StateDir: t.TempDir(), BootSubnet: netip.MustParsePrefix("10.79.0.0/24"),
 		ServerIP: netip.MustParseAddr("10.79.0.1"), APIHosts: []string{"10.78.1.254", "10.78.2.254"}, AgentTimeout: 2 * time.Second})
 	if err != nil {
@@ -386,8 +396,7 @@ func newControllerPair(t *testing.T) (*pairLab, *controller.Controller) {
 	served := make(chan error, 1)
 	go func() { served <- c.Serve(ctx, ln) }()
 	t.Cleanup(func() { cancel(); <-served })
-	startMembers(t, c, l.Lab)
-	return l, c
+	return c
 }
 
 // startMembers registers a pair lab's two nodes with c and starts them

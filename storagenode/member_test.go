@@ -3,8 +3,6 @@ package storagenode_test
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,7 +11,6 @@ import (
 	"time"
 
 	"github.com/fabric-project/fabric/aoe/initiator"
-	"github.com/fabric-project/fabric/controller"
 	"github.com/fabric-project/fabric/controller/controllerapi"
 )
 
@@ -24,20 +21,7 @@ import (
 func TestPairReportsToController(t *testing.T) {
 	l := newPairLab(t, 8<<20)
 	l.waitInSync(20 * time.Second)
-	c, err := controller.New(controller.Config{StateDir: t.TempDir(), BootSubnet: netip.MustParsePrefix("10.79.0.0/24"),
-		ServerIP: netip.MustParseAddr("10.79.0.1"), APIHosts: []string{"10.78.1.254", "10.78.2.254"}, AgentTimeout: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	var ln net.Listener
-	if err := l.Wit.Do(func() (err error) { ln, err = net.Listen("tcp", ":8443"); return err }); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- c.Serve(ctx, ln) }()
-	t.Cleanup(func() { cancel(); <-served })
+	c := serveController(t, l.Lab)
 	ca := filepath.Join(t.TempDir(), "ca.crt")
 	if err := os.WriteFile(ca, c.CACertPEM(), 0o644); err != nil {
 		t.Fatal(err)

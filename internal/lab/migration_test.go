@@ -203,6 +203,7 @@ func TestLiveMigration(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(p.Kill)
 		time.Sleep(1500 * time.Millisecond)
 		var res controllerapi.MigrateResult
 		out, err := l.Fabric("instance", "migrate", "web", "--to", to, "-o", "json")
@@ -311,6 +312,7 @@ func TestLiveMigration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(p.Kill)
 	// The same lead as the migrations above. Under software emulation a
 	// switchover leaves the guest unreachable for 100-250 ms (the 10 Hz
 	// ping shows it); a 1 Hz probe sent inside that window is lost. With

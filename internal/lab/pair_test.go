@@ -58,6 +58,7 @@ func TestStoragePairUnderGuest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(p.Kill)
 	owner := func() (own, other string) {
 		t.Helper()
 		p, err := l.PairInfo()

@@ -74,6 +74,8 @@ func (l *Lab) StartProber(ip, dir string) (*Prober, error) {
 	return p, nil
 }
 
+// kill ends the probes; a second call does nothing (a test's cleanup
+// calls it again after Stop).
 func (p *Prober) kill() {
 	for _, c := range []*exec.Cmd{p.fast, p.slow} {
 		if c != nil && c.Process != nil {
@@ -85,7 +87,12 @@ func (p *Prober) kill() {
 		_ = syscall.Kill(-p.http.Process.Pid, syscall.SIGKILL)
 		_ = p.http.Wait()
 	}
+	p.fast, p.slow, p.http = nil, nil, nil
 }
+
+// Kill ends the probes without reading them: for a test's cleanup, so that
+// a failed test leaves no ping running.
+func (p *Prober) Kill() { p.kill() }
 
 var (
 	replyRE = regexp.MustCompile(`^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+)`)
