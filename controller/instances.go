@@ -821,7 +821,7 @@ func (c *Controller) ensureRootVolume(n controllerapi.Node) error {
 	how := "re-exported"
 	// Only the node itself sees its root.
 	macs := []string{n.MAC}
-	if err := c.vols.Export(name, n.RootVolume, macs); errors.Is(err, storagenode.ErrNotFound) {
+	if err := c.vols.Export(name, n.RootVolume, macs); errors.Is(err, storagenode.ErrNotFound) || errors.Is(err, ErrNotFound) {
 		how, err = c.vols.Clone(c.cfg.HWNodeRootImage, name, n.RootVolume, macs, "")
 		if errors.Is(err, ErrNotFound) {
 			err = fmt.Errorf("root image %q not imported (fabric image import %s FILE): %w", c.cfg.HWNodeRootImage, c.cfg.HWNodeRootImage, err)

@@ -41,7 +41,7 @@ type Volumes interface {
 	// the most free space); it returns where and how.
 	Clone(image, name, addr string, macs []string, on string) (string, error)
 	// Export exports an existing volume at addr to macs
-	// (storagenode.ErrNotFound: no such volume).
+	// (storagenode.ErrNotFound or ErrNotFound: no such volume).
 	Export(name, addr string, macs []string) error
 	// Allow sets a volume's allow list, and returns once it is applied.
 	Allow(name string, macs []string) error
@@ -412,15 +412,9 @@ func (rv remoteVolumes) Limit(name string, iops, bps int64) error {
 
 func (rv remoteVolumes) Resize(name string, size int64) error {
 	size = (size + wire.SectorSize - 1) / wire.SectorSize * wire.SectorSize
-	var specs map[string]controllerapi.StorageVolumeSpec
-	if err := rv.c.st.View(func(tx store.Tx) (err error) {
-		specs, err = rv.specs(tx, name)
+	specs, err := rv.load(name)
+	if err != nil {
 		return err
-	}); err != nil {
-		return err
-	}
-	if len(specs) == 0 {
-		return errorf(ErrNotFound, "no volume %q; see `fabric volume list`", name)
 	}
 	now := time.Now()
 	for node, s := range specs {
@@ -440,18 +434,28 @@ func (rv remoteVolumes) Resize(name string, size int64) error {
 	return rv.change(name, func(s *controllerapi.StorageVolumeSpec) { s.Size = size })
 }
 
-// change edits volume name's catalog entries and waits until every live
-// storage node holding it applied the edit.
-func (rv remoteVolumes) change(name string, edit func(*controllerapi.StorageVolumeSpec)) error {
+// load reads volume name's catalog entries, by storage node; a volume
+// the catalog does not hold is ErrNotFound.
+func (rv remoteVolumes) load(name string) (map[string]controllerapi.StorageVolumeSpec, error) {
 	var specs map[string]controllerapi.StorageVolumeSpec
 	if err := rv.c.st.View(func(tx store.Tx) (err error) {
 		specs, err = rv.specs(tx, name)
 		return err
 	}); err != nil {
-		return err
+		return nil, err
 	}
 	if len(specs) == 0 {
-		return fmt.Errorf("volume %s: %w", name, storagenode.ErrNotFound)
+		return nil, errorf(ErrNotFound, "no volume %q; see `fabric volume list`", name)
+	}
+	return specs, nil
+}
+
+// change edits volume name's catalog entries and waits until every live
+// storage node holding it applied the edit.
+func (rv remoteVolumes) change(name string, edit func(*controllerapi.StorageVolumeSpec)) error {
+	specs, err := rv.load(name)
+	if err != nil {
+		return err
 	}
 	for node, s := range specs {
 		edit(&s)
