@@ -68,11 +68,10 @@ type Config struct {
 	// the storage nodes and ping all find dead is fenced through the
 	// storage and its instances restarted elsewhere (controller/fence.go).
 	HA bool
-	// StorageDir is the data directory of the storage node beside the
-	// controller: images and instance disks are volumes in its pool.
-	// Without it, volumes live on the storage nodes that report to the
-	// controller, which places them and drives them (controller/volumes.go).
-	StorageDir string
+	// LocalStorage, if set, runs a storage node in the controller's
+	// process (the one-machine install). It is a member like any other:
+	// the controller never opens its pool (controller/localstorage.go).
+	LocalStorage *LocalStorage
 	// HWNodeRootImage is the image cloned into each hardware node's root
 	// volume when it is registered ("" = root volumes are made by hand).
 	HWNodeRootImage string
@@ -110,7 +109,7 @@ type Controller struct {
 
 	agents    *agents
 	storage   *storageNodes
-	vols      Volumes         // where volumes live: the pool beside the controller, or storage nodes
+	vols      remoteVolumes   // where volumes live: the storage nodes that report
 	wit       *witness.Server // the witness of the pairs the controller made
 	watchOnce sync.Once
 	// storageWatchOnce starts the storage watch (events) once.
@@ -173,9 +172,6 @@ func New(cfg Config) (*Controller, error) {
 	if c.wit, err = witness.New(filepath.Join(cfg.StateDir, WitnessFile), witnessLease, log.With("part", "witness")); err != nil {
 		st.Close()
 		return nil, err
-	}
-	if cfg.StorageDir != "" {
-		c.vols = localVolumes{dir: cfg.StorageDir}
 	}
 	reserved := map[netip.Addr]bool{}
 	if cfg.ServerIP.IsValid() {
@@ -263,6 +259,11 @@ func (c *Controller) TLSConfig() (*tls.Config, error) {
 	if c.cfg.ServerIP.IsValid() {
 		hosts = append(hosts, c.cfg.ServerIP.String())
 	}
+	if h, _, err := net.SplitHostPort(c.cfg.APIAddr); err == nil {
+		if a, err := netip.ParseAddr(h); err == nil && !a.IsUnspecified() {
+			hosts = append(hosts, a.String()) // the address agents beside it (LocalStorage) dial
+		}
+	}
 	cert, err := c.ca.IssueServer(hosts, 90*24*time.Hour)
 	if err != nil {
 		return nil, err
@@ -325,6 +326,14 @@ func (c *Controller) Run(ctx context.Context) error {
 	c.log.Info("controller API listening", "addr", ln.Addr().String(), "client_config", filepath.Join(c.cfg.StateDir, ClientConfigFile))
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.Serve(ctx, ln) })
+	if c.cfg.LocalStorage != nil {
+		// Over loopback: the API certificate names 127.0.0.1 and ::1.
+		loop := "127.0.0.1"
+		if a, err := netip.ParseAddrPort(ln.Addr().String()); err == nil && !a.Addr().IsUnspecified() {
+			loop = a.Addr().String()
+		}
+		g.Go(func() error { return c.runLocalStorage(ctx, "https://"+net.JoinHostPort(loop, port)) })
+	}
 	if c.cfg.Boot.Iface != "" {
 		bc := c.BootConfig(cc.Controller)
 		g.Go(func() error { return pxe.Run(ctx, bc) })

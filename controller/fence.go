@@ -57,23 +57,21 @@ func bumpFenceGen(tx store.Tx) (uint64, error) {
 }
 
 // storageDesired is what storage node node must apply: the fence (every
-// storage node's) and, when the controller places volumes on storage
-// nodes, the volumes it holds.
+// storage node's), the volumes it holds for the controller, its pair, and
+// whether it is drained or shut down.
 func (c *Controller) storageDesired(node string) (controllerapi.StorageDesired, error) {
 	d := controllerapi.StorageDesired{Fence: []string{}}
 	err := c.st.View(func(tx store.Tx) error {
 		d.Generation = fenceGen(tx)
 		d.Drain = c.storageDrained(tx, node)
 		d.Shutdown = c.storageShutdown(tx, node)
-		if _, remote := c.vols.(remoteVolumes); remote {
-			var err error
-			d.ManagesVolumes = true
-			if d.Volumes, err = c.storageVolumes(tx, node); err != nil {
-				return err
-			}
-			if d.Pair, err = c.storagePairSpec(tx, node); err != nil {
-				return err
-			}
+		d.ManagesVolumes = true
+		var err error
+		if d.Volumes, err = c.storageVolumes(tx, node); err != nil {
+			return err
+		}
+		if d.Pair, err = c.storagePairSpec(tx, node); err != nil {
+			return err
 		}
 		return tx.ForEach(bucketFences, "", func(k string, v []byte) error {
 			if k == keyFenceGen {

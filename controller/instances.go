@@ -385,8 +385,13 @@ func (c *Controller) CreateInstance(req controllerapi.CreateInstanceRequest) (co
 	if err != nil {
 		return in, err
 	}
-	// The disk is cloned from the image: where the image is.
-	want := scheduler.Instance{Name: req.Name, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, Group: req.Group, Storage: v.holders[imageVolume(req.Image)]}
+	// The disk's storage first: the instance goes to a hardware node that
+	// reaches it.
+	stor, where, err := c.vols.place(req.Image, req.Storage)
+	if err != nil {
+		return in, fmt.Errorf("cloning image %s for %s: %w", req.Image, req.Name, err)
+	}
+	want := scheduler.Instance{Name: req.Name, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, Group: req.Group, Storage: stor}
 	node := req.Node
 	if node != "" {
 		why, err := c.fits(v, node, want)
@@ -438,12 +443,11 @@ func (c *Controller) CreateInstance(req controllerapi.CreateInstanceRequest) (co
 		return in, err
 	}
 	// Only the node the instance runs on sees its disk.
-	if how, err := c.vols.Clone(req.Image, instanceVolume(in.Name), in.Volume, []string{mac}, req.Storage); err != nil {
+	if err := c.vols.cloneOn(stor, req.Image, instanceVolume(in.Name), in.Volume, []string{mac}); err != nil {
 		release()
 		return in, fmt.Errorf("cloning image %s for %s: %w", req.Image, in.Name, err)
-	} else {
-		c.log.Info("instance disk cloned", "instance", in.Name, "volume", in.Volume, "how", how)
 	}
+	c.log.Info("instance disk cloned", "instance", in.Name, "volume", in.Volume, "where", where)
 	if in.IOPS > 0 || in.BPS > 0 {
 		if err := c.vols.Limit(instanceVolume(in.Name), in.IOPS, in.BPS); err != nil {
 			release()

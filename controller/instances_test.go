@@ -143,7 +143,7 @@ func startFakeAgent(t *testing.T, c *Controller, admin *controllerapi.Client, na
 
 func TestInstancesAndMigration(t *testing.T) {
 	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
-		StorageDir: t.TempDir(), AgentTimeout: time.Second, PrepareTimeout: 2 * time.Second, MigrateTimeout: 5 * time.Second})
+		AgentTimeout: time.Second, PrepareTimeout: 2 * time.Second, MigrateTimeout: 5 * time.Second})
 	admin := serveAPI(t, c)
 	ctx := context.Background()
 	for i, n := range []string{"hn1", "hn2", "st1"} {
@@ -179,6 +179,7 @@ func TestInstancesAndMigration(t *testing.T) {
 	}
 
 	// No node alive yet: nothing can be placed.
+	sto := startFakeStorage(t, c, admin, "st2", "52:54:00:00:00:09")
 	img := bytes.Repeat([]byte{0xab}, 1<<20)
 	if _, err := admin.ImportImage(ctx, "tiny", bytes.NewReader(img), int64(len(img))); err != nil {
 		t.Fatal(err)
@@ -228,21 +229,11 @@ func TestInstancesAndMigration(t *testing.T) {
 	}
 	// The instance's volume is visible to its node only.
 	allowed := func() []string {
-		p, err := c.vols.(localVolumes).pool()
-		if err != nil {
-			t.Fatal(err)
+		v, ok := sto.volume(instanceVolume("web"))
+		if !ok {
+			t.Fatal("no volume for web")
 		}
-		vs, err := p.List()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, v := range vs {
-			if v.Name == instanceVolume("web") {
-				return v.MACs
-			}
-		}
-		t.Fatal("no volume for web")
-		return nil
+		return v.MACs
 	}
 	if got := allowed(); len(got) != 1 || got[0] != "52:54:00:00:00:01" {
 		t.Errorf("web's volume allows %v, want hn1's MAC only", got)
@@ -396,7 +387,7 @@ func TestDesiredState(t *testing.T) {
 // node must not move it, or a later start would run a second copy.
 func TestNoSecondCopy(t *testing.T) {
 	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
-		StorageDir: t.TempDir(), AgentTimeout: 500 * time.Millisecond})
+		AgentTimeout: 500 * time.Millisecond})
 	admin := serveAPI(t, c)
 	ctx := context.Background()
 	for i, n := range []string{"hn1", "hn2"} {
@@ -405,6 +396,7 @@ func TestNoSecondCopy(t *testing.T) {
 		}
 	}
 	hn1 := startFakeAgent(t, c, admin, "hn1", 1024)
+	startFakeStorage(t, c, admin, "st1", "52:54:00:00:01:09")
 	startFakeAgent(t, c, admin, "hn2", 1024)
 	img := bytes.Repeat([]byte{0xab}, 1<<20)
 	if _, err := admin.ImportImage(ctx, "tiny", bytes.NewReader(img), int64(len(img))); err != nil {
@@ -429,16 +421,31 @@ func TestNoSecondCopy(t *testing.T) {
 	t.Logf("refused: %s", res[0].Error)
 }
 
-// fakeStorage enrolls as a storage node and reports, applying the fence
-// it is given at once, until the test ends.
-func fakeStorage(t *testing.T, c *Controller, admin *controllerapi.Client, name, mac string) {
-	t.Helper()
-	fakeStorageWith(t, c, admin, name, mac, nil)
+// fakeStorage is a storage node for the unit tests: it enrolls, reports,
+// and echoes its desired state at once (the fence, and every volume as
+// specified, with 1 TiB free), without serving anything. The real one is
+// tested in volumes_netns_test.go, the storagenode package and the lab.
+type fakeStorage struct {
+	mu   sync.Mutex
+	vols map[string]controllerapi.StorageVolume
 }
 
-// fakeStorageWith reports as storage node name, with fill adding to each
-// report (volumes held, initiators heard).
-func fakeStorageWith(t *testing.T, c *Controller, admin *controllerapi.Client, name, mac string, fill func(*controllerapi.StorageReport)) {
+// volume returns what the node holds as volume name.
+func (f *fakeStorage) volume(name string) (controllerapi.StorageVolume, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	v, ok := f.vols[name]
+	return v, ok
+}
+
+func startFakeStorage(t *testing.T, c *Controller, admin *controllerapi.Client, name, mac string) *fakeStorage {
+	t.Helper()
+	return fakeStorageWith(t, c, admin, name, mac, nil)
+}
+
+// fakeStorageWith is startFakeStorage with fill changing each report
+// (initiators heard, a pair state) after the echo.
+func fakeStorageWith(t *testing.T, c *Controller, admin *controllerapi.Client, name, mac string, fill func(*controllerapi.StorageReport)) *fakeStorage {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	if _, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: name, MAC: mac, Role: controllerapi.RoleStorage}); err != nil {
@@ -449,23 +456,47 @@ func fakeStorageWith(t *testing.T, c *Controller, admin *controllerapi.Client, n
 	if _, err := cl.Enroll(ctx, name, tok); err != nil {
 		t.Fatal(err)
 	}
+	f := &fakeStorage{vols: map[string]controllerapi.StorageVolume{}}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		var gen uint64
+		var d controllerapi.StorageDesired
 		for ctx.Err() == nil {
-			r := controllerapi.StorageReport{Node: name, Generation: gen}
+			r := controllerapi.StorageReport{Node: name, Generation: d.Generation, Fenced: d.Fence,
+				Capacity: controllerapi.StorageCapacity{TotalBytes: 1 << 40, FreeBytes: 1 << 40}, Volumes: []controllerapi.StorageVolume{}}
+			f.mu.Lock()
+			if d.ManagesVolumes {
+				clear(f.vols)
+				for _, s := range d.Volumes {
+					f.vols[s.Name] = controllerapi.StorageVolume{Name: s.Name, Addr: s.Addr, Size: s.Size, MACs: s.MACs, IOPS: s.IOPS, BPS: s.BPS}
+				}
+			}
+			for _, v := range f.vols {
+				r.Volumes = append(r.Volumes, v)
+			}
+			f.mu.Unlock()
 			if fill != nil {
 				fill(&r)
 			}
-			d, err := cl.StorageReport(ctx, r, 0)
-			if err == nil {
-				gen = d.Generation
+			if got, err := cl.StorageReport(ctx, r, 0); err == nil {
+				changed := got.Generation != d.Generation
+				d = got
+				if changed {
+					continue // apply it at once
+				}
 			}
-			time.Sleep(50 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond)
 		}
 	}()
 	t.Cleanup(func() { cancel(); <-done })
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, _, alive := c.storage.get(name, time.Now()); alive {
+			return f
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("fake storage node %s does not report", name)
+		}
+	}
 }
 
 // TestGroupsAndRestartOrder: a group spreads over nodes; when a node is
@@ -473,7 +504,7 @@ func fakeStorageWith(t *testing.T, c *Controller, admin *controllerapi.Client, n
 // nowhere wait with an event, and a --ha=false instance stays down.
 func TestGroupsAndRestartOrder(t *testing.T) {
 	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
-		StorageDir: t.TempDir(), AgentTimeout: 500 * time.Millisecond})
+		AgentTimeout: 500 * time.Millisecond})
 	admin := serveAPI(t, c)
 	ctx := context.Background()
 	for i, n := range []string{"hn1", "hn2", "hn3"} {
@@ -484,7 +515,7 @@ func TestGroupsAndRestartOrder(t *testing.T) {
 	hn1 := startFakeAgent(t, c, admin, "hn1", 2048)
 	startFakeAgent(t, c, admin, "hn2", 1024)
 	startFakeAgent(t, c, admin, "hn3", 512)
-	fakeStorage(t, c, admin, "st1", "52:54:00:00:02:09")
+	startFakeStorage(t, c, admin, "st1", "52:54:00:00:02:09")
 	img := bytes.Repeat([]byte{0xab}, 1<<20)
 	if _, err := admin.ImportImage(ctx, "tiny", bytes.NewReader(img), int64(len(img))); err != nil {
 		t.Fatal(err)
@@ -539,7 +570,7 @@ func TestGroupsAndRestartOrder(t *testing.T) {
 // leave HA instances waiting, and which.
 func TestReserveInStatus(t *testing.T) {
 	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
-		StorageDir: t.TempDir(), AgentTimeout: 2 * time.Second})
+		AgentTimeout: 2 * time.Second})
 	admin := serveAPI(t, c)
 	ctx := context.Background()
 	for i, n := range []string{"hn1", "hn2"} {
@@ -548,6 +579,7 @@ func TestReserveInStatus(t *testing.T) {
 		}
 	}
 	startFakeAgent(t, c, admin, "hn1", 4096)
+	startFakeStorage(t, c, admin, "st1", "52:54:00:00:04:09")
 	startFakeAgent(t, c, admin, "hn2", 1024)
 	img := bytes.Repeat([]byte{0xab}, 1<<20)
 	if _, err := admin.ImportImage(ctx, "tiny", bytes.NewReader(img), int64(len(img))); err != nil {
@@ -592,7 +624,7 @@ func TestReserveInStatus(t *testing.T) {
 // it, an explicit placement or migration there is refused and says why.
 func TestStorageReachability(t *testing.T) {
 	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
-		StorageDir: t.TempDir(), AgentTimeout: 2 * time.Second, PrepareTimeout: time.Second, MigrateTimeout: 2 * time.Second})
+		AgentTimeout: 2 * time.Second, PrepareTimeout: time.Second, MigrateTimeout: 2 * time.Second})
 	admin := serveAPI(t, c)
 	ctx := context.Background()
 	macs := map[string]string{"hn1": "52:54:00:00:05:01", "hn2": "52:54:00:00:05:02"}
@@ -607,20 +639,11 @@ func TestStorageReachability(t *testing.T) {
 	if _, err := admin.ImportImage(ctx, "tiny", bytes.NewReader(img), int64(len(img))); err != nil {
 		t.Fatal(err)
 	}
-	// st1 holds the pool's volumes and hears hn2 only (hn1's AoE frames
-	// do not arrive: a cut storage link).
+	// st1 holds the volumes and hears hn2 only (hn1's AoE frames do not
+	// arrive: a cut storage link).
 	fakeStorageWith(t, c, admin, "st1", "52:54:00:00:05:09", func(r *controllerapi.StorageReport) {
 		r.Heard = map[string]time.Time{macs["hn2"]: time.Now()}
-		r.Volumes = []controllerapi.StorageVolume{{Name: imageVolume("tiny")}, {Name: instanceVolume("web")}}
 	})
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if sns, _ := c.StorageNodes(); len(sns) == 1 && sns[0].Alive {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("st1 does not report")
-		}
-	}
 	in, err := admin.CreateInstance(ctx, controllerapi.CreateInstanceRequest{Name: "web", Image: "tiny", VCPUs: 1, MemoryMiB: 256})
 	if err != nil || in.Node != "hn2" {
 		t.Fatalf("web placed on %q (%v); want hn2, the only node st1 hears, though hn1 has more room", in.Node, err)
@@ -644,7 +667,7 @@ func TestStorageReachability(t *testing.T) {
 // refused before anything moves, with the numbers.
 func TestDrainPreflight(t *testing.T) {
 	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
-		StorageDir: t.TempDir(), AgentTimeout: time.Second})
+		AgentTimeout: time.Second})
 	admin := serveAPI(t, c)
 	ctx := context.Background()
 	for i, n := range []string{"hn1", "hn2"} {
@@ -653,6 +676,7 @@ func TestDrainPreflight(t *testing.T) {
 		}
 	}
 	startFakeAgent(t, c, admin, "hn1", 2048)
+	startFakeStorage(t, c, admin, "st1", "52:54:00:00:03:09")
 	startFakeAgent(t, c, admin, "hn2", 1024)
 	img := bytes.Repeat([]byte{0xab}, 1<<20)
 	if _, err := admin.ImportImage(ctx, "tiny", bytes.NewReader(img), int64(len(img))); err != nil {
@@ -685,7 +709,7 @@ func TestDrainPreflight(t *testing.T) {
 // to the fence.
 func TestDetectorVerdicts(t *testing.T) {
 	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
-		StorageDir: t.TempDir(), AgentTimeout: 500 * time.Millisecond, HA: true})
+		AgentTimeout: 500 * time.Millisecond, HA: true})
 	admin := serveAPI(t, c)
 	ctx := context.Background()
 	const mac = "52:54:00:00:06:01"
@@ -740,7 +764,7 @@ func TestDetectorVerdicts(t *testing.T) {
 // still serve the node's writes), and it restarts once that node does.
 func TestRestartWaitsForEveryStorageNode(t *testing.T) {
 	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
-		StorageDir: t.TempDir(), AgentTimeout: 500 * time.Millisecond, HA: true})
+		AgentTimeout: 500 * time.Millisecond, HA: true})
 	admin := serveAPI(t, c)
 	ctx := context.Background()
 	for i, n := range []string{"hn1", "hn2"} {
@@ -750,7 +774,7 @@ func TestRestartWaitsForEveryStorageNode(t *testing.T) {
 	}
 	hn1 := startFakeAgent(t, c, admin, "hn1", 1024)
 	startFakeAgent(t, c, admin, "hn2", 1024)
-	fakeStorage(t, c, admin, "st1", "52:54:00:00:07:08")
+	startFakeStorage(t, c, admin, "st1", "52:54:00:00:07:08")
 	var applies atomic.Bool
 	fakeStorageWith(t, c, admin, "st2", "52:54:00:00:07:09", func(r *controllerapi.StorageReport) {
 		if !applies.Load() {
@@ -845,7 +869,7 @@ func TestStorageImageAccess(t *testing.T) {
 // refused with the reason.
 func TestInstanceLimits(t *testing.T) {
 	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
-		StorageDir: t.TempDir(), AgentTimeout: 2 * time.Second})
+		AgentTimeout: 2 * time.Second})
 	admin := serveAPI(t, c)
 	ctx := context.Background()
 	if _, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: "hn1", MAC: "52:54:00:00:09:01", Role: controllerapi.RoleHWNode}); err != nil {
@@ -856,15 +880,10 @@ func TestInstanceLimits(t *testing.T) {
 	if _, err := admin.ImportImage(ctx, "tiny", bytes.NewReader(img), int64(len(img))); err != nil {
 		t.Fatal(err)
 	}
+	sto := startFakeStorage(t, c, admin, "st1", "52:54:00:00:09:09")
 	limit := func() storagenode.Limit {
-		p, _ := c.vols.(localVolumes).pool()
-		vs, _ := p.List()
-		for _, v := range vs {
-			if v.Name == instanceVolume("web") && v.Limit != nil {
-				return *v.Limit
-			}
-		}
-		return storagenode.Limit{}
+		v, _ := sto.volume(instanceVolume("web"))
+		return storagenode.Limit{IOPS: v.IOPS, BytesPerSecond: v.BPS}
 	}
 	if _, err := admin.CreateInstance(ctx, controllerapi.CreateInstanceRequest{Name: "bad", Image: "tiny", VCPUs: 1, MemoryMiB: 64, IOPS: -1}); err == nil || !strings.Contains(err.Error(), "negative") {
 		t.Errorf("negative IOPS: %v", err)

@@ -88,9 +88,6 @@ func (c *Controller) storagePairSpec(tx store.Tx, node string) (*controllerapi.S
 // formed: one node owns writes, the other follows in sync.
 func (c *Controller) CreatePair(req controllerapi.PairRequest, actor string) (controllerapi.StoragePairInfo, error) {
 	var none controllerapi.StoragePairInfo
-	if _, ok := c.vols.(remoteVolumes); !ok {
-		return none, errorf(ErrInvalid, "this controller keeps its volumes in --storage-dir; pairs are for storage nodes that report to it (run it without --storage-dir)")
-	}
 	if len(req.Nodes) != 2 {
 		return none, errorf(ErrInvalid, "a pair is two storage nodes, not %d", len(req.Nodes))
 	}

@@ -12,19 +12,16 @@ import (
 
 func TestStatus(t *testing.T) {
 	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
-		StorageDir: t.TempDir(), AgentTimeout: time.Second})
+		AgentTimeout: time.Second})
 	admin := serveAPI(t, c)
 	ctx := context.Background()
-	for i, n := range []string{"hn1", "hn2", "st1"} {
-		role := controllerapi.RoleHWNode
-		if n == "st1" {
-			role = controllerapi.RoleStorage
-		}
-		if _, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: n, MAC: "52:54:00:00:00:0" + string(rune('1'+i)), Role: role}); err != nil {
+	for i, n := range []string{"hn1", "hn2"} {
+		if _, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: n, MAC: "52:54:00:00:00:0" + string(rune('1'+i)), Role: controllerapi.RoleHWNode}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	startFakeAgent(t, c, admin, "hn1", 1024)
+	startFakeStorage(t, c, admin, "st1", "52:54:00:00:00:03")
 	waitAlive(t, c, "hn1")
 	img := bytes.Repeat([]byte{1}, 1<<20)
 	if _, err := admin.ImportImage(ctx, "tiny", bytes.NewReader(img), int64(len(img))); err != nil {

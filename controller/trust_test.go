@@ -190,13 +190,14 @@ func hn1Identity(t *testing.T, cl *controllerapi.Client) *controllerapi.Identity
 
 func TestRemoveRevokesAndReregisterIsNewIdentity(t *testing.T) {
 	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
-		StorageDir: t.TempDir(), AgentTimeout: time.Second})
+		AgentTimeout: time.Second})
 	admin := serveAPI(t, c)
 	ctx := context.Background()
 	if _, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: "hn1", MAC: "52:54:00:00:00:01", Role: controllerapi.RoleHWNode}); err != nil {
 		t.Fatal(err)
 	}
 	a := startFakeAgent(t, c, admin, "hn1", 1024)
+	startFakeStorage(t, c, admin, "st1", "52:54:00:00:0c:09")
 	waitAlive(t, c, "hn1")
 	img := make([]byte, 1<<20)
 	if _, err := admin.ImportImage(ctx, "tiny", strings.NewReader(string(img)), int64(len(img))); err != nil {

@@ -19,18 +19,15 @@ import (
 )
 
 // Volumes is where the controller's volumes live: image templates,
-// instance disks and hardware nodes' roots. Two kinds:
-//
-//   - local: the pool directory of the storage node beside the controller
-//     (--storage-dir), changed in place; the storage daemon rereads it
-//     within a second. The one-machine default.
-//   - remote: storage nodes that report to the controller, driven through
-//     their desired state. The controller keeps a catalog of which volume
-//     it wants on which storage node (bucketVolumes) and waits for the
-//     storage node's report wherever correctness depends on it: a clone is
-//     there before a guest is started on it, an allow list is applied
-//     before the next step relies on it. Images stay with the controller
-//     (STATE/images) and are copied to a storage node on first use.
+// instance disks and hardware nodes' roots, all on the storage nodes that
+// report to the controller (the one beside it on a one-machine install
+// too: LocalStorage), driven through their desired state. The controller
+// keeps a catalog of which volume it wants on which storage node
+// (bucketVolumes) and waits for the storage node's report wherever
+// correctness depends on it: a clone is there before a guest is started
+// on it, an allow list is applied before the next step relies on it.
+// Images stay with the controller (STATE/images) and are copied to a
+// storage node on first use. The controller never opens a pool itself.
 type Volumes interface {
 	// ImportImage stores size bytes that fill writes as image name,
 	// padded to whole sectors; it returns the volume and its size.
@@ -41,7 +38,7 @@ type Volumes interface {
 	// the most free space); it returns where and how.
 	Clone(image, name, addr string, macs []string, on string) (string, error)
 	// Export exports an existing volume at addr to macs
-	// (storagenode.ErrNotFound or ErrNotFound: no such volume).
+	// (ErrNotFound: no such volume).
 	Export(name, addr string, macs []string) error
 	// Allow sets a volume's allow list, and returns once it is applied.
 	Allow(name string, macs []string) error
@@ -55,104 +52,6 @@ type Volumes interface {
 
 // Volumes returns where the controller's volumes live.
 func (c *Controller) Volumes() Volumes { return c.vols }
-
-// localVolumes is a pool directory beside the controller.
-type localVolumes struct{ dir string }
-
-func (l localVolumes) pool() (*storagenode.Pool, error) { return storagenode.OpenPool(l.dir) }
-
-// list lists the pool's volumes.
-func (l localVolumes) list() ([]storagenode.Volume, error) {
-	p, err := l.pool()
-	if err != nil {
-		return nil, err
-	}
-	return p.List()
-}
-
-func (l localVolumes) ImportImage(name string, size int64, fill func(*os.File) error) (string, int64, error) {
-	p, err := l.pool()
-	if err != nil {
-		return "", 0, err
-	}
-	v, err := p.Create(imageVolume(name), size, storagenode.VolumeOptions{})
-	if errors.Is(err, storagenode.ErrConflict) {
-		return "", 0, errorf(ErrConflict, "volume %s already exists in the storage pool", imageVolume(name))
-	}
-	if err != nil {
-		return "", 0, err
-	}
-	f, err := os.OpenFile(p.Path(v), os.O_WRONLY, 0)
-	if err == nil {
-		err = fill(f)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-	}
-	if err != nil {
-		_ = p.Delete(v.Name)
-		return "", 0, err
-	}
-	return v.Name, v.Size, nil
-}
-
-func (l localVolumes) DeleteImage(name string) error { return l.Delete(imageVolume(name)) }
-
-func (l localVolumes) Clone(image, name, addr string, macs []string, on string) (string, error) {
-	if on != "" {
-		return "", errorf(ErrInvalid, "this controller keeps every volume in its --storage-dir: there is no storage %q to choose", on)
-	}
-	p, err := l.pool()
-	if err != nil {
-		return "", err
-	}
-	_ = p.Delete(name) // a leftover of a failed create
-	_, how, err := p.Clone(imageVolume(image), name, storagenode.VolumeOptions{Addr: addr, MACs: macs})
-	if errors.Is(err, storagenode.ErrNotFound) {
-		err = errorf(ErrNotFound, "image %q is not in the storage pool (fabric image import %s FILE)", image, image)
-	}
-	return "local pool, " + how, err
-}
-
-func (l localVolumes) Export(name, addr string, macs []string) error {
-	p, err := l.pool()
-	if err != nil {
-		return err
-	}
-	_, err = p.SetExport(name, addr, macs, false)
-	return err
-}
-
-func (l localVolumes) Allow(name string, macs []string) error { return l.Export(name, "", macs) }
-
-func (l localVolumes) Limit(name string, iops, bps int64) error {
-	p, err := l.pool()
-	if err != nil {
-		return err
-	}
-	_, err = p.SetLimit(name, storagenode.Limit{IOPS: iops, BytesPerSecond: bps})
-	return err
-}
-
-func (l localVolumes) Resize(name string, size int64) error {
-	p, err := l.pool()
-	if err != nil {
-		return err
-	}
-	_, err = p.Resize(name, size, false)
-	return err
-}
-
-func (l localVolumes) Delete(name string) error {
-	p, err := l.pool()
-	if err != nil {
-		return err
-	}
-	if err := p.Delete(name); err != nil && !errors.Is(err, storagenode.ErrNotFound) {
-		return err
-	}
-	return nil
-}
 
 // bucketVolumes is the remote catalog: "NODE/VOLUME" -> StorageVolumeSpec.
 const bucketVolumes = "volumes"
@@ -311,16 +210,32 @@ func (rv remoteVolumes) pick(size int64, on string) (nodes []string, where strin
 }
 
 func (rv remoteVolumes) Clone(image, name, addr string, macs []string, on string) (string, error) {
-	st, err := os.Stat(rv.imagePath(image))
-	if err != nil {
-		return "", errorf(ErrNotFound, "image %q is not stored with the controller (fabric image import %s FILE)", image, image)
-	}
-	img := controllerapi.StorageVolumeSpec{Name: imageVolume(image), Size: st.Size(), Image: image}
-	vol := controllerapi.StorageVolumeSpec{Name: name, Size: st.Size(), Clone: img.Name, Addr: addr, MACs: macs}
-	nodes, where, err := rv.pick(vol.Size, on)
+	nodes, where, err := rv.place(image, on)
 	if err != nil {
 		return "", err
 	}
+	return where, rv.cloneOn(nodes, image, name, addr, macs)
+}
+
+// place chooses the storage nodes for a clone of image (see pick), and
+// says where that is.
+func (rv remoteVolumes) place(image, on string) (nodes []string, where string, err error) {
+	st, err := os.Stat(rv.imagePath(image))
+	if err != nil {
+		return nil, "", errorf(ErrNotFound, "image %q is not stored with the controller (fabric image import %s FILE)", image, image)
+	}
+	return rv.pick(st.Size(), on)
+}
+
+// cloneOn makes volume name, a clone of image, on storage nodes nodes
+// (chosen by place), and waits until each live one holds it.
+func (rv remoteVolumes) cloneOn(nodes []string, image, name, addr string, macs []string) error {
+	st, err := os.Stat(rv.imagePath(image))
+	if err != nil {
+		return errorf(ErrNotFound, "image %q is not stored with the controller (fabric image import %s FILE)", image, image)
+	}
+	img := controllerapi.StorageVolumeSpec{Name: imageVolume(image), Size: st.Size(), Image: image}
+	vol := controllerapi.StorageVolumeSpec{Name: name, Size: st.Size(), Clone: img.Name, Addr: addr, MACs: macs}
 	// One change: the clone here (and nowhere else: a leftover of a
 	// failed create goes), and the image it needs, which travels once per
 	// storage node and stays for later clones. A pair's two nodes each
@@ -350,14 +265,14 @@ func (rv remoteVolumes) Clone(image, name, addr string, macs []string, on string
 		_, err = bumpFenceGen(tx)
 		return err
 	}); err != nil {
-		return "", err
+		return err
 	}
 	for _, node := range nodes {
 		if err := rv.wait(node, vol); err != nil {
-			return "", err
+			return err
 		}
 	}
-	return where, nil
+	return nil
 }
 
 // pickNamed places a volume of size bytes on the pair or standalone
@@ -563,13 +478,12 @@ func (c *Controller) storageImage(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, err)
 		return
 	}
-	rv, ok := c.vols.(remoteVolumes)
 	name := r.PathValue("name")
-	if !ok || checkName("image", name) != nil {
+	if checkName("image", name) != nil {
 		c.fail(w, errorf(ErrNotFound, "no image %q stored with the controller", name))
 		return
 	}
-	f, err := os.Open(rv.imagePath(name))
+	f, err := os.Open(c.vols.imagePath(name))
 	if err != nil {
 		c.fail(w, errorf(ErrNotFound, "no image %q stored with the controller", name))
 		return
@@ -599,16 +513,6 @@ func volumeKind(name string) string {
 // its storage node serves it as the controller wants.
 func (c *Controller) VolumeList() ([]controllerapi.Volume, error) {
 	out := []controllerapi.Volume{}
-	if l, ok := c.vols.(localVolumes); ok {
-		vs, err := l.list()
-		if err != nil {
-			return nil, err
-		}
-		for _, v := range vs {
-			out = append(out, controllerapi.Volume{Name: v.Name, Kind: volumeKind(v.Name), Storage: "local pool", Addr: v.Addr(), Size: v.Size, MACs: v.MACs, State: "served"})
-		}
-		return out, nil
-	}
 	sns, err := c.StorageNodes()
 	if err != nil {
 		return nil, err
@@ -662,28 +566,11 @@ func volumeState(s controllerapi.StorageVolumeSpec, r *controllerapi.StorageRepo
 // VolumeShow is one volume with each of its copies.
 func (c *Controller) VolumeShow(name string) (controllerapi.VolumeDetail, error) {
 	d := controllerapi.VolumeDetail{Name: name, Kind: volumeKind(name), Copies: []controllerapi.VolumeCopy{}}
-	if l, ok := c.vols.(localVolumes); ok {
-		vs, err := l.list()
-		if err != nil {
-			return d, err
-		}
-		for _, v := range vs {
-			if v.Name == name {
-				d.Addr, d.Size, d.MACs = v.Addr(), v.Size, v.MACs
-				if v.Limit != nil {
-					d.IOPS, d.BPS = v.Limit.IOPS, v.Limit.BytesPerSecond
-				}
-				d.Copies = append(d.Copies, controllerapi.VolumeCopy{Storage: "local pool", State: "served"})
-				return d, nil
-			}
-		}
-		return d, errorf(ErrNotFound, "no volume %q in the storage pool; see `fabric volume list`", name)
-	}
 	var specs map[string]controllerapi.StorageVolumeSpec
 	var pr pairRecord
 	var paired bool
 	if err := c.st.View(func(tx store.Tx) (err error) {
-		if specs, err = c.vols.(remoteVolumes).specs(tx, name); err != nil {
+		if specs, err = c.vols.specs(tx, name); err != nil {
 			return err
 		}
 		for node := range specs {

@@ -3,7 +3,9 @@ package controller
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -41,10 +43,7 @@ func TestRemoteVolumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	rv, ok := c.vols.(remoteVolumes)
-	if !ok {
-		t.Fatalf("a controller without --storage-dir has %T volumes", c.vols)
-	}
+	rv := c.vols
 	var ln net.Listener
 	if err := ini.Do(func() (err error) { ln, err = net.Listen("tcp", "10.76.0.1:8443"); return err }); err != nil {
 		t.Fatal(err)
@@ -260,4 +259,142 @@ func TestRemoteVolumes(t *testing.T) {
 	if n := strings.Count(logs(), "volume imported"); n != 1 {
 		t.Errorf("the image was fetched %d times", n)
 	}
+}
+
+// TestLocalStorage: `fabricd controller --storage-dir --storage-iface`, a
+// one-machine fabric in one command, runs a storage node in its process
+// that is a member like any other: it registers as sn0, enrolls, reports,
+// and holds the volumes the controller places on it (here a hardware
+// node's root, cloned at registration and served over AoE to that node
+// only); restarted, it is still enrolled and serves them again.
+func TestLocalStorage(t *testing.T) {
+	netns.Skip(t)
+	bin := pairlab.Fabricd(t, "..")
+	sto, ini := netns.New(t, "flsto"), netns.New(t, "flini")
+	netns.Veth(t, sto, "sto0", "10.77.0.1/24", ini, "ini0", "10.77.0.9/24")
+	iniMAC := strings.TrimSpace(ini.Must(t, "cat", "/sys/class/net/ini0/address"))
+	state, data := t.TempDir(), t.TempDir()
+	logPath := filepath.Join(t.TempDir(), "controller.log")
+	logs := func() string { b, _ := os.ReadFile(logPath); return string(b) }
+	var proc *os.Process
+	start := func() {
+		cmd := sto.Cmd(bin, "controller", "--state-dir", state, "--api-addr", "10.77.0.1:8443", "--boot-subnet", "10.77.0.0/24",
+			"--storage-dir", data, "--storage-iface", "sto0", "--hwnode-root-image", "tiny")
+		logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		proc = cmd.Process
+		go func() { _ = cmd.Wait(); logf.Close() }()
+	}
+	stop := func() {
+		_ = proc.Signal(syscall.SIGTERM)
+		for end := time.Now().Add(10 * time.Second); syscall.Kill(proc.Pid, 0) == nil; time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(end) {
+				_ = proc.Signal(syscall.SIGKILL)
+			}
+		}
+	}
+	start()
+	t.Cleanup(func() { _ = proc.Signal(syscall.SIGKILL) })
+	waitFor := func(what string, d time.Duration, ok func() bool) {
+		t.Helper()
+		for end := time.Now().Add(d); !ok(); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(end) {
+				t.Fatalf("%s: not within %v\n%s", what, d, logs())
+			}
+		}
+	}
+	// The CLI's client, in the other namespace, as on a workstation.
+	var admin *controllerapi.Client
+	waitFor("the controller's CA and credential", 20*time.Second, func() bool {
+		caPEM, err1 := os.ReadFile(filepath.Join(state, CADir, "ca.crt"))
+		tok, err2 := os.ReadFile(filepath.Join(state, AdminTokenFile))
+		if err1 != nil || err2 != nil {
+			return false
+		}
+		admin, err1 = controllerapi.NewClient("https://10.77.0.1:8443", strings.TrimSpace(string(tok)), caPEM)
+		return err1 == nil
+	})
+	tr := admin.HTTP.Transport.(*http.Transport)
+	tr.DialContext = nsHTTPClient(ini, "").Transport.(*http.Transport).DialContext
+	ctx := context.Background()
+	alive := func() bool {
+		sns, err := admin.StorageNodes(ctx)
+		return err == nil && len(sns) == 1 && sns[0].Name == "sn0" && sns[0].Alive
+	}
+	waitFor("sn0 registers and reports", 30*time.Second, alive)
+	n, err := admin.Node(ctx, "sn0")
+	if stoMAC := strings.TrimSpace(sto.Must(t, "cat", "/sys/class/net/sto0/address")); err != nil || n.Role != controllerapi.RoleStorage || n.MAC != stoMAC {
+		t.Fatalf("sn0 registered as %+v (%v); want role storage, MAC %s", n, err, stoMAC)
+	}
+
+	img := make([]byte, 2<<20)
+	for i := range img {
+		img[i] = byte(i / 512)
+	}
+	if _, err := admin.ImportImage(ctx, "tiny", bytes.NewReader(img), int64(len(img))); err != nil {
+		t.Fatal(err)
+	}
+	hn, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: "hn1", MAC: iniMAC, Role: controllerapi.RoleHWNode})
+	if err != nil {
+		t.Fatalf("registering hn1 (its root is cloned on sn0): %v\n%s", err, logs())
+	}
+	vols, err := admin.Volumes(ctx)
+	var root controllerapi.Volume
+	for _, v := range vols {
+		if v.Name == "root-hn1" {
+			root = v
+		}
+	}
+	if err != nil || root.Storage != "sn0" || root.State != "served" || root.Addr != hn.RootVolume {
+		t.Fatalf("volumes %+v (%v); want root-hn1 served by sn0 at %s", vols, err, hn.RootVolume)
+	}
+	shelf, slot, err := ParseAoE(hn.RootVolume)
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := func() error {
+		var in *initiator.Initiator
+		if err := ini.Do(func() (err error) {
+			in, err = initiator.New("ini0", initiator.Config{Window: 8, Timeout: 200 * time.Millisecond, Retries: 3})
+			return err
+		}); err != nil {
+			return err
+		}
+		defer in.Close()
+		octx, ocancel := context.WithTimeout(ctx, 3*time.Second)
+		defer ocancel()
+		d, err := in.Open(octx, shelf, uint8(slot), 300*time.Millisecond)
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		buf := make([]byte, len(img))
+		if _, err := d.ReadAt(buf, 0); err != nil {
+			return err
+		}
+		if !bytes.Equal(buf, img) {
+			return errors.New("the root volume does not hold the image's bytes")
+		}
+		return nil
+	}
+	if err := read(); err != nil {
+		t.Fatalf("hn1's root %s over AoE: %v", hn.RootVolume, err)
+	}
+
+	// Restarted: enrolled already (no new token), the volume served again.
+	stop()
+	tokens := strings.Count(logs(), `"msg":"enrolled with the controller"`)
+	start()
+	waitFor("sn0 reports after the restart", 30*time.Second, alive)
+	if got := strings.Count(logs(), `"msg":"enrolled with the controller"`); got != tokens || tokens != 1 {
+		t.Errorf("sn0 enrolled %d times before the restart and %d after; want once, at the first start", tokens, got-tokens)
+	}
+	waitFor("hn1's root served again", 10*time.Second, func() bool { return read() == nil })
+	t.Logf("sn0 beside the controller: registered, enrolled once, serves root-hn1 at %s before and after a restart", hn.RootVolume)
 }

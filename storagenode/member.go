@@ -36,8 +36,8 @@ type MemberConfig struct {
 	NoTakeover        bool  // for a pair the controller makes
 }
 
-// identityFile holds the node's key and certificate, in the pool.
-const identityFile = "identity.pem"
+// IdentityFile holds the node's key and certificate, in the pool.
+const IdentityFile = "identity.pem"
 
 type member struct {
 	cfg    MemberConfig
@@ -226,7 +226,7 @@ func newMember(cfg MemberConfig, pool *Pool, t *Target, ifaces []string, rep *re
 		return nil, fmt.Errorf("storagenode: fabric CA (--ca): %w", err)
 	}
 	m := &member{cfg: cfg, pool: pool, t: t, ifaces: ifaces, rep: rep, log: log.With("controller", cfg.Controller)}
-	if m.id, err = controllerapi.LoadIdentity(filepath.Join(pool.Dir(), identityFile)); err != nil {
+	if m.id, err = controllerapi.LoadIdentity(filepath.Join(pool.Dir(), IdentityFile)); err != nil {
 		return nil, fmt.Errorf("storagenode: %w", err)
 	}
 	if m.api, err = controllerapi.NewAgentClient(cfg.Controller, ca, m.id); err != nil {

@@ -111,7 +111,10 @@ func controllerCommand() *cli.Command {
 			&cli.BoolFlag{Name: "hwnode-sanboot", Usage: "boot hardware nodes from their root volume's own boot loader (iPXE sanboot aoe:) instead of --hwnode-kernel/--hwnode-initrd"},
 			&cli.StringFlag{Name: "hwnode-cmdline", Value: pxe.DefaultCmdline, Usage: "hardware node kernel command line (Go template: .Name .MAC .IP .Role .RootVolume .Token .Controller)"},
 			&cli.BoolFlag{Name: "ha", Value: true, Usage: "fence a hardware node that its agent, the storage nodes and ping all find dead, and restart its instances elsewhere (needs storage nodes reporting: fabricd storage --controller)"},
-			&cli.StringFlag{Name: "storage-dir", Usage: "data directory of a storage node beside the controller (its --data-dir): images and instance disks are made there directly; without it, images stay in the state directory and volumes are placed on the storage nodes that report (fabricd storage --controller)"},
+			&cli.StringFlag{Name: "storage-dir", Usage: "also run a storage node in this process, with its volume pool here, serving AoE on --storage-iface: a one-machine fabric in one command. It registers, enrolls and reports like any storage node (fabricd storage --controller)", Category: "storage beside the controller"},
+			&cli.StringSliceFlag{Name: "storage-iface", Usage: "AoE interface of the storage node run with --storage-dir (repeatable)", Category: "storage beside the controller"},
+			&cli.StringFlag{Name: "storage-name", Value: controller.DefaultLocalStorageName, Usage: "registered name of the storage node run with --storage-dir", Category: "storage beside the controller"},
+			&cli.StringFlag{Name: "storage-replication-listen", Usage: "HOST:PORT where the storage node run with --storage-dir takes a pair peer's replication connection (fabric storage pair create)", Category: "storage beside the controller"},
 			&cli.StringFlag{Name: "hwnode-root-image", Usage: "image (`fabric image import`) cloned into each hardware node's root volume at registration"},
 			&cli.IntFlag{Name: "vcpu-overcommit", Value: 4, Usage: "guest vCPUs per host CPU"},
 			&cli.DurationFlag{Name: "agent-timeout", Value: controller.DefaultAgentTimeout, Usage: "a hardware node silent this long is dead"},
@@ -130,7 +133,6 @@ func controllerCommand() *cli.Command {
 				APIHosts: c.StringSlice("api-host"),
 				Logger:   log,
 
-				StorageDir:      c.String("storage-dir"),
 				HA:              c.Bool("ha"),
 				HWNodeRootImage: c.String("hwnode-root-image"),
 				VCPUOvercommit:  c.Int("vcpu-overcommit"),
@@ -138,6 +140,15 @@ func controllerCommand() *cli.Command {
 				CertTTL:         c.Duration("cert-ttl"),
 				BootWindow:      c.Duration("boot-window"),
 				BootTokenTTL:    c.Duration("boot-token-ttl"),
+			}
+			switch {
+			case c.IsSet("storage-dir") && len(c.StringSlice("storage-iface")) == 0:
+				return fmt.Errorf("--storage-dir runs a storage node beside the controller: it needs --storage-iface, the interface to serve AoE on")
+			case c.IsSet("storage-dir"):
+				cfg.LocalStorage = &controller.LocalStorage{Name: c.String("storage-name"), DataDir: c.String("storage-dir"),
+					Interfaces: c.StringSlice("storage-iface"), ReplicationListen: c.String("storage-replication-listen")}
+			case c.IsSet("storage-iface"):
+				return fmt.Errorf("--storage-iface is for the storage node run with --storage-dir; give both")
 			}
 			if cfg.BootSubnet, err = prefixFlag(c, "boot-subnet"); err != nil {
 				return err
