@@ -650,7 +650,9 @@ func (p *Pair) renew(epoch uint64) {
 		return
 	}
 	p.mu.Lock()
-	if p.role == roleOwner && p.st.Epoch == epoch {
+	// A renewal granted just before this node handed ownership over
+	// (Leave) must not make it serve again.
+	if p.role == roleOwner && p.st.Epoch == epoch && !p.leaving && !p.stopping.Load() {
 		p.lease = time.Duration(rep.LeaseMS) * time.Millisecond
 		p.leaseEnd = sent.Add(p.lease)
 		p.updateServe()
@@ -1535,7 +1537,17 @@ func (p *Pair) Leave(timeout time.Duration) {
 			}
 			time.Sleep(2 * time.Millisecond)
 		}
-		rep, err := p.wc.Do(witness.Request{Pair: p.cfg.Name, Node: p.cfg.Node, Op: witness.OpRelease, Epoch: epoch})
+		// The witness makes the peer the owner, alone, in one step; the
+		// peer then writes as soon as the Leave reaches it. A witness
+		// that refuses (an older one, or one that does not count the
+		// peer current) takes ownership back instead, and the peer asks
+		// for it.
+		sent := time.Now()
+		rep, err := p.wc.Do(witness.Request{Pair: p.cfg.Name, Node: p.cfg.Node, Op: witness.OpHandover, Epoch: epoch, Peer: l.peer.Node})
+		handover := err == nil && rep.Granted
+		if !handover {
+			rep, err = p.wc.Do(witness.Request{Pair: p.cfg.Name, Node: p.cfg.Node, Op: witness.OpRelease, Epoch: epoch})
+		}
 		p.mu.Lock()
 		if err != nil || !rep.Granted {
 			p.event("handover: the witness did not take ownership back (%v %s); the peer will fail over", err, rep.Reason)
@@ -1546,8 +1558,13 @@ func (p *Pair) Leave(timeout time.Duration) {
 				p.st.OwnedEpoch = 0
 				p.mustSave()
 			}
-			l.send(&replication.Leave{Epoch: epoch})
-			p.event("handed ownership of epoch %d to %s", epoch, l.peer.Node)
+			msg := &replication.Leave{Epoch: epoch}
+			if left := time.Duration(rep.LeaseMS)*time.Millisecond - time.Since(sent); handover && left > handoverMargin {
+				msg.NewEpoch, msg.LeaseMS = rep.Epoch, uint32(left.Milliseconds())
+			}
+			l.send(msg)
+			p.event("handed ownership of epoch %d to %s (%s)", epoch, l.peer.Node, map[bool]string{true: "it owns epoch " + fmt.Sprint(msg.NewEpoch) + " on receipt",
+				false: "it asks the witness"}[msg.NewEpoch != 0])
 		}
 		p.leaseEnd, p.promiseEnd = time.Time{}, time.Time{}
 		p.updateServe()
@@ -1607,6 +1624,11 @@ func (p *Pair) onLeave(l *plink, m *replication.Leave) {
 		l.close()
 		p.fInSync = false
 		p.fwd = map[uint64]func(bool){}
+		if m.NewEpoch > p.st.Epoch && !p.stopping.Load() {
+			p.ownByHandover(l.peer.Node, m)
+			p.mu.Unlock()
+			return
+		}
 		p.event("%s handed over ownership (epoch %d)", l.peer.Node, m.Epoch)
 		p.setRole(roleNone)
 		p.mu.Unlock()
@@ -1619,6 +1641,32 @@ func (p *Pair) onLeave(l *plink, m *replication.Leave) {
 		}()
 	default:
 		p.mu.Unlock()
+	}
+}
+
+// handoverMargin is taken off a lease handed over in a Leave, for the
+// message's flight and the clocks' drift.
+const handoverMargin = 50 * time.Millisecond
+
+// ownByHandover makes this node the owner of the epoch the witness gave
+// it from the leaving owner (m.NewEpoch), writing alone at once: the
+// witness already counts it the only current node. The old owner holds
+// exactly this node's data, so it will need only what changes from now
+// on. The caller holds p.mu.
+func (p *Pair) ownByHandover(from string, m *replication.Leave) {
+	p.lease = time.Duration(m.LeaseMS) * time.Millisecond
+	p.leaseEnd = time.Now().Add(p.lease - handoverMargin)
+	p.st.Epoch, p.st.OwnedEpoch = m.NewEpoch, m.NewEpoch
+	p.st.PeerGeneration = p.st.Generation
+	p.clearBitmaps()
+	p.st.Generation = newGeneration()
+	p.mustSave()
+	p.setRole(roleOwner)
+	p.degrading, p.waiting = false, nil
+	p.updateServe()
+	p.event("owner of epoch %d, handed over by %s; writing alone (generation %s)", m.NewEpoch, from, p.st.Generation[:8])
+	if !p.cfg.NoTakeover {
+		go p.takeOver(m.NewEpoch, slices.Clone(p.st.PeerMACs))
 	}
 }
 

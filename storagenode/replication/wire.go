@@ -106,9 +106,14 @@ type Refuse struct {
 	Reason string
 }
 
-// Leave is a planned departure (TypeLeave).
+// Leave is a planned departure (TypeLeave). From an owner that had the
+// witness hand ownership to the peer (witness.OpHandover), NewEpoch is the
+// peer's epoch and LeaseMS what is left of its lease as the message
+// leaves; the peer owns writes on receipt, alone.
 type Leave struct {
-	Epoch uint64
+	Epoch    uint64
+	NewEpoch uint64 // 0: no handover; the peer acquires at the witness
+	LeaseMS  uint32
 }
 
 // InSync ends a resync: the follower holds Generation and may serve.
@@ -330,16 +335,33 @@ func (a *Ack) check() error {
 
 func (*Ping) check() error   { return nil }
 func (*InSync) check() error { return nil }
-func (*Leave) check() error  { return nil }
+func (m *Leave) check() error {
+	if m.NewEpoch != 0 && (m.NewEpoch <= m.Epoch || m.LeaseMS == 0) {
+		return fmt.Errorf("%w: handover to epoch %d from %d with a %d ms lease", ErrMalformed, m.NewEpoch, m.Epoch, m.LeaseMS)
+	}
+	return nil
+}
 
-func (m *Leave) appendPayload(b []byte) []byte { return binary.BigEndian.AppendUint64(b, m.Epoch) }
+func (m *Leave) appendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, m.Epoch)
+	if m.NewEpoch == 0 {
+		return b
+	}
+	return binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint64(b, m.NewEpoch), m.LeaseMS)
+}
 
 func (m *Leave) parsePayload(p []byte) error {
-	if len(p) != 8 {
+	if len(p) != 8 && len(p) != 20 {
 		return fmt.Errorf("%w: leave of %d bytes", ErrMalformed, len(p))
 	}
 	m.Epoch = binary.BigEndian.Uint64(p)
-	return nil
+	if len(p) == 20 {
+		m.NewEpoch, m.LeaseMS = binary.BigEndian.Uint64(p[8:]), binary.BigEndian.Uint32(p[16:])
+		if m.NewEpoch == 0 {
+			return fmt.Errorf("%w: handover to epoch 0", ErrMalformed)
+		}
+	}
+	return m.check()
 }
 
 func (r *Refuse) check() error {

@@ -21,6 +21,7 @@ func samples() []Message {
 		&Refuse{Reason: "volume e1.0: 2048 sectors here, 4096 there"},
 		&InSync{Epoch: 9, Generation: [16]byte{4, 5}},
 		&Leave{Epoch: 10},
+		&Leave{Epoch: 10, NewEpoch: 11, LeaseMS: 1480},
 	}
 }
 
@@ -87,6 +88,8 @@ func TestBadInput(t *testing.T) {
 		"unknown flag":    {&Write{Data: make([]byte, 512), Flags: 0x80}, ErrMalformed},
 		"long serial":     {&Hello{Volumes: []VolumeInfo{{Serial: "012345678901234567890"}}}, ErrMalformed},
 		"unknown status":  {&Ack{Status: 99}, ErrMalformed},
+		"handover back":   {&Leave{Epoch: 10, NewEpoch: 9, LeaseMS: 100}, ErrMalformed},
+		"no lease":        {&Leave{Epoch: 10, NewEpoch: 11}, ErrMalformed},
 		"over a megabyte": {&Write{Data: make([]byte, MaxPayload)}, ErrTooLarge},
 	} {
 		if _, err := Append(nil, tc.m); !errors.Is(err, tc.want) {

@@ -45,6 +45,12 @@ const (
 	// OpRelease gives ownership up before its lease ends (a planned
 	// handover): the peer may acquire at once.
 	OpRelease = "release"
+	// OpHandover gives ownership straight to the peer (Peer), which must
+	// hold the newest data: the peer owns a new epoch from the moment of
+	// the request, and is recorded as the only current node (the owner
+	// is leaving; it comes back through a resync). One change where
+	// release, acquire and degraded take three.
+	OpHandover = "handover"
 )
 
 // Request is what a node sends.
@@ -53,7 +59,7 @@ type Request struct {
 	Node  string `json:"node"`
 	Op    string `json:"op"`
 	Epoch uint64 `json:"epoch"`          // the epoch the node holds (renew, degraded, insync, release)
-	Peer  string `json:"peer,omitempty"` // insync: the peer now current
+	Peer  string `json:"peer,omitempty"` // insync: the peer now current; handover: the new owner
 }
 
 // Reply is the witness's answer. Granted says whether the operation took
@@ -175,6 +181,17 @@ func (s *Server) Do(r Request) (Reply, error) {
 		if len(p.Current) == 0 {
 			p.Current = []string{r.Node}
 		}
+		return reply(true, "")
+	case OpHandover:
+		switch {
+		case !holds:
+			return reply(false, fmt.Sprintf("%s does not own epoch %d (owner %q, epoch %d)", r.Node, r.Epoch, p.Owner, p.Epoch))
+		case r.Peer == "" || r.Peer == r.Node:
+			return reply(false, "handover needs the peer's name")
+		case !slices.Contains(p.Current, r.Peer):
+			return reply(false, fmt.Sprintf("%s does not hold the newest data (current: %v)", r.Peer, p.Current))
+		}
+		p.Owner, p.Epoch, p.Expires, p.Current = r.Peer, p.Epoch+1, now.Add(s.lease), []string{r.Peer}
 		return reply(true, "")
 	case OpRenew, OpDegraded, OpInSync, OpRelease:
 		if !holds {

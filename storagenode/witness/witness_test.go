@@ -100,3 +100,52 @@ func TestStateDirectory(t *testing.T) {
 		t.Error("a corrupt state file was accepted")
 	}
 }
+
+// TestHandover: an owner hands ownership straight to its current peer in
+// one step (a new epoch, the peer the only current node); a node that does
+// not own, a peer that is not current, or no peer is refused.
+func TestHandover(t *testing.T) {
+	now := time.Unix(1000, 0)
+	s, err := New(filepath.Join(t.TempDir(), "w.json"), time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.now = func() time.Time { return now }
+	do := func(node, op string, epoch uint64, peer string) Reply {
+		t.Helper()
+		r, err := s.Do(Request{Pair: "p", Node: node, Op: op, Epoch: epoch, Peer: peer})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	do("a", OpAcquire, 0, "")
+	if r := do("a", OpHandover, 1, "b"); r.Granted || r.Owner != "a" {
+		t.Fatalf("handover to b, not current: %+v", r)
+	}
+	do("a", OpInSync, 1, "b")
+	for _, tc := range []struct {
+		node  string
+		epoch uint64
+		peer  string
+	}{{"b", 1, "a"}, {"a", 0, "b"}, {"a", 1, ""}, {"a", 1, "a"}} {
+		if r := do(tc.node, OpHandover, tc.epoch, tc.peer); r.Granted || r.Owner != "a" || r.Epoch != 1 {
+			t.Errorf("handover by %s of epoch %d to %q: %+v", tc.node, tc.epoch, tc.peer, r)
+		}
+	}
+	r := do("a", OpHandover, 1, "b")
+	if !r.Granted || r.Owner != "b" || r.Epoch != 2 || !slices.Equal(r.Current, []string{"b"}) || r.LeaseMS != 1000 {
+		t.Fatalf("handover: %+v", r)
+	}
+	if r := do("a", OpRenew, 1, ""); r.Granted {
+		t.Fatalf("a renewed after handing over: %+v", r)
+	}
+	if r := do("b", OpRenew, 2, ""); !r.Granted {
+		t.Fatalf("b renewing the epoch handed to it: %+v", r)
+	}
+	// a comes back stale: it may not own until it is current again.
+	now = now.Add(5 * time.Second)
+	if r := do("a", OpAcquire, 1, ""); r.Granted {
+		t.Fatalf("a acquired after handing over: %+v", r)
+	}
+}
