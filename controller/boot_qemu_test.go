@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -287,13 +288,15 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// TestQEMUPairFailover: the real Linux aoe driver against a storage pair.
-// A PXE-booted diskless VM whose root volume lives on two `fabricd
-// storage` nodes (internal/pairlab) runs a write-and-verify loop on its
-// root (direct I/O, fabric.ioloop) while the owner is killed, brought back
-// and resynced, and then the other node (owner by then) is killed. The
-// guest must see no I/O error; the longest stall it saw by its own clock
-// is printed for each fault.
+// TestQEMUPairFailover: the real Linux aoe driver against a storage pair
+// the controller made. Two `fabricd storage --controller` nodes
+// (internal/pairlab) enroll, the controller pairs them and, at the
+// registration of hn1, clones its root from an image onto both. A
+// PXE-booted diskless VM with that root runs a write-and-verify loop on it
+// (direct I/O, fabric.ioloop) while the owner is killed, brought back and
+// resynced, and then the other node (owner by then) is killed. The guest
+// must see no I/O error; the longest stall it saw by its own clock is
+// printed for each fault.
 func TestQEMUPairFailover(t *testing.T) {
 	netns.Skip(t)
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
@@ -308,22 +311,75 @@ func TestQEMUPairFailover(t *testing.T) {
 	ns.Must(t, "ip", "link", "set", "tap0", "master", "br0")
 	ns.Must(t, "ip", "link", "set", "tap0", "up")
 	c, err := New(Config{StateDir: t.TempDir(), BootSubnet: netip.MustParsePrefix("10.233.0.0/24"), ServerIP: netip.MustParseAddr("10.233.0.1"),
+		APIHosts: []string{"10.78.1.254", "10.78.2.254"}, AgentTimeout: 2 * time.Second, HWNodeRootImage: "root",
 		Boot: pxe.Config{Iface: "br0", BootDir: filepath.Join(images, "boot"), RA: true, TFTPSinglePort: true,
 			Profiles: map[string]pxe.Profile{"hwnode": {Kernel: "hwnode/vmlinuz", Initrd: "hwnode/initrd.img", Cmdline: pxe.DefaultCmdline + " fabric.ioloop=1"}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
+
+	// The storage nodes reach the controller's API in the pair lab's
+	// witness namespace.
+	pl := pairlab.New(t, pairlab.Fabricd(t, ".."), ns, "br0")
+	var ln net.Listener
+	if err := pl.Wit.Do(func() (err error) { ln, err = net.Listen("tcp", ":8443"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	actx, acancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- c.Serve(actx, ln) }()
+	t.Cleanup(func() { acancel(); <-served })
+	ca := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(ca, c.CACertPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i, sn := range pl.Nodes {
+		if _, err := c.Registry().Register(controllerapi.RegisterRequest{Name: sn.Name, MAC: sn.MAC, Role: controllerapi.RoleStorage}); err != nil {
+			t.Fatal(err)
+		}
+		tok, err := c.Registry().IssueToken(sn.Name, "test", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sn.Args = []string{"storage", "--iface", "aoe0", "--data-dir", sn.Dir, "--replication-listen", fmt.Sprintf("10.77.0.%d:7410", i+1),
+			"--controller", fmt.Sprintf("https://10.78.%d.254:8443", i+1), "--ca", ca, "--name", sn.Name, "--token", tok}
+	}
+	pl.StartAll()
+	for end := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		sns, _ := c.StorageNodes()
+		if len(sns) == 2 && sns[0].Alive && sns[1].Alive && sns[0].Report.Replication != "" && sns[1].Report.Replication != "" {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("the storage nodes do not report\n%s", pl.Logs())
+		}
+	}
+	pi, err := c.CreatePair(controllerapi.PairRequest{Nodes: []string{"sn1", "sn2"}}, "test")
+	if err != nil {
+		t.Fatalf("pair: %v\n%s", err, pl.Logs())
+	}
+	root, err := os.ReadFile(filepath.Join(images, "hwnode-root.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ImportImage("root", int64(len(root)), func(f *os.File) error { _, err := f.Write(root); return err }); err != nil {
+		t.Fatal(err)
+	}
 	const mac = "52:54:00:fa:b0:31"
 	n, err := c.Registry().Register(controllerapi.RegisterRequest{Name: "hn1", MAC: mac, Role: "hwnode"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pl := pairlab.New(t, pairlab.Fabricd(t, ".."), ns, "br0")
-	pl.Volume("hn1-root", 64<<20, n.RootVolume, filepath.Join(images, "hwnode-root.img"))
-	pl.StartAll()
+	if err := c.ensureRootVolume(n); err != nil {
+		t.Fatalf("hn1's root on the pair: %v\n%s", err, pl.Logs())
+	}
 	if err := pl.WaitInSync(60 * time.Second); err != nil {
 		t.Fatal(err)
+	}
+	vd, err := c.VolumeShow("root-hn1")
+	if err != nil || vd.Pair != pi.Name || len(vd.Copies) != 2 {
+		t.Fatalf("root-hn1: %+v %v; want a copy on each node of pair %s", vd, err, pi.Name)
 	}
 	var svc *pxe.Services
 	if err := ns.Do(func() (err error) { svc, err = pxe.Listen(c.BootConfig("https://10.233.0.1:8443")); return err }); err != nil {

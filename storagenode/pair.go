@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -227,12 +228,12 @@ type Pair struct {
 	pending    map[uint64]pendingWrite
 	seq        uint64
 	bitmaps    map[uint32]*bitmap
-	fInSync    bool      // follower: in sync, may answer initiators
-	fReadEnd   time.Time // follower: read lease
-	lastAnswer time.Time // follower: the owner's last answer
-	fwd        map[uint64]func(bool)
-	applied    uint64        // follower: the highest owner sequence number applied on this link
-	recent     []recentWrite // owner: writes the follower may not have applied yet, by sequence
+	fInSync    bool                 // follower: in sync, may answer initiators
+	fReadEnd   time.Time            // follower: read lease
+	lastAnswer time.Time            // follower: the owner's last answer
+	fwd        map[uint64]forwarded // follower: writes forwarded to the owner, not answered yet
+	applied    uint64               // follower: the highest owner sequence number applied on this link
+	recent     []recentWrite        // owner: writes the follower may not have applied yet, by sequence
 	takeovers  []*takeover
 	resync     resyncProgress
 	events     []string // the last 20, oldest first
@@ -266,7 +267,7 @@ func NewPair(t *Target, cfg PairConfig, dir string, ifaces []string, log *slog.L
 	}
 	p := &Pair{cfg: cfg, t: t, dir: dir, ifaces: ifaces, log: log.With("pair", cfg.Name),
 		wc:      &witness.Client{URL: strings.TrimRight(cfg.Witness, "/"), HTTP: hc},
-		changed: make(chan struct{}), pending: map[uint64]pendingWrite{}, bitmaps: map[uint32]*bitmap{}, fwd: map[uint64]func(bool){},
+		changed: make(chan struct{}), pending: map[uint64]pendingWrite{}, bitmaps: map[uint32]*bitmap{}, fwd: map[uint64]forwarded{},
 		rejoin: make(chan struct{}, 1)}
 	b, err := os.ReadFile(p.statePath())
 	switch {
@@ -1006,7 +1007,7 @@ func (p *Pair) linkDown(l *plink, why string) {
 		}
 	case roleFollower:
 		p.fInSync = false
-		p.fwd = map[uint64]func(bool){}
+		p.fwd = map[uint64]forwarded{}
 		p.setRole(roleNone)
 	}
 	p.updateServe()
@@ -1257,11 +1258,11 @@ func (p *Pair) onAck(l *plink, m *replication.Ack) {
 			w.done(true)
 		}
 	case roleFollower:
-		done, ok := p.fwd[m.Seq]
+		fw, ok := p.fwd[m.Seq]
 		delete(p.fwd, m.Seq)
 		p.mu.Unlock()
 		if ok {
-			done(m.Status == replication.StatusOK)
+			fw.done(m.Status == replication.StatusOK)
 		}
 	default:
 		p.mu.Unlock()
@@ -1357,7 +1358,7 @@ func (p *Pair) aoeWrite(h *Handler, v *volume, f wire.Frame, off int64, size int
 			return
 		}
 		p.seq++
-		p.fwd[p.seq] = done
+		p.fwd[p.seq] = forwarded{key: key(v.Shelf, v.Slot), off: off, data: data, done: done}
 		flags := uint8(replication.FlagForward)
 		if v.Sync {
 			flags |= replication.FlagSync
@@ -1520,7 +1521,8 @@ func (p *Pair) resyncTo(l *plink) {
 // about timeout.
 func (p *Pair) Leave(timeout time.Duration) {
 	p.stopping.Store(true)
-	deadline := time.Now().Add(timeout)
+	start := time.Now()
+	deadline := start.Add(timeout)
 	p.mu.Lock()
 	l, epoch := p.link, p.st.Epoch
 	switch {
@@ -1563,8 +1565,8 @@ func (p *Pair) Leave(timeout time.Duration) {
 				msg.NewEpoch, msg.LeaseMS = rep.Epoch, uint32(left.Milliseconds())
 			}
 			l.send(msg)
-			p.event("handed ownership of epoch %d to %s (%s)", epoch, l.peer.Node, map[bool]string{true: "it owns epoch " + fmt.Sprint(msg.NewEpoch) + " on receipt",
-				false: "it asks the witness"}[msg.NewEpoch != 0])
+			p.event("handed ownership of epoch %d to %s in %v (%s)", epoch, l.peer.Node, time.Since(start).Round(100*time.Microsecond),
+				map[bool]string{true: "it owns epoch " + fmt.Sprint(msg.NewEpoch) + " on receipt", false: "it asks the witness"}[msg.NewEpoch != 0])
 		}
 		p.leaseEnd, p.promiseEnd = time.Time{}, time.Time{}
 		p.updateServe()
@@ -1623,10 +1625,12 @@ func (p *Pair) onLeave(l *plink, m *replication.Leave) {
 		p.link = nil
 		l.close()
 		p.fInSync = false
-		p.fwd = map[uint64]func(bool){}
+		held := p.fwd
+		p.fwd = map[uint64]forwarded{}
 		if m.NewEpoch > p.st.Epoch && !p.stopping.Load() {
 			p.ownByHandover(l.peer.Node, m)
 			p.mu.Unlock()
+			p.replay(held)
 			return
 		}
 		p.event("%s handed over ownership (epoch %d)", l.peer.Node, m.Epoch)
@@ -1642,6 +1646,37 @@ func (p *Pair) onLeave(l *plink, m *replication.Leave) {
 	default:
 		p.mu.Unlock()
 	}
+}
+
+// forwarded is a write a follower forwarded to the owner.
+type forwarded struct {
+	key  uint32
+	off  int64
+	data []byte
+	done func(bool)
+}
+
+// replay applies, as the new owner, the writes this node forwarded to the
+// owner that handed over and that it never answered: a leaving owner
+// takes no write, and the writes it took are answered before its Leave.
+// Applied in the order they were forwarded, they are answered at once
+// instead of at the initiator's resend, which would bring the same data.
+func (p *Pair) replay(held map[uint64]forwarded) {
+	if len(held) == 0 {
+		return
+	}
+	p.t.inflight.RLock()
+	defer p.t.inflight.RUnlock()
+	tab := p.t.tab.Load()
+	for _, seq := range slices.Sorted(maps.Keys(held)) {
+		fw := held[seq]
+		if v := tab.byAddr[fw.key]; v != nil && v.Replicated {
+			p.ownerWrite(v, fw.off, fw.data, fw.done)
+		}
+	}
+	p.mu.Lock()
+	p.event("answered %d writes the old owner left unanswered", len(held))
+	p.mu.Unlock()
 }
 
 // handoverMargin is taken off a lease handed over in a Leave, for the

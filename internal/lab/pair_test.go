@@ -25,7 +25,9 @@ func wvStats(t *testing.T, l *Lab, ip, op string) (passes, errs int, longest tim
 // web, while: the owner is drained and undrained (a planned shutdown);
 // the owner is killed (kill -9) and restarted; the other node is killed;
 // the owner's link goes down for 5 s. After each, the guest has seen no
-// I/O error, its longest pass is printed, and the pair resyncs.
+// I/O error, its longest pass is printed, and the pair resyncs. Then
+// another instance's disk on the pair is loaded flat out with fio, capped
+// and uncapped (ioIsolation).
 func TestStoragePairUnderGuest(t *testing.T) {
 	images := skipUnlessLab(t)
 	bin := buildBinaries(t)
@@ -99,7 +101,7 @@ func TestStoragePairUnderGuest(t *testing.T) {
 	}
 
 	own, _ := owner()
-	phase("planned shutdown of the owner "+own+" (fabric storage shutdown)", 500*time.Millisecond, func() {
+	phase("planned shutdown of the owner "+own+" (fabric storage shutdown)", 200*time.Millisecond, func() {
 		if _, err := l.Fabric("storage", "shutdown", own); err != nil {
 			t.Fatal(err)
 		}
@@ -148,6 +150,8 @@ func TestStoragePairUnderGuest(t *testing.T) {
 		}
 		time.AfterFunc(5*time.Second, func() { _, _ = In(ns, "ip", "link", "set", "eth0", "up") })
 	}, func() { inSync("link back") })
+
+	summary = append(summary, ioIsolation(t, l, ip)...)
 
 	_, slow, h, err := p.Stop()
 	if err != nil {
