@@ -1,10 +1,10 @@
 package lab
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -52,10 +52,13 @@ func ioIsolation(t *testing.T, l *Lab, ip string) []string {
 	var hog controllerapi.Instance
 	fabricJSON(t, l, &hog, "instance", "create", "hog", "--image", "tiny", "--memory", "64MiB", "--node", "hn1")
 	hn := l.Hosts[0]
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := hwnode.NewDiskClient(filepath.Join(hn.Dir, "agent", "disks.sock")).Attach(ctx, hog.Volume); err != nil {
-		t.Fatalf("attaching hog's disk %s on hn1: %v", hog.Volume, err)
+	// hn1's agent presents the disk of every instance placed there.
+	dc := hwnode.NewDiskClient(filepath.Join(hn.Dir, "agent", "disks.sock"))
+	if err := waitFor(20*time.Second, func() bool {
+		vols, err := dc.Attached()
+		return err == nil && slices.Contains(vols, hog.Volume)
+	}); err != nil {
+		t.Fatalf("hog's disk %s is not presented on hn1: %v", hog.Volume, err)
 	}
 	const window = 5 * time.Second
 	// web's mean write-verify pass over window, with load running
