@@ -293,6 +293,11 @@ func TestControllerMadePair(t *testing.T) {
 		capped, idle, busy, raised)
 	if capped < 240 || capped > 360 {
 		t.Errorf("inst-a under a 300 IOPS cap: %.0f reads/s", capped)
+		for _, n := range l.Nodes {
+			st := l.Status(n)
+			t.Logf("%s: %s, %s, serving %v, peer connected %v; events:\n  %s", n.Name, st.Role, st.State, st.Serving, st.PeerConnected,
+				strings.Join(st.Events, "\n  "))
+		}
 	}
 	if busy > 2*idle+100*time.Microsecond {
 		t.Errorf("inst-b's median latency went from %v to %v while inst-a ran flat out (bar: within 2x)", idle, busy)
