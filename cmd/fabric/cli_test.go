@@ -478,6 +478,30 @@ func TestCLIPairCreate(t *testing.T) {
 	}
 }
 
+// TestCLIStorageStatus: `fabric storage status` on a controller with
+// only a hardware node says no storage node is registered; its JSON has
+// every part, empty.
+func TestCLIStorageStatus(t *testing.T) {
+	t.Setenv("FABRIC_TOKEN", "")
+	cfg, ctl := startController(t)
+	if _, err := ctl.Registry().Register(controllerapi.RegisterRequest{Name: "hn1", MAC: "52:54:00:aa:00:01", Role: controllerapi.RoleHWNode}); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs := fabric(t, cfg, "storage", "status"); code != 0 || !strings.Contains(out, "no storage node is registered") || !strings.Contains(out, "0, 0 not served") {
+		t.Errorf("fabric storage status: exit %d, %q %q", code, out, errs)
+	}
+	code, out, errs := fabric(t, cfg, "storage", "status", "-o", "json")
+	var st map[string]any
+	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil {
+		t.Fatalf("fabric storage status -o json: exit %d, %v, %q %q", code, err, out, errs)
+	}
+	for _, k := range []string{"pairs", "standalone", "volumes", "not_served"} {
+		if _, ok := st[k]; !ok {
+			t.Errorf("fabric storage status -o json has no %q: %s", k, out)
+		}
+	}
+}
+
 // TestCLIVolumeResize: `fabric volume resize` wants a name and a size, and
 // says when there is no such volume.
 func TestCLIVolumeResize(t *testing.T) {

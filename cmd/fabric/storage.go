@@ -195,6 +195,18 @@ func storageCommand() *cli.Command {
 				}),
 			},
 			{
+				Name:  "status",
+				Usage: "the storage plane on one screen: pairs (owner, sync state, free space), storage nodes in no pair, volumes not served as wanted",
+				Flags: []cli.Flag{outputFlag},
+				Action: withClient(func(c *cli.Context, cl *controllerapi.Client) error {
+					st, err := getStorageStatus(c, cl)
+					if err != nil {
+						return err
+					}
+					return show(c, st, func(w io.Writer) { storageStatusTable(w, st, time.Now()) })
+				}),
+			},
+			{
 				Name:      "show",
 				Usage:     "one storage node: its report, every volume with its sync state and limits",
 				ArgsUsage: "NAME",
@@ -312,18 +324,80 @@ func storageShow(w io.Writer, n controllerapi.StorageNode, now time.Time) {
 	}
 }
 
+func pairTable(w io.Writer, ps []controllerapi.StoragePairInfo) {
+	fmt.Fprintln(w, "PAIR\tNODES\tOWNER\tSTATE\tFREE")
+	for _, p := range ps {
+		owner := p.Owner
+		if owner == "" {
+			owner = "-"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", p.Name, strings.Join(p.Nodes, ","), owner, p.State, storagenode.FormatSize(p.FreeBytes))
+	}
+}
+
+// storageStatus is the storage plane on one screen (fabric storage status).
+type storageStatus struct {
+	Pairs      []controllerapi.StoragePairInfo `json:"pairs"`
+	Standalone []controllerapi.StorageNode     `json:"standalone"` // storage nodes in no pair
+	Volumes    int                             `json:"volumes"`
+	NotServed  []controllerapi.Volume          `json:"not_served"` // volumes a storage node does not serve as the controller wants
+}
+
+func getStorageStatus(c *cli.Context, cl *controllerapi.Client) (storageStatus, error) {
+	st := storageStatus{Standalone: []controllerapi.StorageNode{}, NotServed: []controllerapi.Volume{}}
+	var err error
+	if st.Pairs, err = cl.Pairs(c.Context); err != nil {
+		return st, err
+	}
+	ns, err := cl.StorageNodes(c.Context)
+	if err != nil {
+		return st, err
+	}
+	paired := map[string]bool{}
+	for _, p := range st.Pairs {
+		for _, n := range p.Nodes {
+			paired[n] = true
+		}
+	}
+	for _, n := range ns {
+		if !paired[n.Name] {
+			st.Standalone = append(st.Standalone, n)
+		}
+	}
+	vs, err := cl.Volumes(c.Context)
+	if err != nil {
+		return st, err
+	}
+	for _, v := range vs {
+		if v.State != "served" {
+			st.NotServed = append(st.NotServed, v)
+		}
+	}
+	st.Volumes = len(vs)
+	return st, nil
+}
+
+func storageStatusTable(w io.Writer, st storageStatus, now time.Time) {
+	if len(st.Pairs) > 0 {
+		pairTable(w, st.Pairs)
+		fmt.Fprintln(w)
+	}
+	if len(st.Standalone) > 0 {
+		storageTable(w, st.Standalone, now)
+		fmt.Fprintln(w)
+	}
+	if len(st.Pairs) == 0 && len(st.Standalone) == 0 {
+		fmt.Fprintln(w, "no storage node is registered (fabric node register --role storage ...)")
+	}
+	fmt.Fprintf(w, "volumes:\t%d, %d not served as wanted\n", st.Volumes, len(st.NotServed))
+	for _, v := range st.NotServed {
+		fmt.Fprintf(w, "  %s\t%s\t%s\n", v.Name, v.Storage, v.State)
+	}
+}
+
 func pairCommand() *cli.Command {
 	printPairs := func(c *cli.Context, ps []controllerapi.StoragePairInfo) error {
-		return show(c, ps, func(w io.Writer) {
-			fmt.Fprintln(w, "PAIR\tNODES\tOWNER\tSTATE\tFREE")
-			for _, p := range ps {
-				owner := p.Owner
-				if owner == "" {
-					owner = "-"
-				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", p.Name, strings.Join(p.Nodes, ","), owner, p.State, storagenode.FormatSize(p.FreeBytes))
-			}
-		})
+		return show(c, ps, func(w io.Writer) { pairTable(w, ps) })
 	}
 	return &cli.Command{
 		Name:    "pair",

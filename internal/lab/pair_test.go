@@ -43,6 +43,11 @@ func TestStoragePairUnderGuest(t *testing.T) {
 		t.Errorf("fabric volume show inst-web: %v\n%s", err, show)
 	}
 	t.Logf("fabric volume show inst-web:\n%s", show)
+	if st, err := l.Fabric("storage", "status"); err != nil || !strings.Contains(st, "in sync") || !strings.Contains(st, ", 0 not served as wanted") {
+		t.Errorf("fabric storage status: %v\n%s", err, st)
+	} else {
+		t.Logf("fabric storage status:\n%s", st)
+	}
 	if out, err := l.Fabric("instance", "create", "nowhere", "--image", "tiny", "--memory", "64MiB", "--storage", "nope"); err == nil ||
 		!strings.Contains(out, `no storage pair or storage node named "nope"`) {
 		t.Errorf("instance create --storage nope: %v\n%s", err, out)
