@@ -10,6 +10,7 @@ PKGS=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   fio nftables
   systemd util-linux dpkg-dev
+  zsh fish
 )
 
 missing=()

@@ -60,7 +60,7 @@ var version = "dev"
 var outputFlag = &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "output format: table or json"}
 
 func newApp(stdout, stderr io.Writer) *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:                 "fabric",
 		Usage:                "drive a diskless cloud fabric",
 		Writer:               stdout,
@@ -109,6 +109,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			},
 		},
 	}
+	completeNames(app.Commands, "")
+	return app
 }
 
 // client builds an API client from flags, environment and config file, in
@@ -590,29 +592,22 @@ func eventsCommand() *cli.Command {
 	}
 }
 
-const bashCompletion = `# bash completion for fabric; load with: source <(fabric completion bash)
-_fabric_complete() {
-  local cur="${COMP_WORDS[COMP_CWORD]}" opts
-  if [[ "$cur" == -* ]]; then
-    opts=$("${COMP_WORDS[@]:0:$COMP_CWORD}" "$cur" --generate-bash-completion 2>/dev/null)
-  else
-    opts=$("${COMP_WORDS[@]:0:$COMP_CWORD}" --generate-bash-completion 2>/dev/null)
-  fi
-  COMPREPLY=($(compgen -W "$opts" -- "$cur"))
-}
-complete -o bashdefault -o default -F _fabric_complete fabric
-`
-
 func completionCommand() *cli.Command {
+	scripts := map[string]string{"bash": bashCompletion, "zsh": zshCompletion, "fish": fishCompletion}
 	return &cli.Command{
 		Name:      "completion",
-		Usage:     "print a shell completion script (bash): source <(fabric completion bash)",
-		ArgsUsage: "bash",
+		Usage:     "print a shell completion script: source <(fabric completion bash), source <(fabric completion zsh), fabric completion fish | source",
+		ArgsUsage: "bash|zsh|fish",
 		Action: func(c *cli.Context) error {
-			if sh := c.Args().First(); sh != "bash" && sh != "" {
-				return fmt.Errorf("completion for %q is not available; use bash", sh)
+			sh := c.Args().First()
+			if sh == "" {
+				sh = "bash"
 			}
-			_, err := io.WriteString(c.App.Writer, bashCompletion)
+			script, ok := scripts[sh]
+			if !ok {
+				return fmt.Errorf("no completion for %q: bash, zsh or fish", sh)
+			}
+			_, err := io.WriteString(c.App.Writer, script)
 			return err
 		},
 	}

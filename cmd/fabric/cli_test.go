@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"github.com/fabric-project/fabric/internal/cliargs"
 	"net"
 	"net/netip"
@@ -187,6 +188,101 @@ func TestCLICompletion(t *testing.T) {
 	for _, sub := range []string{"register", "list", "show", "update", "remove"} {
 		if !slices.Contains(got, sub) {
 			t.Errorf("completion of `fabric node` lacks %s: %q", sub, got)
+		}
+	}
+}
+
+// TestCompletionShells: each completion script loads in its shell, and
+// bash and fish, asking `fabric` (this test binary behind a `fabric` on
+// PATH), complete commands and the names of registered nodes; zsh, which
+// completes only interactively, is checked with zsh -n.
+func TestCompletionShells(t *testing.T) {
+	t.Setenv("FABRIC_TOKEN", "")
+	cfg, ctl := startController(t)
+	for _, n := range []controllerapi.RegisterRequest{{Name: "hn1", MAC: "52:54:00:ab:00:01", Role: controllerapi.RoleHWNode},
+		{Name: "sn7", MAC: "52:54:00:ab:00:07", Role: controllerapi.RoleStorage}} {
+		if _, err := ctl.Registry().Register(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bin := t.TempDir()
+	wrapper := "#!/bin/sh\nFABRIC_TEST_CLI_MAIN=1 exec " + os.Args[0] + " \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(bin, "fabric"), []byte(wrapper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	env := append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "FABRIC_CONFIG="+cfg)
+	sh := func(name string, args ...string) (string, error) {
+		cmd := exec.Command(name, args...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	for _, shell := range []string{"bash", "zsh", "fish"} {
+		if _, err := exec.LookPath(shell); err != nil {
+			t.Errorf("%s is not installed (scripts/deps.sh installs it)", shell)
+			continue
+		}
+		script := filepath.Join(t.TempDir(), "fabric."+shell)
+		if out, err := sh(filepath.Join(bin, "fabric"), "completion", shell); err != nil {
+			t.Fatalf("fabric completion %s: %v\n%s", shell, err, out)
+		} else if err := os.WriteFile(script, []byte(out), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := sh(shell, "-n", script); err != nil {
+			t.Errorf("%s -n on the completion script: %v\n%s", shell, err, out)
+		}
+	}
+	bash := func(line string) []string {
+		t.Helper()
+		words := strings.Fields(line)
+		if strings.HasSuffix(line, " ") {
+			words = append(words, "")
+		}
+		q := make([]string, len(words))
+		for i, w := range words {
+			q[i] = "'" + w + "'"
+		}
+		out, err := sh("bash", "-c", fmt.Sprintf("source <(fabric completion bash); COMP_WORDS=(%s); COMP_CWORD=%d; _fabric_complete; printf '%%s\\n' \"${COMPREPLY[@]}\"",
+			strings.Join(q, " "), len(words)-1))
+		if err != nil {
+			t.Fatalf("bash completion of %q: %v\n%s", line, err, out)
+		}
+		return strings.Fields(out)
+	}
+	fish := func(line string) []string {
+		t.Helper()
+		out, err := sh("fish", "-c", "fabric completion fish | source; complete -C'"+line+"'")
+		if err != nil {
+			t.Fatalf("fish completion of %q: %v\n%s", line, err, out)
+		}
+		var got []string
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			got = append(got, strings.Fields(l+" ")[0])
+		}
+		return got
+	}
+	for _, tc := range []struct {
+		line string
+		want []string
+		not  []string
+	}{
+		{"fabric no", []string{"node"}, []string{"instance"}},
+		{"fabric node show ", []string{"hn1", "sn7"}, nil},
+		{"fabric storage drain ", []string{"sn7"}, []string{"hn1"}},
+		{"fabric node sh", []string{"show"}, []string{"hn1"}},
+	} {
+		for name, complete := range map[string]func(string) []string{"bash": bash, "fish": fish} {
+			got := complete(tc.line)
+			for _, w := range tc.want {
+				if !slices.Contains(got, w) {
+					t.Errorf("%s completes %q to %q, without %s", name, tc.line, got, w)
+				}
+			}
+			for _, w := range tc.not {
+				if slices.Contains(got, w) {
+					t.Errorf("%s completes %q to %q, with %s", name, tc.line, got, w)
+				}
+			}
 		}
 	}
 }
