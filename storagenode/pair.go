@@ -1304,21 +1304,35 @@ func (p *Pair) ownerWrite(v *volume, off int64, data []byte, done func(bool)) {
 		return
 	}
 	bm, err := p.bitmapFor(v)
-	if err == nil {
-		err = bm.mark(off, int64(len(data)))
-	}
 	if err != nil {
 		p.mu.Unlock()
 		p.log.Error("cannot record a write made alone; not acknowledging it", "err", err)
 		return
 	}
+	// The region's bit is set now and on disk before the answer; the
+	// fdatasync runs outside p.mu and is shared by the writes that come
+	// meanwhile.
+	need := bm.set(off, int64(len(data)))
+	ack := func(ok bool) {
+		if ok {
+			if err := bm.sync(need); err != nil {
+				p.log.Error("cannot record a write made alone; not acknowledging it", "err", err)
+				return
+			}
+		}
+		done(ok)
+	}
 	if p.degrading {
-		p.waiting = append(p.waiting, done)
+		p.waiting = append(p.waiting, ack)
 		p.mu.Unlock()
 		return
 	}
 	p.mu.Unlock()
-	done(true)
+	if bm.flushed.Load() >= need {
+		done(true)
+		return
+	}
+	go ack(true)
 }
 
 // aoeWrite takes an initiator's write to a replicated volume. The reply
