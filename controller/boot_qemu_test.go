@@ -334,7 +334,7 @@ func TestQEMUPairFailover(t *testing.T) {
 	if err := os.WriteFile(ca, c.CACertPEM(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for i, sn := range pl.Nodes {
+	for _, sn := range pl.Nodes {
 		if _, err := c.Registry().Register(controllerapi.RegisterRequest{Name: sn.Name, MAC: sn.MAC, Role: controllerapi.RoleStorage}); err != nil {
 			t.Fatal(err)
 		}
@@ -342,8 +342,7 @@ func TestQEMUPairFailover(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		sn.Args = []string{"storage", "--iface", "aoe0", "--data-dir", sn.Dir, "--replication-listen", fmt.Sprintf("10.77.0.%d:7410", i+1),
-			"--controller", fmt.Sprintf("https://10.78.%d.254:8443", i+1), "--ca", ca, "--name", sn.Name, "--token", tok}
+		pl.Member(sn, ca, tok)
 	}
 	pl.StartAll()
 	for end := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {

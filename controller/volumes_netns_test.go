@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -75,17 +76,8 @@ func TestRemoteVolumes(t *testing.T) {
 	}
 	var proc *os.Process
 	start := func() {
-		cmd := sto.Cmd(bin, "storage", "--iface", "sto0", "--data-dir", data, "--controller", "https://10.76.0.1:8443", "--ca", ca, "--name", "sn1", "--token", tok)
-		logf, err := os.OpenFile(filepath.Join(data, "..", "storage.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stdout, cmd.Stderr = logf, logf
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		proc = cmd.Process
-		go func() { _ = cmd.Wait(); logf.Close() }()
+		proc = startLogged(t, sto.Cmd(bin, "storage", "--iface", "sto0", "--data-dir", data, "--controller", "https://10.76.0.1:8443", "--ca", ca, "--name", "sn1", "--token", tok),
+			filepath.Join(data, "..", "storage.log"))
 	}
 	start()
 	t.Cleanup(func() { _ = proc.Signal(syscall.SIGKILL) })
@@ -278,18 +270,8 @@ func TestLocalStorage(t *testing.T) {
 	logs := func() string { b, _ := os.ReadFile(logPath); return string(b) }
 	var proc *os.Process
 	start := func() {
-		cmd := sto.Cmd(bin, "controller", "--state-dir", state, "--api-addr", "10.77.0.1:8443", "--boot-subnet", "10.77.0.0/24",
-			"--storage-dir", data, "--storage-iface", "sto0", "--hwnode-root-image", "tiny")
-		logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stdout, cmd.Stderr = logf, logf
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		proc = cmd.Process
-		go func() { _ = cmd.Wait(); logf.Close() }()
+		proc = startLogged(t, sto.Cmd(bin, "controller", "--state-dir", state, "--api-addr", "10.77.0.1:8443", "--boot-subnet", "10.77.0.0/24",
+			"--storage-dir", data, "--storage-iface", "sto0", "--hwnode-root-image", "tiny"), logPath)
 	}
 	stop := func() {
 		_ = proc.Signal(syscall.SIGTERM)
@@ -397,4 +379,20 @@ func TestLocalStorage(t *testing.T) {
 	}
 	waitFor("hn1's root served again", 10*time.Second, func() bool { return read() == nil })
 	t.Logf("sn0 beside the controller: registered, enrolled once, serves root-hn1 at %s before and after a restart", hn.RootVolume)
+}
+
+// startLogged starts cmd with its output appended to logPath.
+func startLogged(t *testing.T, cmd *exec.Cmd, logPath string) *os.Process {
+	t.Helper()
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		t.Fatal(err)
+	}
+	go func() { _ = cmd.Wait(); logf.Close() }()
+	return cmd.Process
 }

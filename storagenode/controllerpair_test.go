@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -414,7 +413,7 @@ func startMembers(t *testing.T, c *controller.Controller, l *pairlab.Lab) {
 	if err := os.WriteFile(ca, c.CACertPEM(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for i, n := range l.Nodes {
+	for _, n := range l.Nodes {
 		if _, err := c.Registry().Register(controllerapi.RegisterRequest{Name: n.Name, MAC: n.MAC, Role: controllerapi.RoleStorage}); err != nil {
 			t.Fatal(err)
 		}
@@ -422,8 +421,7 @@ func startMembers(t *testing.T, c *controller.Controller, l *pairlab.Lab) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		n.Args = []string{"storage", "--iface", "aoe0", "--data-dir", n.Dir, "--replication-listen", fmt.Sprintf("10.77.0.%d:7410", i+1),
-			"--controller", fmt.Sprintf("https://10.78.%d.254:8443", i+1), "--ca", ca, "--name", n.Name, "--token", tok}
+		l.Member(n, ca, tok)
 	}
 	l.StartAll()
 	for end := time.Now().Add(20 * time.Second); !storageAlive(c, l.Nodes[0].Name, l.Nodes[1].Name)(); time.Sleep(50 * time.Millisecond) {

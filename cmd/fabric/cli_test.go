@@ -257,7 +257,7 @@ func TestCompletionShells(t *testing.T) {
 		}
 		var got []string
 		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
-			got = append(got, strings.Fields(l+" ")[0])
+			got = append(got, strings.Fields(l + " ")[0])
 		}
 		return got
 	}

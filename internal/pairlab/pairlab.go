@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -111,6 +112,16 @@ func New(t testing.TB, bin string, sw *netns.NS, bridge string) *Lab {
 		}
 	})
 	return l
+}
+
+// Member makes n a fabric member instead of one half of a pair set up by
+// flags: it enrolls (with token) with a controller listening on :8443 in
+// the witness namespace, reached at 10.78.N.254, and takes a pair peer's
+// replication connection, so that the controller can pair it.
+func (l *Lab) Member(n *Node, ca, token string) {
+	i := slices.Index(l.Nodes[:], n)
+	n.Args = []string{"storage", "--iface", "aoe0", "--data-dir", n.Dir, "--replication-listen", fmt.Sprintf("10.77.0.%d:7410", i+1),
+		"--controller", fmt.Sprintf("https://10.78.%d.254:8443", i+1), "--ca", ca, "--name", n.Name, "--token", token}
 }
 
 // Volume creates the same volume in both pools: empty, or a copy of image.

@@ -8,15 +8,17 @@ import (
 	"time"
 )
 
-func TestLeases(t *testing.T) {
-	now := time.Unix(1000, 0)
-	path := filepath.Join(t.TempDir(), "w.json")
+// testWitness makes a witness on a fake clock (the returned time) with a
+// one-second lease; do asks it for pair p and fails the test on an error.
+func testWitness(t *testing.T, path string) (now *time.Time, do func(node, op string, epoch uint64, peer string) Reply) {
+	t.Helper()
+	clock := time.Unix(1000, 0)
 	s, err := New(path, time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.now = func() time.Time { return now }
-	do := func(node, op string, epoch uint64, peer string) Reply {
+	s.now = func() time.Time { return clock }
+	return &clock, func(node, op string, epoch uint64, peer string) Reply {
 		t.Helper()
 		r, err := s.Do(Request{Pair: "p", Node: node, Op: op, Epoch: epoch, Peer: peer})
 		if err != nil {
@@ -24,6 +26,11 @@ func TestLeases(t *testing.T) {
 		}
 		return r
 	}
+}
+
+func TestLeases(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "w.json")
+	clock, do := testWitness(t, path)
 	if r := do("a", OpAcquire, 0, ""); !r.Granted || r.Epoch != 1 || !slices.Equal(r.Current, []string{"a"}) {
 		t.Fatalf("first acquire: %+v", r)
 	}
@@ -33,15 +40,15 @@ func TestLeases(t *testing.T) {
 	if r := do("a", OpInSync, 1, "b"); !r.Granted || !slices.Equal(r.Current, []string{"a", "b"}) {
 		t.Fatalf("insync: %+v", r)
 	}
-	now = now.Add(900 * time.Millisecond)
+	*clock = clock.Add(900 * time.Millisecond)
 	if r := do("a", OpRenew, 1, ""); !r.Granted {
 		t.Fatalf("renew: %+v", r)
 	}
-	now = now.Add(900 * time.Millisecond) // 0.9 s after the renewal: still a's
+	*clock = clock.Add(900 * time.Millisecond) // 0.9 s after the renewal: still a's
 	if r := do("b", OpAcquire, 1, ""); r.Granted {
 		t.Fatalf("b acquired before a's renewed lease ended: %+v", r)
 	}
-	now = now.Add(200 * time.Millisecond)
+	*clock = clock.Add(200 * time.Millisecond)
 	r := do("b", OpAcquire, 1, "")
 	if !r.Granted || r.Epoch != 2 || r.Owner != "b" {
 		t.Fatalf("b after a's lease: %+v", r)
@@ -53,7 +60,7 @@ func TestLeases(t *testing.T) {
 		t.Fatalf("degraded: %+v", r)
 	}
 	// b dies; a is stale and may never own.
-	now = now.Add(5 * time.Second)
+	*clock = clock.Add(5 * time.Second)
 	if r := do("a", OpAcquire, 2, ""); r.Granted {
 		t.Fatalf("stale a acquired: %+v", r)
 	}
@@ -62,7 +69,7 @@ func TestLeases(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s2.now = func() time.Time { return now }
+	s2.now = func() time.Time { return *clock }
 	r2, _ := s2.Do(Request{Pair: "p", Node: "b", Op: OpAcquire, Epoch: 2})
 	if !r2.Granted || r2.Epoch != 2 {
 		t.Errorf("b re-acquiring its own running lease after a witness restart: %+v", r2)
@@ -105,20 +112,7 @@ func TestStateDirectory(t *testing.T) {
 // one step (a new epoch, the peer the only current node); a node that does
 // not own, a peer that is not current, or no peer is refused.
 func TestHandover(t *testing.T) {
-	now := time.Unix(1000, 0)
-	s, err := New(filepath.Join(t.TempDir(), "w.json"), time.Second, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.now = func() time.Time { return now }
-	do := func(node, op string, epoch uint64, peer string) Reply {
-		t.Helper()
-		r, err := s.Do(Request{Pair: "p", Node: node, Op: op, Epoch: epoch, Peer: peer})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r
-	}
+	clock, do := testWitness(t, filepath.Join(t.TempDir(), "w.json"))
 	do("a", OpAcquire, 0, "")
 	if r := do("a", OpHandover, 1, "b"); r.Granted || r.Owner != "a" {
 		t.Fatalf("handover to b, not current: %+v", r)
@@ -144,7 +138,7 @@ func TestHandover(t *testing.T) {
 		t.Fatalf("b renewing the epoch handed to it: %+v", r)
 	}
 	// a comes back stale: it may not own until it is current again.
-	now = now.Add(5 * time.Second)
+	*clock = clock.Add(5 * time.Second)
 	if r := do("a", OpAcquire, 1, ""); r.Granted {
 		t.Fatalf("a acquired after handing over: %+v", r)
 	}
