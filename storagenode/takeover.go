@@ -33,15 +33,23 @@ func (p *Pair) takeOver(epoch uint64, macs []string) {
 		if err != nil || len(hw) != 6 {
 			continue
 		}
+		owns := func() bool { return p.role == roleOwner && p.st.Epoch == epoch && p.link == nil }
 		p.mu.Lock()
-		if p.role != roleOwner || p.st.Epoch != epoch || p.link != nil {
-			p.mu.Unlock()
+		ok := owns()
+		p.mu.Unlock()
+		if !ok {
 			return
 		}
+		// ip runs outside p.mu: writes go on meanwhile.
 		if err := ipLink("set", p.ifaces[i], "promisc", "on"); err != nil {
-			p.mu.Unlock()
 			p.log.Warn("cannot take over the peer's MAC", "mac", mac, "iface", p.ifaces[i], "err", err)
 			continue
+		}
+		p.mu.Lock()
+		if !owns() {
+			p.mu.Unlock()
+			_ = ipLink("set", p.ifaces[i], "promisc", "off")
+			return
 		}
 		tk := &takeover{iface: p.ifaces[i], mac: [6]byte(hw), t: p.t}
 		p.t.addAlso(tk.mac)
