@@ -8,10 +8,14 @@ import (
 	"time"
 )
 
-// wvStats reads the guest's write-verify loop (images/instance/init).
+// wvStats reads the guest's write-verify loop (images/instance/init); op
+// "start" starts it, waiting for the guest's web server to be up.
 func wvStats(t *testing.T, l *Lab, ip, op string) (passes, errs int, longest time.Duration) {
 	t.Helper()
 	g, err := l.GuestIO(ip, op)
+	for end := time.Now().Add(60 * time.Second); err != nil && op == "start" && time.Now().Before(end); time.Sleep(time.Second) {
+		g, err = l.GuestIO(ip, op)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,9 +31,7 @@ func TestStorageBench(t *testing.T) {
 	bin := buildBinaries(t)
 	l := upLab(t, Config{Bin: bin, Images: images, Hosts: 1, StoragePair: true})
 	_, ip := webOnHN1(t, l, images)
-	if _, err := l.GuestIO(ip, "start"); err != nil {
-		t.Fatal(err)
-	}
+	wvStats(t, l, ip, "start")
 	var healthy []time.Duration
 	for i := 0; i < 5; i++ {
 		if _, err := l.GuestIO(ip, "reset"); err != nil {
