@@ -54,6 +54,8 @@ type member struct {
 	applied uint64
 	// join starts this node's half of a pair the controller made.
 	join func(PairConfig) error
+	// reload makes the target serve what the pool says now.
+	reload func() error
 	// pairWarned: the controller's pair differs from the running one and
 	// the node said so.
 	pairWarned bool
@@ -170,6 +172,14 @@ func (m *member) apply(ctx context.Context, d controllerapi.StorageDesired) erro
 	if d.ManagesVolumes {
 		if err := m.vols.apply(ctx, d.Volumes); err != nil {
 			m.log.Warn("applying the controller's volumes", "err", err)
+		}
+		// The target serves what the pool now says before the report
+		// says so: an allow list or cap is in force when the controller
+		// hears it applied, not at the next reload.
+		if m.reload != nil {
+			if err := m.reload(); err != nil {
+				m.log.Error("reloading volumes", "err", err)
+			}
 		}
 	}
 	if p := m.t.pair.Load(); p != nil && d.Drain != p.Left() {

@@ -138,9 +138,16 @@ func Run(ctx context.Context, cfg Config) error {
 		g.Go(func() error { return pair.Run(ctx) })
 	}
 	kick := make(chan struct{}, 1) // reconcile now
+	var reloadMu sync.Mutex        // one reconcile at a time
+	reload := func() error {
+		reloadMu.Lock()
+		defer reloadMu.Unlock()
+		return reconcile(t, pool, cfg.Exports, rep)
+	}
 	if m != nil {
 		m.applied = fenceGen
 		m.stop = stop
+		m.reload = reload
 		m.join = func(pc PairConfig) error {
 			p, err := NewPair(t, pc, pool.Dir(), cfg.Interfaces, log)
 			if err != nil {
@@ -178,7 +185,7 @@ func Run(ctx context.Context, cfg Config) error {
 				}
 			}
 			last, lastStamp = time.Now(), stateStamp(pool)
-			if err := reconcile(t, pool, cfg.Exports, rep); err != nil {
+			if err := reload(); err != nil {
 				log.Error("reloading volumes", "err", err)
 			}
 		}
