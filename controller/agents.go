@@ -172,7 +172,14 @@ func (c *Controller) heartbeat(w http.ResponseWriter, r *http.Request) {
 	}
 	_, _, wasAlive := c.agents.get(node, time.Now())
 	acked := c.agents.record(node, hb, time.Now())
-	c.settleOrphans()
+	// Settling may wait for storage nodes to apply an allow list: never
+	// inside a heartbeat (the agent would look dead), one pass at a time.
+	if c.settling.CompareAndSwap(false, true) {
+		go func() {
+			defer c.settling.Store(false)
+			c.settleOrphans()
+		}()
+	}
 	if !wasAlive {
 		c.log.Info("agent up", "node", node, "vcpus", hb.Capacity.VCPUs, "memory_mib", hb.Capacity.MemoryMiB, "disk", hb.Capacity.Disk)
 	}

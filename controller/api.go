@@ -62,8 +62,8 @@ func (c *Controller) Handler() http.Handler {
 	mux.Handle("GET /v1/volumes/{name}", c.auth(c.showVolume))
 	mux.Handle("POST /v1/volumes/{name}/resize", c.auth(c.resizeVolume))
 	mux.Handle("GET /v1/storage/{name}", c.auth(c.showStorage))
-	mux.Handle("POST /v1/storage/{name}/drain", c.auth(c.drainStorageAPI))
-	mux.Handle("POST /v1/storage/{name}/shutdown", c.auth(c.shutdownStorageAPI))
+	mux.Handle("POST /v1/storage/{name}/drain", c.auth(c.storageAction(c.DrainStorage)))
+	mux.Handle("POST /v1/storage/{name}/shutdown", c.auth(c.storageAction(c.ShutdownStorage)))
 	mux.Handle("POST /v1/storage/{name}/undrain", c.auth(c.undrainStorage))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, controllerapi.CodeNotFound, fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path))

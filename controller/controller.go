@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fabric-project/fabric/controller/ca"
@@ -117,6 +118,7 @@ type Controller struct {
 	placeMu          sync.Mutex      // serialises placement decisions
 	migSeq           uint64          // under placeMu
 	inflight         map[string]bool // instances a Migrate call is working on, under placeMu
+	settling         atomic.Bool     // a settleOrphans pass runs
 
 	unknownMu   sync.Mutex
 	unknownSeen map[string]time.Time

@@ -12,7 +12,6 @@ import (
 	"github.com/fabric-project/fabric/controller/controllerapi"
 	"github.com/fabric-project/fabric/controller/scheduler"
 	"github.com/fabric-project/fabric/controller/store"
-	"github.com/fabric-project/fabric/storagenode"
 )
 
 // Buckets of images and instances.
@@ -127,10 +126,7 @@ func (c *Controller) DeleteImage(name string) error {
 	if err != nil {
 		return err
 	}
-	if err := c.vols.DeleteImage(name); err != nil && !errors.Is(err, storagenode.ErrNotFound) {
-		return err
-	}
-	return nil
+	return c.vols.DeleteImage(name)
 }
 
 func migTarget(in controllerapi.Instance) string {
@@ -825,7 +821,7 @@ func (c *Controller) ensureRootVolume(n controllerapi.Node) error {
 	how := "re-exported"
 	// Only the node itself sees its root.
 	macs := []string{n.MAC}
-	if err := c.vols.Export(name, n.RootVolume, macs); errors.Is(err, storagenode.ErrNotFound) || errors.Is(err, ErrNotFound) {
+	if err := c.vols.Export(name, n.RootVolume, macs); errors.Is(err, ErrNotFound) {
 		how, err = c.vols.Clone(c.cfg.HWNodeRootImage, name, n.RootVolume, macs, "")
 		if errors.Is(err, ErrNotFound) {
 			err = fmt.Errorf("root image %q not imported (fabric image import %s FILE): %w", c.cfg.HWNodeRootImage, c.cfg.HWNodeRootImage, err)

@@ -283,22 +283,17 @@ func (c *Controller) UndrainStorage(name, actor string, wait time.Duration) (con
 	}
 }
 
-func (c *Controller) drainStorageAPI(w http.ResponseWriter, r *http.Request) {
-	sn, err := c.DrainStorage(r.PathValue("name"), actorOf(r))
-	if err != nil {
-		c.fail(w, err)
-		return
+// storageAction answers POST /v1/storage/{name}/ACTION with do's result
+// (drain, shutdown).
+func (c *Controller) storageAction(do func(name, actor string) (controllerapi.StorageNode, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		sn, err := do(r.PathValue("name"), actorOf(r))
+		if err != nil {
+			c.fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, sn)
 	}
-	writeJSON(w, http.StatusOK, sn)
-}
-
-func (c *Controller) shutdownStorageAPI(w http.ResponseWriter, r *http.Request) {
-	sn, err := c.ShutdownStorage(r.PathValue("name"), actorOf(r))
-	if err != nil {
-		c.fail(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, sn)
 }
 
 func (c *Controller) undrainStorage(w http.ResponseWriter, r *http.Request) {

@@ -217,25 +217,33 @@ func (rv remoteVolumes) Clone(image, name, addr string, macs []string, on string
 	return where, rv.cloneOn(nodes, image, name, addr, macs)
 }
 
+// image is the volume spec of image name, stored with the controller.
+func (rv remoteVolumes) image(name string) (controllerapi.StorageVolumeSpec, error) {
+	st, err := os.Stat(rv.imagePath(name))
+	if err != nil {
+		return controllerapi.StorageVolumeSpec{}, errorf(ErrNotFound, "image %q is not stored with the controller (fabric image import %s FILE)", name, name)
+	}
+	return controllerapi.StorageVolumeSpec{Name: imageVolume(name), Size: st.Size(), Image: name}, nil
+}
+
 // place chooses the storage nodes for a clone of image (see pick), and
 // says where that is.
 func (rv remoteVolumes) place(image, on string) (nodes []string, where string, err error) {
-	st, err := os.Stat(rv.imagePath(image))
+	img, err := rv.image(image)
 	if err != nil {
-		return nil, "", errorf(ErrNotFound, "image %q is not stored with the controller (fabric image import %s FILE)", image, image)
+		return nil, "", err
 	}
-	return rv.pick(st.Size(), on)
+	return rv.pick(img.Size, on)
 }
 
 // cloneOn makes volume name, a clone of image, on storage nodes nodes
 // (chosen by place), and waits until each live one holds it.
 func (rv remoteVolumes) cloneOn(nodes []string, image, name, addr string, macs []string) error {
-	st, err := os.Stat(rv.imagePath(image))
+	img, err := rv.image(image)
 	if err != nil {
-		return errorf(ErrNotFound, "image %q is not stored with the controller (fabric image import %s FILE)", image, image)
+		return err
 	}
-	img := controllerapi.StorageVolumeSpec{Name: imageVolume(image), Size: st.Size(), Image: image}
-	vol := controllerapi.StorageVolumeSpec{Name: name, Size: st.Size(), Clone: img.Name, Addr: addr, MACs: macs}
+	vol := controllerapi.StorageVolumeSpec{Name: name, Size: img.Size, Clone: img.Name, Addr: addr, MACs: macs}
 	// One change: the clone here (and nowhere else: a leftover of a
 	// failed create goes), and the image it needs, which travels once per
 	// storage node and stays for later clones. A pair's two nodes each
@@ -401,14 +409,27 @@ func (rv remoteVolumes) Delete(name string) error {
 	return rv.put(nil, del...)
 }
 
-// wait waits until storage node node reports volume s as the spec says
-// (exported at its address to exactly its MACs). A node that is not alive
-// is not waited for: it applies its desired state when it reports again,
+// wait waits until storage node node reports volume s as the catalog
+// says (exported at its address to exactly its MACs). A change made
+// meanwhile by another call (two allow-list changes of one volume, say)
+// supersedes s: the wait is for what the catalog holds now, and a volume
+// deleted meanwhile is not waited for. A node that is not alive is not
+// waited for either: it applies its desired state when it reports again,
 // before it serves anything.
 func (rv remoteVolumes) wait(node string, s controllerapi.StorageVolumeSpec) error {
 	deadline := time.Now().Add(rv.timeout)
 	var why string
 	for {
+		var deleted bool
+		if err := rv.c.st.View(func(tx store.Tx) (err error) {
+			s, err = getJSON[controllerapi.StorageVolumeSpec](tx, bucketVolumes, node+"/"+s.Name, func() error { deleted = true; return nil })
+			return err
+		}); err != nil {
+			return err
+		}
+		if deleted {
+			return nil
+		}
 		n, err := rv.c.reg.Node(node)
 		if err != nil {
 			return err
