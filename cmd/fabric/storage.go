@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strings"
@@ -133,34 +134,14 @@ func storageCommand() *cli.Command {
 				Usage:     "take a pair node out of service without a stall: it hands its volumes to its peer and stops serving",
 				ArgsUsage: "NAME",
 				Flags:     []cli.Flag{outputFlag},
-				Action: withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
-					t0 := time.Now()
-					n, err := cl.DrainStorage(c.Context, name)
-					if err != nil {
-						return err
-					}
-					return show(c, n, func(w io.Writer) {
-						fmt.Fprintf(w, "storage node %s drained in %.1f s: %s serves its volumes alone; `fabric storage undrain %s` brings it back\n",
-							n.Name, time.Since(t0).Seconds(), n.Report.Pair.Peer, n.Name)
-					})
-				}),
+				Action:    leaveAction((*controllerapi.Client).DrainStorage, "", "`fabric storage undrain %s` brings it back"),
 			},
 			{
 				Name:      "shutdown",
 				Usage:     "a planned shutdown of a pair node: drain it, then its daemon exits",
 				ArgsUsage: "NAME",
 				Flags:     []cli.Flag{outputFlag},
-				Action: withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
-					t0 := time.Now()
-					n, err := cl.ShutdownStorage(c.Context, name)
-					if err != nil {
-						return err
-					}
-					return show(c, n, func(w io.Writer) {
-						fmt.Fprintf(w, "storage node %s drained in %.1f s and its daemon exits: %s serves its volumes alone; start it again, then `fabric storage undrain %s`\n",
-							n.Name, time.Since(t0).Seconds(), n.Report.Pair.Peer, n.Name)
-					})
-				}),
+				Action:    leaveAction((*controllerapi.Client).ShutdownStorage, " and its daemon exits", "start it again, then `fabric storage undrain %s`"),
 			},
 			{
 				Name:      "undrain",
@@ -224,6 +205,26 @@ func storageCommand() *cli.Command {
 			},
 		},
 	}
+}
+
+// leaveAction runs a drain or a shutdown (call) of the storage node named
+// and says how long it took, who serves its volumes now (what follows
+// "drained" is after) and how to bring it back (back, with the name).
+func leaveAction(call func(*controllerapi.Client, context.Context, string) (controllerapi.StorageNode, error), after, back string) cli.ActionFunc {
+	return withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
+		t0 := time.Now()
+		n, err := call(cl, c.Context, name)
+		if err != nil {
+			return err
+		}
+		peer := "its peer"
+		if n.Report != nil && n.Report.Pair != nil {
+			peer = n.Report.Pair.Peer
+		}
+		return show(c, n, func(w io.Writer) {
+			fmt.Fprintf(w, "storage node %s drained in %.1f s%s: %s serves its volumes alone; "+back+"\n", n.Name, time.Since(t0).Seconds(), after, peer, n.Name)
+		})
+	})
 }
 
 func storageState(n controllerapi.StorageNode, now time.Time) string {

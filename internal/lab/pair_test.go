@@ -111,8 +111,12 @@ func TestStoragePairUnderGuest(t *testing.T) {
 
 	own, _ := owner()
 	phase("planned shutdown of the owner "+own+" (fabric storage shutdown)", 200*time.Millisecond, func() {
-		if _, err := l.Fabric("storage", "shutdown", own); err != nil {
+		out, err := l.Fabric("storage", "shutdown", own)
+		if err != nil {
 			t.Fatal(err)
+		}
+		if !strings.Contains(out, "storage node "+own+" drained in") || !strings.Contains(out, "its daemon exits") || !strings.Contains(out, "fabric storage undrain "+own) {
+			t.Errorf("fabric storage shutdown %s said: %q", own, out)
 		}
 	}, func() {
 		if err := waitFor(10*time.Second, func() bool { return l.Exited(StorageProc(own)) }); err != nil {
