@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -19,6 +17,7 @@ import (
 	"github.com/fabric-project/fabric/aoe/initiator"
 	"github.com/fabric-project/fabric/controller"
 	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/internal/aoeload"
 	"github.com/fabric-project/fabric/internal/pairlab"
 )
 
@@ -256,17 +255,11 @@ func TestControllerMadePair(t *testing.T) {
 	}
 	da, db := open(1), open(2)
 	median := func(d *initiator.Device, n int) time.Duration {
-		var lat []time.Duration
-		buf := make([]byte, 1024)
-		for i := 0; i < n; i++ {
-			t0 := time.Now()
-			if _, err := d.ReadAt(buf, int64(i)*1024); err != nil {
-				t.Fatal(err)
-			}
-			lat = append(lat, time.Since(t0))
+		m, err := aoeload.MedianLatency(d, n, 1024)
+		if err != nil {
+			t.Error(err)
 		}
-		slices.Sort(lat)
-		return lat[len(lat)/2]
+		return m
 	}
 	if err := c.Volumes().Limit("inst-a", 300, 0); err != nil {
 		t.Fatal(err)
@@ -449,23 +442,9 @@ func storageAlive(c *controller.Controller, names ...string) func() bool {
 // goroutines for dur and returns reads per second.
 func readRate(t *testing.T, d *initiator.Device, workers int, dur time.Duration) float64 {
 	t.Helper()
-	var n atomic.Int64
-	var wg sync.WaitGroup
-	end := time.Now().Add(dur)
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, 1024)
-			for i := w; time.Now().Before(end); i += workers {
-				if _, err := d.ReadAt(buf, int64(i%4096)*1024); err != nil {
-					t.Error(err)
-					return
-				}
-				n.Add(1)
-			}
-		}()
+	ops, err := aoeload.Rate(d, workers, 1024, 4096, dur)
+	if err != nil {
+		t.Error(err)
 	}
-	wg.Wait()
-	return float64(n.Load()) / dur.Seconds()
+	return ops
 }

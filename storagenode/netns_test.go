@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +20,7 @@ import (
 	"github.com/fabric-project/fabric/aoe/initiator"
 	"github.com/fabric-project/fabric/aoe/rawsock"
 	"github.com/fabric-project/fabric/aoe/wire"
+	"github.com/fabric-project/fabric/internal/aoeload"
 	"github.com/fabric-project/fabric/internal/netns"
 	"github.com/mdlayher/aoe"
 )
@@ -557,41 +557,22 @@ func TestVolumeLimits(t *testing.T) {
 		defer d.Close()
 		devs[slot] = d
 	}
-	// rate runs workers reading bs at random offsets of d for dur; it
+	// rate reads flat out with workers reading bs each (aoeload.Rate); it
 	// returns ops/s and bytes/s.
 	rate := func(d *initiator.Device, workers, bs int, dur time.Duration) (float64, float64) {
-		var ops atomic.Int64
-		var wg sync.WaitGroup
-		end := time.Now().Add(dur)
-		for w := 0; w < workers; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				buf := make([]byte, bs)
-				for i := w; time.Now().Before(end); i += workers {
-					if _, err := d.ReadAt(buf, int64(i%1000)*int64(bs)); err != nil {
-						t.Error(err)
-						return
-					}
-					ops.Add(1)
-				}
-			}()
+		t.Helper()
+		ops, err := aoeload.Rate(d, workers, bs, 1000, dur)
+		if err != nil {
+			t.Error(err)
 		}
-		wg.Wait()
-		return float64(ops.Load()) / dur.Seconds(), float64(ops.Load()) * float64(bs) / dur.Seconds()
+		return ops, ops * float64(bs)
 	}
 	median := func(d *initiator.Device, n int) time.Duration {
-		var lat []time.Duration
-		buf := make([]byte, 4096)
-		for i := 0; i < n; i++ {
-			start := time.Now()
-			if _, err := d.ReadAt(buf, int64(i)*4096); err != nil {
-				t.Fatal(err)
-			}
-			lat = append(lat, time.Since(start))
+		m, err := aoeload.MedianLatency(d, n, 4096)
+		if err != nil {
+			t.Error(err)
 		}
-		slices.Sort(lat)
-		return lat[len(lat)/2]
+		return m
 	}
 	within := func(what string, got, want float64) {
 		t.Helper()
