@@ -330,21 +330,7 @@ func TestQEMUPairFailover(t *testing.T) {
 	served := make(chan error, 1)
 	go func() { served <- c.Serve(actx, ln) }()
 	t.Cleanup(func() { acancel(); <-served })
-	ca := filepath.Join(t.TempDir(), "ca.crt")
-	if err := os.WriteFile(ca, c.CACertPEM(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for _, sn := range pl.Nodes {
-		if _, err := c.Registry().Register(controllerapi.RegisterRequest{Name: sn.Name, MAC: sn.MAC, Role: controllerapi.RoleStorage}); err != nil {
-			t.Fatal(err)
-		}
-		tok, err := c.Registry().IssueToken(sn.Name, "test", time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pl.Member(sn, ca, tok)
-	}
-	pl.StartAll()
+	pl.StartMembers(c.Registry(), c.CACertPEM())
 	for end := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		sns, _ := c.StorageNodes()
 		if len(sns) == 2 && sns[0].Alive && sns[1].Alive && sns[0].Report.Replication != "" && sns[1].Report.Replication != "" {

@@ -402,21 +402,7 @@ func serveController(t *testing.T, l *pairlab.Lab) *controller.Controller {
 // it returns once both report.
 func startMembers(t *testing.T, c *controller.Controller, l *pairlab.Lab) {
 	t.Helper()
-	ca := filepath.Join(t.TempDir(), "ca.crt")
-	if err := os.WriteFile(ca, c.CACertPEM(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range l.Nodes {
-		if _, err := c.Registry().Register(controllerapi.RegisterRequest{Name: n.Name, MAC: n.MAC, Role: controllerapi.RoleStorage}); err != nil {
-			t.Fatal(err)
-		}
-		tok, err := c.Registry().IssueToken(n.Name, "test", time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-		l.Member(n, ca, tok)
-	}
-	l.StartAll()
+	l.StartMembers(c.Registry(), c.CACertPEM())
 	for end := time.Now().Add(20 * time.Second); !storageAlive(c, l.Nodes[0].Name, l.Nodes[1].Name)(); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(end) {
 			t.Fatalf("the storage nodes do not report\n%s", l.Logs())

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fabric-project/fabric/controller/controllerapi"
 	"github.com/fabric-project/fabric/internal/netns"
 	"github.com/fabric-project/fabric/storagenode"
 	"github.com/fabric-project/fabric/storagenode/witness"
@@ -122,6 +123,35 @@ func (l *Lab) Member(n *Node, ca, token string) {
 	i := slices.Index(l.Nodes[:], n)
 	n.Args = []string{"storage", "--iface", "aoe0", "--data-dir", n.Dir, "--replication-listen", fmt.Sprintf("10.77.0.%d:7410", i+1),
 		"--controller", fmt.Sprintf("https://10.78.%d.254:8443", i+1), "--ca", ca, "--name", n.Name, "--token", token}
+}
+
+// Registrar is what StartMembers needs of a controller: its registry
+// (*controller.Registry).
+type Registrar interface {
+	Register(controllerapi.RegisterRequest) (controllerapi.Node, error)
+	IssueToken(nameOrMAC, actor string, ttl time.Duration) (string, error)
+}
+
+// StartMembers registers both nodes with reg (role storage), makes each a
+// Member with a token of its own and the fabric CA caPEM, and starts
+// them.
+func (l *Lab) StartMembers(reg Registrar, caPEM []byte) {
+	l.t.Helper()
+	ca := filepath.Join(l.t.TempDir(), "ca.crt")
+	if err := os.WriteFile(ca, caPEM, 0o644); err != nil {
+		l.t.Fatal(err)
+	}
+	for _, n := range l.Nodes {
+		if _, err := reg.Register(controllerapi.RegisterRequest{Name: n.Name, MAC: n.MAC, Role: controllerapi.RoleStorage}); err != nil {
+			l.t.Fatal(err)
+		}
+		tok, err := reg.IssueToken(n.Name, "test", time.Hour)
+		if err != nil {
+			l.t.Fatal(err)
+		}
+		l.Member(n, ca, tok)
+	}
+	l.StartAll()
 }
 
 // Volume creates the same volume in both pools: empty, or a copy of image.
