@@ -1574,13 +1574,13 @@ func (p *Pair) Leave(timeout time.Duration) {
 				p.st.OwnedEpoch = 0
 				p.mustSave()
 			}
-			msg := &replication.Leave{Epoch: epoch}
+			msg, how := &replication.Leave{Epoch: epoch}, "it asks the witness"
 			if left := time.Duration(rep.LeaseMS)*time.Millisecond - time.Since(sent); handover && left > handoverMargin {
 				msg.NewEpoch, msg.LeaseMS = rep.Epoch, uint32(left.Milliseconds())
+				how = fmt.Sprintf("it owns epoch %d on receipt", rep.Epoch)
 			}
 			l.send(msg)
-			p.event("handed ownership of epoch %d to %s in %v (%s)", epoch, l.peer.Node, time.Since(start).Round(100*time.Microsecond),
-				map[bool]string{true: "it owns epoch " + fmt.Sprint(msg.NewEpoch) + " on receipt", false: "it asks the witness"}[msg.NewEpoch != 0])
+			p.event("handed ownership of epoch %d to %s in %v (%s)", epoch, l.peer.Node, time.Since(start).Round(100*time.Microsecond), how)
 		}
 		p.leaseEnd, p.promiseEnd = time.Time{}, time.Time{}
 		p.updateServe()
