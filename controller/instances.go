@@ -736,6 +736,9 @@ func (c *Controller) decideMigration(name, to string) (controllerapi.Instance, *
 	if in.Migrate != nil {
 		return in, nil, errorf(ErrConflict, "instance %s is already migrating to %s", name, in.Migrate.To)
 	}
+	if c.inflight[name] {
+		return in, nil, errorf(ErrConflict, "instance %s is being moved (a migration is finishing); try again in a moment", name)
+	}
 	from := in.Node
 	if in.State != "running" {
 		return in, nil, errorf(ErrConflict, "instance %s is %s on %s; only a running instance migrates live", name, in.State, from)
@@ -775,11 +778,16 @@ func (c *Controller) decideMigration(name, to string) (controllerapi.Instance, *
 	return in, m, nil
 }
 
-// migrating says whether a Migrate call is working on the instance.
-func (c *Controller) migrating(name string) bool {
+// claim marks the instance in flight unless a Migrate call or a settling
+// pass already works on it.
+func (c *Controller) claim(name string) bool {
 	c.placeMu.Lock()
 	defer c.placeMu.Unlock()
-	return c.inflight[name]
+	if c.inflight[name] {
+		return false
+	}
+	c.inflight[name] = true
+	return true
 }
 
 // migrationDone ends what decideMigration started.
@@ -1013,9 +1021,6 @@ func (c *Controller) settleOrphans() {
 		if m == nil {
 			continue
 		}
-		if c.migrating(in.Name) {
-			continue
-		}
 		vol := instanceVolume(in.Name)
 		rep, reported := c.agents.report(m.ID)
 		dst, onDst := c.agents.instance(m.To, in.Name)
@@ -1030,14 +1035,50 @@ func (c *Controller) settleOrphans() {
 		default:
 			continue
 		}
-		if err := c.setMigration(in.Name, nil, to); err != nil {
-			c.log.Error("settling a migration", "instance", in.Name, "err", err)
-			continue
-		}
-		if err := c.allow(vol, to); err != nil {
-			c.log.Error("settling a migration", "instance", in.Name, "err", err)
-		}
-		c.log.Warn(msg)
-		_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventInstanceMigrated, Node: to, Message: msg})
+		c.settle(in.Name, m.ID, to, vol, msg)
 	}
+}
+
+// settle records an orphaned migration's outcome and gives the volume to
+// the node that runs the instance, unless a Migrate call works on the
+// instance or the record changed since settleOrphans read it. The list
+// settleOrphans works from may be old by the time it gets here: CI saw a
+// pass that read migration 8's record settle it after migration 9 had
+// begun, clear 9's record and take the volume from its destination (the
+// guest lost its disk once it got there).
+func (c *Controller) settle(name string, id uint64, to, vol, msg string) {
+	if !c.claim(name) {
+		return
+	}
+	defer c.migrationDone(name)
+	c.settleClaimed(name, id, to, vol, msg)
+}
+
+// settleClaimed is settle on an instance claimed for it.
+func (c *Controller) settleClaimed(name string, id uint64, to, vol, msg string) {
+	settled := false
+	err := c.reg.update(func(tx store.Tx) error {
+		in, err := getInstance(tx, name)
+		if err != nil {
+			return err
+		}
+		if in.Migrate == nil || in.Migrate.ID != id {
+			return nil
+		}
+		in.Migrate, in.Node, in.Updated = nil, to, time.Now().UTC()
+		settled = true
+		return putJSON(tx, bucketInstances, name, in)
+	})
+	if err != nil {
+		c.log.Error("settling a migration", "instance", name, "err", err)
+		return
+	}
+	if !settled {
+		return
+	}
+	if err := c.allow(vol, to); err != nil {
+		c.log.Error("settling a migration", "instance", name, "err", err)
+	}
+	c.log.Warn(msg)
+	_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventInstanceMigrated, Node: to, Message: msg})
 }
