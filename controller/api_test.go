@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -113,6 +114,17 @@ func TestAPIBadBodies(t *testing.T) {
 	}
 	if ns, _ := cl.Nodes(context.Background()); len(ns) != 0 {
 		t.Errorf("bad bodies registered %d nodes", len(ns))
+	}
+	req, _ := http.NewRequest("GET", cl.BaseURL+"/v1/nodes?view=everything", nil)
+	req.Header.Set("Authorization", "Bearer "+cl.Token)
+	resp, err := cl.HTTP.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 400 || !strings.Contains(string(b), "full or summary") {
+		t.Errorf("unknown view: %d %s", resp.StatusCode, b)
 	}
 }
 

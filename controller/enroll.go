@@ -193,20 +193,6 @@ func (r *Registry) certRecord(id string) (certRecord, bool) {
 	return rec, err == nil
 }
 
-// certRecords returns every node's certificate record, by registration ID.
-func (r *Registry) certRecords() map[string]certRecord {
-	out := map[string]certRecord{}
-	_ = r.st.View(func(tx store.Tx) error {
-		return tx.ForEach(bucketCerts, "", func(k string, v []byte) error {
-			if rec, err := decodeJSON[certRecord](v); err == nil {
-				out[k] = rec
-			}
-			return nil
-		})
-	})
-	return out
-}
-
 // nodeIdentity is what a node's certificate binds.
 func nodeIdentity(n controllerapi.Node) ca.NodeIdentity {
 	id := ca.NodeIdentity{Name: n.Name, ID: n.ID, MAC: n.MAC, Role: n.Role}

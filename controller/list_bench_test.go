@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -11,8 +12,9 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// BenchmarkListNodes is the controller's side of `fabric node list` with
-// 10,000 hardware nodes: GET /v1/nodes through the API handler (no TLS).
+// BenchmarkListNodes is `fabric node list` with 10,000 hardware nodes:
+// GET /v1/nodes through the API handler, and the client's two ways of
+// reading it (scripts/bench-controller.sh times the whole CLI process).
 func BenchmarkListNodes(b *testing.B) {
 	c, err := New(Config{StateDir: b.TempDir(), BootSubnet: netip.MustParsePrefix("10.20.0.0/16")})
 	if err != nil {
@@ -33,15 +35,46 @@ func BenchmarkListNodes(b *testing.B) {
 		b.Fatal(err)
 	}
 	h := c.Handler()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		req := httptest.NewRequest("GET", "/v1/nodes", nil)
-		req.Header.Set("Authorization", "Bearer "+c.AdminToken())
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		if rec.Code != http.StatusOK {
-			b.Fatalf("status %d", rec.Code)
+	b.Run("handler", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			req := httptest.NewRequest("GET", "/v1/nodes", nil)
+			req.Header.Set("Authorization", "Bearer "+c.AdminToken())
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != http.StatusOK {
+				b.Fatalf("status %d", rec.Code)
+			}
+			b.SetBytes(int64(rec.Body.Len()))
 		}
-		b.SetBytes(int64(rec.Body.Len()))
-	}
+	})
+	// What `fabric node list` does, over HTTP on loopback (no TLS): the
+	// table's summaries, and the JSON copied out as the controller
+	// indents it.
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	cl := &controllerapi.Client{BaseURL: srv.URL, Token: c.AdminToken()}
+	b.Run("client-summary", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			n := 0
+			if err := cl.EachNodeSummary(context.Background(), func(controllerapi.NodeSummary) error { n++; return nil }); err != nil || n != 10000 {
+				b.Fatalf("%d nodes: %v", n, err)
+			}
+		}
+	})
+	b.Run("client-json", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			var w countWriter
+			if err := cl.NodesJSON(context.Background(), &w); err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(int64(w))
+		}
+	})
+}
+
+type countWriter int
+
+func (w *countWriter) Write(p []byte) (int, error) {
+	*w += countWriter(len(p))
+	return len(p), nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -103,6 +104,12 @@ type Registry struct {
 	hintMu  sync.Mutex
 	ipHint  netip.Addr
 	aoeHint string // aoeKey
+
+	// The node list as last read, while the store's Gen is nodesGen:
+	// decoding 10,000 records took a third of `fabric node list`.
+	cacheMu  sync.Mutex
+	nodes    []controllerapi.Node
+	nodesGen uint64
 }
 
 // freeIP releases an automatic address in tx and lowers the hint.
@@ -451,7 +458,22 @@ func (r *Registry) NodeByMAC(hw net.HardwareAddr) (n controllerapi.Node, ok bool
 
 // Nodes lists every node ordered by name.
 func (r *Registry) Nodes() ([]controllerapi.Node, error) {
-	return listJSON[controllerapi.Node](r.st, bucketNodes)
+	gen := r.st.Gen()
+	r.cacheMu.Lock()
+	if r.nodes != nil && r.nodesGen == gen {
+		ns := slices.Clone(r.nodes)
+		r.cacheMu.Unlock()
+		return ns, nil
+	}
+	r.cacheMu.Unlock()
+	ns, err := listJSON[controllerapi.Node](r.st, bucketNodes)
+	if err != nil {
+		return nil, err
+	}
+	r.cacheMu.Lock()
+	r.nodes, r.nodesGen = ns, gen
+	r.cacheMu.Unlock()
+	return slices.Clone(ns), nil
 }
 
 // Update changes a node's name, role or address.

@@ -30,14 +30,17 @@ func (c *Controller) Status() (controllerapi.Status, error) {
 	if err != nil {
 		return st, err
 	}
-	certs := c.reg.certRecords()
+	status, err := c.nodeStatuses(ins)
+	if err != nil {
+		return st, err
+	}
 	for _, n := range ns {
 		if n.Role != controllerapi.RoleHWNode {
 			st.Nodes.Storage++
 			continue
 		}
 		st.Nodes.HWNodes++
-		ns := c.nodeStatus(n, ins, certs)
+		ns := status(n)
 		switch {
 		case ns.Alive:
 			st.Nodes.Alive++
@@ -53,7 +56,7 @@ func (c *Controller) Status() (controllerapi.Status, error) {
 		if ns.Drained {
 			st.Nodes.Drained++
 		}
-		if _, f := c.fenced(n.Name); f {
+		if ns.Fenced {
 			st.Nodes.Fenced++
 		}
 	}

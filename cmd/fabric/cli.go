@@ -10,9 +10,11 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/urfave/cli/v2"
 	"github.com/xrash/smetrics"
@@ -201,20 +203,26 @@ func wantJSON(c *cli.Context) (bool, error) {
 }
 
 func nodeTable(w io.Writer, ns []controllerapi.Node) error {
-	tw := newTable(w)
-	fmt.Fprintln(tw, "NAME\tROLE\tMAC\tIP\tAGENT\tREGISTERED")
+	var t rowTable
+	t.add(nodeColumns...)
 	for _, n := range ns {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Role, n.MAC, n.IP, agentSummary(n.Status), n.Created.Local().Format(time.DateTime))
+		t.add(nodeCells(n.Summary())...)
 	}
-	return tw.Flush()
+	return t.write(w)
 }
 
-func agentSummary(st *controllerapi.NodeStatus) string {
+var nodeColumns = []string{"NAME", "ROLE", "MAC", "IP", "AGENT", "REGISTERED"}
+
+func nodeCells(n controllerapi.NodeSummary) []string {
+	return []string{n.Name, n.Role, n.MAC, n.IP, agentSummary(n.Agent), n.Created.Local().Format(time.DateTime)}
+}
+
+func agentSummary(st *controllerapi.AgentSummary) string {
 	switch {
 	case st == nil:
 		return "-"
 	case st.Fenced && st.Alive:
-		return fmt.Sprintf("FENCED, agent back (%d instances): fabric node unfence", len(st.Instances))
+		return fmt.Sprintf("FENCED, agent back (%d instances): fabric node unfence", st.Instances)
 	case st.Fenced:
 		return "FENCED (" + st.FenceReason + ")"
 	case st.LastSeen.IsZero():
@@ -222,9 +230,9 @@ func agentSummary(st *controllerapi.NodeStatus) string {
 	case !st.Alive && st.Health != "":
 		return strings.ToUpper(st.Health) + " (" + st.HealthWhy + ")"
 	case st.Alive && st.Drained:
-		return fmt.Sprintf("alive, drained (%d instances)", len(st.Instances))
+		return fmt.Sprintf("alive, drained (%d instances)", st.Instances)
 	case st.Alive:
-		return fmt.Sprintf("alive (%d instances)", len(st.Instances))
+		return fmt.Sprintf("alive (%d instances)", st.Instances)
 	default:
 		return "DEAD since " + st.LastSeen.Local().Format(time.TimeOnly)
 	}
@@ -286,14 +294,25 @@ func nodeCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					ns, err := cl.Nodes(c.Context)
-					if err != nil {
+					// Printed as read: with 10,000 nodes, holding the
+					// list whole (and, for JSON, decoding and encoding
+					// it again) took most of the command's time.
+					if j {
+						bw := bufio.NewWriterSize(c.App.Writer, 64<<10)
+						if err := cl.NodesJSON(c.Context, bw); err != nil {
+							return err
+						}
+						return bw.Flush()
+					}
+					var t rowTable
+					t.add(nodeColumns...)
+					if err := cl.EachNodeSummary(c.Context, func(s controllerapi.NodeSummary) error {
+						t.add(nodeCells(s)...)
+						return nil
+					}); err != nil {
 						return err
 					}
-					if j {
-						return printJSON(c.App.Writer, ns)
-					}
-					return nodeTable(c.App.Writer, ns)
+					return t.write(c.App.Writer)
 				},
 			},
 			{
@@ -328,7 +347,7 @@ func nodeCommand() *cli.Command {
 						fmt.Fprintf(tw, "root volume:\t%s\n", n.RootVolume)
 					}
 					if st := n.Status; st != nil {
-						fmt.Fprintf(tw, "agent:\t%s\n", agentSummary(st))
+						fmt.Fprintf(tw, "agent:\t%s\n", agentSummary(n.Summary().Agent))
 						if !st.LastSeen.IsZero() {
 							cp := st.Capacity
 							fmt.Fprintf(tw, "last heartbeat:\t%s\n", st.LastSeen.Local().Format(time.RFC3339Nano))
@@ -618,6 +637,40 @@ func completionCommand() *cli.Command {
 type tableWriter struct {
 	*tabwriter.Writer
 	buf *bufio.Writer
+}
+
+// rowTable lays out rows as newTable does (each column as wide as its
+// widest cell, two spaces after it, the last column as it is) from cells
+// kept per row: tabwriter keeps the whole table in one buffer that it
+// grows by copying, a quarter of the time of listing 10,000 nodes.
+type rowTable struct {
+	rows   [][]string
+	widths []int
+}
+
+func (t *rowTable) add(cells ...string) {
+	for i := range len(cells) - 1 {
+		if i == len(t.widths) {
+			t.widths = append(t.widths, 0)
+		}
+		t.widths[i] = max(t.widths[i], utf8.RuneCountInString(cells[i]))
+	}
+	t.rows = append(t.rows, cells)
+}
+
+func (t *rowTable) write(w io.Writer) error {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	pad := strings.Repeat(" ", slices.Max(append([]int{0}, t.widths...))+2)
+	for _, r := range t.rows {
+		for i, c := range r {
+			_, _ = bw.WriteString(c)
+			if i < len(r)-1 {
+				_, _ = bw.WriteString(pad[:t.widths[i]+2-utf8.RuneCountInString(c)])
+			}
+		}
+		_ = bw.WriteByte('\n')
+	}
+	return bw.Flush()
 }
 
 func newTable(w io.Writer) *tableWriter {

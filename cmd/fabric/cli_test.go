@@ -66,6 +66,9 @@ func fabric(t *testing.T, cfg string, args ...string) (int, string, string) {
 func TestCLINodeLifecycle(t *testing.T) {
 	t.Setenv("FABRIC_TOKEN", "")
 	cfg, _ := startController(t)
+	if code, out, errs := fabric(t, cfg, "node", "list", "-o", "json"); code != 0 || out != "[]\n" {
+		t.Errorf("node list -o json with no nodes: code %d out %q err %q", code, out, errs)
+	}
 	code, out, errs := fabric(t, cfg, "node", "register", "--mac", "52-54-00-12-34-56", "--role", "hwnode", "--name", "hn1")
 	if code != 0 || out != "registered hwnode hn1 (52:54:00:12:34:56) at 10.233.0.10\n" {
 		t.Fatalf("register: code %d out %q err %q", code, out, errs)
@@ -93,6 +96,15 @@ func TestCLINodeLifecycle(t *testing.T) {
 	}
 	if d := cmp.Diff([]string{"hn1=10.233.0.10", "st1=10.233.0.50"}, names); d != "" {
 		t.Errorf("json list (-want +got):\n%s", d)
+	}
+	// The list is printed as read, node by node: the same text as
+	// encoding the decoded list whole.
+	var whole bytes.Buffer
+	if err := printJSON(&whole, ns); err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(whole.String(), out); d != "" {
+		t.Errorf("node list -o json differs from the list encoded whole (-whole +got):\n%s", d)
 	}
 
 	code, out, _ = fabric(t, cfg, "node", "show", "52:54:00:12:34:57", "-o", "json")
@@ -615,5 +627,32 @@ func TestCLIVolumeResize(t *testing.T) {
 		if code == 0 || !strings.Contains(errs, tc.want) {
 			t.Errorf("fabric volume resize %v: exit %d, %q; want %q", tc.args, code, errs, tc.want)
 		}
+	}
+}
+
+// TestRowTableMatchesTabwriter: the node list's column layout is the one
+// every other table gets from tabwriter.
+func TestRowTableMatchesTabwriter(t *testing.T) {
+	rows := [][]string{
+		{"NAME", "ROLE", "MAC", "AGENT"},
+		{"hn1", "hwnode", "52:54:00:00:00:01", "alive (2 instances)"},
+		{"größer-name", "", "52:54:00:00:00:02", "DEAD since 12:00:00"},
+		{"x", "storage", "", ""},
+	}
+	var want, got strings.Builder
+	tw := newTable(&want)
+	var rt rowTable
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+		rt.add(r...)
+	}
+	if err := tw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rt.write(&got); err != nil {
+		t.Fatal(err)
+	}
+	if got.String() != want.String() {
+		t.Errorf("rowTable:\n%s\ntabwriter:\n%s", got.String(), want.String())
 	}
 }

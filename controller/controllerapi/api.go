@@ -35,6 +35,41 @@ type Node struct {
 	Status *NodeStatus `json:"status,omitempty"`
 }
 
+// NodeSummary is a node as `fabric node list` shows it: GET
+// /v1/nodes?view=summary sends these, a third of the bytes of full nodes
+// (with 10,000 nodes, decoding full nodes took most of the listing).
+type NodeSummary struct {
+	Name    string    `json:"name"`
+	Role    string    `json:"role"`
+	MAC     string    `json:"mac"`
+	IP      string    `json:"ip"`
+	Created time.Time `json:"created"`
+	// Agent is a hardware node's agent state.
+	Agent *AgentSummary `json:"agent,omitempty"`
+}
+
+// AgentSummary is the part of a NodeStatus the node list shows.
+type AgentSummary struct {
+	Alive       bool      `json:"alive,omitempty"`
+	Drained     bool      `json:"drained,omitempty"`
+	Fenced      bool      `json:"fenced,omitempty"`
+	FenceReason string    `json:"fence_reason,omitempty"`
+	Health      string    `json:"health,omitempty"`
+	HealthWhy   string    `json:"health_why,omitempty"`
+	LastSeen    time.Time `json:"last_seen,omitzero"`
+	Instances   int       `json:"instances,omitempty"`
+}
+
+// Summary is n as the node list shows it.
+func (n Node) Summary() NodeSummary {
+	s := NodeSummary{Name: n.Name, Role: n.Role, MAC: n.MAC, IP: n.IP, Created: n.Created}
+	if st := n.Status; st != nil {
+		s.Agent = &AgentSummary{Alive: st.Alive, Drained: st.Drained, Fenced: st.Fenced, FenceReason: st.FenceReason,
+			Health: st.Health, HealthWhy: st.HealthWhy, LastSeen: st.LastSeen, Instances: len(st.Instances)}
+	}
+	return s
+}
+
 // Lease is the DHCP server's record of a node's address.
 type Lease struct {
 	State   string    `json:"state"`

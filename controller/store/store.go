@@ -7,6 +7,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -24,6 +25,11 @@ type Store interface {
 	// may be called more than once (the store may batch concurrent
 	// updates and retry), so it must have no side effects outside tx.
 	Update(fn func(Tx) error) error
+	// Gen changes after every committed Update. What a reader read after
+	// it saw Gen return g is current for as long as Gen returns g, so it
+	// can be kept and served again (read Gen before the View, never
+	// after).
+	Gen() uint64
 	Close() error
 }
 
@@ -45,7 +51,10 @@ type Tx interface {
 var ErrStop = errors.New("store: stop")
 
 // Bolt is the embedded store.
-type Bolt struct{ db *bolt.DB }
+type Bolt struct {
+	db  *bolt.DB
+	gen atomic.Uint64
+}
 
 var _ Store = (*Bolt)(nil)
 
@@ -70,8 +79,15 @@ func (b *Bolt) View(fn func(Tx) error) error {
 
 // Update implements Store.
 func (b *Bolt) Update(fn func(Tx) error) error {
-	return b.db.Batch(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+	err := b.db.Batch(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+	if err == nil {
+		b.gen.Add(1)
+	}
+	return err
 }
+
+// Gen implements Store.
+func (b *Bolt) Gen() uint64 { return b.gen.Load() }
 
 // Close implements Store.
 func (b *Bolt) Close() error { return b.db.Close() }
