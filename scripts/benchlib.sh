@@ -1,0 +1,95 @@
+# benchlib.sh: what every bench script shares (sourced, not run).
+#
+#   bench_begin TITLE   the header: command, commit, machine, date; puts the
+#                       script and everything it starts into a cgroup of its
+#                       own, so that the load of other processes shows.
+#   load_mark           start of a measured run.
+#   load_other          after the run: the CPU that processes outside the
+#                       benchmark used meanwhile, in % of one core.
+#   load_flag PCT       "" if PCT <= BENCH_MAX_OTHER (10), else " (busy)".
+#   spread V...         "min/median/max" of the values (numbers).
+#   figure KEY UNIT BETTER V...
+#                       one machine-readable line per figure, read by
+#                       scripts/bench-check.sh and scripts/bench-doc.sh:
+#                       FIGURE<TAB>KEY<TAB>min<TAB>median<TAB>max<TAB>UNIT<TAB>BETTER<TAB>runs
+#                       (BETTER: higher or lower).
+#
+# Other load: the machine's busy time from /proc/stat minus the cgroup's
+# CPU time (cgroup v2 cpu.stat, or v1 cpuacct), over the run. Without a
+# cgroup it is the machine's whole busy time, benchmark included, and the
+# header says so.
+
+BENCH_MAX_OTHER=${BENCH_MAX_OTHER:-10}
+BENCH_CG=
+
+bench_begin() {
+  local title=$1 rev dirty=""
+  rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  git diff --quiet HEAD 2>/dev/null || dirty="+changes"
+  _bench_cgroup
+  echo "== $title"
+  echo "command: ${BENCH_COMMAND:-$0 $*}"
+  echo "commit:  $rev$dirty"
+  echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r), $(date -u +%FT%TZ)"
+  if [ -n "$BENCH_CG" ]; then
+    echo "load:    other processes' CPU during each run, in % of a core (cgroup $BENCH_CG); a run above ${BENCH_MAX_OTHER}% is marked (busy)"
+  else
+    echo "load:    no cgroup here: the figure is the machine's whole busy CPU, benchmark included"
+  fi
+}
+
+_bench_cgroup() {
+  local d
+  if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    d=/sys/fs/cgroup/fabric-bench-$$
+    mkdir -p "$d" 2>/dev/null && echo $$ > "$d/cgroup.procs" 2>/dev/null && BENCH_CG=$d && _bench_usage() { awk '/^usage_usec/{print $2 * 1000}' "$BENCH_CG/cpu.stat"; }
+  elif [ -d /sys/fs/cgroup/cpuacct ]; then
+    d=/sys/fs/cgroup/cpuacct/fabric-bench-$$
+    mkdir -p "$d" 2>/dev/null && echo $$ > "$d/cgroup.procs" 2>/dev/null && BENCH_CG=$d && _bench_usage() { cat "$BENCH_CG/cpuacct.usage"; }
+  fi
+  if [ -z "$BENCH_CG" ]; then
+    _bench_usage() { echo 0; }
+  fi
+}
+
+# bench_end leaves the cgroup (call it from the script's cleanup, after
+# its processes are gone).
+bench_end() {
+  [ -n "$BENCH_CG" ] || return 0
+  local parent
+  parent=$(dirname "$BENCH_CG")
+  echo $$ > "$parent/cgroup.procs" 2>/dev/null || true
+  rmdir "$BENCH_CG" 2>/dev/null || true
+  BENCH_CG=
+}
+
+# Busy nanoseconds of the whole machine (user, nice, system, irq, softirq,
+# steal; USER_HZ is 100).
+_bench_busy() { awk '/^cpu /{printf "%.0f\n", ($2+$3+$4+$7+$8+$9) * 10000000}' /proc/stat; }
+
+load_mark() {
+  _L_BUSY=$(_bench_busy); _L_CG=$(_bench_usage); _L_T=$(date +%s%N)
+}
+
+load_other() {
+  local busy cg t
+  busy=$(_bench_busy); cg=$(_bench_usage); t=$(date +%s%N)
+  awk -v b=$((busy - _L_BUSY)) -v c=$((cg - _L_CG)) -v t=$((t - _L_T)) \
+    'BEGIN { o = (b - c) * 100 / t; if (o < 0) o = 0; printf "%.0f\n", o }'
+}
+
+load_flag() {
+  [ "$1" -le "$BENCH_MAX_OTHER" ] && return 0
+  echo " (busy)"
+}
+
+spread() {
+  printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {printf "%s/%s/%s\n", v[1], v[int((NR+1)/2)], v[NR]}'
+}
+
+figure() {
+  local key=$1 unit=$2 better=$3
+  shift 3
+  printf '%s\n' "$@" | sort -g | awk -v k="$key" -v u="$unit" -v b="$better" \
+    '{v[NR]=$1} END {printf "FIGURE\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", k, v[1], v[int((NR+1)/2)], v[NR], u, b, NR}'
+}
