@@ -7,6 +7,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -25,11 +26,12 @@ type Store interface {
 	// may be called more than once (the store may batch concurrent
 	// updates and retry), so it must have no side effects outside tx.
 	Update(fn func(Tx) error) error
-	// Gen changes after every committed Update. What a reader read after
-	// it saw Gen return g is current for as long as Gen returns g, so it
-	// can be kept and served again (read Gen before the View, never
-	// after).
-	Gen() uint64
+	// Gen changes after every committed Update that wrote to one of the
+	// buckets (to any bucket if none is named). What a reader read from
+	// them after it saw Gen return g is current for as long as Gen
+	// returns g, so it can be kept and served again (read Gen before the
+	// View, never after).
+	Gen(buckets ...string) uint64
 	Close() error
 }
 
@@ -52,8 +54,9 @@ var ErrStop = errors.New("store: stop")
 
 // Bolt is the embedded store.
 type Bolt struct {
-	db  *bolt.DB
-	gen atomic.Uint64
+	db   *bolt.DB
+	gen  atomic.Uint64
+	gens sync.Map // bucket -> *atomic.Uint64
 }
 
 var _ Store = (*Bolt)(nil)
@@ -74,25 +77,45 @@ func OpenBolt(path string) (*Bolt, error) {
 
 // View implements Store.
 func (b *Bolt) View(fn func(Tx) error) error {
-	return b.db.View(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+	return b.db.View(func(tx *bolt.Tx) error { return fn(boltTx{tx, nil}) })
 }
 
 // Update implements Store.
 func (b *Bolt) Update(fn func(Tx) error) error {
-	err := b.db.Batch(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+	// The buckets fn wrote to, over every time the batch ran it.
+	written := map[string]bool{}
+	err := b.db.Batch(func(tx *bolt.Tx) error { return fn(boltTx{tx, written}) })
 	if err == nil {
+		for bucket := range written {
+			g, _ := b.gens.LoadOrStore(bucket, new(atomic.Uint64))
+			g.(*atomic.Uint64).Add(1)
+		}
 		b.gen.Add(1)
 	}
 	return err
 }
 
 // Gen implements Store.
-func (b *Bolt) Gen() uint64 { return b.gen.Load() }
+func (b *Bolt) Gen(buckets ...string) uint64 {
+	if len(buckets) == 0 {
+		return b.gen.Load()
+	}
+	var sum uint64
+	for _, bucket := range buckets {
+		if g, ok := b.gens.Load(bucket); ok {
+			sum += g.(*atomic.Uint64).Load()
+		}
+	}
+	return sum
+}
 
 // Close implements Store.
 func (b *Bolt) Close() error { return b.db.Close() }
 
-type boltTx struct{ tx *bolt.Tx }
+type boltTx struct {
+	tx      *bolt.Tx
+	written map[string]bool // nil in a View
+}
 
 func (t boltTx) Get(bucket, key string) ([]byte, error) {
 	b := t.tx.Bucket([]byte(bucket))
@@ -108,6 +131,9 @@ func (t boltTx) Get(bucket, key string) ([]byte, error) {
 }
 
 func (t boltTx) Put(bucket, key string, value []byte) error {
+	if t.written != nil {
+		t.written[bucket] = true
+	}
 	b, err := t.tx.CreateBucketIfNotExists([]byte(bucket))
 	if err != nil {
 		return err
@@ -116,6 +142,9 @@ func (t boltTx) Put(bucket, key string, value []byte) error {
 }
 
 func (t boltTx) Delete(bucket, key string) error {
+	if t.written != nil {
+		t.written[bucket] = true
+	}
 	b := t.tx.Bucket([]byte(bucket))
 	if b == nil {
 		return nil
@@ -149,6 +178,9 @@ func (t boltTx) Seq(bucket string) uint64 {
 }
 
 func (t boltTx) NextSeq(bucket string) (uint64, error) {
+	if t.written != nil {
+		t.written[bucket] = true
+	}
 	b, err := t.tx.CreateBucketIfNotExists([]byte(bucket))
 	if err != nil {
 		return 0, err
