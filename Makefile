@@ -5,7 +5,7 @@ BIN     := bin
 GOFLAGS ?= -buildvcs=false
 export GOFLAGS
 
-.PHONY: all build deps images test test-unit lint demo demo-up demo-down bench bench-controller bench-aoe bench-boot bench-pair bench-ha bench-storage deb clean
+.PHONY: all build deps images test test-unit lint demo demo-up demo-down bench bench-controller bench-aoe bench-boot bench-pair bench-ha bench-storage bench-check deb clean
 
 all: build
 
@@ -63,12 +63,17 @@ bench-storage: images build
 	./scripts/bench-storage.sh
 
 bench-controller: build
-	./scripts/bench-controller.sh
+	./scripts/bench-record.sh controller
 
 # DHCP (perfdhcp) beside dnsmasq and kea; TFTP/HTTP to 20 clients beside
 # dnsmasq, tftpd-hpa and busybox httpd (about 4 min).
 bench-boot: build
-	./scripts/bench-boot.sh
+	./scripts/bench-record.sh boot
+
+# Reruns each benchmark recorded in docs/bench/ (controller, boot) and
+# names every figure whose median moved more than the recorded spread.
+bench-check: build
+	./scripts/bench-check.sh
 
 # Our AoE target beside vblade: MTU 9000/1500, window 16/64 (about 3 min).
 bench-aoe: build

@@ -1,11 +1,15 @@
 package controller
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -172,5 +176,31 @@ func TestUnknownMACEventsAreRateLimited(t *testing.T) {
 	}
 	if len(evs) != 1 || evs[0].Type != controllerapi.EventUnknownMAC || !strings.Contains(evs[0].Message, "unknown MAC 52:54:00:aa:bb:cc asked to boot on br0") {
 		t.Errorf("events after 50 DHCP tries from one unknown MAC: %+v", evs)
+	}
+}
+
+// TestWriteJSONList: a list written in chunks on several cores is the
+// same text as the list encoded whole, compact and indented.
+func TestWriteJSONList(t *testing.T) {
+	for _, n := range []int{0, 1, 255, 256, 257, 1000} {
+		items := make([]controllerapi.NodeSummary, n)
+		for i := range items {
+			items[i] = controllerapi.NodeSummary{Name: fmt.Sprintf("n%d", i), IP: "10.0.0.1", Agent: &controllerapi.AgentSummary{Instances: i % 3}}
+		}
+		for _, pretty := range []bool{false, true} {
+			rec := httptest.NewRecorder()
+			writeJSONList(rec, items, pretty)
+			var want bytes.Buffer
+			enc := json.NewEncoder(&want)
+			if pretty {
+				enc.SetIndent("", "  ")
+			}
+			if err := enc.Encode(items); err != nil {
+				t.Fatal(err)
+			}
+			if got := rec.Body.String(); got != want.String() {
+				t.Errorf("%d items, pretty %v: got %d bytes, want %d\n%.300s", n, pretty, len(got), want.Len(), got)
+			}
+		}
 	}
 }

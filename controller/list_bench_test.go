@@ -47,6 +47,18 @@ func BenchmarkListNodes(b *testing.B) {
 			b.SetBytes(int64(rec.Body.Len()))
 		}
 	})
+	b.Run("handler-summary", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			req := httptest.NewRequest("GET", "/v1/nodes?view=summary", nil)
+			req.Header.Set("Authorization", "Bearer "+c.AdminToken())
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != http.StatusOK {
+				b.Fatalf("status %d", rec.Code)
+			}
+			b.SetBytes(int64(rec.Body.Len()))
+		}
+	})
 	// What `fabric node list` does, over HTTP on loopback (no TLS): the
 	// table's summaries, and the JSON copied out as the controller
 	// indents it.

@@ -490,10 +490,17 @@ func (r *Registry) NodeByMAC(hw net.HardwareAddr) (n controllerapi.Node, ok bool
 
 // Nodes lists every node ordered by name.
 func (r *Registry) Nodes() ([]controllerapi.Node, error) {
+	ns, err := r.sharedNodes()
+	return slices.Clone(ns), err
+}
+
+// sharedNodes is Nodes without the copy: the caller must not change the
+// slice or what its nodes point to.
+func (r *Registry) sharedNodes() ([]controllerapi.Node, error) {
 	gen := r.st.Gen(bucketNodes)
 	r.cacheMu.Lock()
 	if r.nodes != nil && r.nodesGen == gen {
-		ns := slices.Clone(r.nodes)
+		ns := r.nodes
 		r.cacheMu.Unlock()
 		return ns, nil
 	}
@@ -505,7 +512,7 @@ func (r *Registry) Nodes() ([]controllerapi.Node, error) {
 	r.cacheMu.Lock()
 	r.nodes, r.nodesGen = ns, gen
 	r.cacheMu.Unlock()
-	return slices.Clone(ns), nil
+	return ns, nil
 }
 
 // Update changes a node's name, role or address.
