@@ -1,6 +1,7 @@
 package pxe
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -78,7 +79,9 @@ func (t *TFTPServer) read(name string, rf io.ReaderFrom) error {
 		ot.SetSize(fi.Size())
 	}
 	start := time.Now()
-	n, err := rf.ReadFrom(f)
+	// pin/tftp reads a block at a time: through a buffer, a read system
+	// call brings 44 blocks of 1468 bytes instead of one.
+	n, err := rf.ReadFrom(bufio.NewReaderSize(f, 64<<10))
 	if err != nil {
 		log.Warn("tftp: transfer failed", "file", clean, "remote", raddr, "bytes", n, "err", err)
 		return err

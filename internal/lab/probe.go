@@ -28,6 +28,9 @@ type Prober struct {
 type PingStats struct {
 	Sent, Answered int
 	MaxGap         time.Duration // longest time between two replies
+	// First is when the first reply came, GapFrom when the reply before
+	// the longest gap came (both Unix seconds, ping's -D).
+	First, GapFrom float64
 }
 
 // Lost is the number of pings that got no reply.
@@ -120,7 +123,10 @@ func (p *Prober) Stop() (fast, slow PingStats, h HTTPStats, err error) {
 				seq, _ := strconv.Atoi(m[2])
 				seen[seq] = true
 				if gap := time.Duration((ts - last) * float64(time.Second)); last > 0 && gap > s.MaxGap {
-					s.MaxGap = gap
+					s.MaxGap, s.GapFrom = gap, last
+				}
+				if s.First == 0 {
+					s.First = ts
 				}
 				last = ts
 			}
