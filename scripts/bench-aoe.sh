@@ -4,7 +4,8 @@
 # windows 16 and 64. Prints a markdown table; CPU is the target process's
 # utime+stime from /proc/PID/stat, per GiB moved.
 #   usage: scripts/bench-aoe.sh [seconds-per-point]   (root; make build first)
-#   MTUS, WINDOWS, TARGETS, MODES narrow the sweep, e.g. MTUS=9000 MODES=seqread.
+#   MTUS, WINDOWS, TARGETS, MODES, CLIENTS (batch one-frame) narrow the
+#   sweep, e.g. MTUS=9000 MODES=seqread CLIENTS=one-frame.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-4}
@@ -55,20 +56,26 @@ start_target() {
 }
 stop_target() { kill $TPID; wait $TPID 2>/dev/null || true; TPID=; }
 
-printf '| MTU | target | window | mode | MB/s | IOPS | p99 µs | target CPU s/GiB | target CPU %% | machine CPU s/GiB |\n'
-printf '|---|---|---|---|---|---|---|---|---|---|\n'
+printf '| MTU | target | window | client | mode | MB/s | IOPS | p99 µs | target CPU s/GiB | target CPU %% | machine CPU s/GiB |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|---|\n'
 for MTU in ${MTUS:-9000 1500}; do
   ip -n $S link set sto0 mtu $MTU; ip -n $I link set ini0 mtu $MTU
   for W in ${WINDOWS:-16 64}; do
     for T in ${TARGETS:-vblade fabric}; do
       start_target $T
       for M in ${MODES:-seqread seqwrite randread randwrite}; do
+       # batch: our initiator as it runs (replies read in batches, the
+       # requests they free sent in one sendmmsg); one-frame: a frame per
+       # system call each way, as most initiators send at a low depth.
+       for C in ${CLIENTS:-batch one-frame}; do
+        flag=; [ "$C" = one-frame ] && flag=--one-frame
         t0=$(ticks $TPID); b0=$(busy); s0=$(date +%s.%N)
-        out=$(ip netns exec $I $BIN/fabric aoe bench -i ini0 --window $W --mode $M --duration ${SECS}s -o json e1.0)
+        out=$(ip netns exec $I $BIN/fabric aoe bench -i ini0 --window $W --mode $M --duration ${SECS}s $flag -o json e1.0)
         t1=$(ticks $TPID); b1=$(busy); s1=$(date +%s.%N)
-        python3 - "$MTU" "$T" "$W" "$M" "$out" "$t0" "$t1" "$HZ" "$s0" "$s1" "$b0" "$b1" <<'PY'
+        python3 - "$MTU" "$T" "$W/$C" "$M" "$out" "$t0" "$t1" "$HZ" "$s0" "$s1" "$b0" "$b1" <<'PY'
 import json, sys
 mtu, t, w, m, out, t0, t1, hz, s0, s1, b0, b1 = sys.argv[1:]
+w = w.replace("/", " | ")
 r = json.loads(out)
 cpu = (int(t1) - int(t0)) / int(hz)
 gib = r["bytes"] / 2**30
@@ -77,6 +84,7 @@ util = 100 * cpu / (float(s1) - float(s0))
 mach = (int(b1) - int(b0)) / int(hz) / gib if gib else float("nan")
 print(f"| {mtu} | {t} | {w} | {m} | {r['mb_per_s']:.0f} | {r['iops']:.0f} | {r['p99_us']:.0f} | {per:.2f} | {util:.0f} | {mach:.2f} |" + (f" errors: {r['errors']}" if r['errors'] else ""))
 PY
+       done
       done
       stop_target
     done

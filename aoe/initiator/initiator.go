@@ -43,6 +43,14 @@ type Config struct {
 	// driver resends about every 100 ms without backing off, which is
 	// what lets a storage pair's MAC takeover end a stall at once.
 	MaxTimeout time.Duration
+	// OneFrame makes every system call carry one frame: each request
+	// leaves in a send of its own, each reply comes in a receive of its
+	// own. That is how most initiators talk at a low queue depth (the
+	// Linux driver sends a frame per call); a benchmark uses it to see a
+	// target's cost per frame without the batching of this initiator
+	// (recvmmsg of up to 64 replies, one sendmmsg for the requests they
+	// free).
+	OneFrame bool
 }
 
 // Initiator owns a raw socket on one interface.
@@ -150,11 +158,18 @@ func key(shelf uint16, slot uint8) uint32 { return uint32(shelf)<<8 | uint32(slo
 func (in *Initiator) receive() {
 	defer in.wg.Done()
 	b := rawsock.NewBatch(64, max(in.mtu+wire.EthLen, 1514))
+	if in.cfg.OneFrame {
+		b = rawsock.NewBatch(1, max(in.mtu+wire.EthLen, 1514))
+	}
 	for {
 		n, err := in.c.ReadBatch(b)
 		if err != nil {
 			in.failAll(err)
 			return
+		}
+		if in.cfg.OneFrame {
+			in.dispatch(b, n) // requests it frees leave at once, one per send
+			continue
 		}
 		in.tx.Lock()
 		in.tx.deferred = true
@@ -175,6 +190,14 @@ func (in *Initiator) receive() {
 // sendFrames sends ATA request frames, or queues them while a batch of
 // replies is being dispatched.
 func (in *Initiator) sendFrames(fs ...[]byte) error {
+	if in.cfg.OneFrame {
+		for _, f := range fs {
+			if err := in.c.WriteFrame(f); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	in.tx.Lock()
 	defer in.tx.Unlock()
 	if in.tx.deferred {

@@ -155,7 +155,7 @@ func openAddr(c *cli.Context, addr string) (*initiator.Initiator, *initiator.Dev
 	if err != nil {
 		return nil, nil, err
 	}
-	in, err := initiator.New(c.String("iface"), initiator.Config{Window: c.Int("window")})
+	in, err := initiator.New(c.String("iface"), initiator.Config{Window: c.Int("window"), OneFrame: c.Bool("one-frame")})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -196,6 +196,7 @@ func benchCommand(iface, window, wait cli.Flag) *cli.Command {
 			&cli.IntFlag{Name: "bs", Usage: "bytes per I/O (default: one full frame for sequential, 4096 for random)"},
 			&cli.DurationFlag{Name: "duration", Value: 5 * time.Second},
 			&cli.Int64Flag{Name: "span", Usage: "bytes of the volume to touch, from the start (default: all)"},
+			&cli.BoolFlag{Name: "one-frame", Usage: "one frame per system call, sent and received, as most initiators do (default: replies read in batches, the requests they free sent together)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
