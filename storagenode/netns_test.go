@@ -303,9 +303,8 @@ func TestHostileFrames(t *testing.T) {
 // TestInitiatorAgainstVblade proves the initiator against a peer: Debian's
 // vblade.
 // TestReadFaultFallsBack truncates a volume file behind the target's back:
-// a read beyond the new end faults inside sendmmsg (EFAULT on the
-// mapping). The target must answer that frame with an ATA error through
-// its pread fallback, not drop it or stop serving.
+// a read beyond the new end comes short. The target must answer that
+// frame with an ATA error, not drop it or stop serving.
 func TestReadFaultFallsBack(t *testing.T) {
 	l := newAoELab(t, 9000)
 	path := filepath.Join(t.TempDir(), "vol.img")
