@@ -74,11 +74,7 @@ func (c *Client) EachNodeSummary(ctx context.Context, fn func(NodeSummary) error
 // NodesJSON copies the node list to w as the controller writes it: JSON
 // indented by two spaces, a node at a time.
 func (c *Client) NodesJSON(ctx context.Context, w io.Writer) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.BaseURL+"/v1/nodes?pretty", nil)
-	if err != nil {
-		return fmt.Errorf("controller URL %q: %w", c.BaseURL, err)
-	}
-	resp, err := c.roundTrip(req)
+	resp, err := c.get(ctx, "/v1/nodes?pretty")
 	if err != nil {
 		return err
 	}
@@ -177,11 +173,7 @@ func (c *Client) each(ctx context.Context, path string, v any, fn func() error) 
 	if rv.Kind() != reflect.Pointer || rv.IsNil() {
 		return fmt.Errorf("controllerapi: each needs a non-nil pointer, not %T", v)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.BaseURL+path, nil)
-	if err != nil {
-		return fmt.Errorf("controller URL %q: %w", c.BaseURL, err)
-	}
-	resp, err := c.roundTrip(req)
+	resp, err := c.get(ctx, path)
 	if err != nil {
 		return err
 	}
@@ -229,6 +221,15 @@ func (c *Client) send(req *http.Request, out any) error {
 		return fmt.Errorf("decoding controller answer to %s %s: %w", method, path, err)
 	}
 	return nil
+}
+
+// get GETs path and returns a 2xx answer for the caller to read.
+func (c *Client) get(ctx context.Context, path string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.BaseURL+path, nil)
+	if err != nil {
+		return nil, fmt.Errorf("controller URL %q: %w", c.BaseURL, err)
+	}
+	return c.roundTrip(req)
 }
 
 // roundTrip sends req with the credential and returns a 2xx answer, or
