@@ -106,8 +106,7 @@ func (q *txq) Commit(n int) {
 // faults the mapping's pages in during the send.
 func (q *txq) CommitRead(n int, v *volume, off int64, size int) {
 	buf := q.b.Bufs[q.n]
-	got, err := v.f.ReadAt(buf[n:n+size], off)
-	if err != nil || got != size {
+	if err := v.readAt(buf[n:n+size], off); err != nil {
 		wire.SetATAStatus(buf, wire.ErrABRT, wire.StatusDRDY|wire.StatusERR)
 		q.h.c.ataErr.Add(1)
 		q.h.t.log.Warn("read failed", "shelf", v.Shelf, "slot", v.Slot, "offset", off, "err", err)

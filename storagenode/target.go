@@ -541,8 +541,7 @@ func (t *Target) newCounters() *counters {
 // Replier hands out reply buffers. Buf returns a buffer of at least the
 // port's frame size; Commit(n) sends its first n bytes. CommitRead(n, v,
 // off, size) sends them followed by size bytes of v at byte offset off,
-// read from v.mem (a Replier that sends later keeps the slice, and must
-// fall back to reading v.f if the kernel cannot read the mapping).
+// read from v.f (or an ATA error if the read fails).
 type Replier interface {
 	Buf() []byte
 	Commit(n int)

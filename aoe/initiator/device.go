@@ -49,6 +49,12 @@ type pathState struct {
 	down  bool
 	fails int // frames timed out since its last reply
 	probe time.Time
+	// heard is when the path last answered. A frame that times out on a
+	// path that answered other frames since it was sent is slow, not
+	// lost: the target queues it (an I/O cap, a busy disk), and dropping
+	// the path would send all the traffic to the other node, which grants
+	// a pair's volume half its cap (CI: a 297 IOPS cap gave 159).
+	heard time.Time
 }
 
 // Path health thresholds.
@@ -65,6 +71,7 @@ type request struct {
 	flen     int
 	dst      []byte // read destination
 	deadline time.Time
+	sent     time.Time // the last send
 	tries    int
 	done     func(error)
 }
@@ -171,6 +178,7 @@ func (d *Device) aliveLocked(mac []byte) {
 	for i := range d.paths {
 		if string(d.paths[i].mac) == string(mac) {
 			d.paths[i].fails = 0
+			d.paths[i].heard = time.Now()
 			if d.paths[i].down {
 				d.paths[i].down = false
 				d.PathChanges.Add(1)
@@ -355,7 +363,8 @@ func (d *Device) fill(r *request, cmd uint8, p []byte, s, n int, lba uint64, don
 	r.path = d.pickLocked(-1)
 	path := d.paths[r.path].mac
 	r.tries = 0
-	r.deadline = time.Now().Add(d.in.cfg.Timeout)
+	r.sent = time.Now()
+	r.deadline = r.sent.Add(d.in.cfg.Timeout)
 	r.done = done
 	r.dst = nil
 	if cmd == wire.CmdReadSectorsExt || cmd == wire.CmdIdentify {
@@ -430,7 +439,7 @@ func (d *Device) expire(now time.Time) {
 		}
 		// The path it timed out on may be down; the copy goes to another
 		// one (the first send may still be reading r.frame).
-		if ps := &d.paths[r.path]; d.force < 0 {
+		if ps := &d.paths[r.path]; d.force < 0 && ps.heard.Before(r.sent) {
 			ps.fails++
 			if !ps.down && ps.fails >= DownAfter && len(d.paths) > 1 {
 				ps.down = true
@@ -441,6 +450,7 @@ func (d *Device) expire(now time.Time) {
 		r.path = d.pickLocked(r.path)
 		f := slices.Clone(r.frame[:r.flen])
 		copy(f[0:6], d.paths[r.path].mac)
+		r.sent = now
 		r.deadline = now.Add(min(d.in.cfg.Timeout<<min(r.tries, 16), d.in.cfg.MaxTimeout))
 		resend = append(resend, f)
 	}
