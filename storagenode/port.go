@@ -119,7 +119,7 @@ func (q *txq) CommitRead(n int, v *volume, off int64, size int) {
 
 func (q *txq) flush() {
 	if q.n > 0 {
-		if err := q.c.WriteBatchFrom(q.b, 0, q.n); err != nil && q.err == nil {
+		if err := q.c.WriteBatch(q.b, q.n); err != nil && q.err == nil {
 			q.err = err
 		}
 	}

@@ -99,12 +99,8 @@ type mmsghdr struct {
 type Batch struct {
 	Bufs [][]byte // each of the frame size given to NewBatch
 	Lens []int    // lengths of received frames, or of frames to send
-	// Ext, when Ext[i] is not nil, is sent after Bufs[i][:Lens[i]] as
-	// part of the same frame: data the caller does not want to copy, such
-	// as a slice of a memory-mapped file. WriteBatch leaves Ext alone.
-	Ext  [][]byte
 	hdrs []mmsghdr
-	iovs []unix.Iovec // two per frame: Bufs[i], Ext[i]
+	iovs []unix.Iovec // one per frame: Bufs[i]
 }
 
 // NewBatch allocates n buffers of size bytes.
@@ -112,15 +108,14 @@ func NewBatch(n, size int) *Batch {
 	b := &Batch{
 		Bufs: make([][]byte, n),
 		Lens: make([]int, n),
-		Ext:  make([][]byte, n),
 		hdrs: make([]mmsghdr, n),
-		iovs: make([]unix.Iovec, 2*n),
+		iovs: make([]unix.Iovec, n),
 	}
 	mem := make([]byte, n*size)
 	for i := range b.Bufs {
 		b.Bufs[i] = mem[i*size : (i+1)*size : (i+1)*size]
-		b.iovs[2*i].Base = &b.Bufs[i][0]
-		b.hdrs[i].hdr.Iov = &b.iovs[2*i]
+		b.iovs[i].Base = &b.Bufs[i][0]
+		b.hdrs[i].hdr.Iov = &b.iovs[i]
 		b.hdrs[i].hdr.SetIovlen(1)
 	}
 	return b
@@ -130,7 +125,7 @@ func NewBatch(n, size int) *Batch {
 // len(b.Bufs)) it received; b.Lens holds their lengths.
 func (c *Conn) ReadBatch(b *Batch) (int, error) {
 	for i := range b.hdrs {
-		b.iovs[2*i].SetLen(len(b.Bufs[i]))
+		b.iovs[i].SetLen(len(b.Bufs[i]))
 		b.hdrs[i].hdr.SetIovlen(1)
 		b.hdrs[i].hdr.Flags = 0
 	}
@@ -157,36 +152,17 @@ func (c *Conn) ReadBatch(b *Batch) (int, error) {
 	return n, nil
 }
 
-// FaultError is returned by WriteBatch when the kernel could not read the
-// data of frame Index (EFAULT: for a memory-mapped file, an I/O error or a
-// file truncated under the mapping). Frames before Index were sent; the
-// caller may repair the frame and resume with WriteBatchFrom.
-type FaultError struct{ Index int }
-
-func (e *FaultError) Error() string {
-	return fmt.Sprintf("rawsock: sendmmsg: frame %d: %v", e.Index, unix.EFAULT)
-}
-
-// WriteBatch sends frames 0..n-1 of b (lengths from b.Lens, each followed
-// by b.Ext[i] if set), waiting for socket space as needed.
-func (c *Conn) WriteBatch(b *Batch, n int) error { return c.WriteBatchFrom(b, 0, n) }
-
-// WriteBatchFrom sends frames from..n-1 of b.
-func (c *Conn) WriteBatchFrom(b *Batch, from, n int) error {
-	for i := from; i < n; i++ {
-		b.iovs[2*i].SetLen(b.Lens[i])
-		if e := b.Ext[i]; len(e) > 0 {
-			b.iovs[2*i+1].Base = &e[0]
-			b.iovs[2*i+1].SetLen(len(e))
-			b.hdrs[i].hdr.SetIovlen(2)
-		} else {
-			b.hdrs[i].hdr.SetIovlen(1)
-		}
+// WriteBatch sends frames 0..n-1 of b (lengths from b.Lens), waiting for
+// socket space as needed.
+func (c *Conn) WriteBatch(b *Batch, n int) error {
+	for i := range n {
+		b.iovs[i].SetLen(b.Lens[i])
 	}
-	return c.writeHdrs(b.hdrs, from, n)
+	return c.writeHdrs(b.hdrs, n)
 }
 
-func (c *Conn) writeHdrs(hdrs []mmsghdr, sent, n int) error {
+func (c *Conn) writeHdrs(hdrs []mmsghdr, n int) error {
+	sent := 0
 	for sent < n {
 		var errno syscall.Errno
 		var r uintptr
@@ -203,8 +179,6 @@ func (c *Conn) writeHdrs(hdrs []mmsghdr, sent, n int) error {
 			// Transient: the device queue is full. The frame is lost like
 			// any other on Ethernet; AoE retransmits.
 			sent++
-		case errno == unix.EFAULT:
-			return &FaultError{Index: sent}
 		case errno != 0:
 			return fmt.Errorf("rawsock: sendmmsg: %w", errno)
 		default:
@@ -241,5 +215,5 @@ func (c *Conn) SendFrames(s *Sender, fs [][]byte) error {
 		s.hdrs[i].hdr.Iov = &s.iovs[i]
 		s.hdrs[i].hdr.SetIovlen(1)
 	}
-	return c.writeHdrs(s.hdrs, 0, len(fs))
+	return c.writeHdrs(s.hdrs, len(fs))
 }

@@ -202,15 +202,6 @@ func wantJSON(c *cli.Context) (bool, error) {
 	}
 }
 
-func nodeTable(w io.Writer, ns []controllerapi.Node) error {
-	var t rowTable
-	t.add(nodeColumns...)
-	for _, n := range ns {
-		t.add(nodeCells(n.Summary())...)
-	}
-	return t.write(w)
-}
-
 var nodeColumns = []string{"NAME", "ROLE", "MAC", "IP", "AGENT", "REGISTERED"}
 
 func nodeCells(n controllerapi.NodeSummary) []string {
