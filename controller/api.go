@@ -39,6 +39,7 @@ func (c *Controller) Handler() http.Handler {
 	mux.Handle("DELETE /v1/tokens/{name}", c.auth(c.revokeToken))
 	mux.Handle("POST /v1/nodes/{name}/drain", c.auth(c.drainNode))
 	mux.Handle("POST /v1/nodes/{name}/undrain", c.auth(c.undrainNode))
+	mux.Handle("POST /v1/nodes/{name}/reimage", c.auth(c.reimageNode))
 	mux.Handle("POST /v1/nodes/{name}/fence", c.auth(c.fenceNode))
 	mux.Handle("POST /v1/nodes/{name}/unfence", c.auth(c.unfenceNode))
 	mux.Handle("PUT /v1/images/{name}", c.authUpload(c.importImage))

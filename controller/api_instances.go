@@ -179,6 +179,19 @@ func (c *Controller) drainNode(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, res)
 }
 
+func (c *Controller) reimageNode(w http.ResponseWriter, r *http.Request) {
+	var req controllerapi.ReimageRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	st, err := c.Reimage(r.PathValue("name"), req.Confirm)
+	if err != nil {
+		c.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
 func (c *Controller) undrainNode(w http.ResponseWriter, r *http.Request) {
 	if err := c.Undrain(r.PathValue("name")); err != nil {
 		c.fail(w, err)

@@ -21,6 +21,9 @@ type bootBackend struct {
 	mu      sync.Mutex
 	offers  map[string]pxe.Lease  // offered leases live only in memory
 	windows map[string]bootWindow // by MAC: opened when DHCP binds an address
+	// reimaging: nodes whose fresh root is being cloned, with what their
+	// boot script says meanwhile.
+	reimaging map[string]string
 }
 
 var _ pxe.Backend = (*bootBackend)(nil)

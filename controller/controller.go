@@ -355,6 +355,9 @@ func (c *Controller) BootConfig(apiURL string) pxe.Config {
 	if bc.Controller == "" {
 		bc.Controller = apiURL
 	}
+	if bc.CAPin == "" {
+		bc.CAPin, _ = controllerapi.CAPin(c.ca.CertPEM)
+	}
 	if bc.Logger == nil {
 		bc.Logger = c.log
 	}

@@ -825,7 +825,7 @@ func (c *Controller) ensureRootVolume(n controllerapi.Node) error {
 	if n.Role != controllerapi.RoleHWNode || c.cfg.HWNodeRootImage == "" || n.RootVolume == "" {
 		return nil
 	}
-	name := "root-" + n.Name
+	name := c.rootVolume(n.Name)
 	how := "re-exported"
 	// Only the node itself sees its root.
 	macs := []string{n.MAC}

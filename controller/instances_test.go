@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"maps"
 	"net/http"
 	"net/netip"
 	"path/filepath"
@@ -460,6 +461,13 @@ func (f *fakeStorage) volume(name string) (controllerapi.StorageVolume, bool) {
 	defer f.mu.Unlock()
 	v, ok := f.vols[name]
 	return v, ok
+}
+
+// snapshot is every volume the node holds.
+func (f *fakeStorage) snapshot() map[string]controllerapi.StorageVolume {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.vols)
 }
 
 func startFakeStorage(t *testing.T, c *Controller, admin *controllerapi.Client, name, mac string) *fakeStorage {

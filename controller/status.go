@@ -22,6 +22,7 @@ var problemTypes = []string{
 func (c *Controller) Status() (controllerapi.Status, error) {
 	st := controllerapi.Status{Controller: controllerapi.ControllerStatus{Started: c.started.UTC(), BootIface: c.cfg.Boot.Iface},
 		Instances: map[string]int{}, Problems: []controllerapi.Event{}}
+	st.Controller.CAPin, _ = controllerapi.CAPin(c.ca.CertPEM)
 	ns, err := c.reg.Nodes()
 	if err != nil {
 		return st, err

@@ -10,6 +10,7 @@ package hwnode
 
 import (
 	"context"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,6 +24,7 @@ import (
 	"github.com/digitalocean/go-libvirt"
 	"github.com/digitalocean/go-libvirt/socket/dialers"
 	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/internal/atomicfile"
 	"github.com/fabric-project/fabric/internal/backoff"
 )
 
@@ -37,6 +39,10 @@ type Config struct {
 	Node       string // registered node name
 	Controller string // https://host:port
 	CAFile     string // the fabric CA certificate
+	// CAPin ("sha256:HEX", default fabric.ca= of the kernel command
+	// line): with no CAFile yet, the agent takes the CA from the
+	// controller's TLS handshake if it matches, and writes CAFile.
+	CAPin string
 	// Token is the one-time enrollment token (from the kernel command
 	// line's fabric.token= when empty).
 	Token    string
@@ -176,9 +182,9 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if cfg.Kernel == "" || cfg.Initrd == "" {
 		return nil, errors.New("hwnode: no instance kernel and initrd (--kernel, --initrd)")
 	}
-	ca, err := os.ReadFile(cfg.CAFile)
+	ca, err := loadCA(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("hwnode: fabric CA: %w", err)
+		return nil, err
 	}
 	if a.id, err = controllerapi.LoadIdentity(filepath.Join(cfg.StateDir, identityFile)); err != nil {
 		return nil, fmt.Errorf("hwnode: %w", err)
@@ -225,6 +231,39 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		a.dk, a.local, a.cap.AoEMAC = ds, ds, ds.MAC()
 	}
 	return a, nil
+}
+
+// loadCA reads the fabric CA from CAFile or, on a PXE-booted node's first
+// boot, fetches it from the controller against the pin and keeps it there.
+func loadCA(ctx context.Context, cfg Config) ([]byte, error) {
+	pin := cfg.CAPin
+	if pin == "" {
+		pin = controllerapi.KernelArg("fabric.ca")
+	}
+	ca, err := os.ReadFile(cfg.CAFile)
+	switch {
+	case err == nil && pin != "":
+		if got, perr := controllerapi.CAPin(ca); perr != nil || got != pin {
+			return nil, fmt.Errorf("hwnode: %s is not the CA the boot pinned (%s, %s has %s): remove it to fetch the fabric's", cfg.CAFile, pin, cfg.CAFile, got)
+		}
+		return ca, nil
+	case err == nil:
+		return ca, nil
+	case !errors.Is(err, os.ErrNotExist) || pin == "":
+		return nil, fmt.Errorf("hwnode: fabric CA: %w (copy the controller's STATE/ca/ca.crt here, or give --ca-pin)", err)
+	}
+	ca, err = controllerapi.FetchPinnedCARetrying(ctx, cfg.Controller, pin, cfg.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("hwnode: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.CAFile), 0o755); err != nil {
+		return nil, err
+	}
+	if err := atomicfile.Write(cfg.CAFile, ca, 0o644); err != nil {
+		return nil, err
+	}
+	cfg.Logger.Info("fetched the fabric CA from the controller; it matches the pin", "pin", pin, "file", cfg.CAFile)
+	return ca, nil
 }
 
 // enroll gets the node a certificate with its one-time token, unless it
@@ -313,6 +352,17 @@ func (a *Agent) renew(ctx context.Context) {
 	a.certChanged(ctx)
 }
 
+// hostUUID is the host UUID of libvirt's capabilities XML ("" if none).
+func hostUUID(caps string) string {
+	var c struct {
+		UUID string `xml:"host>uuid"`
+	}
+	if xml.Unmarshal([]byte(caps), &c) != nil {
+		return ""
+	}
+	return strings.TrimSpace(c.UUID)
+}
+
 // probe fills in the capacity, the hypervisor and the disk mode.
 func (a *Agent) probe() error {
 	_, memKiB, cpus, _, _, _, _, _, err := a.lv.NodeGetInfo()
@@ -358,6 +408,9 @@ func (a *Agent) probe() error {
 	}
 	a.cap = controllerapi.Capacity{VCPUs: vcpus, MemoryMiB: mem, Hypervisor: hv, Disk: mode, MigrationURI: a.cfg.MigrationURI,
 		Libvirt: fmt.Sprintf("%d.%d.%d", ver/1000000, ver/1000%1000, ver%1000)}
+	if caps, err := a.lv.ConnectGetCapabilities(); err == nil {
+		a.cap.HostUUID = hostUUID(caps)
+	}
 	if hv != Xen {
 		// libvirtd probes an emulator's capabilities on first use, which
 		// took about 3 s of the first migration into a fresh node: have it

@@ -72,3 +72,16 @@ func TestDomainXML(t *testing.T) {
 		t.Error("a domain without fabric metadata counted as managed")
 	}
 }
+
+func TestHostUUID(t *testing.T) {
+	caps := `<capabilities><host><uuid>5e1f0c6a-3b8e-4a55-9f41-6a1d6f7f2a10</uuid><cpu><arch>x86_64</arch></cpu></host><guest/></capabilities>`
+	if got := hostUUID(caps); got != "5e1f0c6a-3b8e-4a55-9f41-6a1d6f7f2a10" {
+		t.Errorf("hostUUID = %q", got)
+	}
+	if got := hostUUID("<capabilities><host/></capabilities>"); got != "" {
+		t.Errorf("no uuid: hostUUID = %q, want empty", got)
+	}
+	if got := hostUUID("not xml"); got != "" {
+		t.Errorf("bad XML: hostUUID = %q, want empty", got)
+	}
+}

@@ -24,6 +24,10 @@ type Backend interface {
 	// BootToken returns a new one-time enrollment token for the boot
 	// script of mac fetched from the address from, or why it may not.
 	BootToken(mac net.HardwareAddr, from netip.Addr) (string, error)
+	// BootScript is told that mac's machine fetches its boot script (it
+	// is booting); a non-empty answer is why it must wait: its script
+	// says so and asks again in 5 seconds.
+	BootScript(mac net.HardwareAddr) (hold string)
 }
 
 // DHCPStats counts what the DHCP server saw. Overflow counts requests

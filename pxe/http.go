@@ -14,7 +14,7 @@ import (
 
 // Profile is how a role boots: kernel and initrd paths inside the boot
 // directory and a kernel command line template. The template sees
-// .Name .MAC .IP .Role .RootVolume .Token .Controller.
+// .Name .MAC .IP .Role .RootVolume .Token .Controller .CAPin.
 type Profile struct {
 	Kernel  string
 	Initrd  string
@@ -25,7 +25,7 @@ type Profile struct {
 }
 
 // DefaultCmdline carries what the initramfs and the node agent need.
-const DefaultCmdline = "console=ttyS0 fabric.name={{.Name}} fabric.root={{.RootVolume}} fabric.controller={{.Controller}} fabric.token={{.Token}}"
+const DefaultCmdline = "console=ttyS0 fabric.name={{.Name}} fabric.root={{.RootVolume}} fabric.controller={{.Controller}} fabric.ca={{.CAPin}} fabric.token={{.Token}}"
 
 // HTTPBoot serves iPXE scripts at /boot/<mac>.ipxe and the boot directory
 // (kernels, initrds; Range requests supported) at /files/.
@@ -35,6 +35,7 @@ type HTTPBoot struct {
 	Profiles   map[string]Profile // by role
 	BaseURL    string             // how booting nodes reach this server, e.g. http://10.233.0.1:8080
 	Controller string             // the controller API URL given to node agents
+	CAPin      string             // the fabric CA's pin given to node agents (controllerapi.CAPin)
 	Logger     *slog.Logger
 }
 
@@ -55,6 +56,15 @@ kernel {{.Base}}/files/{{.Profile.Kernel}} initrd=initrd.img {{.Cmdline}}
 initrd --name initrd.img {{.Base}}/files/{{.Profile.Initrd}}
 boot
 {{- end}}
+`))
+
+// holdTmpl has a registered machine wait for the config node (its fresh
+// root volume being made) and ask again.
+var holdTmpl = template.Must(template.New("hold").Parse(`#!ipxe
+echo fabric: {{.Why}}
+echo fabric: asking again in 5 seconds
+sleep 5
+chain --replace {{.Base}}/boot/{{.File}}
 `))
 
 // unknownTmpl keeps an unregistered machine's console informative and
@@ -114,6 +124,12 @@ func (h *HTTPBoot) script(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write(buf.Bytes())
 		return
 	}
+	if hold := h.Backend.BootScript(mac); hold != "" {
+		data["Why"] = hold
+		_ = holdTmpl.Execute(&buf, data)
+		_, _ = w.Write(buf.Bytes())
+		return
+	}
 	cmdTmpl := prof.Cmdline
 	if cmdTmpl == "" {
 		cmdTmpl = DefaultCmdline
@@ -135,7 +151,7 @@ func (h *HTTPBoot) script(w http.ResponseWriter, r *http.Request) {
 	var cmdline bytes.Buffer
 	if err == nil {
 		err = ct.Execute(&cmdline, map[string]any{"Name": host.Name, "MAC": host.MAC.String(), "IP": host.IP.String(),
-			"Role": host.Role, "RootVolume": host.RootVolume, "Token": token, "Controller": h.Controller})
+			"Role": host.Role, "RootVolume": host.RootVolume, "Token": token, "Controller": h.Controller, "CAPin": h.CAPin})
 	}
 	if err != nil {
 		h.log().Error("http boot: command line template", "role", host.Role, "err", err)

@@ -39,6 +39,7 @@ type Config struct {
 	RA         bool
 	Profiles   map[string]Profile
 	Controller string // API URL handed to node agents
+	CAPin      string // the fabric CA's pin handed to node agents (fabric.ca=)
 	Backend    Backend
 	Logger     *slog.Logger
 }
@@ -128,7 +129,7 @@ func (s *Services) Serve(ctx context.Context) error {
 	defer s.root.Close()
 	cfg, log := s.cfg, s.cfg.Logger
 	tftp := &TFTPServer{Root: s.root, Logger: log, SinglePort: s.cfg.TFTPSinglePort}
-	hb := &HTTPBoot{Root: s.root, Backend: cfg.Backend, Profiles: cfg.Profiles, BaseURL: cfg.Network.HTTPURL, Controller: cfg.Controller, Logger: log}
+	hb := &HTTPBoot{Root: s.root, Backend: cfg.Backend, Profiles: cfg.Profiles, BaseURL: cfg.Network.HTTPURL, Controller: cfg.Controller, CAPin: cfg.CAPin, Logger: log}
 	hs := &http.Server{Handler: hb.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.DHCP.Serve(ctx) })

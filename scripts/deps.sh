@@ -9,7 +9,7 @@ PKGS=(
   vblade aoetools dnsmasq kea-admin kea-dhcp4-server tftp-hpa tftpd-hpa curl
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   fio nftables
-  systemd util-linux dpkg-dev
+  systemd util-linux dpkg-dev mmdebstrap
   zsh fish
 )
 

@@ -205,11 +205,7 @@ func (m *managed) make(ctx context.Context, s controllerapi.StorageVolumeSpec, h
 		if _, ok := have[s.Clone]; !ok {
 			return &controllerapi.StoragePending{Name: s.Name, Why: "waiting for " + s.Clone + ", which it is cloned from"}, nil
 		}
-		_, how, err := m.pool.Clone(s.Clone, s.Name, o)
-		if err == nil {
-			m.log.Info("volume cloned for the controller", "volume", s.Name, "from", s.Clone, "how", how, "addr", s.Addr)
-		}
-		return nil, err
+		return m.clone(s, o), nil
 	default:
 		_, err := m.pool.Create(s.Name, s.Size, o)
 		if err == nil {
@@ -242,6 +238,38 @@ func (m *managed) fetch(ctx context.Context, s controllerapi.StorageVolumeSpec) 
 		p.Percent = 100 * float64(f.done) / float64(f.total)
 	}
 	return p
+}
+
+// clone starts (or follows) the background copy of a clone: a copy of a
+// big image takes seconds, and the node keeps reporting meanwhile (the
+// controller would find it silent). Nil never: the volume in the pool is
+// how the next apply sees it done.
+func (m *managed) clone(s controllerapi.StorageVolumeSpec, o VolumeOptions) *controllerapi.StoragePending {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	f := m.fetches[s.Name]
+	if f != nil && f.finished {
+		delete(m.fetches, s.Name)
+		return &controllerapi.StoragePending{Name: s.Name, Why: fmt.Sprintf("cloning %s: %v (retrying)", s.Clone, f.err)}
+	}
+	if f == nil {
+		f = &fetch{}
+		m.fetches[s.Name] = f
+		go func() {
+			t0 := time.Now()
+			_, how, err := m.pool.Clone(s.Clone, s.Name, o)
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			if err != nil {
+				m.log.Warn("cloning a volume for the controller failed; retried at the next report", "volume", s.Name, "from", s.Clone, "err", err)
+				f.err, f.finished = err, true
+				return
+			}
+			m.log.Info("volume cloned for the controller", "volume", s.Name, "from", s.Clone, "how", how, "addr", s.Addr, "seconds", time.Since(t0).Seconds())
+			delete(m.fetches, s.Name)
+		}()
+	}
+	return &controllerapi.StoragePending{Name: s.Name, Why: "cloning " + s.Clone}
 }
 
 func (m *managed) run(ctx context.Context, s controllerapi.StorageVolumeSpec, f *fetch) {

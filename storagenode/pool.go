@@ -365,9 +365,11 @@ func (p *Pool) clone(src, name string, o VolumeOptions, snap bool) (Volume, stri
 	if !nameRE.MatchString(name) {
 		return Volume{}, "", fmt.Errorf("storagenode: volume name %q: %w", name, ErrInvalid)
 	}
-	var out Volume
-	var method string
-	err := p.update(func(s *poolState) error {
+	// Checked under the pool's lock, copied outside it (a copy of a big
+	// image takes seconds, and every other change of the pool would wait),
+	// checked again and added under it.
+	var from, v Volume
+	check := func(s *poolState) error {
 		i := findVol(s, src)
 		if i < 0 {
 			return fmt.Errorf("storagenode: volume %q: %w", src, ErrNotFound)
@@ -375,22 +377,36 @@ func (p *Pool) clone(src, name string, o VolumeOptions, snap bool) (Volume, stri
 		if findVol(s, name) >= 0 {
 			return fmt.Errorf("storagenode: volume %q already exists: %w", name, ErrConflict)
 		}
-		from := s.Volumes[i]
-		v := Volume{Name: name, File: filepath.Join("volumes", name+".img"), Size: from.Size,
+		from = s.Volumes[i]
+		v = Volume{Name: name, File: filepath.Join("volumes", name+".img"), Size: from.Size,
 			Origin: src, Snapshot: snap, Created: time.Now().UTC()}
-		if err := p.applyOptions(s, &v, o); err != nil {
+		return p.applyOptions(s, &v, o)
+	}
+	if err := p.update(check); err != nil {
+		return Volume{}, "", err
+	}
+	f, err := os.CreateTemp(filepath.Dir(p.Path(v)), name+".*.part")
+	if err != nil {
+		return Volume{}, "", err
+	}
+	tmp := f.Name()
+	f.Close()
+	defer os.Remove(tmp)
+	method, err := CopyFile(p.Path(from), tmp)
+	if err != nil {
+		return Volume{}, "", err
+	}
+	err = p.update(func(s *poolState) error {
+		if err := check(s); err != nil {
 			return err
 		}
-		m, err := CopyFile(p.Path(from), p.Path(v))
-		if err != nil {
+		if err := os.Rename(tmp, p.Path(v)); err != nil {
 			return err
 		}
-		method = m
 		s.Volumes = append(s.Volumes, v)
-		out = v
 		return nil
 	})
-	return out, method, err
+	return v, method, err
 }
 
 // CopyFile copies src to dst (created or truncated), by reflink if the

@@ -457,6 +457,26 @@ func nodeCommand() *cli.Command {
 				}),
 			},
 			{
+				Name:      "reimage",
+				Usage:     "give a PXE-booted hardware node a fresh clone of the root image at its next boot (its old root is kept until --confirm)",
+				ArgsUsage: "NAME",
+				Flags:     []cli.Flag{&cli.BoolFlag{Name: "confirm", Usage: "delete the roots earlier reimages kept"}},
+				Action: withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
+					st, err := cl.ReimageNode(c.Context, name, c.Bool("confirm"))
+					if err != nil {
+						return err
+					}
+					w := c.App.Writer
+					if c.Bool("confirm") {
+						fmt.Fprintf(w, "%s: earlier roots deleted; root %s\n", st.Node, st.Volume)
+						return nil
+					}
+					fmt.Fprintf(w, "%s gets a fresh clone of image %s at its next PXE boot; its root %s is kept until `fabric node reimage --confirm %s`.\n", st.Node, st.Image, st.Volume, st.Node)
+					fmt.Fprintf(w, "Reboot it to reimage it now (drain it first if it runs instances: `fabric node drain %s`).\n", st.Node)
+					return nil
+				}),
+			},
+			{
 				Name:      "unfence",
 				Usage:     "let a repaired hardware node reach its disks and take instances again",
 				ArgsUsage: "NAME",

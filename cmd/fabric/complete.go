@@ -13,7 +13,7 @@ import (
 
 // nameArgs is the kind of name each command takes first, for completion.
 var nameArgs = map[string]string{
-	"node show": "node", "node update": "node", "node drain": "node", "node undrain": "node", "node fence": "node",
+	"node show": "node", "node update": "node", "node drain": "node", "node undrain": "node", "node reimage": "node", "node fence": "node",
 	"node unfence": "node", "node token": "node", "node remove": "node", "node reset": "node",
 	"image delete":   "image",
 	"instance start": "instance", "instance stop": "instance", "instance limit": "instance", "instance migrate": "instance",

@@ -31,6 +31,7 @@ func statusCommand() *cli.Command {
 func statusTable(w io.Writer, st controllerapi.Status, now time.Time) {
 	n := st.Nodes
 	fmt.Fprintf(w, "controller:\tup %s (since %s), %d events\n", now.Sub(st.Controller.Started).Round(time.Second), st.Controller.Started.Local().Format(time.DateTime), st.Controller.Events)
+	fmt.Fprintf(w, "fabric CA:\t%s\n", st.Controller.CAPin)
 	fmt.Fprintf(w, "hardware nodes:\t%d: %d alive, %d dead, %d not reporting, %d drained, %d fenced\n", n.HWNodes, n.Alive, n.Dead, n.NotReported, n.Drained, n.Fenced)
 	fmt.Fprintf(w, "storage nodes:\t%d\n", n.Storage)
 	cp := st.Capacity

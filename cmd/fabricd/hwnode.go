@@ -20,7 +20,8 @@ func hwnodeCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "name", Required: true, Usage: "this node's registered name"},
 			&cli.StringFlag{Name: "controller", Required: true, Usage: "controller API URL (https://HOST:PORT)"},
-			&cli.StringFlag{Name: "ca", Required: true, Usage: "fabric CA certificate (the controller's STATE/ca/ca.crt)"},
+			&cli.StringFlag{Name: "ca", Required: true, Usage: "fabric CA certificate (the controller's STATE/ca/ca.crt); with --ca-pin it is fetched when missing"},
+			&cli.StringFlag{Name: "ca-pin", Usage: "sha256:HEX of the fabric CA (`fabric status` shows it): fetch the CA from the controller into --ca if it is missing; default fabric.ca= from /proc/cmdline"},
 			&cli.StringFlag{Name: "token", Usage: "one-time enrollment token (`fabric node token NAME`); default fabric.token= from /proc/cmdline"},
 			&cli.StringFlag{Name: "state-dir", Value: "/var/lib/fabric-hwnode", Usage: "where the agent keeps its credential"},
 			&cli.StringFlag{Name: "libvirt-socket", Value: "/run/libvirt/libvirt-sock", Usage: "libvirtd's unix socket"},
@@ -50,7 +51,7 @@ func hwnodeCommand() *cli.Command {
 				return err
 			}
 			cfg := hwnode.Config{
-				Node: c.String("name"), Controller: c.String("controller"), CAFile: c.String("ca"), Token: c.String("token"),
+				Node: c.String("name"), Controller: c.String("controller"), CAFile: c.String("ca"), CAPin: c.String("ca-pin"), Token: c.String("token"),
 				StateDir: c.String("state-dir"), LibvirtSocket: c.String("libvirt-socket"), Hypervisor: c.String("hypervisor"),
 				MigrationURI: c.String("migration-uri"), LibvirtPKIDir: c.String("libvirt-pki-dir"), LibvirtAdminURI: c.String("libvirt-admin-uri"), DiskMode: c.String("disk"), AoEIface: c.String("aoe-iface"),
 				NBDAddr: c.String("nbd-addr"), DiskServer: c.String("disk-server"), Kernel: c.String("kernel"), Initrd: c.String("initrd"), Bridge: c.String("bridge"),

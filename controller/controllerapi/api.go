@@ -225,6 +225,9 @@ type ControllerStatus struct {
 	Started   time.Time `json:"started"`
 	Events    uint64    `json:"events"` // sequence number of the newest event
 	BootIface string    `json:"boot_iface,omitempty"`
+	// CAPin is the fabric CA's pin (sha256:HEX), what `fabricd hwnode
+	// --ca-pin` and fabric.ca= take.
+	CAPin string `json:"ca_pin"`
 }
 
 // NodeCounts counts nodes by role and state.

@@ -395,6 +395,30 @@ func (c *Client) UndrainNode(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(name)+"/undrain", nil, nil)
 }
 
+// ReimageRequest is the body of POST /v1/nodes/{name}/reimage.
+type ReimageRequest struct {
+	// Confirm deletes the roots earlier reimages kept.
+	Confirm bool `json:"confirm,omitempty"`
+}
+
+// ReimageStatus is a hardware node's root volume and its reimages.
+type ReimageStatus struct {
+	Node    string `json:"node"`
+	Volume  string `json:"volume"` // the root volume now
+	Image   string `json:"image"`  // what a reimage clones
+	Pending bool   `json:"pending"`
+	// Kept are earlier roots, not exported, deleted by a confirm.
+	Kept []string `json:"kept,omitempty"`
+}
+
+// ReimageNode gives a hardware node a fresh clone of the root image at its
+// next PXE boot, or with confirm deletes the roots earlier reimages kept.
+func (c *Client) ReimageNode(ctx context.Context, name string, confirm bool) (ReimageStatus, error) {
+	var st ReimageStatus
+	err := c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(name)+"/reimage", ReimageRequest{Confirm: confirm}, &st)
+	return st, err
+}
+
 // FenceRequest is the body of POST /v1/nodes/{name}/fence.
 type FenceRequest struct {
 	Reason string `json:"reason"`

@@ -131,6 +131,10 @@ type Capacity struct {
 	// MigrationURI is the URI peers' libvirtd use to reach this node's.
 	MigrationURI string `json:"migration_uri"`
 	Libvirt      string `json:"libvirt"` // libvirt version
+	// HostUUID is libvirt's host UUID: nodes cloned from one image must
+	// each have their own (libvirt refuses a migration between two hosts
+	// with the same).
+	HostUUID string `json:"host_uuid,omitempty"`
 }
 
 // InstanceStatus is one instance as an agent sees it.

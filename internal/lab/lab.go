@@ -11,6 +11,7 @@
 package lab
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -96,6 +97,17 @@ type Config struct {
 	// on the lab network, with each hardware node's root volume cloned
 	// from images/hwnode-root.img, for BootDiskless.
 	Boot bool
+	// RootImageFile is the image hardware nodes' root volumes are cloned
+	// from with Boot ("" = Images/hwnode-root.img, the busybox stub;
+	// Images/hwnode-debian.img is the real hardware-node image).
+	RootImageFile string
+	// AgentTimeout is the controller's --agent-timeout ("" = 4s: the
+	// namespace nodes answer at once; PXE-booted VMs under software
+	// emulation need longer).
+	AgentTimeout string
+	// NoHosts builds no namespace hardware nodes: the fabric's hardware
+	// nodes are PXE-booted VMs (StartPXENode).
+	NoHosts bool
 	// Trace, when set, gets every fabric command the lab runs, with its
 	// output: the story the demo tells.
 	Trace io.Writer
@@ -204,10 +216,10 @@ func Up(cfg Config) (l *Lab, err error) {
 	}()
 	t0 := time.Now()
 	l.SwitchNS, l.CtlNS, l.StorageNS, l.ClientNS = cfg.Prefix+"-sw", cfg.Prefix+"-ctl", cfg.Prefix+"-st", cfg.Prefix+"-cl"
-	if cfg.Hosts == 0 {
+	if cfg.Hosts == 0 && !cfg.NoHosts {
 		cfg.Hosts = 2
 	}
-	if cfg.Hosts < 1 || cfg.Hosts > 9 || cfg.Spare < 0 || cfg.Spare >= cfg.Hosts {
+	if !cfg.NoHosts && (cfg.Hosts < 1 || cfg.Hosts > 9 || cfg.Spare < 0 || cfg.Spare >= cfg.Hosts) {
 		return l, fmt.Errorf("lab: %d hosts with %d spare: want 1 to 9 hosts, at least one not spare", cfg.Hosts, cfg.Spare)
 	}
 	all := []string{l.SwitchNS, l.CtlNS, l.StorageNS, l.ClientNS}
@@ -322,7 +334,7 @@ func Up(cfg Config) (l *Lab, err error) {
 	}
 	ctlArgs := []string{"controller", "--state-dir", l.StateDir,
 		"--api-addr", ControllerIP + ":" + APIPort, "--api-host", ControllerIP, "--boot-subnet", Subnet, "--server-ip", ControllerIP,
-		"--first-ip", "10.234.0.50", "--agent-timeout", "4s"}
+		"--first-ip", "10.234.0.50", "--agent-timeout", cmp.Or(cfg.AgentTimeout, "4s")}
 	if cfg.StoragePair {
 		ctlArgs[4] = ":" + APIPort // both networks
 		ctlArgs = append(ctlArgs, "--api-host", MgmtControllerIP)
@@ -395,9 +407,15 @@ func Up(cfg Config) (l *Lab, err error) {
 	}
 	l.logf("controller and %d storage nodes (%.1fs)", len(stores), time.Since(t0).Seconds())
 	if cfg.Boot {
-		if _, err := l.Fabric("image", "import", "hwnode-root", filepath.Join(l.Images, "hwnode-root.img")); err != nil {
+		img := cfg.RootImageFile
+		if img == "" {
+			img = filepath.Join(l.Images, "hwnode-root.img")
+		}
+		t1 := time.Now()
+		if _, err := l.Fabric("image", "import", "hwnode-root", img); err != nil {
 			return l, err
 		}
+		l.logf("root image %s imported (%.1fs)", filepath.Base(img), time.Since(t1).Seconds())
 	}
 	members := l.Hosts[:len(l.Hosts)-cfg.Spare]
 	for i, h := range members {
@@ -740,10 +758,15 @@ func (l *Lab) start(name, ns, bin string, args ...string) error {
 
 // Fabric runs the fabric CLI in the client namespace against the lab's
 // controller.
-func (l *Lab) Fabric(args ...string) (string, error) {
+func (l *Lab) Fabric(args ...string) (string, error) { return l.fabric(true, args...) }
+
+// FabricQuiet is Fabric without the trace: for polling.
+func (l *Lab) FabricQuiet(args ...string) (string, error) { return l.fabric(false, args...) }
+
+func (l *Lab) fabric(trace bool, args ...string) (string, error) {
 	cmd := exec.Command("ip", append([]string{"netns", "exec", l.ClientNS, filepath.Join(l.Bin, "fabric"), "--config", l.ClientConfig()}, args...)...)
 	out, err := cmd.CombinedOutput()
-	if l.trace != nil {
+	if trace && l.trace != nil {
 		fmt.Fprintf(l.trace, "$ fabric %s\n%s", strings.Join(args, " "), indent(string(out)))
 	}
 	if err != nil {
@@ -779,6 +802,37 @@ func (l *Lab) BootDiskless(name, mac string, timeout time.Duration, opts ...VMOp
 	}
 	defer func() { _, _ = In(l.SwitchNS, "ip", "link", "del", tap) }()
 	return BootVM(l.SwitchNS, tap, mac, "FABRIC-ROOT-OK", timeout, opts...)
+}
+
+// StartPXENode powers on a diskless VM with two NICs on the lab switch:
+// eth0 (mac, the registered MAC) boots from the controller and carries
+// AoE, eth1 (guestMAC) is the guest uplink. The VM and its taps are removed
+// by the returned stop.
+func (l *Lab) StartPXENode(name, mac, guestMAC string, opts ...VMOption) (*VM, func(), error) {
+	taps := []string{"tap-" + name, "tpg-" + name}
+	del := func() {
+		for _, t := range taps {
+			_, _ = In(l.SwitchNS, "ip", "link", "del", t)
+		}
+	}
+	for _, tap := range taps {
+		for _, c := range [][]string{
+			{"tuntap", "add", "dev", tap, "mode", "tap"},
+			{"link", "set", tap, "mtu", "9000"},
+			{"link", "set", tap, "master", "sw0", "up"},
+		} {
+			if _, err := In(l.SwitchNS, "ip", c...); err != nil {
+				del()
+				return nil, nil, err
+			}
+		}
+	}
+	v, err := StartVM(l.SwitchNS, taps[0], mac, append([]VMOption{SecondNIC(taps[1], guestMAC), ConsoleLog(filepath.Join(l.Dir, "console-"+name+".log"))}, opts...)...)
+	if err != nil {
+		del()
+		return nil, nil, err
+	}
+	return v, func() { v.Stop(); del() }, nil
 }
 
 // ClientConfig is the path of the controller's client.json.

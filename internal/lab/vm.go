@@ -3,7 +3,9 @@ package lab
 import (
 	"bufio"
 	"fmt"
+	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -36,7 +38,27 @@ const (
 // VMOption changes how BootVM starts the VM.
 type VMOption func(*vmConfig)
 
-type vmConfig struct{ uefiVars string }
+type vmConfig struct {
+	uefiVars        string
+	memMiB, cpus    int
+	guestTap, guest string // second NIC: tap and MAC
+	console         string // file that gets every console line
+}
+
+// ConsoleLog writes the VM's console to path as well.
+func ConsoleLog(path string) VMOption { return func(c *vmConfig) { c.console = path } }
+
+// Memory sets the VM's memory in MiB (default 384).
+func Memory(mib int) VMOption { return func(c *vmConfig) { c.memMiB = mib } }
+
+// CPUs sets the VM's vCPUs (default 1).
+func CPUs(n int) VMOption { return func(c *vmConfig) { c.cpus = n } }
+
+// SecondNIC gives the VM a second virtio NIC on tap with mac (eth1: a
+// hardware node's guest uplink).
+func SecondNIC(tap, mac string) VMOption {
+	return func(c *vmConfig) { c.guestTap, c.guest = tap, mac }
+}
 
 // UEFI boots the VM with OVMF and the firmware's own network stack and
 // PXE client (EDK2), not an iPXE option ROM: the firmware -> iPXE chain
@@ -64,13 +86,22 @@ func StartVM(ns, tap, mac string, opts ...VMOption) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	mem := "384"
+	mem, cpus := 384, 1
 	if vc.uefiVars != "" {
-		mem = "512" // OVMF wants more
+		mem = 512 // OVMF wants more
+	}
+	if vc.memMiB > 0 {
+		mem = vc.memMiB
+	}
+	if vc.cpus > 0 {
+		cpus = vc.cpus
 	}
 	args := []string{"netns", "exec", ns, qemu,
-		"-accel", "tcg", "-m", mem, "-smp", "1", "-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot",
+		"-accel", "tcg", "-m", strconv.Itoa(mem), "-smp", strconv.Itoa(cpus), "-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot",
 		"-netdev", "tap,id=n0,ifname=" + tap + ",script=no,downscript=no"}
+	if cpus > 1 {
+		args = append(args, "-cpu", "max")
+	}
 	if vc.uefiVars != "" {
 		args = append(args,
 			"-drive", "if=pflash,format=raw,readonly=on,file="+OVMFCode,
@@ -79,6 +110,11 @@ func StartVM(ns, tap, mac string, opts ...VMOption) (*VM, error) {
 			"-device", "virtio-net-pci,netdev=n0,romfile=,bootindex=1,mac="+mac)
 	} else {
 		args = append(args, "-boot", "n", "-device", "virtio-net-pci,netdev=n0,mac="+mac)
+	}
+	if vc.guestTap != "" {
+		// No option ROM: the boot NIC's iPXE alone answers -boot n.
+		args = append(args, "-netdev", "tap,id=n1,ifname="+vc.guestTap+",script=no,downscript=no",
+			"-device", "virtio-net-pci,netdev=n1,romfile=,mac="+vc.guest)
 	}
 	cmd := exec.Command("ip", args...)
 	out, err := cmd.StdoutPipe()
@@ -90,11 +126,21 @@ func StartVM(ns, tap, mac string, opts ...VMOption) (*VM, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
+	var logf *os.File
+	if vc.console != "" {
+		logf, _ = os.Create(vc.console)
+	}
 	go func() {
 		defer close(v.lines)
+		if logf != nil {
+			defer logf.Close()
+		}
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			line := strings.TrimRight(sc.Text(), "\r")
+			if logf != nil {
+				fmt.Fprintln(logf, line)
+			}
 			v.mu.Lock()
 			v.serial = append(v.serial, line)
 			v.mu.Unlock()
