@@ -130,6 +130,7 @@ func (c *Config) defaults() {
 
 // Agent is a running hardware node agent.
 type Agent struct {
+	uri libvirt.ConnectURI // qemu:///system or xen:///system
 	cfg Config
 	log *slog.Logger
 	api *controllerapi.Client
@@ -195,8 +196,20 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	// libvirtd first: a node that cannot run guests must not spend its
 	// one-time token.
 	a.lv = libvirt.NewWithDialer(dialers.NewLocal(dialers.WithSocket(cfg.LibvirtSocket), dialers.WithLocalTimeout(5*time.Second)))
-	if err := a.lv.ConnectToURI(libvirt.QEMUSystem); err != nil {
-		return nil, fmt.Errorf("hwnode: libvirtd at %s: %w", cfg.LibvirtSocket, err)
+	// libvirt's Xen driver for a Xen dom0, its QEMU driver otherwise;
+	// "auto" takes whichever the daemon has.
+	a.uri = libvirt.QEMUSystem
+	if cfg.Hypervisor == Xen {
+		a.uri = libvirt.XenSystem
+	}
+	err = a.lv.ConnectToURI(a.uri)
+	if err != nil && (cfg.Hypervisor == "" || cfg.Hypervisor == "auto") {
+		if xerr := a.lv.ConnectToURI(libvirt.XenSystem); xerr == nil {
+			a.uri, err = libvirt.XenSystem, nil
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("hwnode: libvirtd at %s (%s): %w", cfg.LibvirtSocket, a.uri, err)
 	}
 	if err := a.probe(); err != nil {
 		a.lv.Disconnect()
@@ -533,7 +546,7 @@ func (a *Agent) reconnect() {
 	if a.lv.IsConnected() {
 		return
 	}
-	if err := a.lv.ConnectToURI(libvirt.QEMUSystem); err != nil {
+	if err := a.lv.ConnectToURI(a.uri); err != nil {
 		a.mu.Lock()
 		if a.lvErr == "" {
 			a.log.Warn("libvirtd does not answer", "socket", a.cfg.LibvirtSocket, "err", err)

@@ -77,6 +77,14 @@ func (a *Agent) writeLibvirtPKI(ctx context.Context) error {
 	return nil
 }
 
+// peerURI is the driver URI of a peer's libvirtd: the same as this node's.
+func (a *Agent) peerURI() libvirt.ConnectURI {
+	if a.uri == "" {
+		return libvirt.QEMUSystem
+	}
+	return a.uri
+}
+
 // isTLS reports whether a libvirt URI uses TLS (qemu+tls://, xen+tls://,
 // or the default transport of a remote URI, which is TLS).
 func isTLS(u *url.URL) bool {
@@ -101,7 +109,7 @@ func (a *Agent) dialLibvirt(uri string) (*libvirt.Libvirt, error) {
 			port = "16509"
 		}
 		l := libvirt.NewWithDialer(dialers.NewRemote(u.Hostname(), dialers.UsePort(port), dialers.WithRemoteTimeout(5*time.Second)))
-		return l, l.ConnectToURI(libvirt.QEMUSystem)
+		return l, l.ConnectToURI(a.peerURI())
 	}
 	port := u.Port()
 	if port == "" {
@@ -133,7 +141,7 @@ func (a *Agent) dialLibvirt(uri string) (*libvirt.Libvirt, error) {
 	}
 	_ = conn.SetReadDeadline(time.Time{})
 	l := libvirt.NewWithDialer(dialers.NewAlreadyConnected(conn))
-	if err := l.ConnectToURI(libvirt.QEMUSystem); err != nil {
+	if err := l.ConnectToURI(a.peerURI()); err != nil {
 		conn.Close()
 		return nil, err
 	}

@@ -22,6 +22,10 @@ type Profile struct {
 	// SANBoot boots the node's root volume through its own boot loader
 	// (iPXE "sanboot aoe:e<shelf>.<slot>") instead of Kernel and Initrd.
 	SANBoot bool
+	// Hypervisor, if set, is a multiboot hypervisor (Xen's xen.gz) in the
+	// boot directory that iPXE loads with HypervisorArgs; Kernel (with
+	// the command line) and Initrd become its modules: a Xen dom0.
+	Hypervisor, HypervisorArgs string
 }
 
 // DefaultCmdline carries what the initramfs and the node agent need.
@@ -51,6 +55,11 @@ var scriptTmpl = template.Must(template.New("ipxe").Parse(`#!ipxe
 echo fabric: booting {{.Host.Name}} ({{.Host.MAC}}) as {{.Host.Role}}, root {{.Host.RootVolume}}
 {{if .Profile.SANBoot -}}
 sanboot aoe:{{.Host.RootVolume}}
+{{- else if .Profile.Hypervisor -}}
+kernel {{.Base}}/files/{{.Profile.Hypervisor}} {{.Profile.HypervisorArgs}}
+module {{.Base}}/files/{{.Profile.Kernel}} {{.Cmdline}}
+module {{.Base}}/files/{{.Profile.Initrd}}
+boot
 {{- else -}}
 kernel {{.Base}}/files/{{.Profile.Kernel}} initrd=initrd.img {{.Cmdline}}
 initrd --name initrd.img {{.Base}}/files/{{.Profile.Initrd}}

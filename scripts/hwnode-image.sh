@@ -11,19 +11,33 @@
 # keyed on the package list: a rebuild with the same packages only lays the
 # fabric's files over it (the fabricd package, built from this checkout).
 # Needs scripts/images.sh's output in OUT (the kernel and the instance).
+# The Xen flavour (FLAVOUR=xen, `make images-xen`) is the same root with the
+# Xen hypervisor, its tools and libvirt's Xen driver, as
+# OUT/hwnode-debian-xen.img, and the hypervisor as OUT/boot/hwnode/xen.gz
+# (fabricd controller --hwnode-hypervisor hwnode/xen.gz boots it as a dom0
+# through iPXE multiboot).
 # usage: scripts/hwnode-image.sh [OUT]   (default work/images)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=$PWD/images/hwnode-debian
 OUT=$(realpath -m "${1:-work/images}")
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+FLAVOUR=${FLAVOUR:-}
 PKGS=systemd-sysv,udev,kmod,iproute2,iputils-ping,procps,less,libvirt-daemon-system,libvirt-daemon-driver-qemu,qemu-system-x86,openssh-server,dbus
+NAME=hwnode-debian
+case "$FLAVOUR" in
+  "") ;;
+  xen) PKGS=$PKGS,xen-hypervisor-4.17-amd64,xen-utils-4.17,libvirt-daemon-driver-xen; NAME=hwnode-debian-xen ;;
+  *) echo "hwnode-image: FLAVOUR=$FLAVOUR: want xen or nothing" >&2; exit 2 ;;
+esac
+IMG=$OUT/$NAME.img
+STAMP=$OUT/.$NAME-stamp
 # What a hardware node needs of the kernel's modules (the rest, sound,
 # graphics and so on, stays out of the image).
 MODDIRS="arch crypto fs lib net virt drivers/crypto drivers/block drivers/char drivers/net drivers/vhost drivers/virtio drivers/md drivers/scsi drivers/watchdog drivers/acpi drivers/cpufreq"
 
 want="$(cat scripts/hwnode-image.sh "$SRC"/* scripts/deb.sh scripts/deb/* | sha256sum | cut -c1-12)-$(git describe --always --dirty 2>/dev/null || echo dev)"
-[ "$(cat "$OUT/.hwnode-stamp" 2>/dev/null)" = "$want" ] && [ -f "$OUT/hwnode-debian.img" ] && exit 0
+[ "$(cat "$STAMP" 2>/dev/null)" = "$want" ] && [ -f "$IMG" ] && exit 0
 
 t0=$(date +%s)
 KDIR=$(ls -d "$OUT"/cache/linux-*/lib/modules/* 2>/dev/null | head -n1)
@@ -31,10 +45,10 @@ KDIR=$(ls -d "$OUT"/cache/linux-*/lib/modules/* 2>/dev/null | head -n1)
 KVER=$(basename "$KDIR")
 command -v mmdebstrap >/dev/null || { echo "hwnode-image: mmdebstrap missing (scripts/deps.sh installs it)" >&2; exit 1; }
 
-base="$OUT/cache/hwnode-base-$(echo "bookworm $PKGS v1" | sha256sum | cut -c1-12).tar"
+base="$OUT/cache/$NAME-base-$(echo "bookworm $PKGS v1" | sha256sum | cut -c1-12).tar"
 if [ ! -f "$base" ]; then
   echo "hwnode-image: mmdebstrap bookworm ($PKGS)"
-  rm -f "$OUT"/cache/hwnode-base-*.tar
+  rm -f "$OUT"/cache/$NAME-base-*.tar
   # No documentation, manuals or translations: a node is driven by fabric.
   mmdebstrap --quiet --variant=apt --mode=root --format=tar \
     --aptopt='APT::Install-Recommends "false"' \
@@ -73,6 +87,8 @@ install -D -m 0644 "$OUT/instance/initrd.img" "$R/usr/share/fabric/instance/init
 # The fabric's files: first-boot setup, network, libvirtd, units.
 install -D -m 0755 "$SRC/hwnode-setup" "$R/usr/lib/fabric/hwnode-setup"
 install -D -m 0644 "$SRC/fabric-hwnode-setup.service" "$R/etc/systemd/system/fabric-hwnode-setup.service"
+install -D -m 0644 "$SRC/fabric-libvirt-tls.path" "$R/etc/systemd/system/fabric-libvirt-tls.path"
+install -D -m 0644 "$SRC/fabric-libvirt-tls.service" "$R/etc/systemd/system/fabric-libvirt-tls.service"
 install -D -m 0644 "$SRC/fabricd-hwnode-pxe.conf" "$R/etc/systemd/system/fabricd-hwnode.service.d/pxe.conf"
 install -D -m 0644 "$SRC/10-boot.network" "$R/etc/systemd/network/10-boot.network"
 install -D -m 0644 "$SRC/20-br0.netdev" "$R/etc/systemd/network/20-br0.netdev"
@@ -87,7 +103,7 @@ cat "$SRC/qemu.conf" >> "$R/etc/libvirt/qemu.conf"
 # node has it (its root is on AoE), and guests' disks are /dev/etherd/*.
 ln -sf /dev/null "$R/etc/systemd/system/fabricd-hwnode-disks.service"
 chroot "$R" systemctl -q enable systemd-networkd.service fabric-hwnode-setup.service fabricd-hwnode.service \
-  libvirtd.service libvirtd-tcp.socket serial-getty@ttyS0.service ssh.service
+  libvirtd.service fabric-libvirt-tls.path serial-getty@ttyS0.service ssh.service
 # Nothing on the node waits for a network that is already up, or asks the
 # console for a locale or a password at first boot.
 chroot "$R" systemctl -q mask systemd-firstboot.service systemd-networkd-wait-online.service apt-daily.timer apt-daily-upgrade.timer \
@@ -104,11 +120,16 @@ echo "fabric hardware node image $want" > "$R/etc/fabric/image-release"
 # Root on the AoE volume, mounted by the initramfs.
 echo "/dev/root / ext4 rw,noatime 0 1" > "$R/etc/fstab"
 
-rm -f "$OUT/hwnode-debian.img.part"
-truncate -s 1536M "$OUT/hwnode-debian.img.part"
-mke2fs -q -t ext4 -L fabricroot -d "$R" "$OUT/hwnode-debian.img.part"
-mv "$OUT/hwnode-debian.img.part" "$OUT/hwnode-debian.img"
-echo "$want" > "$OUT/.hwnode-stamp"
+if [ "$FLAVOUR" = xen ]; then
+  # The hypervisor iPXE loads (multiboot), beside the dom0 kernel.
+  xen=$(ls "$R"/boot/xen-*.gz | sort -V | tail -n1)
+  install -D -m 0644 "$xen" "$OUT/boot/hwnode/xen.gz"
+fi
+rm -f "$IMG.part"
+truncate -s 1536M "$IMG.part"
+mke2fs -q -t ext4 -L fabricroot -d "$R" "$IMG.part"
+mv "$IMG.part" "$IMG"
+echo "$want" > "$STAMP"
 t1=$(date +%s)
-used=$(du -m "$OUT/hwnode-debian.img" | cut -f1)
-echo "hwnode-image: $OUT/hwnode-debian.img ($used MiB used of 1536; debian base $((tb - t0)) s, fabric layer $((t1 - tb)) s, total $((t1 - t0)) s)"
+used=$(du -m "$IMG" | cut -f1)
+echo "hwnode-image: $IMG ($used MiB used of 1536; debian base $((tb - t0)) s, fabric layer $((t1 - tb)) s, total $((t1 - t0)) s)"

@@ -108,6 +108,8 @@ func controllerCommand() *cli.Command {
 			&cli.BoolFlag{Name: "ra", Value: true, Usage: "send IPv6 router advertisements without M/O flags (spares iPXE a 16 s wait)"},
 			&cli.StringFlag{Name: "hwnode-kernel", Value: "hwnode/vmlinuz", Usage: "hardware node kernel, relative to --boot-dir"},
 			&cli.StringFlag{Name: "hwnode-initrd", Value: "hwnode/initrd.img", Usage: "hardware node initrd, relative to --boot-dir"},
+			&cli.StringFlag{Name: "hwnode-hypervisor", Usage: "multiboot hypervisor relative to --boot-dir (Xen: hwnode/xen.gz from `make images-xen`); the kernel and initrd become its dom0 modules"},
+			&cli.StringFlag{Name: "hwnode-hypervisor-args", Value: "dom0_mem=1024M,max:1024M console=com1,vga com1=115200,8n1", Usage: "the hypervisor's command line (with --hwnode-hypervisor)"},
 			&cli.BoolFlag{Name: "hwnode-sanboot", Usage: "boot hardware nodes from their root volume's own boot loader (iPXE sanboot aoe:) instead of --hwnode-kernel/--hwnode-initrd"},
 			&cli.StringFlag{Name: "hwnode-cmdline", Value: pxe.DefaultCmdline, Usage: "hardware node kernel command line (Go template: .Name .MAC .IP .Role .RootVolume .Token .Controller)"},
 			&cli.BoolFlag{Name: "ha", Value: true, Usage: "fence a hardware node that its agent, the storage nodes and ping all find dead, and restart its instances elsewhere (needs storage nodes reporting: fabricd storage --controller)"},
@@ -167,7 +169,8 @@ func controllerCommand() *cli.Command {
 				HTTPPort: c.Int("http-port"), TFTPPort: c.Int("tftp-port"), DHCPPort: c.Int("dhcp-port"), TFTPSinglePort: c.Bool("tftp-single-port"),
 				Network: pxe.Network{LeaseTime: c.Duration("lease-time")},
 				Profiles: map[string]pxe.Profile{"hwnode": {
-					Kernel: c.String("hwnode-kernel"), Initrd: c.String("hwnode-initrd"), Cmdline: c.String("hwnode-cmdline"), SANBoot: c.Bool("hwnode-sanboot")}},
+					Kernel: c.String("hwnode-kernel"), Initrd: c.String("hwnode-initrd"), Cmdline: c.String("hwnode-cmdline"), SANBoot: c.Bool("hwnode-sanboot"),
+					Hypervisor: c.String("hwnode-hypervisor"), HypervisorArgs: c.String("hwnode-hypervisor-args")}},
 			}
 			if cfg.Boot.Iface != "" && !cfg.ServerIP.IsValid() {
 				return fmt.Errorf("--boot-iface needs --server-ip, this node's address on the boot network")

@@ -88,9 +88,11 @@ func nodeStatus(l *Lab, name string) (controllerapi.Node, bool) {
 // token and reports its capacity. The clones have their own machine-id,
 // SSH host keys and libvirt host UUID. An instance placed on the first
 // runs (a guest inside the VM: software emulation twice over) and answers
-// ping from the client. The second is rebooted (its root keeps what it
-// wrote), reimaged (`fabric node reimage`) and rebooted: a fresh root, a
-// new identity, enrolled again; the old root is kept until confirmed.
+// ping from the client, then live-migrates to the second over libvirt TLS
+// with the nodes' fabric certificates. The first is rebooted (its root
+// keeps what it wrote), reimaged (`fabric node reimage`) and rebooted: a
+// fresh root, a new identity, enrolled again; the old root is kept until
+// confirmed.
 func TestPXEHardwareNode(t *testing.T) {
 	images := skipUnlessLab(t)
 	img := filepath.Join(images, "hwnode-debian.img")
@@ -191,57 +193,75 @@ func TestPXEHardwareNode(t *testing.T) {
 	t.Logf("instance web on %s answers ping from the client %.1f s after create, %.1f s after %s's power-on",
 		pxe1.name, time.Since(t0).Seconds(), pxe1.vm.Since().Seconds(), pxe1.name)
 
-	// pxe2: power off and on: the same root (its boot log on the root
-	// has 2 boots) and identity.
+	// Live migration to pxe2: libvirtd to libvirtd over TLS with the
+	// nodes' fabric certificates (qemu+tls://), under ping.
 	pxe2 := nodes[1]
+	t2 := time.Now()
+	if out, err := l.Fabric("instance", "migrate", "web", "--to", pxe2.name); err != nil {
+		t.Fatalf("migrating web to %s: %v\n%s", pxe2.name, err, out)
+	}
+	fabricJSON(t, l, &in, "instance", "show", "web", "-o", "json")
+	if in.Node != pxe2.name {
+		t.Fatalf("web is on %s after the migration, want %s", in.Node, pxe2.name)
+	}
+	if err := waitFor(2*time.Minute, func() bool {
+		_, err := In(l.ClientNS, "ping", "-c1", "-W1", ip)
+		return err == nil
+	}); err != nil {
+		t.Fatalf("web does not answer ping on %s after the migration: %v", pxe2.name, err)
+	}
+	t.Logf("web live-migrated %s -> %s over libvirt TLS in %.1f s and answers ping there", pxe1.name, pxe2.name, time.Since(t2).Seconds())
+
+	// pxe1, now without instances: power off and on: the same root (its
+	// boot log on the root has 2 boots) and identity.
 	reboot := func(want int) identity {
 		t.Helper()
-		pxe2.off()
-		pxe2.power(t, l)
-		id, err := pxe2.setup(8 * time.Minute)
+		pxe1.off()
+		pxe1.power(t, l)
+		id, err := pxe1.setup(8 * time.Minute)
 		if err != nil {
-			t.Fatalf("%s after the reboot: no setup line: %v", pxe2.name, err)
+			t.Fatalf("%s after the reboot: no setup line: %v", pxe1.name, err)
 		}
 		if id.boot != want {
-			t.Errorf("%s: boot %d of its root volume, want %d", pxe2.name, id.boot, want)
+			t.Errorf("%s: boot %d of its root volume, want %d", pxe1.name, id.boot, want)
 		}
 		return id
 	}
 	again := reboot(2)
-	if again.machineID != ids[1].machineID || again.sshFP != ids[1].sshFP {
-		t.Errorf("%s changed identity across a reboot: machine-id %s -> %s, ssh %s -> %s", pxe2.name, ids[1].machineID, again.machineID, ids[1].sshFP, again.sshFP)
+	if again.machineID != ids[0].machineID || again.sshFP != ids[0].sshFP {
+		t.Errorf("%s changed identity across a reboot: machine-id %s -> %s, ssh %s -> %s", pxe1.name, ids[0].machineID, again.machineID, ids[0].sshFP, again.sshFP)
 	}
 	// Reimage: the next boot gets a fresh clone of the image.
-	out, err := l.Fabric("node", "reimage", pxe2.name)
+	out, err := l.Fabric("node", "reimage", pxe1.name)
 	if err != nil || !strings.Contains(out, "next PXE boot") {
-		t.Fatalf("fabric node reimage %s: %v\n%s", pxe2.name, err, out)
+		t.Fatalf("fabric node reimage %s: %v\n%s", pxe1.name, err, out)
 	}
-	if out, err := l.Fabric("node", "reimage", "--confirm", pxe2.name); err == nil || !strings.Contains(out, "not booted since") {
+	if out, err := l.Fabric("node", "reimage", "--confirm", pxe1.name); err == nil || !strings.Contains(out, "not booted since") {
 		t.Errorf("confirming before the node booted: %v %s; want it refused", err, out)
 	}
 	t1 := time.Now()
 	fresh := reboot(1)
-	if fresh.machineID == ids[1].machineID || fresh.sshFP == ids[1].sshFP {
-		t.Errorf("%s kept its identity across a reimage: machine-id %s, ssh %s", pxe2.name, fresh.machineID, fresh.sshFP)
+	if fresh.machineID == ids[0].machineID || fresh.sshFP == ids[0].sshFP {
+		t.Errorf("%s kept its identity across a reimage: machine-id %s, ssh %s", pxe1.name, fresh.machineID, fresh.sshFP)
 	}
 	if err := waitFor(4*time.Minute, func() bool {
-		n, alive := nodeStatus(l, pxe2.name)
+		n, alive := nodeStatus(l, pxe1.name)
 		return alive && n.Status.LastSeen.After(t1)
 	}); err != nil {
-		t.Fatalf("%s did not enroll again after the reimage: %v", pxe2.name, err)
+		t.Fatalf("%s did not enroll again after the reimage: %v", pxe1.name, err)
 	}
-	t.Logf("%s reimaged: power-on to setup of the fresh root %.1f s, enrolled again %.1f s after the reimage's boot", pxe2.name, pxe2.vm.Since().Seconds(), time.Since(t1).Seconds())
+	t.Logf("%s reimaged: boot %d of a fresh root, machine-id %s; enrolled again %.1f s after power-on", pxe1.name, fresh.boot, fresh.machineID, pxe1.vm.Since().Seconds())
 	vols, err := l.Fabric("volume", "list")
-	if err != nil || strings.Count(vols, "root-"+pxe2.name) != 2 {
-		t.Errorf("want the fresh root and the kept old root of %s in the volume list:\n%s", pxe2.name, vols)
+	if err != nil || strings.Count(vols, "root-"+pxe1.name) != 2 {
+		t.Errorf("want the fresh root and the kept old root of %s in the volume list:\n%s", pxe1.name, vols)
 	}
-	if out, err := l.Fabric("node", "reimage", "--confirm", pxe2.name); err != nil {
-		t.Fatalf("fabric node reimage --confirm %s: %v\n%s", pxe2.name, err, out)
+	if out, err := l.Fabric("node", "reimage", "--confirm", pxe1.name); err != nil {
+		t.Fatalf("fabric node reimage --confirm %s: %v\n%s", pxe1.name, err, out)
 	}
 	if err := waitFor(30*time.Second, func() bool {
 		vols, err = l.Fabric("volume", "list")
-		return err == nil && strings.Count(vols, "root-"+pxe2.name) == 1
+		return err == nil && strings.Count(vols, "root-"+pxe1.name) == 1
 	}); err != nil {
-		t.Errorf("the old root of %s is still listed after --confirm:\n%s", pxe2.name, vols)
+		t.Errorf("the old root of %s is still listed after --confirm:\n%s", pxe1.name, vols)
 	}
 }
