@@ -86,9 +86,11 @@ install -D -m 0644 "$OUT/instance/initrd.img" "$R/usr/share/fabric/instance/init
 
 # The fabric's files: first-boot setup, network, libvirtd, units.
 install -D -m 0755 "$SRC/hwnode-setup" "$R/usr/lib/fabric/hwnode-setup"
+install -D -m 0755 "$SRC/libvirt-tls" "$R/usr/lib/fabric/libvirt-tls"
 install -D -m 0644 "$SRC/fabric-hwnode-setup.service" "$R/etc/systemd/system/fabric-hwnode-setup.service"
 install -D -m 0644 "$SRC/fabric-libvirt-tls.path" "$R/etc/systemd/system/fabric-libvirt-tls.path"
 install -D -m 0644 "$SRC/fabric-libvirt-tls.service" "$R/etc/systemd/system/fabric-libvirt-tls.service"
+install -D -m 0644 "$SRC/libvirtd-fabric.conf" "$R/etc/systemd/system/libvirtd.service.d/fabric.conf"
 install -D -m 0644 "$SRC/fabricd-hwnode-pxe.conf" "$R/etc/systemd/system/fabricd-hwnode.service.d/pxe.conf"
 install -D -m 0644 "$SRC/10-boot.network" "$R/etc/systemd/network/10-boot.network"
 install -D -m 0644 "$SRC/20-br0.netdev" "$R/etc/systemd/network/20-br0.netdev"
@@ -106,6 +108,7 @@ chroot "$R" systemctl -q enable systemd-networkd.service fabric-hwnode-setup.ser
   libvirtd.service fabric-libvirt-tls.path serial-getty@ttyS0.service ssh.service
 # Nothing on the node waits for a network that is already up, or asks the
 # console for a locale or a password at first boot.
+chroot "$R" systemctl -q mask libvirtd.socket libvirtd-ro.socket libvirtd-admin.socket libvirtd-tcp.socket libvirtd-tls.socket
 chroot "$R" systemctl -q mask systemd-firstboot.service systemd-networkd-wait-online.service apt-daily.timer apt-daily-upgrade.timer \
   e2scrub_all.timer fstrim.timer 2>/dev/null || true
 
@@ -117,6 +120,9 @@ chroot "$R" systemctl -q mask systemd-firstboot.service systemd-networkd-wait-on
 rm -f "$R/var/lib/dbus/machine-id" "$R"/etc/ssh/ssh_host_*
 echo "localhost" > "$R/etc/hostname"
 echo "fabric hardware node image $want" > "$R/etc/fabric/image-release"
+# The journal on the root volume: it outlives a reboot and can be read from
+# the volume when a node does not come up.
+mkdir -p "$R/var/log/journal"
 # Root on the AoE volume, mounted by the initramfs.
 echo "/dev/root / ext4 rw,noatime 0 1" > "$R/etc/fstab"
 

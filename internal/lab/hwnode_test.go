@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -117,6 +118,17 @@ func TestPXEHardwareNode(t *testing.T) {
 				t.Logf("%s console (tail):\n%s", p.name, p.tail(60))
 			}
 			p.off()
+		}
+		// FABRIC_KEEP_DIR=DIR keeps the nodes' journals of a failed run
+		// (journalctl -D DIR/NODE).
+		if keep := os.Getenv("FABRIC_KEEP_DIR"); keep != "" && t.Failed() {
+			vols, _ := filepath.Glob(filepath.Join(l.DataDir, "volumes", "root-*.img"))
+			for _, v := range vols {
+				dst := filepath.Join(keep, strings.TrimSuffix(filepath.Base(v), ".img"))
+				_ = os.MkdirAll(dst, 0o755)
+				out, err := exec.Command("debugfs", "-R", "rdump /var/log/journal "+dst, v).CombinedOutput()
+				t.Logf("journal of %s kept in %s (%v %s)", filepath.Base(v), dst, err, strings.TrimSpace(string(out)))
+			}
 		}
 	})
 

@@ -23,6 +23,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/fabric-project/fabric/pxe"
 )
 
 // Addresses of the lab network.
@@ -343,7 +345,12 @@ func Up(cfg Config) (l *Lab, err error) {
 		ctlArgs = append(ctlArgs, "--cert-ttl", cfg.CertTTL)
 	}
 	if cfg.Boot {
-		ctlArgs = append(ctlArgs, "--boot-iface", "eth0", "--boot-dir", filepath.Join(l.Images, "boot"), "--hwnode-root-image", "hwnode-root")
+		// The VMs run under software emulation with QEMU's fastest CPU
+		// model, which offers SVM: the nodes must not load KVM (a KVM
+		// nested in emulated SVM is not what a real node runs), and
+		// their libvirtd emulates guests.
+		ctlArgs = append(ctlArgs, "--boot-iface", "eth0", "--boot-dir", filepath.Join(l.Images, "boot"), "--hwnode-root-image", "hwnode-root",
+			"--hwnode-cmdline", pxe.DefaultCmdline+" modprobe.blacklist=kvm_amd,kvm_intel")
 	}
 	if err := l.start("controller", l.CtlNS, filepath.Join(l.Bin, "fabricd"), ctlArgs...); err != nil {
 		return l, err
