@@ -23,7 +23,7 @@ SRC=$PWD/images/hwnode-debian
 OUT=$(realpath -m "${1:-work/images}")
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 FLAVOUR=${FLAVOUR:-}
-PKGS=systemd-sysv,udev,kmod,iproute2,iputils-ping,procps,less,libvirt-daemon-system,libvirt-daemon-driver-qemu,qemu-system-x86,openssh-server,dbus
+PKGS=systemd-sysv,udev,kmod,iproute2,iputils-ping,procps,less,openssl,libvirt-daemon-system,libvirt-daemon-driver-qemu,qemu-system-x86,openssh-server,dbus
 NAME=hwnode-debian
 case "$FLAVOUR" in
   "") ;;
@@ -86,10 +86,7 @@ install -D -m 0644 "$OUT/instance/initrd.img" "$R/usr/share/fabric/instance/init
 
 # The fabric's files: first-boot setup, network, libvirtd, units.
 install -D -m 0755 "$SRC/hwnode-setup" "$R/usr/lib/fabric/hwnode-setup"
-install -D -m 0755 "$SRC/libvirt-tls" "$R/usr/lib/fabric/libvirt-tls"
 install -D -m 0644 "$SRC/fabric-hwnode-setup.service" "$R/etc/systemd/system/fabric-hwnode-setup.service"
-install -D -m 0644 "$SRC/fabric-libvirt-tls.path" "$R/etc/systemd/system/fabric-libvirt-tls.path"
-install -D -m 0644 "$SRC/fabric-libvirt-tls.service" "$R/etc/systemd/system/fabric-libvirt-tls.service"
 install -D -m 0644 "$SRC/libvirtd-fabric.conf" "$R/etc/systemd/system/libvirtd.service.d/fabric.conf"
 install -D -m 0644 "$SRC/fabricd-hwnode-pxe.conf" "$R/etc/systemd/system/fabricd-hwnode.service.d/pxe.conf"
 install -D -m 0644 "$SRC/10-boot.network" "$R/etc/systemd/network/10-boot.network"
@@ -105,10 +102,9 @@ cat "$SRC/qemu.conf" >> "$R/etc/libvirt/qemu.conf"
 # node has it (its root is on AoE), and guests' disks are /dev/etherd/*.
 ln -sf /dev/null "$R/etc/systemd/system/fabricd-hwnode-disks.service"
 chroot "$R" systemctl -q enable systemd-networkd.service fabric-hwnode-setup.service fabricd-hwnode.service \
-  libvirtd.service fabric-libvirt-tls.path serial-getty@ttyS0.service ssh.service
+  libvirtd.service libvirtd-tls.socket serial-getty@ttyS0.service ssh.service
 # Nothing on the node waits for a network that is already up, or asks the
 # console for a locale or a password at first boot.
-chroot "$R" systemctl -q mask libvirtd.socket libvirtd-ro.socket libvirtd-admin.socket libvirtd-tcp.socket libvirtd-tls.socket
 chroot "$R" systemctl -q mask systemd-firstboot.service systemd-networkd-wait-online.service apt-daily.timer apt-daily-upgrade.timer \
   e2scrub_all.timer fstrim.timer 2>/dev/null || true
 
