@@ -159,14 +159,17 @@ func (c *Controller) reimageNow(n controllerapi.Node) error {
 		return err
 	}
 	old := rec.volume(n.Name)
-	fresh := fmt.Sprintf("root-%s-%s", n.Name, time.Now().UTC().Format("20060102T150405"))
+	// Volume names are lower case (storagenode's rule).
+	fresh := fmt.Sprintf("root-%s-%s", n.Name, time.Now().UTC().Format("20060102-150405"))
 	t0 := time.Now()
 	if err := c.vols.Export(old, "", nil); err != nil && !errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("unexporting the old root %s: %w", old, err)
 	}
 	how, err := c.vols.Clone(c.cfg.HWNodeRootImage, fresh, n.RootVolume, []string{n.MAC}, "")
 	if err != nil {
-		// The node boots its old root again rather than nothing.
+		// Nothing half made is left for the storage to retry, and the
+		// node boots its old root again rather than nothing.
+		_ = c.vols.Delete(fresh)
 		_ = c.vols.Export(old, n.RootVolume, []string{n.MAC})
 		return fmt.Errorf("cloning image %s: %w", c.cfg.HWNodeRootImage, err)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/storagenode"
 )
 
 // TestReimage: a reimage waits for the node's next boot script; then the
@@ -90,6 +91,9 @@ func TestReimage(t *testing.T) {
 	}
 	if old, ok := sto.volume("root-hn1"); !ok || old.Addr != "" {
 		t.Errorf("old root after the reimage: %+v %v, want it kept and not exported", old, ok)
+	}
+	if !storagenode.ValidVolumeName(fresh) {
+		t.Errorf("fresh root %q: not a name a storage node takes", fresh)
 	}
 	if fresh == "" || c.rootVolume("hn1") != fresh {
 		t.Fatalf("fresh root %q, the controller says %q", fresh, c.rootVolume("hn1"))

@@ -133,6 +133,10 @@ func (p *Pool) List() ([]Volume, error) {
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,62})$`)
 
+// ValidVolumeName reports whether name is a volume name a pool takes:
+// lower-case letters, digits, '.', '_' and '-', at most 63.
+func ValidVolumeName(name string) bool { return nameRE.MatchString(name) }
+
 // VolumeOptions are set at creation.
 type VolumeOptions struct {
 	Addr     string // "e1.0" or "1.0"; "" = not exported
