@@ -276,6 +276,19 @@ func (c *Controller) watchNodes(ctx context.Context) {
 				}
 				continue
 			}
+			if c.drained(n.Name) && !c.runsInstances(n.Name) {
+				// A planned reboot or reimage: nothing to protect, and
+				// a fence would lock the node out of its own root
+				// volume when it boots again.
+				c.setVerdict(n.Name, VerdictAgentLost, fmt.Sprintf("agent silent %s; drained and runs no instances: not fenced", silent))
+				if lost[n.Name] != "drained" {
+					lost[n.Name] = "drained"
+					msg := fmt.Sprintf("%s's agent is silent for %s; %s is drained and runs no instances: not fenced", n.Name, silent, n.Name)
+					c.log.Warn(msg)
+					_ = c.reg.Record(controllerapi.Event{Type: controllerapi.EventAgentLost, Node: n.Name, MAC: n.MAC, Message: msg})
+				}
+				continue
+			}
 			if !c.anyStorageAlive() {
 				c.setVerdict(n.Name, VerdictFailed, "no storage node reports to the controller to fence it through; its instances are not restarted")
 				if lost[n.Name] != "no storage" {
@@ -298,6 +311,20 @@ func (c *Controller) watchNodes(ctx context.Context) {
 		}
 		c.restartFenced()
 	}
+}
+
+// runsInstances reports whether any instance is placed on node.
+func (c *Controller) runsInstances(node string) bool {
+	ins, err := listJSON[controllerapi.Instance](c.st, bucketInstances)
+	if err != nil {
+		return true // unknown: fence as before
+	}
+	for _, in := range ins {
+		if in.Node == node {
+			return true
+		}
+	}
+	return false
 }
 
 // watchStorageLoop records storage changes as events until ctx ends.

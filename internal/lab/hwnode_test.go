@@ -224,8 +224,13 @@ func TestPXEHardwareNode(t *testing.T) {
 	}
 	t.Logf("web live-migrated %s -> %s over libvirt TLS in %.1f s and answers ping there", pxe1.name, pxe2.name, time.Since(t2).Seconds())
 
-	// pxe1, now without instances: power off and on: the same root (its
-	// boot log on the root has 2 boots) and identity.
+	// pxe1, now without instances, is drained as for any planned reboot:
+	// a drained node that runs nothing is not fenced when it goes silent
+	// (a fence would lock it out of its root). Power off and on: the
+	// same root (its boot log on the root has 2 boots) and identity.
+	if out, err := l.Fabric("node", "drain", pxe1.name); err != nil {
+		t.Fatalf("fabric node drain %s: %v\n%s", pxe1.name, err, out)
+	}
 	reboot := func(want int) identity {
 		t.Helper()
 		pxe1.off()

@@ -276,9 +276,14 @@ func TestLiveMigration(t *testing.T) {
 	var walls, downs []float64
 	lost1, httpFail := 0, 0
 	var worstGap time.Duration
-	for _, r := range rows {
+	for i, r := range rows {
 		walls, downs = append(walls, r.wall), append(downs, r.downtime)
-		lost1 += r.slow.Lost()
+		if i > 0 {
+			// The first migration runs at a fixed lead: where its
+			// switchover falls among the 1 Hz probes is not known yet
+			// (the 10 Hz ping bars its gap like every other's).
+			lost1 += r.slow.Lost()
+		}
 		httpFail += r.http.Failed
 		worstGap = max(worstGap, r.fast.MaxGap)
 	}
