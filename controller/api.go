@@ -319,6 +319,14 @@ func (c *Controller) removeNode(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.log.Info("node removed", "node", n.Name, "mac", n.MAC)
+	if n.Role == controllerapi.RoleHWNode && n.RootVolume != "" {
+		// The registry has freed the root volume's AoE address for
+		// other volumes: the root volume, kept for a registration of
+		// the same name, stops being exported there.
+		if err := c.vols.Export(c.rootVolume(n.Name), "", nil); err != nil && !errors.Is(err, ErrNotFound) {
+			c.log.Warn("unexporting a removed node's root volume", "node", n.Name, "err", err)
+		}
+	}
 	writeJSON(w, http.StatusOK, n)
 }
 
