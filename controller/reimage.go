@@ -29,8 +29,17 @@ type rootRecord struct {
 	Pending bool `json:"pending,omitempty"`
 }
 
-func (c *Controller) rootRecord(tx store.Tx, node string) (rootRecord, error) {
+func getRoot(tx store.Tx, node string) (rootRecord, error) {
 	return getJSON[rootRecord](tx, bucketRoots, node, func() error { return nil })
+}
+
+// loadRoot reads a node's root record in a transaction of its own.
+func (c *Controller) loadRoot(node string) (rec rootRecord, err error) {
+	err = c.st.View(func(tx store.Tx) error {
+		rec, err = getRoot(tx, node)
+		return err
+	})
+	return rec, err
 }
 
 func (r rootRecord) volume(node string) string {
@@ -42,12 +51,7 @@ func (r rootRecord) volume(node string) string {
 
 // rootVolume is the name of a hardware node's root volume.
 func (c *Controller) rootVolume(node string) string {
-	var rec rootRecord
-	_ = c.st.View(func(tx store.Tx) error {
-		var err error
-		rec, err = c.rootRecord(tx, node)
-		return err
-	})
+	rec, _ := c.loadRoot(node)
 	return rec.volume(node)
 }
 
@@ -68,7 +72,7 @@ func (c *Controller) Reimage(name string, confirm bool) (controllerapi.ReimageSt
 	}
 	var kept []string
 	err = c.reg.update(func(tx store.Tx) error {
-		rec, err := c.rootRecord(tx, n.Name)
+		rec, err := getRoot(tx, n.Name)
 		if err != nil {
 			return err
 		}
@@ -115,11 +119,7 @@ func (b *bootBackend) BootScript(mac net.HardwareAddr) string {
 	if err != nil || !ok || n.Role != controllerapi.RoleHWNode {
 		return ""
 	}
-	var rec rootRecord
-	if err := c.st.View(func(tx store.Tx) error {
-		rec, err = c.rootRecord(tx, n.Name)
-		return err
-	}); err != nil || !rec.Pending {
+	if rec, err := c.loadRoot(n.Name); err != nil || !rec.Pending {
 		return ""
 	}
 	b.mu.Lock()
@@ -150,12 +150,8 @@ func (b *bootBackend) BootScript(mac net.HardwareAddr) string {
 // root image, at the same AoE address; the old root stops being exported
 // and is kept.
 func (c *Controller) reimageNow(n controllerapi.Node) error {
-	var rec rootRecord
-	if err := c.st.View(func(tx store.Tx) error {
-		var err error
-		rec, err = c.rootRecord(tx, n.Name)
-		return err
-	}); err != nil {
+	rec, err := c.loadRoot(n.Name)
+	if err != nil {
 		return err
 	}
 	old := rec.volume(n.Name)
@@ -174,7 +170,7 @@ func (c *Controller) reimageNow(n controllerapi.Node) error {
 		return fmt.Errorf("cloning image %s: %w", c.cfg.HWNodeRootImage, err)
 	}
 	return c.reg.update(func(tx store.Tx) error {
-		rec, err := c.rootRecord(tx, n.Name)
+		rec, err := getRoot(tx, n.Name)
 		if err != nil {
 			return err
 		}
