@@ -83,6 +83,9 @@ func (c *Controller) Status() (controllerapi.Status, error) {
 	for _, s := range short {
 		st.Reserve.Short = append(st.Reserve.Short, controllerapi.Shortfall{Node: s.Node, Waiting: s.Waiting})
 	}
+	if st.Pairs, err = c.Pairs(); err != nil {
+		return st, err
+	}
 	// The newest 1000 events are enough to show what went wrong lately.
 	var last uint64
 	_ = c.st.View(func(tx store.Tx) error { last = tx.Seq(bucketEvents); return nil })

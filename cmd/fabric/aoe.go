@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -38,7 +37,11 @@ func aoeCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					if c.String("output") == "json" {
+					j, err := wantJSON(c)
+					if err != nil {
+						return err
+					}
+					if j {
 						// The same shape as every other command's JSON:
 						// snake_case keys, MACs as strings.
 						type target struct {
@@ -55,7 +58,7 @@ func aoeCommand() *cli.Command {
 						for _, t := range ts {
 							out = append(out, target{t.Addr(), t.Shelf, t.Slot, t.MAC.String(), t.MaxSectors, t.BufCount, t.Firmware, t.Config})
 						}
-						return printJSON(c.App.Writer, out)
+						return emit(c, out)
 					}
 					w := newTable(c.App.Writer)
 					fmt.Fprintln(w, "VOLUME\tTARGET MAC\tSECTORS/FRAME\tBUFFERS\tCONFIG")
@@ -256,8 +259,11 @@ func benchCommand(iface, window, wait cli.Flag) *cli.Command {
 			r := benchResult{Volume: c.Args().First(), Mode: mode, Window: c.Int("window"), Block: bs, Seconds: secs,
 				Ops: ops, Errors: b.nerr.Load(), MBps: float64(ops) * float64(bs) / secs / 1e6, IOPS: float64(ops) / secs,
 				P50us: pct(0.50), P99us: pct(0.99), MaxUs: pct(1), Sectors: d.MaxSectors, Workers: workers, Bytes: ops * int64(bs)}
-			if c.String("output") == "json" {
-				return json.NewEncoder(c.App.Writer).Encode(r)
+			if j, err := wantJSON(c); err != nil || j {
+				if err != nil {
+					return err
+				}
+				return emit(c, r)
 			}
 			fmt.Fprintf(c.App.Writer, "%s %s: %.1f MB/s, %.0f IOPS, p50 %.0f µs, p99 %.0f µs (%d-byte I/O, window %d, %d errors)\n",
 				r.Volume, mode, r.MBps, r.IOPS, r.P50us, r.P99us, bs, r.Window, r.Errors)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -59,7 +61,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // version is set at build time (make build: -ldflags -X main.version=...).
 var version = "dev"
 
-var outputFlag = &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "output format: table or json"}
+var outputFlag = &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "output format: table, json (indented) or jsonl (one object a line; a list gives a line per item)"}
 
 func newApp(stdout, stderr io.Writer) *cli.App {
 	app := &cli.App{
@@ -191,15 +193,83 @@ func printJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func wantJSON(c *cli.Context) (bool, error) {
+// printJSONL writes v as JSON lines: each item of a slice on a line of
+// its own (nothing for an empty one), anything else as one line.
+func printJSONL(w io.Writer, v any) error {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	enc := json.NewEncoder(bw)
+	if rv := reflect.ValueOf(v); rv.Kind() == reflect.Slice {
+		for i := range rv.Len() {
+			if err := enc.Encode(rv.Index(i).Interface()); err != nil {
+				return err
+			}
+		}
+	} else if err := enc.Encode(v); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+// jsonLines copies a JSON array from r to w as JSON lines, each item
+// compacted as it came.
+func jsonLines(w io.Writer, r io.Reader) error {
+	dec := json.NewDecoder(r)
+	if _, err := dec.Token(); err != nil { // [
+		return err
+	}
+	bw := bufio.NewWriterSize(w, 64<<10)
+	var line bytes.Buffer
+	for dec.More() {
+		var item json.RawMessage
+		if err := dec.Decode(&item); err != nil {
+			return err
+		}
+		line.Reset()
+		if err := json.Compact(&line, item); err != nil {
+			return err
+		}
+		line.WriteByte('\n')
+		if _, err := bw.Write(line.Bytes()); err != nil {
+			return err
+		}
+	}
+	return bw.Flush()
+}
+
+// output is what -o asks for.
+type output int
+
+const (
+	outTable output = iota
+	outJSON
+	outJSONL
+)
+
+func outputOf(c *cli.Context) (output, error) {
 	switch o := c.String("output"); o {
 	case "json":
-		return true, nil
+		return outJSON, nil
+	case "jsonl":
+		return outJSONL, nil
 	case "table", "":
-		return false, nil
+		return outTable, nil
 	default:
-		return false, fmt.Errorf("unknown output format %q: use table or json", o)
+		return outTable, fmt.Errorf("unknown output format %q: use table, json or jsonl", o)
 	}
+}
+
+// wantJSON reports whether -o asks for JSON of either shape.
+func wantJSON(c *cli.Context) (bool, error) {
+	o, err := outputOf(c)
+	return o != outTable, err
+}
+
+// emit prints v as -o asks for JSON (call it when wantJSON said so).
+func emit(c *cli.Context, v any) error {
+	if o, _ := outputOf(c); o == outJSONL {
+		return printJSONL(c.App.Writer, v)
+	}
+	return printJSON(c.App.Writer, v)
 }
 
 var nodeColumns = []string{"NAME", "ROLE", "MAC", "IP", "AGENT", "REGISTERED"}
@@ -265,7 +335,7 @@ func nodeCommand() *cli.Command {
 						if err != nil {
 							return err
 						}
-						return printJSON(c.App.Writer, n)
+						return emit(c, n)
 					}
 					fmt.Fprintf(c.App.Writer, "registered %s %s (%s) at %s\n", n.Role, n.Name, n.MAC, n.IP)
 					return nil
@@ -288,6 +358,13 @@ func nodeCommand() *cli.Command {
 					// Printed as read: with 10,000 nodes, holding the
 					// list whole (and, for JSON, decoding and encoding
 					// it again) took most of the command's time.
+					if o, _ := outputOf(c); o == outJSONL {
+						var buf bytes.Buffer
+						if err := cl.NodesJSON(c.Context, &buf); err != nil {
+							return err
+						}
+						return jsonLines(c.App.Writer, &buf)
+					}
 					if j {
 						bw := bufio.NewWriterSize(c.App.Writer, 64<<10)
 						if err := cl.NodesJSON(c.Context, bw); err != nil {
@@ -329,7 +406,7 @@ func nodeCommand() *cli.Command {
 						return err
 					}
 					if j {
-						return printJSON(c.App.Writer, n)
+						return emit(c, n)
 					}
 					tw := newTable(c.App.Writer)
 					fmt.Fprintf(tw, "name:\t%s\nrole:\t%s\nmac:\t%s\nip:\t%s\nregistered:\t%s\nupdated:\t%s\n",
@@ -392,7 +469,7 @@ func nodeCommand() *cli.Command {
 						return err
 					}
 					if j, _ := wantJSON(c); j {
-						return printJSON(c.App.Writer, n)
+						return emit(c, n)
 					}
 					fmt.Fprintf(c.App.Writer, "updated %s: %s %s %s\n", n.Name, n.Role, n.MAC, n.IP)
 					return nil
@@ -574,7 +651,7 @@ func eventsCommand() *cli.Command {
 			outputFlag,
 		},
 		Action: func(c *cli.Context) error {
-			j, err := wantJSON(c)
+			o, err := outputOf(c)
 			if err != nil {
 				return err
 			}
@@ -588,7 +665,12 @@ func eventsCommand() *cli.Command {
 			// writes, and --follow still shows each event as it comes.
 			w := bufio.NewWriterSize(c.App.Writer, 64<<10)
 			defer w.Flush()
+			// -o json: each event indented, one after another (a stream
+			// that jq reads); -o jsonl: an event a line.
 			enc := json.NewEncoder(w)
+			if o == outJSON {
+				enc.SetIndent("", "  ")
+			}
 			for {
 				wait := time.Duration(0)
 				if follow {
@@ -602,7 +684,7 @@ func eventsCommand() *cli.Command {
 					return err
 				}
 				for _, ev := range r.Events {
-					if j {
+					if o != outTable {
 						if err := enc.Encode(ev); err != nil {
 							return err
 						}

@@ -5,21 +5,24 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/fabric-project/fabric/internal/cliargs"
+	"io"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/fabric-project/fabric/controller"
 	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/internal/cliargs"
 )
 
 // startController runs a real controller on loopback and returns the path
@@ -118,7 +121,7 @@ func TestCLINodeLifecycle(t *testing.T) {
 	if code, _, _ = fabric(t, cfg, "node", "remove", "hn1"); code != 0 {
 		t.Errorf("remove hn1: exit %d", code)
 	}
-	code, out, _ = fabric(t, cfg, "events", "-o", "json")
+	code, out, _ = fabric(t, cfg, "events", "-o", "jsonl")
 	var types []string
 	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
 		var ev controllerapi.Event
@@ -157,7 +160,7 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"node", "register", "--mac", "52:54:00:12:34:99", "--role", "hwnode", "--name", "hn1"},
 			"fabric: a node named \"hn1\" is already registered; choose another name or see `fabric node show hn1`\n"},
 		{[]string{"node", "show", "nope"}, "fabric: no node named \"nope\"; see `fabric node list`\n"},
-		{[]string{"node", "list", "-o", "yaml"}, "fabric: unknown output format \"yaml\": use table or json\n"},
+		{[]string{"node", "list", "-o", "yaml"}, "fabric: unknown output format \"yaml\": use table, json or jsonl\n"},
 		{[]string{"--token", "bad", "node", "list"}, "fabric: missing or wrong admin credential; pass --token or set FABRIC_TOKEN (the controller wrote it to its state directory as admin.token)\n"},
 		{[]string{"node", "register", "--mac", "52:54:00:12:34:99"}, "Required flags \"role, name\" not set"},
 	} {
@@ -430,6 +433,29 @@ func TestCLIStatus(t *testing.T) {
 	}
 }
 
+// TestStatusTablePairs: fabric status shows each storage pair with its
+// sync state and owner, and says when there is none.
+func TestStatusTablePairs(t *testing.T) {
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	st := controllerapi.Status{Controller: controllerapi.ControllerStatus{Started: now.Add(-time.Hour)}, Reserve: controllerapi.Reserve{Met: true}}
+	var b bytes.Buffer
+	statusTable(&b, st, now)
+	if !strings.Contains(b.String(), "storage pairs:\tnone") {
+		t.Errorf("no pairs: %q", b.String())
+	}
+	st.Pairs = []controllerapi.StoragePairInfo{
+		{Name: "p1", Nodes: []string{"sn1", "sn2"}, Owner: "sn1", State: "in sync", FreeBytes: 60 << 30},
+		{Name: "p2", Nodes: []string{"sn3", "sn4"}, State: "degraded: sn4 is down", FreeBytes: -1},
+	}
+	b.Reset()
+	statusTable(&b, st, now)
+	for _, want := range []string{"storage pairs:\tp1 (sn1+sn2): in sync, owner sn1, 60 GiB free", "\tp2 (sn3+sn4): degraded: sn4 is down, no owner, free space unknown"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("fabric status lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
 func TestCLIStorage(t *testing.T) {
 	t.Setenv("FABRIC_TOKEN", "")
 	cfg, ctl := startController(t)
@@ -501,6 +527,108 @@ func TestCLIStorage(t *testing.T) {
 	var ns []controllerapi.StorageNode
 	if err := json.Unmarshal([]byte(out), &ns); code != 0 || err != nil || len(ns) != 2 || !ns[0].Alive || ns[0].Report.Pair.Epoch != 3 {
 		t.Errorf("fabric storage list -o json: exit %d, %v, %+v", code, err, ns)
+	}
+	checkJSONShapes(t, cfg)
+}
+
+// checkJSONShapes runs the read commands with -o json and -o jsonl and
+// checks that they agree on one shape: snake_case keys, MACs as strings,
+// -o json indented, -o jsonl a line per item of a list.
+func checkJSONShapes(t *testing.T, cfg string) {
+	t.Helper()
+	snake := regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
+	var walk func(cmd, path string, v any)
+	walk = func(cmd, path string, v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			for k, x := range v {
+				// Maps keyed by data (instances by state, members by node
+				// name) are not field names.
+				if !strings.HasSuffix(path, ".instances") && !strings.HasSuffix(path, ".members") && !snake.MatchString(k) {
+					t.Errorf("%s: key %s.%s is not snake_case", cmd, path, k)
+				}
+				if strings.Contains(k, "mac") {
+					switch x := x.(type) {
+					case string:
+						if _, err := net.ParseMAC(x); x != "" && err != nil {
+							t.Errorf("%s: %s.%s = %q is not a MAC", cmd, path, k, x)
+						}
+					case []any:
+						for _, m := range x {
+							if s, ok := m.(string); !ok {
+								t.Errorf("%s: %s.%s holds %v, not MAC strings", cmd, path, k, m)
+							} else if _, err := net.ParseMAC(s); err != nil {
+								t.Errorf("%s: %s.%s holds %q, not a MAC", cmd, path, k, s)
+							}
+						}
+					case nil:
+					default:
+						t.Errorf("%s: %s.%s = %v (%T), want a MAC string", cmd, path, k, x, x)
+					}
+				}
+				walk(cmd, path+"."+k, x)
+			}
+		case []any:
+			for _, x := range v {
+				walk(cmd, path+"[]", x)
+			}
+		}
+	}
+	for _, args := range [][]string{
+		{"node", "list"}, {"node", "show", "hn1"}, {"storage", "list"}, {"storage", "show", "st1"}, {"storage", "status"},
+		{"storage", "pair", "list"}, {"volume", "list"}, {"image", "list"}, {"instance", "list"}, {"token", "list"},
+		{"status"}, {"events"},
+	} {
+		cmd := "fabric " + strings.Join(args, " ")
+		code, out, errs := fabric(t, cfg, append(args, "-o", "json")...)
+		if code != 0 {
+			t.Errorf("%s -o json: exit %d, %s", cmd, code, errs)
+			continue
+		}
+		dec := json.NewDecoder(strings.NewReader(out))
+		var all []any
+		for {
+			var v any
+			if err := dec.Decode(&v); err == io.EOF {
+				break
+			} else if err != nil {
+				t.Fatalf("%s -o json: %v\n%s", cmd, err, out)
+			}
+			all = append(all, v)
+			walk(cmd, "", v)
+		}
+		if len(out) > 4 && !strings.Contains(out, "\n  ") {
+			t.Errorf("%s -o json is not indented: %q", cmd, out)
+		}
+		code, outl, errs := fabric(t, cfg, append(args, "-o", "jsonl")...)
+		if code != 0 {
+			t.Errorf("%s -o jsonl: exit %d, %s", cmd, code, errs)
+			continue
+		}
+		var lines []any
+		for _, l := range strings.Split(strings.TrimSuffix(outl, "\n"), "\n") {
+			if l == "" {
+				continue
+			}
+			var v any
+			if err := json.Unmarshal([]byte(l), &v); err != nil {
+				t.Errorf("%s -o jsonl: line %q: %v", cmd, l, err)
+			}
+			lines = append(lines, v)
+		}
+		// A list under -o json is the items -o jsonl gives a line each.
+		want := all
+		if len(all) == 1 {
+			if items, ok := all[0].([]any); ok {
+				want = items
+			}
+		}
+		if cmd == "fabric events" || cmd == "fabric status" {
+			continue // grows with every call (api.call events, their count)
+		}
+		if d := cmp.Diff(want, lines, cmpopts.EquateEmpty()); d != "" {
+			t.Errorf("%s: -o jsonl differs from -o json (-json +jsonl):\n%s", cmd, d)
+		}
 	}
 }
 

@@ -20,7 +20,7 @@ func show(c *cli.Context, v any, table func(w io.Writer)) error {
 		return err
 	}
 	if j {
-		return printJSON(c.App.Writer, v)
+		return emit(c, v)
 	}
 	tw := newTable(c.App.Writer)
 	table(tw)

@@ -11,12 +11,13 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/storagenode"
 )
 
 func statusCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "status",
-		Usage: "one screen: nodes by state, capacity in use, instances by state, recent problems",
+		Usage: "one screen: nodes by state, storage pairs and their sync, capacity in use, the N+1 reserve, instances by state, recent problems",
 		Flags: []cli.Flag{outputFlag},
 		Action: withClient(func(c *cli.Context, cl *controllerapi.Client) error {
 			st, err := cl.Status(c.Context)
@@ -34,6 +35,24 @@ func statusTable(w io.Writer, st controllerapi.Status, now time.Time) {
 	fmt.Fprintf(w, "fabric CA:\t%s\n", st.Controller.CAPin)
 	fmt.Fprintf(w, "hardware nodes:\t%d: %d alive, %d dead, %d not reporting, %d drained, %d fenced\n", n.HWNodes, n.Alive, n.Dead, n.NotReported, n.Drained, n.Fenced)
 	fmt.Fprintf(w, "storage nodes:\t%d\n", n.Storage)
+	if len(st.Pairs) == 0 {
+		fmt.Fprintf(w, "storage pairs:\tnone\n")
+	}
+	for i, p := range st.Pairs {
+		label := ""
+		if i == 0 {
+			label = "storage pairs:"
+		}
+		owner := "owner " + p.Owner
+		if p.Owner == "" {
+			owner = "no owner"
+		}
+		free := "free space unknown"
+		if p.FreeBytes >= 0 {
+			free = storagenode.FormatSize(p.FreeBytes) + " free"
+		}
+		fmt.Fprintf(w, "%s\t%s (%s): %s, %s, %s\n", label, p.Name, strings.Join(p.Nodes, "+"), p.State, owner, free)
+	}
 	cp := st.Capacity
 	fmt.Fprintf(w, "capacity in use:\t%d of %d vCPUs, %d of %d MiB (alive nodes)\n", cp.VCPUsUsed, cp.VCPUs, cp.MemoryUsedMiB, cp.MemoryMiB)
 	var parts []string

@@ -33,7 +33,7 @@ func tokenCommand() *cli.Command {
 						return err
 					}
 					if j {
-						return printJSON(c.App.Writer, t)
+						return emit(c, t)
 					}
 					fmt.Fprintln(c.App.Writer, t.Secret)
 					return nil

@@ -200,6 +200,9 @@ type Status struct {
 	Instances  map[string]int   `json:"instances"` // by state
 	// Reserve is the N+1 check over the live, usable nodes.
 	Reserve Reserve `json:"reserve"`
+	// Pairs are the storage pairs the controller made, with their sync
+	// state (as `fabric storage pair list`).
+	Pairs []StoragePairInfo `json:"pairs"`
 	// Problems are the most recent events that report something wrong
 	// (refused enrollments and certificates, failed migrations, instance
 	// errors, address conflicts, unknown MACs), newest last.
