@@ -61,7 +61,11 @@ func imageCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					im, err := cl.ImportImage(c.Context, c.Args().First(), f, fi.Size())
+					// A bar on the terminal while the file goes up; the
+					// controller answers once it holds the image.
+					pr := newProgress(f, c.App.ErrWriter, "importing "+c.Args().First(), fi.Size())
+					im, err := cl.ImportImage(c.Context, c.Args().First(), pr, fi.Size())
+					pr.finish("")
 					if err != nil {
 						return err
 					}
