@@ -107,6 +107,10 @@ func (c *Controller) setState(want, reported string) http.HandlerFunc {
 		}
 		if d > 0 {
 			if in, ok = c.WaitState(name, reported, d); !ok {
+				if in.Error != "" {
+					writeError(w, http.StatusBadGateway, "instance_error", fmt.Sprintf("instance %s is %s on %s, not %s: the node reports %s (it keeps retrying; `fabric instance show %s`, `fabric events`)", name, in.State, in.Node, reported, in.Error, name))
+					return
+				}
 				writeError(w, http.StatusGatewayTimeout, "timeout", fmt.Sprintf("instance %s is %s on %s after %s, not %s", name, in.State, in.Node, d, reported))
 				return
 			}

@@ -550,13 +550,36 @@ func (c *Controller) SetWant(name, want string) (controllerapi.Instance, error) 
 // WaitState waits until the instance's node reports state, up to timeout.
 func (c *Controller) WaitState(name, state string, timeout time.Duration) (controllerapi.Instance, bool) {
 	var in controllerapi.Instance
+	var failing time.Time // since when the node has reported an error for it
+	gaveUp := false
 	ok := c.waitAgents(timeout, func() bool {
 		var err error
 		in, err = c.Instance(name)
-		return err == nil && in.State == state
+		if err != nil {
+			return false
+		}
+		if in.State == state {
+			return true
+		}
+		// The agent retries a failing step with backoff; an error that
+		// lasts is not worth the rest of the caller's wait.
+		switch {
+		case in.Error == "":
+			failing = time.Time{}
+		case failing.IsZero():
+			failing = time.Now()
+		case time.Since(failing) > errorPatience:
+			gaveUp = true
+			return true
+		}
+		return false
 	})
-	return in, ok
+	return in, ok && !gaveUp
 }
+
+// errorPatience is how long WaitState waits on while the node reports an
+// error for the instance.
+var errorPatience = 15 * time.Second
 
 // DeleteInstance removes an instance: its node destroys the guest, then
 // the disk and addresses are freed.

@@ -32,6 +32,7 @@ type fakeAgent struct {
 	mu       sync.Mutex
 	failMig  string // non-empty: migrations fail with this
 	diskErr  string // non-empty: incoming disks fail with this
+	startErr string // non-empty: instances fail to start with this
 	gen      uint64
 	specs    []controllerapi.InstanceSpec
 	reports  []controllerapi.MigrationReport
@@ -75,6 +76,8 @@ func (f *fakeAgent) status() controllerapi.Heartbeat {
 			st = controllerapi.InstanceStatus{Name: s.Name, State: "absent", Error: f.diskErr}
 		case s.Incoming:
 			st.State = "absent"
+		case s.Running && f.startErr != "":
+			st.Error = f.startErr
 		case s.Running:
 			st.State = "running"
 		}
@@ -600,6 +603,41 @@ func TestGroupsAndRestartOrder(t *testing.T) {
 
 // TestReserveInStatus: fabric status says when one node's failure would
 // leave HA instances waiting, and which.
+// TestStartWaitGivesUpOnError: a start that waits for the instance to
+// run answers with the node's error once it has lasted, not at the end
+// of the wait.
+func TestStartWaitGivesUpOnError(t *testing.T) {
+	defer func(d time.Duration) { errorPatience = d }(errorPatience)
+	errorPatience = 500 * time.Millisecond
+	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
+		AgentTimeout: 2 * time.Second})
+	admin := serveAPI(t, c)
+	ctx := context.Background()
+	if _, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: "hn1", MAC: "52:54:00:00:05:01", Role: controllerapi.RoleHWNode}); err != nil {
+		t.Fatal(err)
+	}
+	a := startFakeAgent(t, c, admin, "hn1", 4096)
+	a.set(func(f *fakeAgent) { f.startErr = "qemu: could not open kernel file" })
+	startFakeStorage(t, c, admin, "st1", "52:54:00:00:05:09")
+	img := bytes.Repeat([]byte{0xab}, 1<<20)
+	if _, err := admin.ImportImage(ctx, "tiny", bytes.NewReader(img), int64(len(img))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.CreateInstance(ctx, controllerapi.CreateInstanceRequest{Name: "web", Image: "tiny", VCPUs: 1, MemoryMiB: 128}); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	_, err := admin.SetInstanceState(ctx, "web", "start", time.Minute)
+	if took := time.Since(t0); err == nil || !strings.Contains(err.Error(), "could not open kernel file") || took > 20*time.Second {
+		t.Errorf("start --wait 1m on a node that cannot start it: %v after %s; want the node's error within seconds", err, took)
+	}
+	// Once the node stops failing, the same wait ends in running.
+	a.set(func(f *fakeAgent) { f.startErr = "" })
+	if _, err := admin.SetInstanceState(ctx, "web", "start", 10*time.Second); err != nil {
+		t.Errorf("start once the node can: %v", err)
+	}
+}
+
 func TestReserveInStatus(t *testing.T) {
 	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
 		AgentTimeout: 2 * time.Second})

@@ -74,6 +74,11 @@ func Listen(cfg Config) (_ *Services, err error) {
 			s.close()
 		}
 	}()
+	// A new config node has no boot directory yet: make it empty (the
+	// iPXE binaries and kernels go there; see the README).
+	if err := os.MkdirAll(cfg.BootDir, 0o755); err != nil {
+		return nil, fmt.Errorf("pxe: boot directory: %w", err)
+	}
 	if s.root, err = os.OpenRoot(cfg.BootDir); err != nil {
 		return nil, fmt.Errorf("pxe: boot directory: %w", err)
 	}

@@ -137,6 +137,7 @@ func client(c *cli.Context) (*controllerapi.Client, error) {
 		if err := json.Unmarshal(b, &cc); err != nil {
 			return nil, fmt.Errorf("client config %s: %w", p, err)
 		}
+		cc.CAFile, cc.TokenFile = beside(p, cc.CAFile), beside(p, cc.TokenFile)
 		break
 	}
 	if v := c.String("controller"); v != "" {
@@ -168,6 +169,28 @@ func client(c *cli.Context) (*controllerapi.Client, error) {
 		caPEM = b
 	}
 	return controllerapi.NewClient(strings.TrimRight(cc.Controller, "/"), token, caPEM)
+}
+
+// beside resolves a file named in the client config at cfg: a relative
+// path is from the config's directory, and a file that is not where the
+// config says (the config was copied to a workstation with the files it
+// names) is looked for next to the config.
+func beside(cfg, name string) string {
+	if name == "" {
+		return ""
+	}
+	dir := filepath.Dir(cfg)
+	if !filepath.IsAbs(name) {
+		name = filepath.Join(dir, name)
+	}
+	if _, err := os.Stat(name); err != nil {
+		if alt := filepath.Join(dir, filepath.Base(name)); alt != name {
+			if _, err := os.Stat(alt); err == nil {
+				return alt
+			}
+		}
+	}
+	return name
 }
 
 // checkControllerURL refuses what would fail later with a less helpful

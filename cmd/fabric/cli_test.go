@@ -784,3 +784,46 @@ func TestRowTableMatchesTabwriter(t *testing.T) {
 		t.Errorf("rowTable:\n%s\ntabwriter:\n%s", got.String(), want.String())
 	}
 }
+
+// TestClientConfigCopied: client.json copied to a workstation with the CA
+// and the admin token next to it works, though it names the controller's
+// paths.
+func TestClientConfigCopied(t *testing.T) {
+	t.Setenv("FABRIC_TOKEN", "")
+	cfg, _ := startController(t)
+	var cc clientConfig
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &cc); err != nil {
+		t.Fatal(err)
+	}
+	ws := t.TempDir()
+	for _, f := range []string{cfg, cc.CAFile, cc.TokenFile} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(ws, filepath.Base(f)), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The controller's files gone: only the copies can answer.
+	if err := os.Rename(cc.CAFile, cc.CAFile+".moved"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(cc.TokenFile, cc.TokenFile+".moved"); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs := fabric(t, filepath.Join(ws, "client.json"), "node", "list"); code != 0 || !strings.HasPrefix(out, "NAME") {
+		t.Errorf("fabric with a copied client.json: exit %d, %q %q", code, out, errs)
+	}
+	// A missing CA file still says what is missing.
+	if err := os.Remove(filepath.Join(ws, filepath.Base(cc.CAFile))); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errs := fabric(t, filepath.Join(ws, "client.json"), "node", "list"); code == 0 || !strings.Contains(errs, "fabric CA") {
+		t.Errorf("fabric with no CA file: exit %d, %q", code, errs)
+	}
+}
