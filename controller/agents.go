@@ -23,8 +23,10 @@ type agents struct {
 	seen    map[string]time.Time
 	last    map[string]controllerapi.Heartbeat
 	reports map[uint64]controllerapi.MigrationReport
-	changed chan struct{} // closed and replaced on every heartbeat
-	timeout time.Duration
+	// consoles are the console log parts the agents sent, by instance.
+	consoles map[string]controllerapi.ConsoleTail
+	changed  chan struct{} // closed and replaced on every heartbeat
+	timeout  time.Duration
 }
 
 func newAgents(timeout time.Duration) *agents {
@@ -32,7 +34,7 @@ func newAgents(timeout time.Duration) *agents {
 		timeout = DefaultAgentTimeout
 	}
 	return &agents{seen: map[string]time.Time{}, last: map[string]controllerapi.Heartbeat{},
-		reports: map[uint64]controllerapi.MigrationReport{}, changed: make(chan struct{}), timeout: timeout}
+		reports: map[uint64]controllerapi.MigrationReport{}, consoles: map[string]controllerapi.ConsoleTail{}, changed: make(chan struct{}), timeout: timeout}
 }
 
 // record stores a heartbeat and returns the IDs of the migration reports
@@ -41,12 +43,16 @@ func (a *agents) record(node string, hb controllerapi.Heartbeat, now time.Time) 
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.seen[node] = now
-	a.last[node] = hb
 	var acked []uint64
 	for _, r := range hb.Migrations {
 		a.reports[r.ID] = r
 		acked = append(acked, r.ID)
 	}
+	for _, t := range hb.Consoles {
+		t.Node = node
+		a.consoles[t.Instance] = t
+	}
+	a.last[node] = withoutConsoles(hb)
 	close(a.changed)
 	a.changed = make(chan struct{})
 	return acked

@@ -48,6 +48,7 @@ func (c *Controller) Handler() http.Handler {
 	mux.Handle("POST /v1/instances", c.auth(c.createInstance))
 	mux.Handle("GET /v1/instances", c.auth(c.listInstances))
 	mux.Handle("GET /v1/instances/{name}", c.auth(c.showInstance))
+	mux.Handle("GET /v1/instances/{name}/console", c.auth(c.showConsole))
 	mux.Handle("POST /v1/instances/{name}/start", c.auth(c.setState(controllerapi.StateRunning, "running")))
 	mux.Handle("POST /v1/instances/{name}/stop", c.auth(c.setState(controllerapi.StateStopped, "shutoff")))
 	mux.Handle("DELETE /v1/instances/{name}", c.auth(c.deleteInstance))

@@ -126,6 +126,8 @@ type Controller struct {
 	verdictMu sync.Mutex
 	verdicts  map[string][2]string // the failure detector's verdict per node: state, why
 
+	consoles consoleRequests // what `fabric instance console` asks of the agents
+
 	started time.Time // agents not heard from since may still be alive
 }
 

@@ -643,6 +643,7 @@ func (c *Controller) desired(node string) (controllerapi.DesiredState, error) {
 			ds.Instances = append(ds.Instances, spec)
 		}
 	}
+	ds.Consoles = c.consoles.pending(node, time.Now())
 	return ds, nil
 }
 

@@ -33,13 +33,18 @@ type fakeAgent struct {
 	failMig  string // non-empty: migrations fail with this
 	diskErr  string // non-empty: incoming disks fail with this
 	startErr string // non-empty: instances fail to start with this
-	gen      uint64
-	specs    []controllerapi.InstanceSpec
-	reports  []controllerapi.MigrationReport
-	migrated map[uint64]bool
-	done     chan struct{}
-	err      error // why run ended
-	cancel   context.CancelFunc
+	// consoleLog is every instance's console log; console requests are
+	// answered once each.
+	consoleLog string
+	consoles   []controllerapi.ConsoleRequest
+	answered   map[uint64]bool
+	gen        uint64
+	specs      []controllerapi.InstanceSpec
+	reports    []controllerapi.MigrationReport
+	migrated   map[uint64]bool
+	done       chan struct{}
+	err        error // why run ended
+	cancel     context.CancelFunc
 }
 
 // stop ends the agent's loop: it stops heartbeating, like a dead agent.
@@ -83,6 +88,21 @@ func (f *fakeAgent) status() controllerapi.Heartbeat {
 		}
 		hb.Instances = append(hb.Instances, st)
 	}
+	for _, r := range f.consoles {
+		if f.answered[r.ID] {
+			continue
+		}
+		if f.answered == nil {
+			f.answered = map[uint64]bool{}
+		}
+		f.answered[r.ID] = true
+		from := r.From
+		if from < 0 || from > int64(len(f.consoleLog)) {
+			from = max(0, int64(len(f.consoleLog)-r.Max))
+		}
+		end := min(int64(len(f.consoleLog)), from+int64(r.Max))
+		hb.Consoles = append(hb.Consoles, controllerapi.ConsoleTail{ID: r.ID, Instance: r.Instance, Offset: from, Size: int64(len(f.consoleLog)), Data: []byte(f.consoleLog[from:end])})
+	}
 	return hb
 }
 
@@ -97,7 +117,7 @@ func (f *fakeAgent) run(ctx context.Context) {
 			return
 		}
 		f.mu.Lock()
-		f.gen, f.specs = ds.Generation, ds.Instances
+		f.gen, f.specs, f.consoles = ds.Generation, ds.Instances, ds.Consoles
 		for _, id := range ds.Acked {
 			for i, r := range f.reports {
 				if r.ID == id {
@@ -635,6 +655,49 @@ func TestStartWaitGivesUpOnError(t *testing.T) {
 	a.set(func(f *fakeAgent) { f.startErr = "" })
 	if _, err := admin.SetInstanceState(ctx, "web", "start", 10*time.Second); err != nil {
 		t.Errorf("start once the node can: %v", err)
+	}
+}
+
+// TestConsole: `fabric instance console` gets the log's end and then
+// what follows from the node the instance runs on, through its
+// heartbeats; an instance whose node does not report gets a reason.
+func TestConsole(t *testing.T) {
+	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
+		AgentTimeout: time.Second})
+	admin := serveAPI(t, c)
+	ctx := context.Background()
+	if _, err := admin.RegisterNode(ctx, controllerapi.RegisterRequest{Name: "hn1", MAC: "52:54:00:00:06:01", Role: controllerapi.RoleHWNode}); err != nil {
+		t.Fatal(err)
+	}
+	a := startFakeAgent(t, c, admin, "hn1", 4096)
+	a.set(func(f *fakeAgent) { f.consoleLog = "line one\nline two\n" })
+	startFakeStorage(t, c, admin, "st1", "52:54:00:00:06:09")
+	img := bytes.Repeat([]byte{0xab}, 1<<20)
+	if _, err := admin.ImportImage(ctx, "tiny", bytes.NewReader(img), int64(len(img))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.CreateInstance(ctx, controllerapi.CreateInstanceRequest{Name: "web", Image: "tiny", VCPUs: 1, MemoryMiB: 128, Start: true}); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	ct, err := admin.Console(ctx, "web", -1, 9)
+	if err != nil || string(ct.Data) != "line two\n" || ct.Offset != 9 || ct.Size != 18 || ct.Node != "hn1" {
+		t.Fatalf("console web, last 9 bytes: %+v (%q), %v", ct, ct.Data, err)
+	}
+	if d := time.Since(t0); d > 2*time.Second {
+		t.Errorf("console answered after %s: the held heartbeat should return with the request", d)
+	}
+	a.set(func(f *fakeAgent) { f.consoleLog += "line three\n" })
+	if ct, err = admin.Console(ctx, "web", 18, 1<<20); err != nil || string(ct.Data) != "line three\n" {
+		t.Errorf("console web from 18: %q, %v", ct.Data, err)
+	}
+	if _, err := admin.Console(ctx, "nope", -1, 10); apiStatus(err) != http.StatusNotFound {
+		t.Errorf("console of no instance: %v", err)
+	}
+	a.stop()
+	time.Sleep(1500 * time.Millisecond) // past the agent timeout
+	if _, err := admin.Console(ctx, "web", -1, 10); err == nil || !strings.Contains(err.Error(), "not reporting") {
+		t.Errorf("console with hn1's agent gone: %v", err)
 	}
 }
 

@@ -159,7 +159,10 @@ type Agent struct {
 	lvErr     string                // why libvirtd does not answer
 	lastOK    time.Time             // the controller's last answer
 	paused    map[string]bool       // guests paused while isolated
-
+	// consoles are the console requests of the last desired state not
+	// answered yet; answered holds the IDs answered among them.
+	consoles []controllerapi.ConsoleRequest
+	answered map[uint64]bool
 }
 
 // identityFile holds the node's key and certificate, in StateDir.
@@ -182,6 +185,11 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	}
 	if cfg.Kernel == "" || cfg.Initrd == "" {
 		return nil, errors.New("hwnode: no instance kernel and initrd (--kernel, --initrd)")
+	}
+	if cfg.SerialDir != "" {
+		if err := os.MkdirAll(cfg.SerialDir, 0o750); err != nil {
+			return nil, fmt.Errorf("hwnode: console log directory: %w", err)
+		}
 	}
 	ca, err := loadCA(ctx, cfg)
 	if err != nil {
@@ -532,6 +540,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.cfg.Node = ds.Node
 		}
 		a.ack(ds.Acked)
+		a.wantConsoles(ds.Consoles)
 		a.reconcile(ctx, ds)
 		a.mu.Lock()
 		a.gen = ds.Generation
@@ -667,5 +676,6 @@ func (a *Agent) status() controllerapi.Heartbeat {
 			hb.Instances = append(hb.Instances, controllerapi.InstanceStatus{Name: name, State: "absent", Disk: d})
 		}
 	}
+	hb.Consoles = a.consoleAnswers()
 	return hb
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"reflect"
 	"time"
 
@@ -76,7 +75,7 @@ func (a *Agent) detach(name string) {
 func (a *Agent) guest(name string) Guest {
 	g := Guest{Hypervisor: a.cap.Hypervisor, Emulator: a.cfg.Emulator, Kernel: a.cfg.Kernel, Initrd: a.cfg.Initrd, Bridge: a.cfg.Bridge}
 	if a.cfg.SerialDir != "" {
-		g.SerialLog = filepath.Join(a.cfg.SerialDir, name+".serial.log")
+		g.SerialLog = serialLog(a.cfg.SerialDir, name)
 	}
 	return g
 }

@@ -17,7 +17,7 @@ var nameArgs = map[string]string{
 	"node unfence": "node", "node token": "node", "node remove": "node", "node reset": "node",
 	"image delete":   "image",
 	"instance start": "instance", "instance stop": "instance", "instance limit": "instance", "instance migrate": "instance",
-	"instance delete": "instance", "instance show": "instance",
+	"instance delete": "instance", "instance show": "instance", "instance console": "instance",
 	"volume show": "volume", "volume resize": "volume",
 	"storage show": "storage", "storage drain": "storage", "storage shutdown": "storage", "storage undrain": "storage",
 	"storage pair create": "storage",

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -335,7 +336,59 @@ func instanceCommand() *cli.Command {
 					return show(c, in, func(w io.Writer) { instanceDetail(w, in) })
 				}),
 			},
+			{
+				Name:      "console",
+				Usage:     "print the end of an instance's serial console log, fetched from its node (the agent keeps it with --serial-dir)",
+				ArgsUsage: "NAME",
+				Flags: []cli.Flag{
+					&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing what the guest writes (Ctrl-C ends)"},
+					&cli.IntFlag{Name: "bytes", Value: 16 << 10, Usage: "how much of the log's end to print first"},
+				},
+				Action: withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
+					return console(c.Context, cl, c.App.Writer, name, c.Int("bytes"), c.Bool("follow"), time.Second)
+				}),
+			},
 		},
+	}
+}
+
+// console prints the end of an instance's console log and, following,
+// what is added to it, asking every interval. A log that shrinks (the
+// instance moved to another node, whose log is its own) is printed from
+// its end again.
+func console(ctx context.Context, cl *controllerapi.Client, w io.Writer, name string, first int, follow bool, interval time.Duration) error {
+	t, err := cl.Console(ctx, name, -1, first)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(t.Data); err != nil || !follow {
+		return err
+	}
+	next, node := t.Offset+int64(len(t.Data)), t.Node
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(interval):
+		}
+		from := next
+		t, err := cl.Console(ctx, name, from, 256<<10)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			return err
+		case t.Node != node || t.Size < from:
+			fmt.Fprintf(w, "\n--- %s's console on %s ---\n", name, t.Node)
+			if t, err = cl.Console(ctx, name, -1, first); err != nil {
+				return err
+			}
+			node = t.Node
+		}
+		if _, err := w.Write(t.Data); err != nil {
+			return err
+		}
+		next = t.Offset + int64(len(t.Data))
 	}
 }
 

@@ -351,6 +351,15 @@ func (c *Client) SetInstanceState(ctx context.Context, name, action string, wait
 	return in, err
 }
 
+// Console returns up to max bytes of an instance's serial console log
+// from offset from (-1: its last max bytes), fetched from its node.
+func (c *Client) Console(ctx context.Context, name string, from int64, max int) (ConsoleTail, error) {
+	var t ConsoleTail
+	p := fmt.Sprintf("/v1/instances/%s/console?from=%d&max=%d", url.PathEscape(name), from, max)
+	err := c.do(ctx, http.MethodGet, p, nil, &t)
+	return t, err
+}
+
 // DeleteInstance deletes an instance and its disk.
 func (c *Client) DeleteInstance(ctx context.Context, name string) (Instance, error) {
 	var in Instance

@@ -170,6 +170,8 @@ type Heartbeat struct {
 	// LibvirtError says why the node's libvirtd does not answer ("" when
 	// it does).
 	LibvirtError string `json:"libvirt_error,omitempty"`
+	// Consoles answers the console requests of the last desired state.
+	Consoles []ConsoleTail `json:"consoles,omitempty"`
 }
 
 // InstanceSpec is an instance as the controller wants it on a node.
@@ -200,6 +202,33 @@ type DesiredState struct {
 	// Acked lists migration reports the controller has recorded; the
 	// agent stops sending them.
 	Acked []uint64 `json:"acked,omitempty"`
+	// Consoles asks for the end of instances' serial console logs, sent
+	// once per request with the next heartbeat.
+	Consoles []ConsoleRequest `json:"consoles,omitempty"`
+}
+
+// ConsoleRequest asks a node's agent for part of an instance's serial
+// console log (`fabric instance console`).
+type ConsoleRequest struct {
+	ID       uint64 `json:"id"`
+	Instance string `json:"instance"`
+	// From is the log offset to send from; -1 (or past the end: the log
+	// began again) sends its last Max bytes.
+	From int64 `json:"from"`
+	Max  int   `json:"max"`
+}
+
+// ConsoleTail is what an agent sends for a ConsoleRequest.
+type ConsoleTail struct {
+	ID       uint64 `json:"id"` // the request's
+	Instance string `json:"instance"`
+	Node     string `json:"node"`
+	Offset   int64  `json:"offset"` // where Data starts in the log
+	Size     int64  `json:"size"`   // the log's length
+	Data     []byte `json:"data"`
+	// Error says why there is no log (the agent keeps none without
+	// --serial-dir; the instance has not run on the node).
+	Error string `json:"error,omitempty"`
 }
 
 // EnrollRequest is the body of POST /v1/agent/enroll: a one-time token

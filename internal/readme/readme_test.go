@@ -44,7 +44,7 @@ type nic struct {
 var sections = []string{"The controller, by hand", "A storage node, by hand", "Instances and live migration"}
 
 // private are each machine's own directories.
-var private = []string{"/var/lib/fabric", "/etc/fabric", "/run/fabric", "/srv"}
+var private = []string{"/var/lib/fabric", "/etc/fabric", "/run/fabric", "/var/log/fabric", "/srv"}
 
 // libvirtPrivate are a hardware node's libvirt directories.
 var libvirtPrivate = []string{"/etc/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/log/libvirt", "/var/cache/libvirt"}
@@ -157,21 +157,44 @@ func (w *world) step(s Step, m *machine) {
 		timeout = 2 * time.Second
 	}
 	t0 := time.Now()
-	out, errOut, err := w.run(m, cmd, timeout)
-	if follow && errors.Is(err, context.DeadlineExceeded) && out != "" {
-		err = nil // Ctrl-C after a look
+	for {
+		out, errOut, err := w.run(m, cmd, timeout)
+		if follow && errors.Is(err, context.DeadlineExceeded) && out != "" {
+			err = nil // Ctrl-C after a look
+		}
+		if err != nil {
+			t.Fatalf("%s: %v\nstdout:\n%s\nstderr:\n%s%s", where, err, out, errOut, w.logs())
+		}
+		err = MatchOutput(s.Want, out)
+		// What a command that only looks shows may not be there yet (a
+		// guest still booting): a reader runs it again.
+		if err != nil && readOnly(cmd) && time.Since(t0) < 30*time.Second {
+			time.Sleep(time.Second)
+			continue
+		}
+		t.Logf("%s (%.1fs)\n%s", where, time.Since(t0).Seconds(), indent(out))
+		if err != nil {
+			t.Errorf("%s: %v", where, err)
+		}
+		if strings.HasPrefix(cmd, "bin/fabric node token ") {
+			f := strings.Fields(out)
+			w.tokens[strings.Fields(cmd)[3]] = f[len(f)-1]
+		}
+		return
 	}
-	if err != nil {
-		t.Fatalf("%s: %v\nstdout:\n%s\nstderr:\n%s%s", where, err, out, errOut, w.logs())
+}
+
+// readOnly reports whether a command only shows something.
+func readOnly(cmd string) bool {
+	f := strings.Fields(commentless(cmd))
+	if len(f) < 3 || f[0] != "bin/fabric" {
+		return false
 	}
-	t.Logf("%s (%.1fs)\n%s", where, time.Since(t0).Seconds(), indent(out))
-	if err := MatchOutput(s.Want, out); err != nil {
-		t.Errorf("%s: %v", where, err)
+	switch f[len(f)-2] {
+	case "console", "show":
+		return true
 	}
-	if strings.HasPrefix(cmd, "bin/fabric node token ") {
-		f := strings.Fields(out)
-		w.tokens[strings.Fields(cmd)[3]] = f[len(f)-1]
-	}
+	return f[len(f)-1] == "list" || f[len(f)-1] == "status"
 }
 
 // daemonKind says which daemon a command starts ("" for a command that
@@ -581,6 +604,12 @@ func (w *world) down() {
 	}
 	if w.t.Failed() {
 		w.t.Logf("daemon logs:%s", w.logs())
+		for _, m := range w.machines {
+			if m.libvirt {
+				out, _ := exec.Command("sh", "-c", "ls -la "+m.hostPath("/var/log/fabric")+"/serial; tail -c 600 "+m.hostPath("/var/log/fabric")+"/serial/*").CombinedOutput()
+				w.t.Logf("%s console logs:\n%s", m.name, out)
+			}
+		}
 	}
 	for i := len(w.procs) - 1; i >= 0; i-- {
 		w.procs[i].stop()
