@@ -197,6 +197,15 @@ func (a *Agent) apply(ctx context.Context, s controllerapi.InstanceSpec, dom lib
 	}
 	switch state := libvirt.DomainState(st); {
 	case s.Running && (state == libvirt.DomainShutoff || state == libvirt.DomainCrashed):
+		// Defined again from this agent's settings (kernel, bridge,
+		// hypervisor, console log may have changed since): a setting
+		// reaches an instance at its next start.
+		if defined {
+			var err error
+			if dom, err = a.define(s); err != nil {
+				return err
+			}
+		}
 		if err := a.lv.DomainCreate(dom); err != nil {
 			return fmt.Errorf("starting: %w", err)
 		}

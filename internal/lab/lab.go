@@ -79,6 +79,9 @@ type Lab struct {
 	StorageArgs map[string][]string `json:"storage_args,omitempty"`
 	ClientNS    string              `json:"client_ns"`
 	SwitchNS    string              `json:"switch_ns"`
+	// AgentExtra are flags added to every agent's command line at its
+	// next start (a later flag overrides an earlier one).
+	AgentExtra []string `json:"agent_extra,omitempty"`
 	StateDir    string              `json:"state_dir"`
 	DataDir     string              `json:"data_dir"`
 
@@ -611,7 +614,7 @@ func (l *Lab) agentArgs(h Host, token, memory string) []string {
 	if l.Watchdog != "" {
 		args = append(args, "--watchdog", h.watchdogFile())
 	}
-	return args
+	return append(args, l.AgentExtra...)
 }
 
 // Join adds a spare host to the fabric, as a sysadmin adds a node:
