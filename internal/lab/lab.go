@@ -82,8 +82,8 @@ type Lab struct {
 	// AgentExtra are flags added to every agent's command line at its
 	// next start (a later flag overrides an earlier one).
 	AgentExtra []string `json:"agent_extra,omitempty"`
-	StateDir    string              `json:"state_dir"`
-	DataDir     string              `json:"data_dir"`
+	StateDir   string   `json:"state_dir"`
+	DataDir    string   `json:"data_dir"`
 
 	log, trace io.Writer
 }
