@@ -4,7 +4,8 @@
 #   fabricd  the daemon (/usr/bin/fabricd) with a systemd unit per role
 #            (fabricd-controller, fabricd-storage, fabricd-hwnode-disks,
 #            fabricd-hwnode; none enabled), their flags in /etc/fabric/*.conf
-#            (conffiles), directories from tmpfiles.d, and the libvirtd
+#            (conffiles), the system user fabric (sysusers.d) that the
+#            controller and storage node run as, directories from tmpfiles.d, and the libvirtd
 #            configuration a hardware node needs (/usr/share/doc/fabricd).
 # Usage: scripts/deb.sh [OUTDIR]   (default work/deb); BIN=DIR uses binaries
 # already built there instead of building them.
@@ -52,6 +53,7 @@ for c in controller storage hwnode; do
   install -D -m 0644 "scripts/deb/$c.conf" "$p/etc/fabric/$c.conf"
 done
 install -D -m 0644 scripts/deb/tmpfiles.conf "$p/usr/lib/tmpfiles.d/fabricd.conf"
+install -D -m 0644 scripts/deb/sysusers.conf "$p/usr/lib/sysusers.d/fabricd.conf"
 install -D -m 0644 scripts/deb/libvirtd-hwnode.conf "$p/usr/share/doc/fabricd/libvirtd-hwnode.conf"
 install -D -m 0644 README.md "$p/usr/share/doc/fabricd/README.md"
 mkdir -p "$p/DEBIAN"
@@ -75,6 +77,12 @@ cat > "$p/DEBIAN/postinst" <<'SH'
 #!/bin/sh
 set -e
 if [ "$1" = configure ]; then
+  # The user first: the directories belong to it.
+  if command -v systemd-sysusers >/dev/null; then
+    systemd-sysusers /usr/lib/sysusers.d/fabricd.conf
+  elif ! getent passwd fabric >/dev/null; then
+    adduser --system --group --home /var/lib/fabric --no-create-home fabric >/dev/null
+  fi
   systemd-tmpfiles --create /usr/lib/tmpfiles.d/fabricd.conf >/dev/null 2>&1 || true
   if [ -d /run/systemd/system ]; then systemctl daemon-reload >/dev/null 2>&1 || true; fi
 fi

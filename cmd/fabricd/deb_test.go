@@ -14,8 +14,9 @@ import (
 // with dpkg in a throwaway root (overlays on /usr, /etc, /var and /run in
 // a mount namespace of a fresh network namespace: the machine's own files
 // never change), checks the units with systemd-analyze verify, and runs
-// each unit's ExecStart line as systemd would (its EnvironmentFile read,
-// $VAR split into words): the controller answers `fabric node list` with
+// each unit's ExecStart line as systemd would (its user, groups and
+// ambient capabilities, its EnvironmentFile read, $VAR split into words):
+// the controller (as the system user fabric) answers `fabric node list` with
 // the client.json it wrote, the storage node serves AoE on eth1, the disk
 // server listens on its control socket. Then dpkg -r removes it all.
 func TestDebianPackages(t *testing.T) {
@@ -53,10 +54,20 @@ dpkg -i "$@" >/dev/null
 echo "== installed: $(dpkg-query -W -f '${Package} ${Version} ' fabric fabricd)"
 systemd-analyze verify /lib/systemd/system/fabricd-*.service
 echo "== verify ok"
-# unit ROLE: the command line systemd would run for fabricd-ROLE.service.
+echo "== user: $(getent passwd fabric | cut -d: -f1,6,7)"
+# unit ROLE: the command line systemd would run for fabricd-ROLE.service:
+# its User=, SupplementaryGroups= and AmbientCapabilities= (setpriv), its
+# EnvironmentFile read, its ExecStart.
 unit() {
   local u=/lib/systemd/system/fabricd-$1.service
   local env=$(sed -n 's/^EnvironmentFile=//p' "$u")
+  local user=$(sed -n 's/^User=//p' "$u")
+  if [ -n "$user" ]; then
+    local caps=$(sed -n 's/^AmbientCapabilities=//p' "$u" | tr 'A-Z ' 'a-z,' | sed 's/cap_//g; s/[^,][^,]*/+&/g')
+    local groups=$(sed -n 's/^Group=//p' "$u")$(sed -n 's/^SupplementaryGroups=/,/p' "$u")
+    printf '%s\n' setpriv --reuid="$user" --regid="$(sed -n 's/^Group=//p' "$u")" --groups="$groups" \
+      --inh-caps="$caps" --ambient-caps="$caps" --bounding-set=-all,"$caps" --
+  fi
   ( set -a; . "$env"; eval "printf '%s\n' $(sed -n 's/^ExecStart=//p' "$u")" )
 }
 pids=""
@@ -65,6 +76,7 @@ start() {
   echo "== fabricd-$1.service: ${cmd[*]}"
   "${cmd[@]}" >"$ROOT/$1.log" 2>&1 &
   pids="$pids $!"
+  eval "pid_${1//-/_}=$!"
 }
 trap 'for p in $pids; do kill $p 2>/dev/null || true; done; wait' EXIT
 start controller
@@ -78,6 +90,8 @@ for i in $(seq 1 50); do [ -S /run/fabric/hwnode-disks.sock ] && break; sleep 0.
 sleep 1
 grep -h '"serving AoE"' "$ROOT/storage.log" | head -1
 for p in $pids; do kill -0 $p && echo "== pid alive"; done
+echo "== controller runs as $(ps -o user= -p $pid_controller), storage as $(ps -o user= -p $pid_storage), disk server as $(ps -o user= -p $pid_hwnode_disks)"
+echo "== controller state owned by $(stat -c %U /var/lib/fabric/controller/fabric.db)"
 dpkg -r fabricd fabric >/dev/null
 [ ! -e /usr/bin/fabricd ] && echo "== removed"
 `
@@ -93,7 +107,8 @@ dpkg -r fabricd fabric >/dev/null
 		}
 		t.Fatalf("installing and running the packages: %v", err)
 	}
-	for _, want := range []string{"== installed: fabric 0~git", "== verify ok", "== fabric node list:\nNAME", "== disk server socket", `"serving AoE","iface":"eth1"`, "== removed"} {
+	for _, want := range []string{"== installed: fabric 0~git", "== user: fabric:/var/lib/fabric:/usr/sbin/nologin", "== verify ok", "== fabric node list:\nNAME", "== disk server socket",
+		`"serving AoE","iface":"eth1"`, "== controller runs as fabric, storage as fabric, disk server as root", "== controller state owned by fabric", "== removed"} {
 		if !strings.Contains(o, want) {
 			t.Errorf("no %q in the output", want)
 		}
