@@ -827,3 +827,10 @@ func TestClientConfigCopied(t *testing.T) {
 		t.Errorf("fabric with no CA file: exit %d, %q", code, errs)
 	}
 }
+
+// TestNoPlaceholderQuotes: no flag's help is garbled by a backquote.
+func TestNoPlaceholderQuotes(t *testing.T) {
+	if bad := cliargs.Placeholders(newApp(io.Discard, io.Discard)); len(bad) > 0 {
+		t.Errorf("flags whose usage has a backquote (urfave/cli makes it the value placeholder): %v", bad)
+	}
+}

@@ -25,7 +25,16 @@ var version = "dev"
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	app := &cli.App{
+	app := newApp()
+	if err := app.RunContext(ctx, cliargs.FlagsFirst(app, os.Args)); err != nil {
+		fmt.Fprintf(os.Stderr, "fabricd: %v\n", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+func newApp() *cli.App {
+	return &cli.App{
 		Name:    "fabricd",
 		Usage:   "fabric daemon: run one role of the fabric",
 		Version: version,
@@ -51,11 +60,6 @@ func main() {
 			return nil
 		},
 		Commands: []*cli.Command{controllerCommand(), storageCommand(), hwnodeCommand(), hwnodeDisksCommand()},
-	}
-	if err := app.RunContext(ctx, cliargs.FlagsFirst(app, os.Args)); err != nil {
-		fmt.Fprintf(os.Stderr, "fabricd: %v\n", err)
-		stop()
-		os.Exit(1)
 	}
 }
 
@@ -108,7 +112,7 @@ func controllerCommand() *cli.Command {
 			&cli.BoolFlag{Name: "ra", Value: true, Usage: "send IPv6 router advertisements without M/O flags (spares iPXE a 16 s wait)"},
 			&cli.StringFlag{Name: "hwnode-kernel", Value: "hwnode/vmlinuz", Usage: "hardware node kernel, relative to --boot-dir"},
 			&cli.StringFlag{Name: "hwnode-initrd", Value: "hwnode/initrd.img", Usage: "hardware node initrd, relative to --boot-dir"},
-			&cli.StringFlag{Name: "hwnode-hypervisor", Usage: "multiboot hypervisor relative to --boot-dir (Xen: hwnode/xen.gz from `make images-xen`); the kernel and initrd become its dom0 modules"},
+			&cli.StringFlag{Name: "hwnode-hypervisor", Usage: "multiboot hypervisor relative to --boot-dir (Xen: hwnode/xen.gz from 'make images-xen'); the kernel and initrd become its dom0 modules"},
 			&cli.StringFlag{Name: "hwnode-hypervisor-args", Value: "dom0_mem=1024M,max:1024M console=com1,vga com1=115200,8n1", Usage: "the hypervisor's command line (with --hwnode-hypervisor)"},
 			&cli.BoolFlag{Name: "hwnode-sanboot", Usage: "boot hardware nodes from their root volume's own boot loader (iPXE sanboot aoe:) instead of --hwnode-kernel/--hwnode-initrd"},
 			&cli.StringFlag{Name: "hwnode-cmdline", Value: pxe.DefaultCmdline, Usage: "hardware node kernel command line (Go template: .Name .MAC .IP .Role .RootVolume .Token .Controller)"},
@@ -117,7 +121,7 @@ func controllerCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "storage-iface", Usage: "AoE interface of the storage node run with --storage-dir (repeatable)", Category: "storage beside the controller"},
 			&cli.StringFlag{Name: "storage-name", Value: controller.DefaultLocalStorageName, Usage: "registered name of the storage node run with --storage-dir", Category: "storage beside the controller"},
 			&cli.StringFlag{Name: "storage-replication-listen", Usage: "HOST:PORT where the storage node run with --storage-dir takes a pair peer's replication connection (fabric storage pair create)", Category: "storage beside the controller"},
-			&cli.StringFlag{Name: "hwnode-root-image", Usage: "image (`fabric image import`) cloned into each hardware node's root volume at registration"},
+			&cli.StringFlag{Name: "hwnode-root-image", Usage: "image ('fabric image import') cloned into each hardware node's root volume at registration"},
 			&cli.IntFlag{Name: "vcpu-overcommit", Value: 4, Usage: "guest vCPUs per host CPU"},
 			&cli.DurationFlag{Name: "agent-timeout", Value: controller.DefaultAgentTimeout, Usage: "a hardware node silent this long is dead"},
 			&cli.DurationFlag{Name: "cert-ttl", Value: controller.DefaultCertTTL, Usage: "lifetime of node certificates; agents renew at half of it"},

@@ -53,7 +53,7 @@ Or let the controller pair two members (it is then the pair's witness):
 			&cli.StringFlag{Name: "controller", Usage: "enroll with this controller and report to it (https://HOST:PORT)", Category: "fabric member"},
 			&cli.StringFlag{Name: "ca", Usage: "fabric CA certificate (the controller's STATE/ca/ca.crt)", Category: "fabric member"},
 			&cli.StringFlag{Name: "name", Usage: "this node's registered name (role storage); default: --node", Category: "fabric member"},
-			&cli.StringFlag{Name: "token", Usage: "one-time enrollment token (`fabric node token NAME`); default fabric.token= from /proc/cmdline", Category: "fabric member"},
+			&cli.StringFlag{Name: "token", Usage: "one-time enrollment token ('fabric node token NAME'); default fabric.token= from /proc/cmdline", Category: "fabric member"},
 		},
 		Action: func(c *cli.Context) error {
 			log, err := logger(c)

@@ -65,3 +65,28 @@ func takesValue(flags []cli.Flag, name string) bool {
 	}
 	return false
 }
+
+// Placeholders lists the flags whose usage holds a backquote: urfave/cli
+// shows the quoted text as the flag's value placeholder and drops the
+// quotes (`--hwnode-hypervisor make images-xen`), which reads as nonsense.
+func Placeholders(app *cli.App) []string {
+	var out []string
+	check := func(path string, flags []cli.Flag) {
+		for _, f := range flags {
+			if d, ok := f.(cli.DocGenerationFlag); ok && strings.Contains(d.GetUsage(), "`") {
+				out = append(out, strings.TrimSpace(path+" --"+f.Names()[0]))
+			}
+		}
+	}
+	var walk func(path string, cmds []*cli.Command)
+	walk = func(path string, cmds []*cli.Command) {
+		for _, c := range cmds {
+			p := strings.TrimSpace(path + " " + c.Name)
+			check(p, c.Flags)
+			walk(p, c.Subcommands)
+		}
+	}
+	check(app.Name, app.Flags)
+	walk(app.Name, app.Commands)
+	return out
+}
