@@ -504,7 +504,9 @@ func nodeCommand() *cli.Command {
 				ArgsUsage: "NAME",
 				Flags:     []cli.Flag{outputFlag},
 				Action: withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
+					done := waiting(c.App.ErrWriter, "draining "+name)
 					rs, err := cl.DrainNode(c.Context, name)
+					done()
 					if err != nil {
 						return err
 					}

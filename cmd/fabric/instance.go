@@ -187,7 +187,9 @@ func instanceCommand() *cli.Command {
 	state := func(action string) cli.ActionFunc {
 		return withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
 			t0 := time.Now()
+			done := waiting(c.App.ErrWriter, fmt.Sprintf("%s %s", map[string]string{"start": "starting", "stop": "stopping"}[action], name))
 			in, err := cl.SetInstanceState(c.Context, name, action, c.Duration("wait"))
+			done()
 			if err != nil {
 				return err
 			}
@@ -248,7 +250,10 @@ func instanceCommand() *cli.Command {
 					if d := c.Duration("wait"); c.Bool("start") && d > 0 {
 						// Start is idempotent: this only waits for the node
 						// to report the instance running.
-						if in, err = cl.SetInstanceState(c.Context, name, "start", d); err != nil {
+						done := waiting(c.App.ErrWriter, "starting "+name)
+						in, err = cl.SetInstanceState(c.Context, name, "start", d)
+						done()
+						if err != nil {
 							return fmt.Errorf("instance %s created, but: %w", name, err)
 						}
 					}
@@ -287,7 +292,9 @@ func instanceCommand() *cli.Command {
 					outputFlag,
 				},
 				Action: withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
+					done := waiting(c.App.ErrWriter, "migrating "+name)
 					r, err := cl.MigrateInstance(c.Context, name, c.String("to"))
+					done()
 					if err != nil {
 						return err
 					}

@@ -81,3 +81,37 @@ func (p *progress) finish(word string) {
 	}
 	fmt.Fprintf(p.w, "%s\n", word)
 }
+
+// waiting shows, on the terminal only, that a command waits on the fabric
+// (a migration, a drain, a node reporting an instance) and for how long:
+// "migrating web ... 3.2 s", redrawn every interval until done is called,
+// which clears the line.
+func waiting(w io.Writer, label string) (done func()) {
+	if !isTerminal(w) {
+		return func() {}
+	}
+	return startWaiting(w, label, 200*time.Millisecond)
+}
+
+func startWaiting(w io.Writer, label string, interval time.Duration) (done func()) {
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	t0 := time.Now()
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				fmt.Fprint(w, "\r\033[K")
+				return
+			case <-tick.C:
+				fmt.Fprintf(w, "\r%s ... %.1f s", label, time.Since(t0).Seconds())
+			}
+		}
+	}()
+	return func() {
+		close(stop)
+		<-stopped
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -56,4 +57,40 @@ func TestProgress(t *testing.T) {
 	if n, err := io.Copy(io.Discard, q); n != 3000 || err != nil || q.drawn {
 		t.Errorf("off a terminal: copied %d, %v, drawn %v", n, err, q.drawn)
 	}
+}
+
+// TestWaiting: the wait line counts up while the command waits and is
+// cleared when it ends; off a terminal there is none.
+func TestWaiting(t *testing.T) {
+	var b syncBuffer
+	done := startWaiting(&b, "migrating web", 10*time.Millisecond)
+	time.Sleep(80 * time.Millisecond)
+	done()
+	out := b.String()
+	if n := strings.Count(out, "\rmigrating web ... "); n < 3 || !strings.HasSuffix(out, "\r\033[K") {
+		t.Errorf("wait line drawn %d times, output %q", n, out)
+	}
+	var quiet bytes.Buffer
+	waiting(&quiet, "x")()
+	if quiet.Len() != 0 {
+		t.Errorf("off a terminal: %q", quiet.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and one reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

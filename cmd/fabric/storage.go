@@ -150,7 +150,9 @@ func storageCommand() *cli.Command {
 				Flags:     []cli.Flag{&cli.DurationFlag{Name: "wait", Value: 10 * time.Minute, Usage: "wait this long for the pair to be in sync again (0: do not wait)"}, outputFlag},
 				Action: withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
 					t0 := time.Now()
+					done := waiting(c.App.ErrWriter, "bringing back "+name)
 					n, err := cl.UndrainStorage(c.Context, name, c.Duration("wait"))
+					done()
 					if err != nil {
 						return err
 					}
@@ -213,7 +215,9 @@ func storageCommand() *cli.Command {
 func leaveAction(call func(*controllerapi.Client, context.Context, string) (controllerapi.StorageNode, error), after, back string) cli.ActionFunc {
 	return withName("NAME", func(c *cli.Context, cl *controllerapi.Client, name string) error {
 		t0 := time.Now()
+		done := waiting(c.App.ErrWriter, "draining "+name)
 		n, err := call(cl, c.Context, name)
+		done()
 		if err != nil {
 			return err
 		}
@@ -419,7 +423,9 @@ writes and the other follows in sync.`,
 						return fmt.Errorf("fabric storage pair create: want two storage node names, got %d arguments", c.NArg())
 					}
 					t0 := time.Now()
+					done := waiting(c.App.ErrWriter, "pairing "+strings.Join(c.Args().Slice(), " and "))
 					p, err := cl.CreatePair(c.Context, controllerapi.PairRequest{Name: c.String("name"), Nodes: c.Args().Slice()})
+					done()
 					if err != nil {
 						return err
 					}
