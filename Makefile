@@ -71,10 +71,10 @@ bench-hwnode: images build
 # Hardware node failure: power loss to the instance answering from another
 # node, 5 times in the lab; the scheduler's benchmarks (about 4 min).
 bench-ha: images build
-	./scripts/bench-ha.sh
+	./scripts/bench-record.sh ha
 
 bench-storage: images build
-	./scripts/bench-storage.sh
+	./scripts/bench-record.sh storage
 
 bench-controller: build
 	./scripts/bench-record.sh controller
@@ -89,13 +89,15 @@ bench-boot: build
 bench-check: build
 	./scripts/bench-check.sh
 
-# Our AoE target beside vblade: MTU 9000/1500, window 16/64 (about 3 min).
+# Our AoE target beside vblade: MTU 9000/1500, window 16/64, our batching
+# client and a one-frame-per-call one, 3 interleaved rounds (about 13 min);
+# recorded in docs/bench/aoe.txt and docs/benchmarks.md.
 bench-aoe: build
-	./scripts/bench-aoe.sh
+	./scripts/bench-record.sh aoe
 
 # Storage pair: replication's cost, resync rate, failover stalls (about 6 min).
 bench-pair: build
-	./scripts/bench-pair.sh
+	./scripts/bench-record.sh pair
 
 clean:
 	rm -rf $(BIN) work

@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
 # bench-aoe.sh: our AoE target (fabricd storage) beside vblade, in the same
 # run, same client (fabric aoe bench), same veth pair, at MTU 9000 and 1500,
-# windows 16 and 64. Prints a markdown table; CPU is the target process's
-# utime+stime from /proc/PID/stat, per GiB moved.
-#   usage: scripts/bench-aoe.sh [seconds-per-point]   (root; make build first)
-#   MTUS, WINDOWS, TARGETS, MODES, CLIENTS (batch one-frame) narrow the
-#   sweep, e.g. MTUS=9000 MODES=seqread CLIENTS=one-frame.
+# windows 16 and 64, with two clients: our initiator as it runs (replies
+# read in batches, the requests they free sent together) and one that
+# sends and receives a frame per system call, as most initiators do at a
+# low depth. ROUNDS rounds (default 3), the targets in turn within each
+# (fabric first in odd rounds, vblade first in even ones); every run is
+# printed with the CPU other processes used meanwhile, then each point's
+# min/median/max and the ratios of the medians. CPU is the target
+# process's utime+stime from /proc/PID/stat, per GiB moved.
+#   usage: scripts/bench-aoe.sh [seconds-per-run]   (root; make build first;
+#   default 3 s: about 13 min for the full sweep)
+#   MTUS, WINDOWS, MODES, CLIENTS (batch one-frame), ROUNDS narrow it,
+#   e.g. MTUS=9000 MODES=seqread CLIENTS=one-frame.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECS=${1:-4}
+. scripts/benchlib.sh
+SECS=${1:-3}
+ROUNDS=${ROUNDS:-3}
+MTUS=${MTUS:-9000 1500} WINDOWS=${WINDOWS:-16 64} MODES=${MODES:-seqread seqwrite randread randwrite} CLIENTS=${CLIENTS:-batch one-frame}
 BIN=$PWD/bin
 TAG=fb$$
 S=$TAG-sto I=$TAG-ini
@@ -19,9 +29,14 @@ cleanup() {
   ip netns del $S 2>/dev/null || true
   ip netns del $I 2>/dev/null || true
   rm -rf "$WORK"
+  bench_end
 }
 trap cleanup EXIT INT TERM
 command -v vblade >/dev/null || { echo "vblade missing: run scripts/deps.sh" >&2; exit 1; }
+[ -x "$BIN/fabric" ] || { echo "run make build first" >&2; exit 1; }
+
+BENCH_COMMAND="scripts/bench-aoe.sh $SECS (ROUNDS=$ROUNDS MTUS=\"$MTUS\" WINDOWS=\"$WINDOWS\" MODES=\"$MODES\" CLIENTS=\"$CLIENTS\")" \
+  bench_begin "AoE target: fabricd storage beside vblade (same client, same veth pair), $SECS s per run"
 
 ip netns add $S; ip netns add $I
 ip link add ${TAG}a type veth peer name ${TAG}b
@@ -36,9 +51,6 @@ dd if=/dev/urandom of=$WORK/pool/volumes/bench.img bs=1M count=512 conv=notrunc 
 cat $WORK/pool/volumes/bench.img > /dev/null
 
 ticks() { awk '{print $14+$15}' /proc/$1/stat; }
-# Busy jiffies of the whole machine (target, client and the kernel's
-# softirq work, which on veth runs in whichever process sent the frame).
-busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 HZ=$(getconf CLK_TCK)
 
 start_target() {
@@ -49,46 +61,80 @@ start_target() {
   TPID=$!
   # ip netns exec execs the target: $! is its PID.
   for _ in $(seq 50); do
-    ip netns exec $I $BIN/fabric aoe discover -i ini0 --wait 100ms -o json 2>/dev/null | grep -q '"shelf": 1,' && return 0
+    ip netns exec $I $BIN/fabric aoe discover -i ini0 --wait 100ms -o jsonl 2>/dev/null | grep -q '"shelf":1,' && return 0
     sleep 0.1
   done
   echo "target $1 did not answer" >&2; exit 1
 }
 stop_target() { kill $TPID; wait $TPID 2>/dev/null || true; TPID=; }
 
-printf '| MTU | target | window | client | mode | MB/s | IOPS | p99 µs | target CPU s/GiB | target CPU %% | machine CPU s/GiB |\n'
-printf '|---|---|---|---|---|---|---|---|---|---|---|\n'
-for MTU in ${MTUS:-9000 1500}; do
-  ip -n $S link set sto0 mtu $MTU; ip -n $I link set ini0 mtu $MTU
-  for W in ${WINDOWS:-16 64}; do
-    for T in ${TARGETS:-vblade fabric}; do
-      start_target $T
-      for M in ${MODES:-seqread seqwrite randread randwrite}; do
-       # batch: our initiator as it runs (replies read in batches, the
-       # requests they free sent in one sendmmsg); one-frame: a frame per
-       # system call each way, as most initiators send at a low depth.
-       for C in ${CLIENTS:-batch one-frame}; do
-        flag=; [ "$C" = one-frame ] && flag=--one-frame
-        t0=$(ticks $TPID); b0=$(busy); s0=$(date +%s.%N)
-        out=$(ip netns exec $I $BIN/fabric aoe bench -i ini0 --window $W --mode $M --duration ${SECS}s $flag -o json e1.0)
-        t1=$(ticks $TPID); b1=$(busy); s1=$(date +%s.%N)
-        python3 - "$MTU" "$T" "$W/$C" "$M" "$out" "$t0" "$t1" "$HZ" "$s0" "$s1" "$b0" "$b1" <<'PY'
+RUNS=$WORK/runs.tsv
+echo
+printf '%-5s %-5s %-6s %-9s %-9s %-7s %8s %8s %8s %10s %6s\n' round MTU window client mode target MB/s IOPS "p99 µs" "CPU s/GiB" other
+for R in $(seq "$ROUNDS"); do
+  order="fabric vblade"; [ $((R % 2)) = 0 ] && order="vblade fabric"
+  for MTU in $MTUS; do
+    ip -n $S link set sto0 mtu $MTU; ip -n $I link set ini0 mtu $MTU
+    for W in $WINDOWS; do
+      for T in $order; do
+        start_target $T
+        for M in $MODES; do
+          for C in $CLIENTS; do
+            flag=; [ "$C" = one-frame ] && flag=--one-frame
+            load_mark
+            t0=$(ticks $TPID)
+            out=$(ip netns exec $I $BIN/fabric aoe bench -i ini0 --window $W --mode $M --duration ${SECS}s $flag -o jsonl e1.0)
+            t1=$(ticks $TPID)
+            other=$(load_other)
+            python3 - "$R" "$MTU" "$W" "$C" "$M" "$T" "$out" "$t0" "$t1" "$HZ" "$other" "$(load_flag "$other")" "$RUNS" <<'PY'
 import json, sys
-mtu, t, w, m, out, t0, t1, hz, s0, s1, b0, b1 = sys.argv[1:]
-w = w.replace("/", " | ")
-r = json.loads(out)
+r, mtu, w, c, m, t, out, t0, t1, hz, other, flag, runs = sys.argv[1:]
+res = json.loads(out)
+gib = res["bytes"] / 2**30
 cpu = (int(t1) - int(t0)) / int(hz)
-gib = r["bytes"] / 2**30
 per = cpu / gib if gib else float("nan")
-util = 100 * cpu / (float(s1) - float(s0))
-mach = (int(b1) - int(b0)) / int(hz) / gib if gib else float("nan")
-print(f"| {mtu} | {t} | {w} | {m} | {r['mb_per_s']:.0f} | {r['iops']:.0f} | {r['p99_us']:.0f} | {per:.2f} | {util:.0f} | {mach:.2f} |" + (f" errors: {r['errors']}" if r['errors'] else ""))
+err = f" errors: {res['errors']}" if res["errors"] else ""
+print(f"{r:<5} {mtu:<5} {w:<6} {c:<9} {m:<9} {t:<7} {res['mb_per_s']:8.0f} {res['iops']:8.0f} {res['p99_us']:8.0f} {per:10.2f} {other:>5}%{flag}{err}")
+with open(runs, "a") as f:
+    f.write(f"{mtu}\t{w}\t{c}\t{m}\t{t}\t{res['mb_per_s']}\t{per}\n")
 PY
-       done
+          done
+        done
+        stop_target
       done
-      stop_target
     done
   done
 done
+
 echo
-echo "command: scripts/bench-aoe.sh $SECS  ($(nproc) CPUs, $(uname -r), $(date -u +%Y-%m-%d))"
+echo "over $ROUNDS rounds, min/median/max; ratios are fabric's median over vblade's (goal: CPU per GiB at most 0.7x, throughput at least 1x)"
+python3 - "$RUNS" <<'PY'
+import sys, statistics
+pts = {}
+for line in open(sys.argv[1]):
+    mtu, w, c, m, t, mbps, cpu = line.rstrip("\n").split("\t")
+    pts.setdefault((mtu, w, c, m), {}).setdefault(t, []).append((float(mbps), float(cpu)))
+def sp(v, fmt):
+    v = sorted(v)
+    return "/".join(fmt.format(x) for x in (v[0], statistics.median(v), v[-1]))
+print(f"{'MTU':<5} {'window':<6} {'client':<9} {'mode':<9} {'fabric MB/s':>16} {'vblade MB/s':>16} {'fabric CPU s/GiB':>18} {'vblade CPU s/GiB':>18} {'CPU':>6} {'MB/s':>6}  goal")
+met = total = 0
+figs = []
+for (mtu, w, c, m), by in pts.items():
+    if "fabric" not in by or "vblade" not in by:
+        continue
+    fm, fc = [x[0] for x in by["fabric"]], [x[1] for x in by["fabric"]]
+    vm, vc = [x[0] for x in by["vblade"]], [x[1] for x in by["vblade"]]
+    cr = statistics.median(fc) / statistics.median(vc)
+    mr = statistics.median(fm) / statistics.median(vm)
+    ok = cr <= 0.7 and mr >= 1.0
+    met += ok; total += 1
+    print(f"{mtu:<5} {w:<6} {c:<9} {m:<9} {sp(fm, '{:.0f}'):>16} {sp(vm, '{:.0f}'):>16} {sp(fc, '{:.2f}'):>18} {sp(vc, '{:.2f}'):>18} {cr:5.2f}x {mr:5.2f}x  {'met' if ok else 'not met'}")
+    key = f"aoe.{mtu}.{w}.{c}.{m}"
+    figs.append((key + ".fabric_mb_per_s", "MB/s", "higher", fm))
+    figs.append((key + ".fabric_cpu_s_per_gib", "s/GiB", "lower", fc))
+print(f"goal met at {met} of {total} points")
+for key, unit, better, v in figs:
+    v = sorted(v)
+    print(f"FIGURE\t{key}\t{v[0]:g}\t{statistics.median(v):g}\t{v[-1]:g}\t{unit}\t{better}\t{len(v)}")
+PY

@@ -103,3 +103,41 @@ figure() {
   printf '%s\n' "$@" | sort -g | awk -v k="$key" -v u="$unit" -v b="$better" \
     '{v[NR]=$1} END {printf "FIGURE\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", k, v[1], v[int((NR+1)/2)], v[NR], u, b, NR}'
 }
+
+# table_figures PREFIX FILE: FIGURE lines for the min/median/max cells
+# ("a / b / c" or "a/b/c", units after the numbers allowed) of the markdown
+# tables in FILE, for the benchmarks whose Go tests print tables. The key
+# is PREFIX.ROW.COLUMN (the row's text cells and the column header,
+# lowercased, runs of other characters as _); a column counting throughput
+# (MB/s, MiB/s, IOPS, per s) is better higher, anything else (times,
+# latencies, stalls) lower.
+table_figures() {
+  python3 - "$1" "$2" <<'PY'
+import re, sys
+prefix, path = sys.argv[1:]
+num = r"(-?[0-9.]+)\s*[a-zµ]*"
+triple = re.compile(rf"^\s*{num}\s*/\s*{num}\s*/\s*{num}\s*$")
+def slug(s):
+    return re.sub(r"[^a-z0-9]+", "_", s.lower().replace("µ", "u")).strip("_")
+header = None
+for line in open(path):
+    line = line.rstrip("\n")
+    if not line.startswith("|"):
+        header = None
+        continue
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    if header is None:
+        header = cells
+        continue
+    if all(set(c) <= set("-: ") for c in cells):
+        continue
+    label = "_".join(slug(c) for c in cells if c and not triple.match(c))
+    for col, c in zip(header, cells):
+        m = triple.match(c)
+        if not m:
+            continue
+        better = "higher" if re.search(r"mb/s|mib/s|iops|/s\b|per s", col.lower()) else "lower"
+        unit = re.sub(r"\s*min.*$", "", col).strip() or "value"
+        print(f"FIGURE\t{prefix}.{label}.{slug(unit)}\t{m.group(1)}\t{m.group(2)}\t{m.group(3)}\t{unit}\t{better}\t0")
+PY
+}

@@ -32,7 +32,8 @@ func defaultConfigPaths() []string {
 	if h, err := os.UserHomeDir(); err == nil {
 		ps = append(ps, filepath.Join(h, ".config", "fabric", "client.json"))
 	}
-	return append(ps, "/etc/fabric/client.json", "/var/lib/fabric/client.json")
+	// The last is where the packaged controller writes it.
+	return append(ps, "/etc/fabric/client.json", "/var/lib/fabric/client.json", "/var/lib/fabric/controller/client.json")
 }
 
 // clientConfig mirrors controller.ClientConfig; the CLI does not import the
