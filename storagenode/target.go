@@ -405,7 +405,7 @@ func (t *Target) Add(e Export) error {
 	// whose writes must reach stable storage before the reply: pwrite on
 	// an O_DSYNC descriptor.
 	prot := unix.PROT_READ
-	if !e.ReadOnly && !e.Sync && os.Getenv("FABRIC_XP_PWRITE") == "" {
+	if !e.ReadOnly && !e.Sync {
 		prot |= unix.PROT_WRITE
 	}
 	if mem, err := unix.Mmap(int(f.Fd()), 0, int(size), prot, unix.MAP_SHARED); err == nil {
