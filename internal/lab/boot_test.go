@@ -42,7 +42,7 @@ func TestUEFIFirmwarePXEChain(t *testing.T) {
 		t.Fatalf("%v\nlast console lines:\n%s", err, strings.Join(serial[max(0, n-40):], "\n"))
 	}
 	t.Logf("UEFI firmware PXE -> ipxe.efi (TFTP) -> HTTP script -> kernel -> AoE root: %s", Timeline(tl))
-	out, err := l.Fabric("events", "-o", "json")
+	out, err := l.Fabric("events", "-o", "jsonl")
 	if err != nil {
 		t.Fatal(err)
 	}
