@@ -16,7 +16,7 @@ for name in "${names[@]}"; do
   rec=docs/bench/$name.txt
   [ -f "$rec" ] || { echo "bench-check: no record $rec"; exit 1; }
   # The recorded command's arguments, so that the same run is compared.
-  args=$(awk '/^command: /{sub(/^command: scripts\/bench-[a-z-]*\.sh ?/, ""); sub(/ \(.*$/, ""); print; exit}' "$rec")
+  args=$(awk '/^command: /{sub(/^command: scripts\/bench-[a-z-]*\.sh ?/, ""); sub(/ ?\(.*$/, ""); print; exit}' "$rec")
   envs=$(awk '/^command: /{if (match($0, /\((.*)\)$/)) print substr($0, RSTART + 1, RLENGTH - 2); exit}' "$rec")
   echo "== bench-check $name: scripts/bench-$name.sh $args ${envs:+($envs)}"
   new=$(mktemp)
