@@ -13,6 +13,8 @@
 #   default 3 s: about 13 min for the full sweep)
 #   MTUS, WINDOWS, MODES, CLIENTS (batch one-frame), ROUNDS narrow it,
 #   e.g. MTUS=9000 MODES=seqread CLIENTS=one-frame.
+#   PEER_FABRICD=PATH: the peer is that fabricd build instead of vblade
+#   (an A/B of two versions of our target; printed as "peer").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/benchlib.sh
@@ -32,11 +34,17 @@ cleanup() {
   bench_end
 }
 trap cleanup EXIT INT TERM
-command -v vblade >/dev/null || { echo "vblade missing: run scripts/deps.sh" >&2; exit 1; }
+PEER=vblade
+if [ -n "${PEER_FABRICD:-}" ]; then
+  PEER=peer
+  [ -x "$PEER_FABRICD" ] || { echo "PEER_FABRICD=$PEER_FABRICD: not an executable" >&2; exit 1; }
+else
+  command -v vblade >/dev/null || { echo "vblade missing: run scripts/deps.sh" >&2; exit 1; }
+fi
 [ -x "$BIN/fabric" ] || { echo "run make build first" >&2; exit 1; }
 
-BENCH_COMMAND="scripts/bench-aoe.sh $SECS (ROUNDS=$ROUNDS MTUS=\"$MTUS\" WINDOWS=\"$WINDOWS\" MODES=\"$MODES\" CLIENTS=\"$CLIENTS\")" \
-  bench_begin "AoE target: fabricd storage beside vblade (same client, same veth pair), $SECS s per run"
+BENCH_COMMAND="scripts/bench-aoe.sh $SECS (${PEER_FABRICD:+PEER_FABRICD=$PEER_FABRICD }ROUNDS=$ROUNDS MTUS=\"$MTUS\" WINDOWS=\"$WINDOWS\" MODES=\"$MODES\" CLIENTS=\"$CLIENTS\")" \
+  bench_begin "AoE target: fabricd storage beside $PEER (same client, same veth pair), $SECS s per run"
 
 ip netns add $S; ip netns add $I
 ip link add ${TAG}a type veth peer name ${TAG}b
@@ -57,6 +65,7 @@ start_target() {
   case $1 in
     fabric) ip netns exec $S $BIN/fabricd --log-level warn storage --iface sto0 --data-dir $WORK/pool & ;;
     vblade) ip netns exec $S vblade 1 0 sto0 $WORK/pool/volumes/bench.img >/dev/null 2>&1 & ;;
+    peer) ip netns exec $S "$PEER_FABRICD" --log-level warn storage --iface sto0 --data-dir $WORK/pool & ;;
   esac
   TPID=$!
   # ip netns exec execs the target: $! is its PID.
@@ -72,7 +81,7 @@ RUNS=$WORK/runs.tsv
 echo
 printf '%-5s %-5s %-6s %-9s %-9s %-7s %8s %8s %8s %10s %6s\n' round MTU window client mode target MB/s IOPS "p99 µs" "CPU s/GiB" other
 for R in $(seq "$ROUNDS"); do
-  order="fabric vblade"; [ $((R % 2)) = 0 ] && order="vblade fabric"
+  order="fabric $PEER"; [ $((R % 2)) = 0 ] && order="$PEER fabric"
   for MTU in $MTUS; do
     ip -n $S link set sto0 mtu $MTU; ip -n $I link set ini0 mtu $MTU
     for W in $WINDOWS; do
@@ -107,9 +116,10 @@ PY
 done
 
 echo
-echo "over $ROUNDS rounds, min/median/max; ratios are fabric's median over vblade's (goal: CPU per GiB at most 0.7x, throughput at least 1x)"
-python3 - "$RUNS" <<'PY'
+echo "over $ROUNDS rounds, min/median/max; ratios are fabric's median over $PEER's (goal against vblade: CPU per GiB at most 0.7x, throughput at least 1x)"
+python3 - "$RUNS" "$PEER" <<'PY'
 import sys, statistics
+peer = sys.argv[2]
 pts = {}
 for line in open(sys.argv[1]):
     mtu, w, c, m, t, mbps, cpu = line.rstrip("\n").split("\t")
@@ -117,23 +127,24 @@ for line in open(sys.argv[1]):
 def sp(v, fmt):
     v = sorted(v)
     return "/".join(fmt.format(x) for x in (v[0], statistics.median(v), v[-1]))
-print(f"{'MTU':<5} {'window':<6} {'client':<9} {'mode':<9} {'fabric MB/s':>16} {'vblade MB/s':>16} {'fabric CPU s/GiB':>18} {'vblade CPU s/GiB':>18} {'CPU':>6} {'MB/s':>6}  goal")
+print(f"{'MTU':<5} {'window':<6} {'client':<9} {'mode':<9} {'fabric MB/s':>16} {peer + ' MB/s':>16} {'fabric CPU s/GiB':>18} {peer + ' CPU s/GiB':>18} {'CPU':>6} {'MB/s':>6}  goal")
 met = total = 0
 figs = []
 for (mtu, w, c, m), by in pts.items():
-    if "fabric" not in by or "vblade" not in by:
+    if "fabric" not in by or peer not in by:
         continue
     fm, fc = [x[0] for x in by["fabric"]], [x[1] for x in by["fabric"]]
-    vm, vc = [x[0] for x in by["vblade"]], [x[1] for x in by["vblade"]]
+    vm, vc = [x[0] for x in by[peer]], [x[1] for x in by[peer]]
     cr = statistics.median(fc) / statistics.median(vc)
     mr = statistics.median(fm) / statistics.median(vm)
     ok = cr <= 0.7 and mr >= 1.0
     met += ok; total += 1
-    print(f"{mtu:<5} {w:<6} {c:<9} {m:<9} {sp(fm, '{:.0f}'):>16} {sp(vm, '{:.0f}'):>16} {sp(fc, '{:.2f}'):>18} {sp(vc, '{:.2f}'):>18} {cr:5.2f}x {mr:5.2f}x  {'met' if ok else 'not met'}")
+    print(f"{mtu:<5} {w:<6} {c:<9} {m:<9} {sp(fm, '{:.0f}'):>16} {sp(vm, '{:.0f}'):>16} {sp(fc, '{:.2f}'):>18} {sp(vc, '{:.2f}'):>18} {cr:5.2f}x {mr:5.2f}x  {('met' if ok else 'not met') if peer == 'vblade' else '-'}")
     key = f"aoe.{mtu}.{w}.{c}.{m}"
     figs.append((key + ".fabric_mb_per_s", "MB/s", "higher", fm))
     figs.append((key + ".fabric_cpu_s_per_gib", "s/GiB", "lower", fc))
-print(f"goal met at {met} of {total} points")
+if peer == "vblade":
+    print(f"goal met at {met} of {total} points")
 for key, unit, better, v in figs:
     v = sorted(v)
     print(f"FIGURE\t{key}\t{v[0]:g}\t{statistics.median(v):g}\t{v[-1]:g}\t{unit}\t{better}\t{len(v)}")
