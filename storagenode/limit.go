@@ -167,7 +167,7 @@ func (lm *limiter) run(t *Target, v *volume) {
 			t.inflight.RLock()
 			if t.tab.Load().byAddr[key(v.Shelf, v.Slot)] == v {
 				h := next.h
-				r := &asyncReplier{buf: make([]byte, max(len(next.frame), 1514, wire.ATALen+h.maxSectors*wire.SectorSize)), send: h.send, h: &h}
+				r := &asyncReplier{buf: make([]byte, max(len(next.frame), 1514, wire.ATALen+h.maxSectors()*wire.SectorSize)), send: h.send, h: &h}
 				h.ata(v, wire.Frame(next.frame), r)
 			}
 			t.inflight.RUnlock()

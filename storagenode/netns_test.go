@@ -647,3 +647,99 @@ func TestVolumeLimits(t *testing.T) {
 	}
 	t.Logf("limit removed: %.0f IOPS", iops)
 }
+
+// TestMTUChangeFollowed: a target started at MTU 1500 follows the link to
+// 9000 without a restart: it announces every volume again with the new
+// sector count (the Linux aoe driver sizes its requests from that count),
+// advertises it on Query Config, and serves jumbo frames.
+func TestMTUChangeFollowed(t *testing.T) {
+	defer func(d time.Duration) { mtuPoll = d }(mtuPoll)
+	mtuPoll = 50 * time.Millisecond
+	l := newAoELab(t, 1500)
+	pool, err := OpenPool(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Create("v", 4<<20, VolumeOptions{Addr: "1.0"}); err != nil {
+		t.Fatal(err)
+	}
+	tg := NewTarget(TargetConfig{Configs: pool})
+	t.Cleanup(func() { tg.Close() })
+	if err := reconcile(tg, pool, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	l.serve(t, tg)
+	in := l.initiator(t, initiator.Config{Window: 16})
+	ctx := context.Background()
+	ts, err := in.Discover(ctx, 1, 0, 300*time.Millisecond)
+	if err != nil || len(ts) != 1 || ts[0].MaxSectors != wire.MaxSectors(1500) {
+		t.Fatalf("discover at 1500: %+v %v", ts, err)
+	}
+
+	// Watch ini0 for the target's unsolicited announcement.
+	var raw *rawsock.Conn
+	if err := l.ini.Do(func() error {
+		ifi, err := net.InterfaceByName("ini0")
+		if err != nil {
+			return err
+		}
+		raw, err = rawsock.Listen(ifi, wire.EtherType, rawsock.Config{})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	announced := make(chan int, 16)
+	go func() {
+		b := rawsock.NewBatch(8, 9100)
+		for {
+			n, err := raw.ReadBatch(b)
+			if err != nil {
+				close(announced)
+				return
+			}
+			for i := 0; i < n; i++ {
+				var h aoe.Header
+				if h.UnmarshalBinary(b.Bufs[i][wire.EthLen:b.Lens[i]]) != nil || !h.FlagResponse {
+					continue
+				}
+				if a, ok := h.Arg.(*aoe.ConfigArg); ok {
+					announced <- int(a.SectorCount)
+				}
+			}
+		}
+	}()
+	t.Cleanup(func() { raw.Close() })
+
+	l.sto.Must(t, "ip", "link", "set", "sto0", "mtu", "9000")
+	l.ini.Must(t, "ip", "link", "set", "ini0", "mtu", "9000")
+	want := wire.MaxSectors(9000)
+	deadline := time.After(5 * time.Second)
+	for got := 0; got != want; {
+		select {
+		case got = <-announced:
+		case <-deadline:
+			t.Fatalf("no announcement of %d sectors within 5 s of the MTU change", want)
+		}
+	}
+	ts, err = in.Discover(ctx, 1, 0, 300*time.Millisecond)
+	if err != nil || len(ts) != 1 || ts[0].MaxSectors != want {
+		t.Fatalf("discover at 9000: %+v %v", ts, err)
+	}
+	d, err := in.Open(ctx, 1, 0, 300*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if d.MaxSectors != want {
+		t.Fatalf("opened with %d sectors per frame, want %d", d.MaxSectors, want)
+	}
+	data := make([]byte, 1<<20)
+	rand.Read(data)
+	if _, err := d.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(data))
+	if _, err := d.ReadAt(got, 0); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("jumbo frames after the change: equal=%v err=%v", bytes.Equal(got, data), err)
+	}
+}

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -18,12 +20,28 @@ import (
 // batchSize is how many frames one system call receives or sends.
 const batchSize = 64
 
+// minBufMTU is the smallest MTU the frame buffers are sized for: a port
+// opened at 1500 still serves jumbo frames once the link is raised to
+// 9000, without a restart.
+const minBufMTU = 9000
+
+// mtuPoll is how often Serve rereads the interface's MTU.
+var mtuPoll = time.Second
+
 // Port is an interface the target serves on: one raw socket per queue, all
 // in one PACKET_FANOUT group so the kernel spreads frames across them.
 type Port struct {
 	ifi   *net.Interface
 	conns []*rawsock.Conn
 	mu    sync.Mutex // serialises announcements
+	// mtu is the interface's MTU now: Serve rereads it every mtuPoll and,
+	// when it changes, announces every volume again so that initiators
+	// learn the new sectors per frame (the Linux aoe driver sizes its
+	// requests from the sector count of the last Query Config reply).
+	// bufMTU is what the frame buffers hold, the ceiling of what is
+	// advertised.
+	mtu    atomic.Int32
+	bufMTU int
 }
 
 // Listen opens queues raw sockets on the named interface (0: one). More
@@ -47,9 +65,16 @@ func Listen(ifname string, queues int) (*Port, error) {
 	if group == 0 {
 		group = 1
 	}
-	p := &Port{ifi: ifi}
+	p := &Port{ifi: ifi, bufMTU: max(ifi.MTU, minBufMTU)}
+	p.mtu.Store(int32(ifi.MTU))
 	for i := 0; i < queues; i++ {
-		cfg := rawsock.Config{Buffer: 8 << 20}
+		// With Ps to spare, each queue waits in recvmmsg on its own
+		// thread (rawsock.Config.BlockingRead): with frames arriving one
+		// at a time (the Linux aoe driver, a lightly loaded link) that
+		// took about half the CPU per GiB of waiting on Go's poller
+		// (docs/benchmarks.md). On a machine with fewer cores than
+		// that, the queues share the poller, so other work still runs.
+		cfg := rawsock.Config{Buffer: 8 << 20, BlockingRead: runtime.GOMAXPROCS(0) > queues}
 		if queues > 1 {
 			cfg.FanoutGroup = group
 		}
@@ -146,8 +171,8 @@ func (t *Target) Serve(ctx context.Context, p *Port) error {
 	for _, v := range vols {
 		p.announce(t, v)
 	}
-	t.log.Info("serving AoE", "iface", p.ifi.Name, "mtu", p.ifi.MTU, "queues", len(p.conns),
-		"max_sectors", wire.MaxSectors(p.ifi.MTU))
+	t.log.Info("serving AoE", "iface", p.ifi.Name, "mtu", p.mtu.Load(), "queues", len(p.conns),
+		"max_sectors", min(wire.MaxSectors(int(p.mtu.Load())), wire.MaxSectors(p.bufMTU)))
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -155,12 +180,13 @@ func (t *Target) Serve(ctx context.Context, p *Port) error {
 		p.Close()
 		return nil
 	})
-	size := p.ifi.MTU + wire.EthLen
-	if size < 1514 {
-		size = 1514
-	}
+	g.Go(func() error {
+		p.followMTU(ctx, t)
+		return nil
+	})
+	size := p.bufMTU + wire.EthLen
 	for _, c := range p.conns {
-		h := t.NewHandler(p.ifi.HardwareAddr, p.ifi.MTU)
+		h := t.newHandler(p.ifi.HardwareAddr, &p.mtu, p.bufMTU)
 		h.send = c.WriteFrame
 		g.Go(func() error {
 			rx := rawsock.NewBatch(batchSize, size)
@@ -237,6 +263,30 @@ func (p *Port) announce(t *Target, v *volume) { p.announceAs(t, v, [6]byte(p.ifi
 func (p *Port) announceAs(t *Target, v *volume, src [6]byte) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	h := &Handler{t: t, mac: [6]byte(p.ifi.HardwareAddr), src: src, maxSectors: wire.MaxSectors(p.ifi.MTU), c: new(counters)}
-	h.announcement(v, &oneShot{c: p.conns[0], buf: make([]byte, p.ifi.MTU+wire.EthLen)})
+	h := &Handler{t: t, mac: [6]byte(p.ifi.HardwareAddr), src: src, mtu: &p.mtu, bufSectors: wire.MaxSectors(p.bufMTU), c: new(counters)}
+	h.announcement(v, &oneShot{c: p.conns[0], buf: make([]byte, p.bufMTU+wire.EthLen)})
+}
+
+// followMTU rereads the interface's MTU every mtuPoll until ctx ends; on a
+// change it stores it and announces every volume again.
+func (p *Port) followMTU(ctx context.Context, t *Target) {
+	tick := time.NewTicker(mtuPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		mtu, err := p.conns[0].MTU()
+		if err != nil || int32(mtu) == p.mtu.Load() {
+			continue
+		}
+		old := p.mtu.Swap(int32(mtu))
+		t.log.Info("MTU changed; announcing the new frame size", "iface", p.ifi.Name, "from", old, "to", mtu,
+			"max_sectors", min(wire.MaxSectors(mtu), wire.MaxSectors(p.bufMTU)))
+		for _, v := range t.tab.Load().list {
+			p.announce(t, v)
+		}
+	}
 }

@@ -30,6 +30,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/fabric-project/fabric/aoe/wire"
 	"github.com/mdlayher/aoe"
@@ -96,6 +97,9 @@ type counters struct {
 type volume struct {
 	Export
 	f *os.File // os.File, not a raw fd: its reference count makes Remove safe against a concurrent pread
+	// rc reaches f's descriptor for raw pread and pwrite (rawIO); nil: f's
+	// own ReadAt and WriteAt.
+	rc syscall.RawConn
 	// mem maps the volume read-only (nil where mmap failed). Reads reply
 	// straight from it: the kernel copies page-cache pages into the frame
 	// once, with no pread copy before. Unmapped only once no queue is
@@ -158,7 +162,14 @@ func (v *volume) writeAt(b []byte, off int64) error {
 	if v.writable && !seq {
 		return copyIn(v.mem[off:end], b)
 	}
-	n, err := v.f.WriteAt(b, off)
+	var n int
+	var err error
+	if v.Sync || v.rc == nil {
+		// O_DSYNC: the write waits for the disk; the scheduler must know.
+		n, err = v.f.WriteAt(b, off)
+	} else {
+		n, err = v.rawIO(unix.SYS_PWRITE64, b, off)
+	}
 	if err == nil && n != len(b) {
 		err = fmt.Errorf("short write: %d of %d bytes", n, len(b))
 	}
@@ -167,11 +178,46 @@ func (v *volume) writeAt(b []byte, off int64) error {
 
 // readAt reads len(b) bytes at off.
 func (v *volume) readAt(b []byte, off int64) error {
-	n, err := v.f.ReadAt(b, off)
+	var n int
+	var err error
+	if v.rc == nil {
+		n, err = v.f.ReadAt(b, off)
+	} else {
+		n, err = v.rawIO(unix.SYS_PREAD64, b, off)
+	}
 	if err == nil && n != len(b) {
 		err = fmt.Errorf("short read: %d of %d bytes", n, len(b))
 	}
 	return err
+}
+
+// rawIO is pread(2) or pwrite(2) (nr) of b at off as a raw system call,
+// one Go's scheduler does not see, through f's RawConn, which keeps the
+// descriptor open meanwhile. A scheduled system call may hand the
+// goroutine's P to another thread and wake one, for each frame a queue
+// serves; with the page cache behind it a pread or pwrite returns in
+// microseconds, and a page fault on the volume's mapping blocks its
+// thread just the same. EINTR (a Go signal) retries.
+func (v *volume) rawIO(nr uintptr, b []byte, off int64) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	var r uintptr
+	var errno syscall.Errno
+	if err := v.rc.Control(func(fd uintptr) {
+		for {
+			r, _, errno = unix.RawSyscall6(nr, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(off), 0, 0)
+			if errno != unix.EINTR {
+				return
+			}
+		}
+	}); err != nil {
+		return 0, err
+	}
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(r), nil
 }
 
 // sync makes written data stable: fdatasync(2).
@@ -412,6 +458,7 @@ func (t *Target) Add(e Export) error {
 		return fmt.Errorf("storagenode: export %s: %s is %d bytes, smaller than one sector", e.Addr(), e.Path, size)
 	}
 	v := &volume{Export: e, f: f, sectors: uint64(size) / wire.SectorSize}
+	v.rc, _ = f.SyscallConn() // an *os.File always has one
 	// Writable volumes are written through the mapping too (no per-write
 	// system call, block mapping or timestamp update), except sync ones,
 	// whose writes must reach stable storage before the reply: pwrite on
@@ -565,8 +612,9 @@ type Replier interface {
 type Handler struct {
 	t          *Target
 	mac        [6]byte
-	src        [6]byte // the address this frame's reply leaves from: mac, or a taken-over one
-	maxSectors int
+	src        [6]byte       // the address this frame's reply leaves from: mac, or a taken-over one
+	mtu        *atomic.Int32 // the interface's MTU now (Port.mtu)
+	bufSectors int           // what the frame buffers hold, the ceiling of maxSectors
 	c          *counters
 	// send sends one frame at once, outside the batch: the reply to a
 	// replicated write, which leaves when the pair has it on both nodes.
@@ -577,7 +625,21 @@ type Handler struct {
 // NewHandler returns a handler for frames arriving on an interface with
 // the given MAC and MTU. Each goroutine needs its own handler.
 func (t *Target) NewHandler(mac net.HardwareAddr, mtu int) *Handler {
-	return &Handler{t: t, mac: [6]byte(mac), maxSectors: wire.MaxSectors(mtu), c: t.newCounters(), touched: map[[6]byte][2]int64{}}
+	m := new(atomic.Int32)
+	m.Store(int32(mtu))
+	return t.newHandler(mac, m, mtu)
+}
+
+// newHandler returns a handler whose MTU follows mtu, for buffers that hold
+// frames of bufMTU.
+func (t *Target) newHandler(mac net.HardwareAddr, mtu *atomic.Int32, bufMTU int) *Handler {
+	return &Handler{t: t, mac: [6]byte(mac), mtu: mtu, bufSectors: wire.MaxSectors(bufMTU), c: t.newCounters(), touched: map[[6]byte][2]int64{}}
+}
+
+// maxSectors is the most sectors one frame carries on the interface now:
+// what Query Config advertises, and the largest request served.
+func (h *Handler) maxSectors() int {
+	return min(wire.MaxSectors(int(h.mtu.Load())), h.bufSectors)
 }
 
 // Handle processes one received frame, replying through r. It never panics
@@ -705,7 +767,7 @@ func (h *Handler) ata(v *volume, f wire.Frame, r Replier) {
 
 	switch cmd := f.CmdStatus(); cmd {
 	case wire.CmdReadSectors, wire.CmdReadSectorsExt, wire.CmdReadDMA, wire.CmdReadDMAExt:
-		if count == 0 || int(count) > h.maxSectors || len(out) < wire.ATALen+int(count)*wire.SectorSize {
+		if count == 0 || int(count) > h.maxSectors() || len(out) < wire.ATALen+int(count)*wire.SectorSize {
 			h.errorReply(f, r, aoe.ErrorBadArgumentParameter)
 			return
 		}
@@ -735,7 +797,7 @@ func (h *Handler) ata(v *volume, f wire.Frame, r Replier) {
 		c.rd.Add(uint64(want))
 	case wire.CmdWriteSectors, wire.CmdWriteSectorsExt, wire.CmdWriteDMA, wire.CmdWriteDMAExt:
 		want := int(count) * wire.SectorSize
-		if count == 0 || int(count) > h.maxSectors || len(f.Data()) < want {
+		if count == 0 || int(count) > h.maxSectors() || len(f.Data()) < want {
 			h.errorReply(f, r, aoe.ErrorBadArgumentParameter)
 			return
 		}
@@ -836,7 +898,7 @@ func (h *Handler) configArg(v *volume, cmd aoe.ConfigCommand, s []byte) *aoe.Con
 	return &aoe.ConfigArg{
 		BufferCount:     h.t.bufcnt,
 		FirmwareVersion: FirmwareVersion,
-		SectorCount:     uint8(h.maxSectors),
+		SectorCount:     uint8(h.maxSectors()),
 		Version:         aoe.Version,
 		Command:         cmd,
 		StringLength:    uint16(len(s)),

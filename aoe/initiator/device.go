@@ -103,10 +103,15 @@ func (in *Initiator) OpenTargets(ctx context.Context, ts []Target) (*Device, err
 		d.paths = append(d.paths, pathState{mac: t.MAC})
 		d.MaxSectors = min(d.MaxSectors, t.MaxSectors)
 	}
-	d.MaxSectors = min(d.MaxSectors, wire.MaxSectors(in.mtu))
+	// The link's MTU now: it may have changed since New.
+	mtu := in.mtu
+	if m, err := in.c.MTU(); err == nil {
+		mtu = m
+	}
+	d.MaxSectors = min(d.MaxSectors, wire.MaxSectors(min(mtu, in.bufMTU())))
 	w := in.cfg.Window
 	d.sem = make(chan int, w)
-	size := max(in.mtu+wire.EthLen, 1514)
+	size := max(min(mtu, in.bufMTU())+wire.EthLen, 1514)
 	for i := 0; i < w; i++ {
 		d.reqs = append(d.reqs, &request{idx: i, frame: make([]byte, size)})
 		d.sem <- i

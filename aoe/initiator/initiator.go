@@ -153,13 +153,18 @@ func (in *Initiator) Close() error {
 
 func key(shelf uint16, slot uint8) uint32 { return uint32(shelf)<<8 | uint32(slot) }
 
+// bufMTU is the MTU the receive buffers hold: the link's at New, and at
+// least jumbo frames, so that a device opened after the link was raised
+// to 9000 gets whole replies.
+func (in *Initiator) bufMTU() int { return max(in.mtu, 9000) }
+
 // receive dispatches replies: ATA replies to the device that sent the
 // request (matched by tag), everything else to control listeners.
 func (in *Initiator) receive() {
 	defer in.wg.Done()
-	b := rawsock.NewBatch(64, max(in.mtu+wire.EthLen, 1514))
+	b := rawsock.NewBatch(64, in.bufMTU()+wire.EthLen)
 	if in.cfg.OneFrame {
-		b = rawsock.NewBatch(1, max(in.mtu+wire.EthLen, 1514))
+		b = rawsock.NewBatch(1, in.bufMTU()+wire.EthLen)
 	}
 	for {
 		n, err := in.c.ReadBatch(b)
