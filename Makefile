@@ -61,7 +61,7 @@ demo-down:
 	@[ -x bin/fabric-lab ] || $(GO) build -o $(BIN)/ ./cmd/fabric-lab
 	./bin/fabric-lab down --dir work/lab
 
-bench: bench-controller bench-aoe bench-boot bench-pair bench-ha bench-storage bench-hwnode
+bench: bench-controller bench-aoe bench-aoe-linux bench-boot bench-pair bench-ha bench-storage bench-hwnode
 
 # The hardware-node image: build cold and cached, size; PXE power-on to
 # agent enrolled and to the first instance answering ping (about 12 min).
@@ -94,6 +94,12 @@ bench-check: build
 # recorded in docs/bench/aoe.txt and docs/benchmarks.md.
 bench-aoe: build
 	./scripts/bench-record.sh aoe
+
+# The same targets with the Linux aoe driver as the client: a QEMU guest
+# running fio, MTU 9000/1500, windows 16/64, 3 interleaved rounds (about
+# 15 min); recorded in docs/bench/aoe-linux.txt and docs/benchmarks.md.
+bench-aoe-linux: images build
+	./scripts/bench-record.sh aoe-linux
 
 # Storage pair: replication's cost, resync rate, failover stalls (about 6 min).
 bench-pair: build
