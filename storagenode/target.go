@@ -9,12 +9,12 @@
 // (aoe/wire) with no allocation; control frames go through
 // github.com/mdlayher/aoe.
 //
-// Volumes are memory-mapped. A read reply is sent straight from the
-// mapping (the kernel copies page-cache pages into the frame once), and a
-// write is copied into it, with no pread/pwrite per frame. Volumes opened
-// sync are the exception for writes: O_DSYNC pwrite, stable before the
-// reply. FLUSH CACHE is fdatasync, which covers pages written through the
-// mapping.
+// A read reply's data comes with pread into the frame, a write goes with
+// pwrite, both as raw system calls (volume.rawIO); volumes opened sync
+// write with O_DSYNC pwrite, stable before the reply. FLUSH CACHE is
+// fdatasync. (Volumes were memory-mapped once; with the Linux aoe driver
+// as the client, the page faults cost more than the system calls they
+// saved: docs/benchmarks.md.)
 package storagenode
 
 import (
@@ -24,7 +24,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -99,17 +98,10 @@ type volume struct {
 	f *os.File // os.File, not a raw fd: its reference count makes Remove safe against a concurrent pread
 	// rc reaches f's descriptor for raw pread and pwrite (rawIO); nil: f's
 	// own ReadAt and WriteAt.
-	rc syscall.RawConn
-	// mem maps the volume read-only (nil where mmap failed). Reads reply
-	// straight from it: the kernel copies page-cache pages into the frame
-	// once, with no pread copy before. Unmapped only once no queue is
-	// between Handle and its send (Target.inflight).
-	mem      []byte
-	writable bool         // mem is mapped for writing
-	lastEnd  atomic.Int64 // where the last write ended
-	sectors  uint64
-	ident    [512]byte
-	allow    [][6]byte // MAC allow list; empty: everyone
+	rc      syscall.RawConn
+	sectors uint64
+	ident   [512]byte
+	allow   [][6]byte // MAC allow list; empty: everyone
 
 	mu       sync.Mutex // config string and reservation changes
 	config   []byte
@@ -117,51 +109,23 @@ type volume struct {
 	limit    atomic.Pointer[limiter]   // nil: no I/O limit
 }
 
-// close unmaps and closes the volume; no reply may point into it any more.
+// close closes the volume; no reply may be reading from it any more.
 func (v *volume) close() error {
 	if lm := v.limit.Swap(nil); lm != nil {
 		lm.close()
 	}
-	if v.mem != nil {
-		_ = unix.Munmap(v.mem)
-		v.mem = nil
-	}
 	return v.f.Close()
 }
 
-// pageSize is the page size of the machines we run on.
-const pageSize = 4096
-
-// copyIn copies src into a writable volume mapping. When the kernel cannot
-// back a page (no space left for a hole's block, an I/O error) the copy
-// faults with SIGBUS; SetPanicOnFault turns that into a panic, recovered
-// here into an error, instead of the crash a fault is by default.
-func copyIn(dst, src []byte) (err error) {
-	old := debug.SetPanicOnFault(true)
-	defer func() {
-		debug.SetPanicOnFault(old)
-		if r := recover(); r != nil {
-			err = fmt.Errorf("fault writing the volume mapping: %v", r)
-		}
-	}()
-	copy(dst, src)
-	return nil
-}
-
-// writeAt writes b at byte offset off. Where the volume is mapped
-// writable (not sync volumes), a write of a page or more that continues
-// the one before it goes with pwrite, any other through the mapping:
-// measured back to back (scripts/bench-aoe.sh, docs/benchmarks.md),
-// pwrite took about half the CPU per GiB of copying into the mapping for
-// sequential 8.5 KiB frames (MTU 9000), more than twice as much for
-// random 4 KiB writes, and more for the 1 KiB frames of MTU 1500. The
-// page cache is one: the two paths see each other's writes.
+// writeAt writes b at byte offset off with pwrite (rawIO; through f for
+// O_DSYNC volumes). Writes went through the volume's shared mapping
+// before (except sequential ones of a page or more): cheap while a page
+// stays dirty, but a write to a clean page takes a write fault, and the
+// filesystem's page_mkwrite on top. With the Linux aoe driver as the
+// client (scripts/bench-aoe-linux.sh, 3 interleaved rounds), pwrite took
+// 0.53x the mapping's CPU per GiB for random 4 KiB writes at MTU 9000,
+// 0.60x at 1500, and 0.54x for the 1 KiB sequential frames of MTU 1500.
 func (v *volume) writeAt(b []byte, off int64) error {
-	end := off + int64(len(b))
-	seq := v.lastEnd.Swap(end) == off && len(b) >= pageSize
-	if v.writable && !seq {
-		return copyIn(v.mem[off:end], b)
-	}
 	var n int
 	var err error
 	if v.Sync || v.rc == nil {
@@ -196,8 +160,8 @@ func (v *volume) readAt(b []byte, off int64) error {
 // descriptor open meanwhile. A scheduled system call may hand the
 // goroutine's P to another thread and wake one, for each frame a queue
 // serves; with the page cache behind it a pread or pwrite returns in
-// microseconds, and a page fault on the volume's mapping blocks its
-// thread just the same. EINTR (a Go signal) retries.
+// microseconds (a read from the disk keeps the P meanwhile, as a page
+// fault would). EINTR (a Go signal) retries.
 func (v *volume) rawIO(nr uintptr, b []byte, off int64) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
@@ -296,9 +260,8 @@ type Target struct {
 	seenMu sync.Mutex
 	seen   map[[6]byte]seenAt
 	// inflight is read-held by each queue from handling a batch of frames
-	// until its replies are sent, since replies may point into volume
-	// mappings. Remove takes it for writing to wait them out before
-	// unmapping.
+	// until its replies are sent, since a reply reads from its volume.
+	// Remove takes it for writing to wait them out before closing.
 	inflight sync.RWMutex
 	qmu      sync.Mutex
 	queues   []*counters
@@ -459,19 +422,6 @@ func (t *Target) Add(e Export) error {
 	}
 	v := &volume{Export: e, f: f, sectors: uint64(size) / wire.SectorSize}
 	v.rc, _ = f.SyscallConn() // an *os.File always has one
-	// Writable volumes are written through the mapping too (no per-write
-	// system call, block mapping or timestamp update), except sync ones,
-	// whose writes must reach stable storage before the reply: pwrite on
-	// an O_DSYNC descriptor.
-	prot := unix.PROT_READ
-	if !e.ReadOnly && !e.Sync {
-		prot |= unix.PROT_WRITE
-	}
-	if mem, err := unix.Mmap(int(f.Fd()), 0, int(size), prot, unix.MAP_SHARED); err == nil {
-		v.mem, v.writable = mem, prot&unix.PROT_WRITE != 0
-	} else {
-		t.log.Warn("cannot map volume, reading with pread", "shelf", e.Shelf, "slot", e.Slot, "path", e.Path, "err", err)
-	}
 	for _, m := range e.MACs {
 		if len(m) != 6 {
 			v.close()
@@ -780,21 +730,13 @@ func (h *Handler) ata(v *volume, f wire.Frame, r Replier) {
 			c.ignored.Add(1) // not sure to be current: silence, the initiator resends
 			return
 		}
-		if v.mem != nil {
-			ok()
-			c.rd.Add(uint64(want))
-			c.tx.Add(1)
-			r.CommitRead(n, v, int64(lba*wire.SectorSize), want)
-			return
-		}
-		got, err := v.f.ReadAt(out[n:n+want], int64(lba*wire.SectorSize))
-		if err != nil || got != want {
-			fail(wire.ErrABRT)
-			break
-		}
+		// The replier reads the data into its frame (an ATA error there
+		// if the read fails).
 		ok()
-		n += want
 		c.rd.Add(uint64(want))
+		c.tx.Add(1)
+		r.CommitRead(n, v, int64(lba*wire.SectorSize), want)
+		return
 	case wire.CmdWriteSectors, wire.CmdWriteSectorsExt, wire.CmdWriteDMA, wire.CmdWriteDMAExt:
 		want := int(count) * wire.SectorSize
 		if count == 0 || int(count) > h.maxSectors() || len(f.Data()) < want {
