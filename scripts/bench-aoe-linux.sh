@@ -200,7 +200,7 @@ for MTU in $MTUS; do
       BENCH-END)
         t1=$(ticks ${TPID[$T$W]})
         other=$(load_other)
-        python3 - "$R" "$MTU" "$W" "$M" "$T" "${w[2]:-}" "$t0" "$t1" "$HZ" "$other" "$(load_flag "$other")" "$RUNS" <<'PY'
+        if python3 - "$R" "$MTU" "$W" "$M" "$T" "${w[2]:-}" "$t0" "$t1" "$HZ" "$other" "$(load_flag "$other")" "$RUNS" <<'PY'
 import sys
 r, mtu, w, m, t, terse, t0, t1, hz, other, flag, runs = sys.argv[1:]
 f = terse.split(";")
@@ -208,15 +208,17 @@ if len(f) < 50 or f[0] != "3":
     sys.exit(f"fio did not finish job {r}/{m}/{t}{w}: {terse}")
 # terse v3: read KiB 6, IOPS 8, runtime ms 9; write KiB 47, IOPS 49, runtime ms 50
 kib, iops, ms = (int(f[5]), int(f[7]), int(f[8])) if m.endswith("read") else (int(f[46]), int(f[48]), int(f[49]))
-err = "" if f[4] == "0" else f" fio error {f[4]}"
+if f[4] != "0":
+    sys.exit(f"fio error {f[4]} in job {r}/{m}/{t}{w} (MTU {mtu}): the guest's console follows")
 gib = kib / 2**20
 cpu = (int(t1) - int(t0)) / int(hz)
 per = cpu / gib if gib else float("nan")
 mbps = kib * 1024 / 1e6 / (ms / 1000) if ms else 0
-print(f"{r:<5} {mtu:<5} {w:<6} {m:<9} {t:<7} {mbps:8.1f} {iops:8d} {per:10.2f} {other:>5}%{flag}{err}", flush=True)
+print(f"{r:<5} {mtu:<5} {w:<6} {m:<9} {t:<7} {mbps:8.1f} {iops:8d} {per:10.2f} {other:>5}%{flag}", flush=True)
 with open(runs, "a") as fh:
     fh.write(f"{mtu}\t{w}\t{m}\t{t}\t{mbps}\t{per}\n")
 PY
+        then :; else grep -v '^BENCH' $WORK/console.log | tail -n 20 >&2; exit 1; fi
         ;;
       BENCH-DONE) done_ok=1 ;;
     esac
