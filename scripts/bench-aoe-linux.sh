@@ -40,13 +40,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-PEER=vblade
-if [ -n "${PEER_FABRICD:-}" ]; then
-  PEER=peer
-  [ -x "$PEER_FABRICD" ] || { echo "PEER_FABRICD=$PEER_FABRICD: not an executable" >&2; exit 1; }
-else
-  command -v vblade >/dev/null || { echo "vblade missing: run scripts/deps.sh" >&2; exit 1; }
-fi
+aoe_peer
 command -v fio >/dev/null || { echo "fio missing: run scripts/deps.sh" >&2; exit 1; }
 command -v qemu-system-x86_64 >/dev/null || { echo "qemu missing: run scripts/deps.sh" >&2; exit 1; }
 [ -x "$BIN/fabricd" ] || { echo "run make build first" >&2; exit 1; }

@@ -34,13 +34,7 @@ cleanup() {
   bench_end
 }
 trap cleanup EXIT INT TERM
-PEER=vblade
-if [ -n "${PEER_FABRICD:-}" ]; then
-  PEER=peer
-  [ -x "$PEER_FABRICD" ] || { echo "PEER_FABRICD=$PEER_FABRICD: not an executable" >&2; exit 1; }
-else
-  command -v vblade >/dev/null || { echo "vblade missing: run scripts/deps.sh" >&2; exit 1; }
-fi
+aoe_peer
 [ -x "$BIN/fabric" ] || { echo "run make build first" >&2; exit 1; }
 
 BENCH_COMMAND="scripts/bench-aoe.sh $SECS (${PEER_FABRICD:+PEER_FABRICD=$PEER_FABRICD }ROUNDS=$ROUNDS MTUS=\"$MTUS\" WINDOWS=\"$WINDOWS\" MODES=\"$MODES\" CLIENTS=\"$CLIENTS\")" \

@@ -13,6 +13,8 @@
 #                       scripts/bench-check.sh and scripts/bench-doc.sh:
 #                       FIGURE<TAB>KEY<TAB>min<TAB>median<TAB>max<TAB>UNIT<TAB>BETTER<TAB>runs
 #                       (BETTER: higher or lower).
+#   aoe_peer            PEER=vblade, or PEER=peer when PEER_FABRICD names
+#                       another fabricd build (the AoE benchmarks' A/B mode).
 #   BENCH_CGROUP=0      no cgroup (the load figure is then the machine's).
 #
 # Other load: the machine's busy time from /proc/stat minus the cgroup's
@@ -142,4 +144,14 @@ for line in open(path):
         unit = re.sub(r"\s*min.*$", "", col).strip() or "value"
         print(f"FIGURE\t{prefix}.{label}.{slug(unit)}\t{m.group(1)}\t{m.group(2)}\t{m.group(3)}\t{unit}\t{better}\t0")
 PY
+}
+
+aoe_peer() {
+  PEER=vblade
+  if [ -n "${PEER_FABRICD:-}" ]; then
+    PEER=peer
+    [ -x "$PEER_FABRICD" ] || { echo "PEER_FABRICD=$PEER_FABRICD: not an executable" >&2; exit 1; }
+  else
+    command -v vblade >/dev/null || { echo "vblade missing: run scripts/deps.sh" >&2; exit 1; }
+  fi
 }

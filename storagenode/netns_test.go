@@ -66,6 +66,24 @@ func (l *aoeLab) serve(t *testing.T, tg *Target) (stop func()) {
 	return stop
 }
 
+// serveOne serves a pool with one 4 MiB volume at e1.0 on sto0.
+func (l *aoeLab) serveOne(t *testing.T) {
+	t.Helper()
+	pool, err := OpenPool(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Create("v", 4<<20, VolumeOptions{Addr: "1.0"}); err != nil {
+		t.Fatal(err)
+	}
+	tg := NewTarget(TargetConfig{Configs: pool})
+	t.Cleanup(func() { tg.Close() })
+	if err := reconcile(tg, pool, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	l.serve(t, tg)
+}
+
 func (l *aoeLab) initiator(t *testing.T, cfg initiator.Config) *initiator.Initiator {
 	t.Helper()
 	var in *initiator.Initiator
@@ -81,19 +99,7 @@ func (l *aoeLab) initiator(t *testing.T, cfg initiator.Config) *initiator.Initia
 // through many frames in flight.
 func TestInitiatorOneFrame(t *testing.T) {
 	l := newAoELab(t, 1500)
-	pool, err := OpenPool(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Create("v", 4<<20, VolumeOptions{Addr: "1.0"}); err != nil {
-		t.Fatal(err)
-	}
-	tg := NewTarget(TargetConfig{Configs: pool})
-	t.Cleanup(func() { tg.Close() })
-	if err := reconcile(tg, pool, nil, nil); err != nil {
-		t.Fatal(err)
-	}
-	l.serve(t, tg)
+	l.serveOne(t)
 	in := l.initiator(t, initiator.Config{Window: 16, OneFrame: true})
 	d, err := in.Open(context.Background(), 1, 0, 300*time.Millisecond)
 	if err != nil {
@@ -656,19 +662,7 @@ func TestMTUChangeFollowed(t *testing.T) {
 	defer func(d time.Duration) { mtuPoll = d }(mtuPoll)
 	mtuPoll = 50 * time.Millisecond
 	l := newAoELab(t, 1500)
-	pool, err := OpenPool(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Create("v", 4<<20, VolumeOptions{Addr: "1.0"}); err != nil {
-		t.Fatal(err)
-	}
-	tg := NewTarget(TargetConfig{Configs: pool})
-	t.Cleanup(func() { tg.Close() })
-	if err := reconcile(tg, pool, nil, nil); err != nil {
-		t.Fatal(err)
-	}
-	l.serve(t, tg)
+	l.serveOne(t)
 	in := l.initiator(t, initiator.Config{Window: 16})
 	ctx := context.Background()
 	ts, err := in.Discover(ctx, 1, 0, 300*time.Millisecond)
