@@ -68,11 +68,10 @@ func Listen(ifname string, queues int) (*Port, error) {
 	p.mtu.Store(int32(ifi.MTU))
 	for i := 0; i < queues; i++ {
 		// The queues wait on Go's poller. Waiting in the kernel instead
-		// (rawsock.Config.BlockingRead) took about half the target's CPU
-		// per GiB with the Linux aoe driver as the client
-		// (docs/benchmarks.md), but with it TestLiveMigration lost pings
-		// in 2 of 2 runs and passed without it; until that is understood
-		// it stays off.
+		// (rawsock.Config.BlockingRead, in git at b329b7c) took about half
+		// the target's CPU per GiB with the Linux aoe driver as the
+		// client (docs/benchmarks.md), but with it TestLiveMigration lost
+		// pings in 2 of 2 runs and passed without it.
 		cfg := rawsock.Config{Buffer: 8 << 20}
 		if queues > 1 {
 			cfg.FanoutGroup = group

@@ -6,8 +6,7 @@
 //
 // The socket itself comes from github.com/mdlayher/packet and stays on Go's
 // network poller: a read with nothing to read parks the goroutine, Close
-// wakes it. With Config.BlockingRead the reads wait in the kernel instead,
-// on the reading goroutine's thread, as a C server's loop does.
+// wakes it.
 package rawsock
 
 import (
@@ -15,11 +14,8 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"runtime"
-	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 	"unsafe"
 
 	"github.com/mdlayher/packet"
@@ -35,91 +31,16 @@ type Config struct {
 	// Buffer sets SO_RCVBUF and SO_SNDBUF (forced past the sysctl limits
 	// when running as root). 0 keeps the defaults.
 	Buffer int
-	// BlockingRead makes ReadBatch wait in the kernel, in recvmmsg on the
-	// calling thread, as a raw system call that Go's scheduler does not
-	// see, instead of parking the goroutine on the network poller; sends
-	// from WriteBatch go raw too (a full socket falls back to the poller).
-	// A frame that arrives alone then costs one system call to wait for and
-	// receive it, where the poller cost an epoll wake-up, a goroutine
-	// switch and a receive that found nothing more, and every system call
-	// the scheduler sees may hand the P to another thread and wake one
-	// (measured with the Linux aoe driver: about half the target's CPU per
-	// GiB, docs/benchmarks.md). The reading goroutine keeps its P while it
-	// waits, so use it for a goroutine that does nothing but read and
-	// answer, with Ps to spare (GOMAXPROCS above the number of such
-	// readers). A signal (Go's preemption, the GC stopping the world) or
-	// SO_RCVTIMEO (blockingPoll) ends a wait; the reader then yields and
-	// waits again, and sees Close. The socket's descriptor is kept out of
-	// the poller altogether: its epoll set woke an idle thread for every
-	// frame that arrived.
-	BlockingRead bool
 }
-
-// blockingPoll bounds a blocking read (SO_RCVTIMEO), so that it sees Close.
-const blockingPoll = 100 * time.Millisecond
 
 // Conn is an AF_PACKET socket bound to one interface and one EtherType.
 type Conn struct {
 	pc  *packet.Conn
 	rc  syscall.RawConn
 	ifi *net.Interface
-	// own, with BlockingRead, is the socket's descriptor, kept out of Go's
-	// network poller (pc and rc are then closed and unused).
-	own *ownFD
 	// closed is set by Close: the poller reports a closed file with an
 	// error of its own, which ReadBatch turns into net.ErrClosed.
 	closed atomic.Bool
-}
-
-// ownFD is a descriptor that Go's network poller does not watch: the
-// poller's epoll set reported every frame that arrived, waking an idle
-// thread for nothing each time. Users hold it while in a system call on
-// it; Close closes it when the last one lets go.
-type ownFD struct {
-	mu      sync.Mutex
-	fd      int
-	users   int
-	closing bool
-}
-
-func (o *ownFD) acquire() (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.closing {
-		return -1, net.ErrClosed
-	}
-	o.users++
-	return o.fd, nil
-}
-
-func (o *ownFD) release() {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	o.users--
-	if o.closing && o.users == 0 && o.fd >= 0 {
-		unix.Close(o.fd)
-		o.fd = -1
-	}
-}
-
-func (o *ownFD) close() error {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.closing {
-		return net.ErrClosed
-	}
-	o.closing = true
-	if o.users == 0 {
-		unix.Close(o.fd)
-		o.fd = -1
-	}
-	return nil
-}
-
-func (o *ownFD) isClosing() bool {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.closing
 }
 
 // Listen opens a raw socket on ifi for frames of the given EtherType.
@@ -148,16 +69,6 @@ func Listen(ifi *net.Interface, etherType uint16, cfg Config) (*Conn, error) {
 		// AoE has its own flow control (the initiator's window).
 		_ = unix.SetsockoptInt(s, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1)
 		_ = unix.SetsockoptInt(s, unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS, 1)
-		if cfg.BlockingRead {
-			// The descriptor blocks (a send that must not wait passes
-			// MSG_DONTWAIT); a read waits at most blockingPoll at a time.
-			tv := unix.NsecToTimeval(blockingPoll.Nanoseconds())
-			if err := unix.SetsockoptTimeval(s, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-				serr = fmt.Errorf("rawsock: SO_RCVTIMEO on %s: %w", ifi.Name, err)
-			} else if err := unix.SetNonblock(s, false); err != nil {
-				serr = fmt.Errorf("rawsock: blocking socket on %s: %w", ifi.Name, err)
-			}
-		}
 		if cfg.FanoutGroup != 0 {
 			v := int(cfg.FanoutGroup) | unix.PACKET_FANOUT_LB<<16
 			if err := unix.SetsockoptInt(s, unix.SOL_PACKET, unix.PACKET_FANOUT, v); err != nil {
@@ -172,22 +83,7 @@ func Listen(ifi *net.Interface, etherType uint16, cfg Config) (*Conn, error) {
 		pc.Close()
 		return nil, err
 	}
-	if !cfg.BlockingRead {
-		return &Conn{pc: pc, rc: rc, ifi: ifi}, nil
-	}
-	// A duplicate keeps the socket (its binding and options) once pc's
-	// descriptor is closed, which takes it out of the poller's epoll set.
-	nfd := -1
-	err = rc.Control(func(fd uintptr) { nfd, serr = unix.Dup(int(fd)) })
-	pc.Close()
-	if err == nil {
-		err = serr
-	}
-	if err != nil {
-		return nil, fmt.Errorf("rawsock: dup: %w", err)
-	}
-	unix.CloseOnExec(nfd)
-	return &Conn{ifi: ifi, own: &ownFD{fd: nfd}}, nil
+	return &Conn{pc: pc, rc: rc, ifi: ifi}, nil
 }
 
 // Interface is the interface the socket is bound to.
@@ -201,14 +97,7 @@ func (c *Conn) MTU() (int, error) {
 		return 0, err
 	}
 	var ioErr error
-	if c.own != nil {
-		fd, err := c.own.acquire()
-		if err != nil {
-			return 0, err
-		}
-		ioErr = unix.IoctlIfreq(fd, unix.SIOCGIFMTU, ifr)
-		c.own.release()
-	} else if err := c.rc.Control(func(fd uintptr) {
+	if err := c.rc.Control(func(fd uintptr) {
 		ioErr = unix.IoctlIfreq(int(fd), unix.SIOCGIFMTU, ifr)
 	}); err != nil {
 		return 0, err
@@ -222,9 +111,6 @@ func (c *Conn) MTU() (int, error) {
 // Close closes the socket; a blocked ReadBatch returns net.ErrClosed.
 func (c *Conn) Close() error {
 	c.closed.Store(true)
-	if c.own != nil {
-		return c.own.close()
-	}
 	return c.pc.Close()
 }
 
@@ -272,9 +158,6 @@ func (c *Conn) ReadBatch(b *Batch) (int, error) {
 	}
 	var n int
 	var errno syscall.Errno
-	if c.own != nil {
-		return c.readBlocking(b)
-	}
 	err := c.rc.Read(func(fd uintptr) bool {
 		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[0])),
 			uintptr(len(b.hdrs)), unix.MSG_DONTWAIT, 0, 0)
@@ -296,37 +179,6 @@ func (c *Conn) ReadBatch(b *Batch) (int, error) {
 	return n, nil
 }
 
-// readBlocking is ReadBatch on the owned, blocking descriptor: recvmmsg
-// waits for one frame (MSG_WAITFORONE) and takes the others already
-// there. A wait ended by a signal or by SO_RCVTIMEO yields (Gosched), so
-// that a goroutine Go wants to preempt stops here, and sees Close.
-func (c *Conn) readBlocking(b *Batch) (int, error) {
-	fd, err := c.own.acquire()
-	if err != nil {
-		return 0, err
-	}
-	defer c.own.release()
-	for {
-		r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.hdrs[0])),
-			uintptr(len(b.hdrs)), unix.MSG_WAITFORONE, 0, 0)
-		if e == unix.EAGAIN || e == unix.EINTR {
-			if c.own.isClosing() {
-				return 0, net.ErrClosed
-			}
-			runtime.Gosched()
-			continue
-		}
-		if e != 0 {
-			return 0, fmt.Errorf("rawsock: recvmmsg: %w", e)
-		}
-		n := int(r)
-		for i := 0; i < n; i++ {
-			b.Lens[i] = int(b.hdrs[i].len)
-		}
-		return n, nil
-	}
-}
-
 // WriteBatch sends frames 0..n-1 of b (lengths from b.Lens), waiting for
 // socket space as needed.
 func (c *Conn) WriteBatch(b *Batch, n int) error {
@@ -337,9 +189,6 @@ func (c *Conn) WriteBatch(b *Batch, n int) error {
 }
 
 func (c *Conn) writeHdrs(hdrs []mmsghdr, n int) error {
-	if c.own != nil {
-		return c.writeOwn(hdrs, n)
-	}
 	sent := 0
 	for sent < n {
 		var errno syscall.Errno
@@ -366,49 +215,8 @@ func (c *Conn) writeHdrs(hdrs []mmsghdr, n int) error {
 	return nil
 }
 
-// writeOwn is writeHdrs on the owned descriptor: a raw sendmmsg that does
-// not wait, then, for what a full socket refused, one that waits and that
-// the scheduler knows of.
-func (c *Conn) writeOwn(hdrs []mmsghdr, n int) error {
-	fd, err := c.own.acquire()
-	if err != nil {
-		return err
-	}
-	defer c.own.release()
-	sent := 0
-	for sent < n {
-		r, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hdrs[sent])),
-			uintptr(n-sent), unix.MSG_DONTWAIT, 0, 0)
-		if errno == unix.EAGAIN || errno == unix.EINTR {
-			r, _, errno = unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hdrs[sent])),
-				uintptr(n-sent), 0, 0, 0)
-		}
-		switch {
-		case errno == unix.EINTR:
-		case errno == unix.ENOBUFS:
-			sent++ // lost like any frame on Ethernet; AoE retransmits
-		case errno != 0:
-			return fmt.Errorf("rawsock: sendmmsg: %w", errno)
-		default:
-			sent += int(r)
-		}
-	}
-	return nil
-}
-
 // WriteFrame sends one frame.
 func (c *Conn) WriteFrame(f []byte) error {
-	if c.own != nil {
-		fd, err := c.own.acquire()
-		if err != nil {
-			return err
-		}
-		defer c.own.release()
-		if _, err := unix.Write(fd, f); err != nil {
-			return fmt.Errorf("rawsock: send: %w", err)
-		}
-		return nil
-	}
 	_, err := c.pc.WriteTo(f, &packet.Addr{HardwareAddr: net.HardwareAddr(f[0:6])})
 	return c.closedErr(err)
 }
