@@ -10,8 +10,8 @@
 // github.com/mdlayher/aoe.
 //
 // A read reply's data comes with pread into the frame, a write goes with
-// pwrite, both as raw system calls (volume.rawIO); volumes opened sync
-// write with O_DSYNC pwrite, stable before the reply. FLUSH CACHE is
+// pwrite; volumes opened sync write with O_DSYNC pwrite, stable before the
+// reply. FLUSH CACHE is
 // fdatasync. (Volumes were memory-mapped once; with the Linux aoe driver
 // as the client, the page faults cost more than the system calls they
 // saved: docs/benchmarks.md.)
@@ -29,7 +29,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"github.com/fabric-project/fabric/aoe/wire"
 	"github.com/mdlayher/aoe"
@@ -95,10 +94,7 @@ type counters struct {
 // volume is an open export.
 type volume struct {
 	Export
-	f *os.File // os.File, not a raw fd: its reference count makes Remove safe against a concurrent pread
-	// rc reaches f's descriptor for raw pread and pwrite (rawIO); nil: f's
-	// own ReadAt and WriteAt.
-	rc      syscall.RawConn
+	f       *os.File // os.File, not a raw fd: its reference count makes Remove safe against a concurrent pread
 	sectors uint64
 	ident   [512]byte
 	allow   [][6]byte // MAC allow list; empty: everyone
@@ -117,23 +113,16 @@ func (v *volume) close() error {
 	return v.f.Close()
 }
 
-// writeAt writes b at byte offset off with pwrite (rawIO; through f for
-// O_DSYNC volumes). Writes went through the volume's shared mapping
-// before (except sequential ones of a page or more): cheap while a page
-// stays dirty, but a write to a clean page takes a write fault, and the
-// filesystem's page_mkwrite on top. With the Linux aoe driver as the
-// client (scripts/bench-aoe-linux.sh, 3 interleaved rounds), pwrite took
-// 0.53x the mapping's CPU per GiB for random 4 KiB writes at MTU 9000,
-// 0.60x at 1500, and 0.54x for the 1 KiB sequential frames of MTU 1500.
+// writeAt writes b at byte offset off with pwrite. Writes went through
+// the volume's shared mapping before (except sequential ones of a page or
+// more): cheap while a page stays dirty, but a write to a clean page takes
+// a write fault, and the filesystem's page_mkwrite on top. With the Linux
+// aoe driver as the client (scripts/bench-aoe-linux.sh, 3 interleaved
+// rounds, at cb6b8cf), pwrite took 0.53x the mapping's CPU per GiB for
+// random 4 KiB writes at MTU 9000, 0.60x at 1500, and 0.54x for the 1 KiB
+// sequential frames of MTU 1500.
 func (v *volume) writeAt(b []byte, off int64) error {
-	var n int
-	var err error
-	if v.Sync || v.rc == nil {
-		// O_DSYNC: the write waits for the disk; the scheduler must know.
-		n, err = v.f.WriteAt(b, off)
-	} else {
-		n, err = v.rawIO(unix.SYS_PWRITE64, b, off)
-	}
+	n, err := v.f.WriteAt(b, off)
 	if err == nil && n != len(b) {
 		err = fmt.Errorf("short write: %d of %d bytes", n, len(b))
 	}
@@ -142,46 +131,11 @@ func (v *volume) writeAt(b []byte, off int64) error {
 
 // readAt reads len(b) bytes at off.
 func (v *volume) readAt(b []byte, off int64) error {
-	var n int
-	var err error
-	if v.rc == nil {
-		n, err = v.f.ReadAt(b, off)
-	} else {
-		n, err = v.rawIO(unix.SYS_PREAD64, b, off)
-	}
+	n, err := v.f.ReadAt(b, off)
 	if err == nil && n != len(b) {
 		err = fmt.Errorf("short read: %d of %d bytes", n, len(b))
 	}
 	return err
-}
-
-// rawIO is pread(2) or pwrite(2) (nr) of b at off as a raw system call,
-// one Go's scheduler does not see, through f's RawConn, which keeps the
-// descriptor open meanwhile. A scheduled system call may hand the
-// goroutine's P to another thread and wake one, for each frame a queue
-// serves; with the page cache behind it a pread or pwrite returns in
-// microseconds (a read from the disk keeps the P meanwhile, as a page
-// fault would). EINTR (a Go signal) retries.
-func (v *volume) rawIO(nr uintptr, b []byte, off int64) (int, error) {
-	if len(b) == 0 {
-		return 0, nil
-	}
-	var r uintptr
-	var errno syscall.Errno
-	if err := v.rc.Control(func(fd uintptr) {
-		for {
-			r, _, errno = unix.RawSyscall6(nr, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(off), 0, 0)
-			if errno != unix.EINTR {
-				return
-			}
-		}
-	}); err != nil {
-		return 0, err
-	}
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(r), nil
 }
 
 // sync makes written data stable: fdatasync(2).
@@ -421,7 +375,6 @@ func (t *Target) Add(e Export) error {
 		return fmt.Errorf("storagenode: export %s: %s is %d bytes, smaller than one sector", e.Addr(), e.Path, size)
 	}
 	v := &volume{Export: e, f: f, sectors: uint64(size) / wire.SectorSize}
-	v.rc, _ = f.SyscallConn() // an *os.File always has one
 	for _, m := range e.MACs {
 		if len(m) != 6 {
 			v.close()
