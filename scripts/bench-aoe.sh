@@ -110,36 +110,4 @@ PY
 done
 
 echo
-echo "over $ROUNDS rounds, min/median/max; ratios are fabric's median over $PEER's (goal against vblade: CPU per GiB at most 0.7x, throughput at least 1x)"
-python3 - "$RUNS" "$PEER" <<'PY'
-import sys, statistics
-peer = sys.argv[2]
-pts = {}
-for line in open(sys.argv[1]):
-    mtu, w, c, m, t, mbps, cpu = line.rstrip("\n").split("\t")
-    pts.setdefault((mtu, w, c, m), {}).setdefault(t, []).append((float(mbps), float(cpu)))
-def sp(v, fmt):
-    v = sorted(v)
-    return "/".join(fmt.format(x) for x in (v[0], statistics.median(v), v[-1]))
-print(f"{'MTU':<5} {'window':<6} {'client':<9} {'mode':<9} {'fabric MB/s':>16} {peer + ' MB/s':>16} {'fabric CPU s/GiB':>18} {peer + ' CPU s/GiB':>18} {'CPU':>6} {'MB/s':>6}  goal")
-met = total = 0
-figs = []
-for (mtu, w, c, m), by in pts.items():
-    if "fabric" not in by or peer not in by:
-        continue
-    fm, fc = [x[0] for x in by["fabric"]], [x[1] for x in by["fabric"]]
-    vm, vc = [x[0] for x in by[peer]], [x[1] for x in by[peer]]
-    cr = statistics.median(fc) / statistics.median(vc)
-    mr = statistics.median(fm) / statistics.median(vm)
-    ok = cr <= 0.7 and mr >= 1.0
-    met += ok; total += 1
-    print(f"{mtu:<5} {w:<6} {c:<9} {m:<9} {sp(fm, '{:.0f}'):>16} {sp(vm, '{:.0f}'):>16} {sp(fc, '{:.2f}'):>18} {sp(vc, '{:.2f}'):>18} {cr:5.2f}x {mr:5.2f}x  {('met' if ok else 'not met') if peer == 'vblade' else '-'}")
-    key = f"aoe.{mtu}.{w}.{c}.{m}"
-    figs.append((key + ".fabric_mb_per_s", "MB/s", "higher", fm))
-    figs.append((key + ".fabric_cpu_s_per_gib", "s/GiB", "lower", fc))
-if peer == "vblade":
-    print(f"goal met at {met} of {total} points")
-for key, unit, better, v in figs:
-    v = sorted(v)
-    print(f"FIGURE\t{key}\t{v[0]:g}\t{statistics.median(v):g}\t{v[-1]:g}\t{unit}\t{better}\t{len(v)}")
-PY
+aoe_summary "$RUNS" aoe "MTU window client mode" '{:.0f}'

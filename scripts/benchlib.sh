@@ -15,6 +15,14 @@
 #                       (BETTER: higher or lower).
 #   aoe_peer            PEER=vblade, or PEER=peer when PEER_FABRICD names
 #                       another fabricd build (the AoE benchmarks' A/B mode).
+#   aoe_summary RUNS PREFIX "COLUMNS" MBFMT
+#                       the AoE benchmarks' summary: RUNS holds a line per
+#                       run, the point's COLUMNS, then target, MB/s, CPU
+#                       s/GiB (tab separated); prints each point's
+#                       min/median/max for fabric and $PEER, the ratios of
+#                       the medians and the goal (at most 0.7x vblade's CPU
+#                       per GiB, at least its throughput), and FIGURE lines
+#                       keyed PREFIX.POINT.
 #   BENCH_CGROUP=0      no cgroup (the load figure is then the machine's).
 #
 # Other load: the machine's busy time from /proc/stat minus the cgroup's
@@ -154,4 +162,45 @@ aoe_peer() {
   else
     command -v vblade >/dev/null || { echo "vblade missing: run scripts/deps.sh" >&2; exit 1; }
   fi
+}
+
+aoe_summary() {
+  echo "over $ROUNDS rounds, min/median/max; ratios are fabric's median over $PEER's (goal against vblade: CPU per GiB at most 0.7x, throughput at least 1x)"
+  python3 - "$1" "$PEER" "$2" "$3" "$4" <<'PY'
+import sys, statistics
+runs, peer, prefix, columns, mbfmt = sys.argv[1:]
+cols = columns.split()
+pts = {}
+for line in open(runs):
+    f = line.rstrip("\n").split("\t")
+    point, t, mbps, cpu = tuple(f[:len(cols)]), f[len(cols)], float(f[-2]), float(f[-1])
+    pts.setdefault(point, {}).setdefault(t, []).append((mbps, cpu))
+widths = [max([len(c)] + [len(p[i]) for p in pts]) for i, c in enumerate(cols)]
+def sp(v, fmt):
+    v = sorted(v)
+    return "/".join(fmt.format(x) for x in (v[0], statistics.median(v), v[-1]))
+label = lambda vals: " ".join(f"{x:<{n}}" for x, n in zip(vals, widths))
+print(f"{label(cols)} {'fabric MB/s':>16} {peer + ' MB/s':>16} {'fabric CPU s/GiB':>18} {peer + ' CPU s/GiB':>18} {'CPU':>6} {'MB/s':>6}  goal")
+met = total = 0
+figs = []
+for point, by in pts.items():
+    if "fabric" not in by or peer not in by:
+        continue
+    fm, fc = [x[0] for x in by["fabric"]], [x[1] for x in by["fabric"]]
+    vm, vc = [x[0] for x in by[peer]], [x[1] for x in by[peer]]
+    cr = statistics.median(fc) / statistics.median(vc)
+    mr = statistics.median(fm) / statistics.median(vm)
+    ok = cr <= 0.7 and mr >= 1.0
+    met += ok; total += 1
+    print(f"{label(point)} {sp(fm, mbfmt):>16} {sp(vm, mbfmt):>16} {sp(fc, '{:.2f}'):>18} {sp(vc, '{:.2f}'):>18} {cr:5.2f}x {mr:5.2f}x  {('met' if ok else 'not met') if peer == 'vblade' else '-'}")
+    key = prefix + "." + ".".join(point)
+    figs.append((key + ".fabric_mb_per_s", "MB/s", "higher", fm))
+    figs.append((key + ".fabric_cpu_s_per_gib", "s/GiB", "lower", fc))
+    figs.append((key + f".{peer}_cpu_s_per_gib", "s/GiB", "lower", vc))
+if peer == "vblade":
+    print(f"goal met at {met} of {total} points")
+for key, unit, better, v in figs:
+    v = sorted(v)
+    print(f"FIGURE\t{key}\t{v[0]:g}\t{statistics.median(v):g}\t{v[-1]:g}\t{unit}\t{better}\t{len(v)}")
+PY
 }

@@ -84,6 +84,24 @@ func (l *aoeLab) serveOne(t *testing.T) {
 	l.serve(t, tg)
 }
 
+// rawIni opens a raw AoE socket on ini0, closed at cleanup.
+func (l *aoeLab) rawIni(t *testing.T) *rawsock.Conn {
+	t.Helper()
+	var c *rawsock.Conn
+	if err := l.ini.Do(func() error {
+		ifi, err := net.InterfaceByName("ini0")
+		if err != nil {
+			return err
+		}
+		c, err = rawsock.Listen(ifi, wire.EtherType, rawsock.Config{})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 func (l *aoeLab) initiator(t *testing.T, cfg initiator.Config) *initiator.Initiator {
 	t.Helper()
 	var in *initiator.Initiator
@@ -256,18 +274,7 @@ func TestHostileFrames(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.serve(t, tg)
-	var c *rawsock.Conn
-	if err := l.ini.Do(func() error {
-		ifi, err := net.InterfaceByName("ini0")
-		if err != nil {
-			return err
-		}
-		c, err = rawsock.Listen(ifi, wire.EtherType, rawsock.Config{})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := l.rawIni(t)
 	src := c.Interface().HardwareAddr
 	bcast := net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 	w := make([]byte, wire.ATALen+1024)
@@ -671,17 +678,7 @@ func TestMTUChangeFollowed(t *testing.T) {
 	}
 
 	// Watch ini0 for the target's unsolicited announcement.
-	var raw *rawsock.Conn
-	if err := l.ini.Do(func() error {
-		ifi, err := net.InterfaceByName("ini0")
-		if err != nil {
-			return err
-		}
-		raw, err = rawsock.Listen(ifi, wire.EtherType, rawsock.Config{})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	raw := l.rawIni(t)
 	announced := make(chan int, 16)
 	go func() {
 		b := rawsock.NewBatch(8, 9100)
@@ -702,7 +699,6 @@ func TestMTUChangeFollowed(t *testing.T) {
 			}
 		}
 	}()
-	t.Cleanup(func() { raw.Close() })
 
 	l.sto.Must(t, "ip", "link", "set", "sto0", "mtu", "9000")
 	l.ini.Must(t, "ip", "link", "set", "ini0", "mtu", "9000")
