@@ -137,7 +137,15 @@ func (b *bootBackend) Report(ev pxe.Event) {
 	}
 }
 
+// lease is mac's lease, from the cache (Registry.leases) or the store.
 func (r *Registry) lease(mac string) (pxe.Lease, bool, error) {
+	r.leaseMu.Lock()
+	e, hit := r.leases[mac]
+	writes := r.leaseWrites
+	r.leaseMu.Unlock()
+	if hit {
+		return e.lease, e.ok, nil
+	}
 	var l pxe.Lease
 	var ok bool
 	err := r.st.View(func(tx store.Tx) error {
@@ -151,7 +159,34 @@ func (r *Registry) lease(mac string) (pxe.Lease, bool, error) {
 		ok = true
 		return json.Unmarshal(v, &l)
 	})
-	return l, ok, err
+	if err != nil {
+		return pxe.Lease{}, false, err
+	}
+	r.leaseMu.Lock()
+	if r.leaseWrites == writes { // no lease changed meanwhile: what was read is current
+		r.putLeaseLocked(mac, leaseEntry{lease: l, ok: ok})
+	}
+	r.leaseMu.Unlock()
+	return l, ok, nil
+}
+
+// cacheLease records a committed change of mac's lease, unless a newer
+// commit is already recorded.
+func (r *Registry) cacheLease(mac string, e leaseEntry) {
+	r.leaseMu.Lock()
+	defer r.leaseMu.Unlock()
+	r.leaseWrites++
+	if old, hit := r.leases[mac]; hit && old.seq > e.seq {
+		return
+	}
+	r.putLeaseLocked(mac, e)
+}
+
+func (r *Registry) putLeaseLocked(mac string, e leaseEntry) {
+	if r.leases == nil || len(r.leases) > 65536 {
+		r.leases = map[string]leaseEntry{} // bounded; refilled from the store
+	}
+	r.leases[mac] = e
 }
 
 func (r *Registry) saveLease(l pxe.Lease) error {
@@ -159,11 +194,21 @@ func (r *Registry) saveLease(l pxe.Lease) error {
 	if err != nil {
 		return err
 	}
-	return r.st.Update(func(tx store.Tx) error {
+	var seq uint64
+	var kept bool
+	err = r.st.Update(func(tx store.Tx) error {
+		// The store may run this more than once; the last run is what
+		// commits.
+		seq, kept = r.leaseSeq.Add(1), false
 		// A lease for a MAC removed meanwhile is not kept.
 		if _, err := tx.Get(bucketMACs, l.MAC); err != nil {
 			return nil
 		}
+		kept = true
 		return tx.Put(bucketLeases, l.MAC, v)
 	})
+	if err == nil && kept {
+		r.cacheLease(l.MAC, leaseEntry{lease: l, ok: true, seq: seq})
+	}
+	return err
 }

@@ -6,10 +6,12 @@ import (
 	"net/netip"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/pxe"
 )
 
 // newTestController opens a controller on a fresh state directory; its
@@ -265,4 +267,81 @@ func TestConcurrentRegistrationsAreDistinct(t *testing.T) {
 	if len(ns) != 100 || len(ips) != 100 || len(macs) != 100 {
 		t.Errorf("%d nodes, %d distinct addresses, %d distinct MACs; want 100 each", len(ns), len(ips), len(macs))
 	}
+}
+
+// TestLeaseCache: the DHCP server's lease lookups, served from memory,
+// agree with the store after every write: a save, concurrent saves of one
+// MAC (the newest commit wins in both), a node's removal and its MAC
+// registered again.
+func TestLeaseCache(t *testing.T) {
+	c := newTestController(t, "10.9.0.0/24")
+	r := c.Registry()
+	const mac = "52:54:00:00:00:07"
+	fromStore := func() (pxe.Lease, bool) {
+		t.Helper()
+		r.leaseMu.Lock()
+		saved := r.leases
+		r.leases = nil
+		r.leaseMu.Unlock()
+		l, ok, err := r.lease(mac)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.leaseMu.Lock()
+		r.leases = saved
+		r.leaseMu.Unlock()
+		return l, ok
+	}
+	check := func(what string, wantOK bool) {
+		t.Helper()
+		got, ok, err := r.lease(mac)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored, sok := fromStore()
+		if ok != wantOK || sok != wantOK {
+			t.Fatalf("%s: cached lease present %v, stored present %v; want %v", what, ok, sok, wantOK)
+		}
+		if got.IP != stored.IP || got.State != stored.State || !got.Updated.Equal(stored.Updated) {
+			t.Fatalf("%s: cached lease %+v, the store has %+v", what, got, stored)
+		}
+	}
+	check("unregistered", false)
+	if _, err := r.Register(controllerapi.RegisterRequest{Name: "a", MAC: mac, Role: "hwnode"}); err != nil {
+		t.Fatal(err)
+	}
+	check("registered, no lease yet", false)
+	t0 := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	lease := func(i int) pxe.Lease {
+		return pxe.Lease{MAC: mac, IP: netip.MustParseAddr("10.9.0.10"), State: pxe.LeaseBound, Updated: t0.Add(time.Duration(i) * time.Second), Expires: t0.Add(time.Hour)}
+	}
+	if err := r.saveLease(lease(0)); err != nil {
+		t.Fatal(err)
+	}
+	check("saved", true)
+	var wg sync.WaitGroup
+	for i := 1; i <= 32; i++ {
+		wg.Go(func() {
+			if err := r.saveLease(lease(i)); err != nil {
+				t.Error(err)
+			}
+			if _, _, err := r.lease(mac); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	check("after 32 concurrent saves", true)
+	if _, err := r.Remove(mac); err != nil {
+		t.Fatal(err)
+	}
+	check("node removed", false)
+	if err := r.saveLease(lease(99)); err != nil {
+		t.Fatal(err)
+	}
+	check("saved for a removed MAC (not kept)", false)
+	if _, err := r.Register(controllerapi.RegisterRequest{Name: "a", MAC: mac, Role: "hwnode"}); err != nil {
+		t.Fatal(err)
+	}
+	check("registered again", false)
 }

@@ -94,9 +94,10 @@ func (s *DHCPServer) Serve(ctx context.Context) error {
 		close(writes)
 		wg.Wait()
 	}()
+	// One buffer for every packet: dhcpv4.FromBytes copies what it keeps
+	// (addresses, options), so the request outlives it.
+	buf := make([]byte, 4096)
 	for {
-		// A buffer per packet: the parsed request keeps slices of it.
-		buf := make([]byte, 4096)
 		n, _, err := s.Conn.ReadFrom(buf)
 		if err != nil {
 			if ctx.Err() != nil {

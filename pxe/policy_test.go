@@ -227,3 +227,31 @@ func FuzzDecide(f *testing.F) {
 		_ = ReplyAddr(req, d.Reply)
 	})
 }
+
+// TestReplyToMatchesLibrary: replyTo builds the same reply as the
+// library's NewReplyFromRequest, for a direct and a relayed request with a
+// client identifier and relay agent information.
+func TestReplyToMatchesLibrary(t *testing.T) {
+	relayed := func(m *dhcpv4.DHCPv4) {
+		m.GatewayIPAddr = net.IPv4(10, 233, 5, 1)
+		m.Flags = 0x8000
+		m.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionRelayAgentInformation, []byte{1, 3, 'e', 't', '0'}))
+		m.UpdateOption(dhcpv4.OptClientIdentifier([]byte{1, 0x52, 0x54, 0, 0x12, 0x34, 0x56}))
+	}
+	for name, req := range map[string]*dhcpv4.DHCPv4{
+		"direct":  request(t, dhcpv4.MessageTypeDiscover, pxeFirmware(iana.INTEL_X86PC)),
+		"relayed": request(t, dhcpv4.MessageTypeRequest, relayed),
+	} {
+		want, err := dhcpv4.NewReplyFromRequest(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := replyTo(req)
+		if got.TransactionID != req.TransactionID {
+			t.Errorf("%s: transaction ID %v, want the request's %v", name, got.TransactionID, req.TransactionID)
+		}
+		if diff := cmp.Diff(want.ToBytes(), got.ToBytes()); diff != "" {
+			t.Errorf("%s: reply differs from NewReplyFromRequest's (-want +got):\n%s", name, diff)
+		}
+	}
+}

@@ -68,21 +68,32 @@ stop_last
 rcvbuf_errors() { inS awk '/^Udp:/ {n++} /^Udp:/ && n == 2 {print $6}' /proc/net/snmp; }
 client_rcvbuf_errors() { inC awk '/^Udp:/ {n++} /^Udp:/ && n == 2 {print $6}' /proc/net/snmp; }
 
-# One perfdhcp run per rate against the server now running; each line:
-# server rate dora offer-drops ack-drops other-load.
+# CPU time (user+system, in clock ticks) of the process PID and its threads.
+proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# One perfdhcp run per rate against the server now running (the last
+# process started); each line: server rate dora offer-drops ack-drops
+# server-cpu client-cpu, the CPU of the server and of perfdhcp in % of one
+# core over the run.
 perf() {
-  local label=$1 r out drops rdrops rate other
+  local label=$1 r out drops rdrops rate other pid=${PIDS[-1]} t0 t1 s0 s1 cpu ccpu
   for r in $RATES; do
     rcv0=$(rcvbuf_errors) crcv0=$(client_rcvbuf_errors)
     load_mark
-    out=$(inC perfdhcp -4 -l eth0 -B -M "$W/macs" -R "$N" -r "$r" -p "$DUR" -W 1000000 2>&1 || true)
+    t0=$(proc_ticks "$pid") s0=$(date +%s.%N)
+    # `times` in the same subshell: its second line is perfdhcp's CPU.
+    out=$( { inC perfdhcp -4 -l eth0 -B -M "$W/macs" -R "$N" -r "$r" -p "$DUR" -W 1000000 2>&1 || true; times; } )
+    t1=$(proc_ticks "$pid") s1=$(date +%s.%N)
+    cpu=$(awk -v a="$t0" -v b="$t1" -v s="$s0" -v e="$s1" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.0f", (b - a) / hz / (e - s) * 100}')
+    ccpu=$(echo "$out" | tail -1 | awk -v s="$s0" -v e="$s1" '{
+      split($1, u, /[ms]/); split($2, y, /[ms]/); printf "%.0f", (u[1] * 60 + u[2] + y[1] * 60 + y[2]) / (e - s) * 100}')
     other=$(load_other)
     overflow=$(( $(rcvbuf_errors) - rcv0 ))/$(( $(client_rcvbuf_errors) - crcv0 ))
     drops=$(echo "$out" | awk '/DISCOVER-OFFER/{f=1} f&&/drops:/{print $2; exit}')
     rdrops=$(echo "$out" | awk '/REQUEST-ACK/{f=1} f&&/drops:/{print $2; exit}')
     rate=$(echo "$out" | awk '/^Rate:/{printf "%.0f", $2; exit}')
-    printf "%-4s %-8s %6s/s  %8s  %8s  %8s  %8s  %5s%%%s\n" "$run" "$label" "$r" "${rate:-0}" "${drops:-?}" "${rdrops:-?}" "$overflow" "$other" "$(load_flag "$other")"
-    echo "$label $r ${rate:-0} ${drops:-0} ${rdrops:-0}" >> "$W/dhcp.results"
+    printf "%-4s %-8s %6s/s  %8s  %8s  %8s  %8s  %7s%%  %7s%%  %5s%%%s\n" "$run" "$label" "$r" "${rate:-0}" "${drops:-?}" "${rdrops:-?}" "$overflow" "$cpu" "$ccpu" "$other" "$(load_flag "$other")"
+    echo "$label $r ${rate:-0} ${drops:-0} ${rdrops:-0} $cpu $ccpu" >> "$W/dhcp.results"
   done
 }
 
@@ -114,7 +125,7 @@ EOF2
   if command -v kea-dhcp4 >/dev/null; then servers="$servers kea"; mkdir -p /run/kea; else echo "kea not installed (scripts/deps.sh installs kea-dhcp4-server)"; fi
   echo
   echo "-- DHCP: perfdhcp -4 -B -M macs -R $N -r RATE -p $DUR, $RUNS rounds of: $servers"
-  printf "%-4s %-8s %8s  %8s  %8s  %8s  %8s  %6s\n" run server asked "DORA/s" "drop OFF" "drop ACK" "sock full srv/cli" other
+  printf "%-4s %-8s %8s  %8s  %8s  %8s  %8s  %8s  %8s  %6s\n" run server asked "DORA/s" "drop OFF" "drop ACK" "sock full srv/cli" "srv CPU" "cli CPU" other
   for run in $(seq "$RUNS"); do
     for srv in $servers; do
       case $srv in
@@ -128,13 +139,14 @@ EOF2
   done
   echo
   echo "over $RUNS rounds, min/median/max (DORA/s is perfdhcp's: completed exchanges over the run and its 1 s exit wait):"
-  printf "%-8s %-8s %-22s %-22s %-22s\n" asked server "DORA/s" "OFFER drops" "ACK drops"
+  printf "%-8s %-8s %-22s %-22s %-22s %-16s\n" asked server "DORA/s" "OFFER drops" "ACK drops" "srv CPU %"
   for r in $RATES; do
     for srv in $servers; do
       dora=($(awk -v s=$srv -v r=$r '$1==s && $2==r {print $3}' "$W/dhcp.results"))
       od=($(awk -v s=$srv -v r=$r '$1==s && $2==r {print $4}' "$W/dhcp.results"))
       ad=($(awk -v s=$srv -v r=$r '$1==s && $2==r {print $5}' "$W/dhcp.results"))
-      printf "%-8s %-8s %-22s %-22s %-22s\n" "$r/s" "$srv" "$(spread "${dora[@]}")" "$(spread "${od[@]}")" "$(spread "${ad[@]}")"
+      cp=($(awk -v s=$srv -v r=$r '$1==s && $2==r {print $6}' "$W/dhcp.results"))
+      printf "%-8s %-8s %-22s %-22s %-22s %-16s\n" "$r/s" "$srv" "$(spread "${dora[@]}")" "$(spread "${od[@]}")" "$(spread "${ad[@]}")" "$(spread "${cp[@]}")"
       figure "boot.dhcp.$srv.$r.dora_per_s" "DORA/s" higher "${dora[@]}" >> "$W/figures"
       figure "boot.dhcp.$srv.$r.offer_drops" drops lower "${od[@]}" >> "$W/figures"
     done
