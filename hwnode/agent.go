@@ -50,7 +50,7 @@ type Config struct {
 
 	LibvirtSocket string // default /run/libvirt/libvirt-sock
 	// Hypervisor: kvm, qemu (software emulation) or xen; "" or "auto"
-	// asks libvirt and looks for /dev/kvm.
+	// asks libvirt, looks for /dev/kvm and for vmx or svm in the CPU flags.
 	Hypervisor string
 	// MigrationURI is how peers' libvirtd reach this one, e.g.
 	// qemu+tcp://10.0.0.11/system, or qemu+tls://10.0.0.11/system with
@@ -400,7 +400,7 @@ func (a *Agent) probe() error {
 		switch {
 		case strings.EqualFold(typ, "xen"):
 			hv = Xen
-		case fileExists("/dev/kvm"):
+		case fileExists("/dev/kvm") && cpuVirt(readFile("/proc/cpuinfo")):
 			hv = KVM
 		default:
 			hv = QEMU
@@ -460,6 +460,29 @@ func (a *Agent) certName() string {
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+func readFile(p string) string { b, _ := os.ReadFile(p); return string(b) }
+
+// cpuVirt reports whether /proc/cpuinfo (its text) shows hardware
+// virtualisation (Intel VT-x "vmx", AMD-V "svm"), as cpu-checker's kvm-ok
+// asks. /dev/kvm alone is not enough: a kernel can offer it with no such
+// CPU support (kvm_pvm, which runs only guests built for it), and there a
+// normal guest's kernel hangs before its first line on the console.
+func cpuVirt(cpuinfo string) bool {
+	for _, line := range strings.Split(cpuinfo, "\n") {
+		name, flags, ok := strings.Cut(line, ":")
+		if !ok || strings.TrimSpace(name) != "flags" {
+			continue
+		}
+		for _, f := range strings.Fields(flags) {
+			if f == "vmx" || f == "svm" {
+				return true
+			}
+		}
+		return false
+	}
+	return false
+}
 
 // Run serves until ctx ends: the NBD server (nbd mode) and the heartbeat
 // and reconcile loop.

@@ -25,7 +25,7 @@ func hwnodeCommand() *cli.Command {
 			&cli.StringFlag{Name: "token", Usage: "one-time enrollment token ('fabric node token NAME'); default fabric.token= from /proc/cmdline"},
 			&cli.StringFlag{Name: "state-dir", Value: "/var/lib/fabric/hwnode", Usage: "where the agent keeps its credential (its key and certificate)"},
 			&cli.StringFlag{Name: "libvirt-socket", Value: "/run/libvirt/libvirt-sock", Usage: "libvirtd's unix socket"},
-			&cli.StringFlag{Name: "hypervisor", Value: "auto", Usage: "kvm, qemu (software emulation) or xen; auto: xen under a Xen libvirt, else kvm if /dev/kvm exists"},
+			&cli.StringFlag{Name: "hypervisor", Value: "auto", Usage: "kvm, qemu (software emulation) or xen; auto: xen under a Xen libvirt, else kvm if /dev/kvm exists and the CPU shows vmx or svm, else qemu"},
 			&cli.StringFlag{Name: "migration-uri", Required: true, Usage: "how other nodes' libvirtd reach this one, e.g. qemu+tls://10.0.0.11/system (with --libvirt-pki-dir) or qemu+tcp://10.0.0.11/system"},
 			&cli.StringFlag{Name: "libvirt-pki-dir", Usage: "write the node certificate for libvirt TLS under this directory, at libvirt's default paths when it is /etc/pki (CA/cacert.pem, libvirt/servercert.pem, libvirt/private/serverkey.pem, and the client pair), after enrollment and each renewal"},
 			&cli.StringFlag{Name: "libvirt-admin-uri", Usage: "virt-admin URI to make libvirtd reload renewed TLS certificates, e.g. libvirtd:///system"},
