@@ -50,9 +50,10 @@ type DHCPServer struct {
 // answer, and a decision with an event records it. Each waits for the
 // store's group commit, so enough of them keep the commits full. Everything
 // else (a DISCOVER: offers live in memory) is answered by the goroutine
-// that reads the socket, with no hand-over to another goroutine (handing
-// every packet to a worker woke a thread each time: 10% of the server's
-// time at 8000 exchanges/s). Long-lived workers keep their grown stacks,
+// that reads the socket, with no hand-over to another goroutine (the
+// scheduler's part of a hand-over was about 10% of the server's profile at
+// 8000 exchanges/s; an A/B showed the same CPU and fewer lost offers,
+// docs/benchmarks.md). Long-lived workers keep their grown stacks,
 // and a flood fills the queue, not memory: a request that finds it full
 // is dropped (Stats.Overflow), and its client asks again.
 const (

@@ -145,8 +145,8 @@ EOF2
       dora=($(awk -v s=$srv -v r=$r '$1==s && $2==r {print $3}' "$W/dhcp.results"))
       od=($(awk -v s=$srv -v r=$r '$1==s && $2==r {print $4}' "$W/dhcp.results"))
       ad=($(awk -v s=$srv -v r=$r '$1==s && $2==r {print $5}' "$W/dhcp.results"))
-      cp=($(awk -v s=$srv -v r=$r '$1==s && $2==r {print $6}' "$W/dhcp.results"))
-      printf "%-8s %-8s %-22s %-22s %-22s %-16s\n" "$r/s" "$srv" "$(spread "${dora[@]}")" "$(spread "${od[@]}")" "$(spread "${ad[@]}")" "$(spread "${cp[@]}")"
+      scpu=($(awk -v s=$srv -v r=$r '$1==s && $2==r {print $6}' "$W/dhcp.results"))
+      printf "%-8s %-8s %-22s %-22s %-22s %-16s\n" "$r/s" "$srv" "$(spread "${dora[@]}")" "$(spread "${od[@]}")" "$(spread "${ad[@]}")" "$(spread "${scpu[@]}")"
       figure "boot.dhcp.$srv.$r.dora_per_s" "DORA/s" higher "${dora[@]}" >> "$W/figures"
       figure "boot.dhcp.$srv.$r.offer_drops" drops lower "${od[@]}" >> "$W/figures"
     done

@@ -70,8 +70,9 @@ func Listen(ifname string, queues int) (*Port, error) {
 		// The queues wait on Go's poller. Waiting in the kernel instead
 		// (rawsock.Config.BlockingRead, in git at b329b7c) took about half
 		// the target's CPU per GiB with the Linux aoe driver as the
-		// client (docs/benchmarks.md), but with it TestLiveMigration lost
-		// pings in 2 of 2 runs and passed without it.
+		// client, but with it TestLiveMigration failed in 4 of 6 runs,
+		// its guest's memory corrupted after migrations; a wait the
+		// scheduler sees saved nothing (docs/benchmarks.md).
 		cfg := rawsock.Config{Buffer: 8 << 20}
 		if queues > 1 {
 			cfg.FanoutGroup = group

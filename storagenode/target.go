@@ -11,10 +11,9 @@
 //
 // A read reply's data comes with pread into the frame, a write goes with
 // pwrite; volumes opened sync write with O_DSYNC pwrite, stable before the
-// reply. FLUSH CACHE is
-// fdatasync. (Volumes were memory-mapped once; with the Linux aoe driver
-// as the client, the page faults cost more than the system calls they
-// saved: docs/benchmarks.md.)
+// reply. FLUSH CACHE is fdatasync. (Volumes were memory-mapped once; with
+// the Linux aoe driver as the client, the page faults cost more than the
+// system calls they saved: docs/benchmarks.md.)
 package storagenode
 
 import (
