@@ -138,6 +138,28 @@ func TestBootServicesFollowRegistry(t *testing.T) {
 		t.Errorf("node after ACK: %+v, %v; want a bound lease", n.Lease, err)
 	}
 
+	// The same exchange again renews the bound lease: answered before the
+	// write (Backend.Renew), which the node's view shows at once.
+	time.Sleep(10 * time.Millisecond)
+	offer2, err := cl.DiscoverOffer(ctx, pxeBIOS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease2, err := cl.RequestFromOffer(ctx, offer2, pxeBIOS)
+	if err != nil || lease2.ACK.YourIPAddr.String() != "10.233.0.10" {
+		t.Fatalf("renewal: %v %v", lease2, err)
+	}
+	l.c.reg.leaseMu.Lock()
+	_, queued := l.c.reg.pending[mac.String()]
+	l.c.reg.leaseMu.Unlock()
+	if !queued {
+		t.Errorf("the renewal's lease is not waiting for the lease writer after its ACK: it was written first (write-behind %v)", leaseWriteBehind)
+	}
+	n2, err := l.c.reg.Node("hn1")
+	if err != nil || n2.Lease == nil || n2.Lease.State != pxe.LeaseBound || !n2.Lease.Updated.After(n.Lease.Updated) {
+		t.Errorf("node after the renewal's ACK: %+v, %v; want a bound lease updated after %v", n2.Lease, err, n.Lease.Updated)
+	}
+
 	// iPXE asks again and is sent to its HTTP script.
 	ipxeOffer, err := cl.DiscoverOffer(ctx, pxeBIOS, dhcpv4.WithOption(dhcpv4.OptUserClass("iPXE")))
 	if err != nil {

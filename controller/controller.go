@@ -188,7 +188,7 @@ func New(cfg Config) (*Controller, error) {
 		return nil, errors.New("controller: root shelf 65535 is the AoE broadcast shelf")
 	}
 	c.cfg = cfg
-	c.reg = &Registry{st: st, subnet: cfg.BootSubnet, first: cfg.FirstIP, reserved: reserved, rootShelf: cfg.RootShelf, now: time.Now, notify: c.broadcast}
+	c.reg = &Registry{st: st, subnet: cfg.BootSubnet, first: cfg.FirstIP, reserved: reserved, rootShelf: cfg.RootShelf, now: time.Now, notify: c.broadcast, log: log}
 	return c, nil
 }
 
@@ -202,7 +202,11 @@ func (c *Controller) CACertPEM() []byte { return c.ca.CertPEM }
 func (c *Controller) AdminToken() string { return c.token }
 
 // Close closes the state store.
-func (c *Controller) Close() error { return c.st.Close() }
+// Close writes the leases still queued and closes the store.
+func (c *Controller) Close() error {
+	c.reg.flushLeases()
+	return c.st.Close()
+}
 
 func (c *Controller) broadcast() {
 	c.mu.Lock()

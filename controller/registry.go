@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
@@ -95,7 +96,8 @@ type Registry struct {
 	reserved  map[netip.Addr]bool // never assigned (the controller itself, gateway)
 	rootShelf uint16              // first shelf for hardware nodes' root volumes
 	now       func() time.Time
-	notify    func() // called after a committed change that appended events
+	notify    func()       // called after a committed change that appended events
+	log       *slog.Logger // nil: slog.Default()
 
 	// Allocation hints: no free address lies below them, so a search
 	// starts there instead of at the first address (each registration
@@ -116,15 +118,34 @@ type Registry struct {
 
 	// Each MAC's DHCP lease as last read or written (the DHCP server reads
 	// it for every packet; a transaction and a decode each time were 7% of
-	// its time at 8000 exchanges/s). Writes go through: saveLease and
-	// Remove set or drop the entry after their commit; leaseSeq, taken
-	// inside the transaction, keeps an older commit from overwriting a
-	// newer one. leaseWrites counts those updates, so that a lookup that
-	// raced one does not keep what it read.
+	// its time at 8000 exchanges/s). leaseSeq numbers the changes, so an
+	// older one never replaces a newer one in the cache. leaseWrites
+	// counts cache updates, so that a lookup that raced one does not keep
+	// what it read.
 	leaseMu     sync.Mutex
 	leases      map[string]leaseEntry
 	leaseSeq    atomic.Uint64
 	leaseWrites uint64
+	// Lease writes wait in pending (the newest per MAC) for the lease
+	// writer, the only goroutine that writes leases: saveLease waits for
+	// the commit, renewLease does not (see leaseWriteBehind). flushing:
+	// the writer runs; urgent: a saveLease waits; since: when pending
+	// stopped being empty. leaseFlushMu orders the writer's commits with
+	// Remove's.
+	pending      map[string]queuedLease
+	flushing     bool
+	urgent       bool
+	since        time.Time
+	leaseKick    chan struct{}
+	leaseFlushMu sync.Mutex
+}
+
+// queuedLease is a lease change waiting for the lease writer, with the
+// saveLease calls that wait for its commit.
+type queuedLease struct {
+	lease   pxe.Lease
+	seq     uint64
+	waiters []chan error
 }
 
 // leaseEntry is a MAC's lease (ok false: none), written by the commit
@@ -465,6 +486,14 @@ func (r *Registry) Node(nameOrMAC string) (controllerapi.Node, error) {
 		}
 		return nil
 	})
+	if err == nil {
+		// A renewal still waiting for the lease writer is newer.
+		r.leaseMu.Lock()
+		if q, ok := r.pending[n.MAC]; ok {
+			n.Lease = &controllerapi.Lease{State: q.lease.State, Expires: q.lease.Expires, Updated: q.lease.Updated}
+		}
+		r.leaseMu.Unlock()
+	}
 	return n, err
 }
 
@@ -710,7 +739,10 @@ func renameInstanceNode(tx store.Tx, from, to string) error {
 // Remove deletes a node and revokes its certificate.
 func (r *Registry) Remove(nameOrMAC string) (controllerapi.Node, error) {
 	var n controllerapi.Node
-	var seq uint64
+	// The lease writer does not commit meanwhile: a lease it wrote after
+	// this commit would outlive the node.
+	r.leaseFlushMu.Lock()
+	defer r.leaseFlushMu.Unlock()
 	err := r.update(func(tx store.Tx) error {
 		var err error
 		if n, err = resolve(tx, nameOrMAC); err != nil {
@@ -728,10 +760,7 @@ func (r *Registry) Remove(nameOrMAC string) (controllerapi.Node, error) {
 				}
 				return tx.Delete(bucketCerts, n.ID)
 			},
-			func() error {
-				seq = r.leaseSeq.Add(1)
-				return tx.Delete(bucketLeases, n.MAC)
-			},
+			func() error { return tx.Delete(bucketLeases, n.MAC) },
 			func() error { return r.deleteRoot(tx, n.RootVolume) },
 		} {
 			if err := op(); err != nil {
@@ -742,7 +771,19 @@ func (r *Registry) Remove(nameOrMAC string) (controllerapi.Node, error) {
 			Message: fmt.Sprintf("removed %s %s (%s), %s released", n.Role, n.Name, n.MAC, n.IP)})
 	})
 	if err == nil {
-		r.cacheLease(n.MAC, leaseEntry{seq: seq})
+		// The lease goes from the cache and from the writer's queue at
+		// once, so that no renewal slips in between.
+		r.leaseMu.Lock()
+		q, had := r.pending[n.MAC]
+		delete(r.pending, n.MAC)
+		r.leaseWrites++
+		r.putLeaseLocked(n.MAC, leaseEntry{seq: r.leaseSeq.Add(1)})
+		r.leaseMu.Unlock()
+		if had {
+			for _, w := range q.waiters {
+				w <- nil // as for a lease saved for a MAC no longer registered
+			}
+		}
 	}
 	return n, err
 }

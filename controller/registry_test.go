@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/fabric-project/fabric/controller/controllerapi"
+	"github.com/fabric-project/fabric/controller/store"
 	"github.com/fabric-project/fabric/pxe"
 )
 
@@ -344,4 +346,109 @@ func TestLeaseCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("registered again", false)
+}
+
+// TestLeaseRenewal: a renewal of a bound lease is answered from memory at
+// once and committed by the lease writer within leaseWriteBehind; what is
+// not a renewal is refused; a node removed while its renewal waits leaves
+// no lease behind, even when its MAC is registered again before the
+// writer runs; Close writes what still waits.
+func TestLeaseRenewal(t *testing.T) {
+	c := newTestController(t, "10.9.0.0/24")
+	r := c.Registry()
+	const mac = "52:54:00:00:00:08"
+	stored := func() (pxe.Lease, bool) {
+		t.Helper()
+		var l pxe.Lease
+		var ok bool
+		err := r.st.View(func(tx store.Tx) error {
+			v, err := tx.Get(bucketLeases, mac)
+			if errors.Is(err, store.ErrNotFound) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			ok = true
+			return json.Unmarshal(v, &l)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l, ok
+	}
+	n, err := r.Register(controllerapi.RegisterRequest{Name: "a", MAC: mac, Role: "hwnode"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip := netip.MustParseAddr(n.IP)
+	t0 := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	lease := func(i int, ip netip.Addr) pxe.Lease {
+		return pxe.Lease{MAC: mac, IP: ip, State: pxe.LeaseBound, Updated: t0.Add(time.Duration(i) * time.Second), Expires: t0.Add(time.Hour + time.Duration(i)*time.Second)}
+	}
+	if r.renewLease(lease(1, ip)) {
+		t.Fatal("a first bind was taken as a renewal")
+	}
+	if err := r.saveLease(lease(1, ip)); err != nil {
+		t.Fatal(err)
+	}
+	if r.renewLease(lease(2, ip.Next())) {
+		t.Fatal("a bound lease for another address was taken as a renewal")
+	}
+	if off := (pxe.Lease{MAC: mac, IP: ip, State: pxe.LeaseReleased}); r.renewLease(off) {
+		t.Fatal("a release was taken as a renewal")
+	}
+	start := time.Now()
+	if !r.renewLease(lease(3, ip)) {
+		t.Fatal("a renewal of the bound lease was refused")
+	}
+	if got, ok, err := r.lease(mac); err != nil || !ok || !got.Updated.Equal(lease(3, ip).Updated) {
+		t.Fatalf("after the renewal the lookup gives %+v %v %v; want the renewal", got, ok, err)
+	}
+	if s, _ := stored(); !s.Updated.Equal(lease(1, ip).Updated) {
+		t.Fatalf("the store has %+v at once; want the bind before the renewal until the writer runs", s)
+	}
+	for {
+		if s, _ := stored(); s.Updated.Equal(lease(3, ip).Updated) {
+			break
+		}
+		if time.Since(start) > leaseWriteBehind+5*time.Second {
+			t.Fatalf("the renewal was not written within %v", time.Since(start))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("renewal written %v after it was taken (write-behind %v)", time.Since(start).Round(time.Millisecond), leaseWriteBehind)
+
+	// Removed while the renewal waits, then registered again.
+	if !r.renewLease(lease(4, ip)) {
+		t.Fatal("renewal refused")
+	}
+	if _, err := r.Remove(mac); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := r.lease(mac); ok {
+		t.Fatal("the removed node's lease is still looked up")
+	}
+	if _, err := r.Register(controllerapi.RegisterRequest{Name: "a", MAC: mac, Role: "hwnode"}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(leaseWriteBehind + 200*time.Millisecond)
+	if s, ok := stored(); ok {
+		t.Fatalf("the store holds %+v for a node registered anew after its removal", s)
+	}
+	if l, ok, _ := r.lease(mac); ok {
+		t.Fatalf("lookup gives %+v for a node registered anew after its removal", l)
+	}
+
+	// Close writes the renewal still waiting.
+	if err := r.saveLease(lease(5, ip)); err != nil {
+		t.Fatal(err)
+	}
+	if !r.renewLease(lease(6, ip)) {
+		t.Fatal("renewal refused")
+	}
+	r.flushLeases()
+	if s, _ := stored(); !s.Updated.Equal(lease(6, ip).Updated) {
+		t.Fatalf("after a flush the store has %+v; want the renewal", s)
+	}
 }

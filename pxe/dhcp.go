@@ -20,6 +20,10 @@ type Backend interface {
 	Host(mac net.HardwareAddr) (Host, bool, error)
 	Lease(mac net.HardwareAddr) (Lease, bool, error)
 	SaveLease(Lease) error
+	// Renew takes a bound lease without waiting for it to be stored if it
+	// renews the lease the MAC holds (bound, same address); false: it
+	// does not, and SaveLease must store it.
+	Renew(Lease) bool
 	Report(Event)
 	// BootToken returns a new one-time enrollment token for the boot
 	// script of mac fetched from the address from, or why it may not.
@@ -46,11 +50,13 @@ type DHCPServer struct {
 }
 
 // DHCPWorkers answer the requests whose answer waits on the store: a
-// REQUEST, DECLINE or RELEASE changes a lease, which is on disk before the
-// answer, and a decision with an event records it. Each waits for the
-// store's group commit, so enough of them keep the commits full. Everything
-// else (a DISCOVER: offers live in memory) is answered by the goroutine
-// that reads the socket, with no hand-over to another goroutine (the
+// REQUEST that binds an address anew, a DECLINE or a RELEASE changes a
+// lease, which is on disk before the answer, and a decision with an event
+// records it. Each waits for the store's group commit, so enough of them
+// keep the commits full. Everything else (a DISCOVER: offers live in
+// memory; a REQUEST that renews the bound lease, Backend.Renew) is
+// answered by the goroutine that reads the socket, with no hand-over to
+// another goroutine (the
 // scheduler's part of a hand-over was about 10% of the server's profile at
 // 8000 exchanges/s; an A/B showed the same CPU and fewer lost offers,
 // docs/benchmarks.md). Long-lived workers keep their grown stacks,
@@ -116,9 +122,15 @@ func (s *DHCPServer) Serve(ctx context.Context) error {
 		if !ok {
 			continue
 		}
-		if d.Event == nil && (d.Lease == nil || d.Lease.State == LeaseOffered) {
-			s.finish(log, req, d)
-			continue
+		if d.Event == nil {
+			switch {
+			case d.Lease == nil || d.Lease.State == LeaseOffered:
+				s.finish(log, req, d)
+				continue
+			case d.Lease.State == LeaseBound && s.Backend.Renew(*d.Lease):
+				s.send(log, req, d)
+				continue
+			}
 		}
 		select {
 		case jobs <- job{req, d}:
@@ -168,6 +180,12 @@ func (s *DHCPServer) finish(log *slog.Logger, req *dhcpv4.DHCPv4, d Decision) {
 			return // an unrecorded lease is not handed out
 		}
 	}
+	s.send(log, req, d)
+}
+
+// send sends a decision's reply (if any).
+func (s *DHCPServer) send(log *slog.Logger, req *dhcpv4.DHCPv4, d Decision) {
+	mac := req.ClientHWAddr
 	if d.Reply == nil {
 		s.Stats.Dropped.Add(1)
 		log.Debug("dhcp: no reply", "mac", mac.String(), "type", req.MessageType().String())

@@ -22,6 +22,7 @@ func (b *scriptBackend) Host(mac net.HardwareAddr) (Host, bool, error) {
 }
 func (b *scriptBackend) Lease(net.HardwareAddr) (Lease, bool, error) { return Lease{}, false, nil }
 func (b *scriptBackend) SaveLease(Lease) error                       { return nil }
+func (b *scriptBackend) Renew(Lease) bool                            { return false }
 func (b *scriptBackend) Report(Event)                                {}
 func (b *scriptBackend) BootToken(net.HardwareAddr, netip.Addr) (string, error) {
 	return "tok123", nil
