@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -119,9 +120,46 @@ func TestBootServicesFollowRegistry(t *testing.T) {
 	if _, err := l.c.reg.Register(controllerapi.RegisterRequest{Name: "hn1", MAC: mac.String(), Role: "hwnode"}); err != nil {
 		t.Fatal(err)
 	}
+	udpOut := func() int {
+		t.Helper()
+		var n int
+		if err := l.srv.Do(func() error {
+			b, err := os.ReadFile("/proc/thread-self/net/snmp")
+			if err != nil {
+				return err
+			}
+			var head []string
+			for _, line := range strings.Split(string(b), "\n") {
+				f := strings.Fields(line)
+				if len(f) == 0 || f[0] != "Udp:" {
+					continue
+				}
+				if head == nil {
+					head = f
+					continue
+				}
+				for i := range head {
+					if head[i] == "OutDatagrams" {
+						n, err = strconv.Atoi(f[i])
+						return err
+					}
+				}
+			}
+			return errors.New("no Udp OutDatagrams in /proc/net/snmp")
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	out0 := udpOut()
 	offer, err := cl.DiscoverOffer(ctx, pxeBIOS)
 	if err != nil {
 		t.Fatalf("registered MAC got no offer: %v", err)
+	}
+	// The offer, broadcast, left by the packet socket (ListenDHCPBroadcast),
+	// not the UDP socket.
+	if out := udpOut() - out0; out != 0 {
+		t.Errorf("the broadcast offer left by the UDP socket (%d datagrams sent); want the packet socket", out)
 	}
 	if offer.YourIPAddr.String() != "10.233.0.10" || offer.BootFileName != "undionly.kpxe" || !offer.ServerIPAddr.Equal(net.IPv4(10, 233, 0, 1)) {
 		t.Errorf("offer: yiaddr %s file %q next-server %s", offer.YourIPAddr, offer.BootFileName, offer.ServerIPAddr)

@@ -3,6 +3,7 @@ package pxe
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -10,7 +11,11 @@ import (
 	"sync/atomic"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
+	"github.com/mdlayher/packet"
+	"golang.org/x/net/bpf"
+	"golang.org/x/sys/unix"
 )
 
 // Backend is what the boot services need from the controller: who a MAC
@@ -42,11 +47,14 @@ type DHCPStats struct {
 
 // DHCPServer answers DHCPv4 on one PacketConn (port 67).
 type DHCPServer struct {
-	Conn    net.PacketConn
-	Backend Backend
-	Network Network
-	Logger  *slog.Logger
-	Stats   DHCPStats
+	Conn net.PacketConn
+	// Broadcast, if set, sends the replies addressed to 255.255.255.255
+	// (ListenDHCPBroadcast); the rest leave by Conn.
+	Broadcast net.PacketConn
+	Backend   Backend
+	Network   Network
+	Logger    *slog.Logger
+	Stats     DHCPStats
 }
 
 // DHCPWorkers answer the requests whose answer waits on the store: a
@@ -81,7 +89,12 @@ func (s *DHCPServer) Serve(ctx context.Context) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	stop := context.AfterFunc(ctx, func() { s.Conn.Close() })
+	stop := context.AfterFunc(ctx, func() {
+		s.Conn.Close()
+		if s.Broadcast != nil {
+			s.Broadcast.Close()
+		}
+	})
 	defer stop()
 	// A socket buffer for bursts: the kernel's default (208 KiB) holds
 	// about 600 requests, 75 ms at 8000/s. Raised as far as the system
@@ -192,7 +205,11 @@ func (s *DHCPServer) send(log *slog.Logger, req *dhcpv4.DHCPv4, d Decision) {
 		return
 	}
 	dst := ReplyAddr(req, d.Reply)
-	if _, err := s.Conn.WriteTo(d.Reply.ToBytes(), dst); err != nil {
+	conn := s.Conn
+	if s.Broadcast != nil && dst.IP.Equal(net.IPv4bcast) {
+		conn = s.Broadcast
+	}
+	if _, err := conn.WriteTo(d.Reply.ToBytes(), dst); err != nil {
 		s.Stats.Errors.Add(1)
 		log.Warn("dhcp: send reply", "mac", mac.String(), "dst", dst.String(), "err", err)
 		return
@@ -208,4 +225,32 @@ func ListenDHCP(iface string, port int) (net.PacketConn, error) {
 		return nil, errors.New("pxe: DHCP needs a boot interface")
 	}
 	return server4.NewIPv4UDPConn(iface, &net.UDPAddr{Port: port})
+}
+
+// ListenDHCPBroadcast opens a socket for the replies broadcast on iface:
+// a packet socket that sends each as an IPv4 frame to ff:ff:ff:ff:ff:ff,
+// from src and port, and receives nothing (a BPF filter that drops every
+// frame is set before it binds). The kernel also delivers every broadcast
+// sent through a UDP socket to the sending host itself, where it is routed
+// and dropped; a server that answers clients without an address (every
+// DISCOVER, and every REQUEST with the broadcast flag) paid for that with
+// each reply. The frames bypass the host's IP output path (routing and
+// netfilter), as those of kea's raw sockets and dnsmasq's do.
+func ListenDHCPBroadcast(iface string, src netip.Addr, port int) (net.PacketConn, error) {
+	ifi, err := net.InterfaceByName(iface)
+	if err != nil {
+		return nil, err
+	}
+	if !src.Is4() {
+		return nil, fmt.Errorf("pxe: broadcast replies need an IPv4 source address, not %v", src)
+	}
+	drop, err := bpf.Assemble([]bpf.Instruction{bpf.RetConstant{Val: 0}})
+	if err != nil {
+		return nil, err
+	}
+	pc, err := packet.Listen(ifi, packet.Datagram, unix.ETH_P_IP, &packet.Config{Filter: drop})
+	if err != nil {
+		return nil, fmt.Errorf("pxe: packet socket on %s: %w", iface, err)
+	}
+	return nclient4.NewBroadcastUDPConn(pc, &net.UDPAddr{IP: src.AsSlice(), Port: port}), nil
 }

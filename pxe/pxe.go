@@ -111,6 +111,11 @@ func Listen(cfg Config) (_ *Services, err error) {
 	cfg.Network.Iface = cfg.Iface
 	s.cfg = cfg
 	s.DHCP = &DHCPServer{Conn: s.dconn, Backend: cfg.Backend, Network: cfg.Network, Logger: cfg.Logger}
+	if bc, err := ListenDHCPBroadcast(cfg.Iface, cfg.Network.ServerIP, port(cfg.DHCPPort, 67)); err != nil {
+		cfg.Logger.Warn("broadcast replies leave by the UDP socket", "err", err)
+	} else {
+		s.DHCP.Broadcast = bc
+	}
 	return s, nil
 }
 
