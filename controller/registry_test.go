@@ -18,14 +18,14 @@ import (
 
 // newTestController opens a controller on a fresh state directory; its
 // cleanup checks the store's invariants before closing it.
-func newTestController(t *testing.T, subnet string) *Controller {
+func newTestController(t testing.TB, subnet string) *Controller {
 	t.Helper()
 	return newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix(subnet), ServerIP: netip.MustParsePrefix(subnet).Addr().Next()})
 }
 
 // newTestControllerWith opens a controller on a fresh state directory and
 // checks the store's invariants when the test ends.
-func newTestControllerWith(t *testing.T, cfg Config) *Controller {
+func newTestControllerWith(t testing.TB, cfg Config) *Controller {
 	t.Helper()
 	cfg.StateDir = t.TempDir()
 	c, err := New(cfg)
