@@ -84,7 +84,7 @@ bench-controller: build
 bench-boot: build
 	./scripts/bench-record.sh boot
 
-# Reruns each benchmark recorded in docs/bench/ (controller, boot) and
+# Reruns each benchmark recorded in docs/bench/ (every one with FIGURE lines) and
 # names every figure whose median moved more than the recorded spread.
 bench-check: build
 	./scripts/bench-check.sh

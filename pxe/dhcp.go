@@ -235,7 +235,7 @@ func ListenDHCP(iface string, port int) (net.PacketConn, error) {
 // and dropped; a server that answers clients without an address (every
 // DISCOVER, and every REQUEST with the broadcast flag) paid for that with
 // each reply. The frames bypass the host's IP output path (routing and
-// netfilter), as those of kea's raw sockets and dnsmasq's do.
+// netfilter), as those of kea's raw socket mode do.
 func ListenDHCPBroadcast(iface string, src netip.Addr, port int) (net.PacketConn, error) {
 	ifi, err := net.InterfaceByName(iface)
 	if err != nil {
