@@ -240,6 +240,9 @@ func (r *Registry) renewLease(l pxe.Lease) bool {
 	defer r.leaseMu.Unlock()
 	e, hit := r.leases[l.MAC]
 	if q, queued := r.pending[l.MAC]; queued && (!hit || q.seq > e.seq) {
+		if len(q.waiters) > 0 {
+			return false // a bind not committed yet: the answer waits for it
+		}
 		e, hit = leaseEntry{lease: q.lease, ok: true}, true
 	}
 	if l.State != pxe.LeaseBound || !hit || !e.ok || e.lease.State != pxe.LeaseBound || e.lease.IP != l.IP {

@@ -440,6 +440,28 @@ func TestLeaseRenewal(t *testing.T) {
 		t.Fatalf("lookup gives %+v for a node registered anew after its removal", l)
 	}
 
+	// A renewal of a bind that is not committed yet waits for it too.
+	r.leaseFlushMu.Lock() // the writer cannot commit meanwhile
+	saved := make(chan error, 1)
+	go func() { saved <- r.saveLease(lease(5, ip)) }()
+	for {
+		r.leaseMu.Lock()
+		q, queued := r.pending[mac]
+		r.leaseMu.Unlock()
+		if queued && len(q.waiters) > 0 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	renewed := r.renewLease(lease(6, ip))
+	r.leaseFlushMu.Unlock()
+	if err := <-saved; err != nil {
+		t.Fatal(err)
+	}
+	if renewed {
+		t.Fatal("a renewal was answered before the bind it renews was committed")
+	}
+
 	// Close writes the renewal still waiting.
 	if err := r.saveLease(lease(5, ip)); err != nil {
 		t.Fatal(err)
