@@ -168,6 +168,20 @@ func (r *Registry) lease(mac string) (pxe.Lease, bool, error) {
 	if hit {
 		return e.lease, e.ok, nil
 	}
+	l, ok, err := r.storedLease(mac)
+	if err != nil {
+		return pxe.Lease{}, false, err
+	}
+	r.leaseMu.Lock()
+	if r.leaseWrites == writes { // no lease changed meanwhile: what was read is current
+		r.putLeaseLocked(mac, leaseEntry{lease: l, ok: ok})
+	}
+	r.leaseMu.Unlock()
+	return l, ok, nil
+}
+
+// storedLease is mac's lease as the store holds it.
+func (r *Registry) storedLease(mac string) (pxe.Lease, bool, error) {
 	var l pxe.Lease
 	var ok bool
 	err := r.st.View(func(tx store.Tx) error {
@@ -181,15 +195,7 @@ func (r *Registry) lease(mac string) (pxe.Lease, bool, error) {
 		ok = true
 		return json.Unmarshal(v, &l)
 	})
-	if err != nil {
-		return pxe.Lease{}, false, err
-	}
-	r.leaseMu.Lock()
-	if r.leaseWrites == writes { // no lease changed meanwhile: what was read is current
-		r.putLeaseLocked(mac, leaseEntry{lease: l, ok: ok})
-	}
-	r.leaseMu.Unlock()
-	return l, ok, nil
+	return l, ok, err
 }
 
 // cacheLease records a committed change of mac's lease, unless a newer

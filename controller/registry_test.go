@@ -1,7 +1,6 @@
 package controller
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -12,7 +11,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/fabric-project/fabric/controller/controllerapi"
-	"github.com/fabric-project/fabric/controller/store"
 	"github.com/fabric-project/fabric/pxe"
 )
 
@@ -359,19 +357,7 @@ func TestLeaseRenewal(t *testing.T) {
 	const mac = "52:54:00:00:00:08"
 	stored := func() (pxe.Lease, bool) {
 		t.Helper()
-		var l pxe.Lease
-		var ok bool
-		err := r.st.View(func(tx store.Tx) error {
-			v, err := tx.Get(bucketLeases, mac)
-			if errors.Is(err, store.ErrNotFound) {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			ok = true
-			return json.Unmarshal(v, &l)
-		})
+		l, ok, err := r.storedLease(mac)
 		if err != nil {
 			t.Fatal(err)
 		}
