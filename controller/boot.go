@@ -159,10 +159,7 @@ func (b *bootBackend) Report(ev pxe.Event) {
 // lease is mac's lease, from the cache (Registry.leases) or the store.
 func (r *Registry) lease(mac string) (pxe.Lease, bool, error) {
 	r.leaseMu.Lock()
-	e, hit := r.leases[mac]
-	if q, queued := r.pending[mac]; queued && (!hit || q.seq > e.seq) {
-		e, hit = leaseEntry{lease: q.lease, ok: true, seq: q.seq}, true
-	}
+	e, hit, _ := r.latestLeaseLocked(mac)
 	writes := r.leaseWrites
 	r.leaseMu.Unlock()
 	if hit {
@@ -178,6 +175,17 @@ func (r *Registry) lease(mac string) (pxe.Lease, bool, error) {
 	}
 	r.leaseMu.Unlock()
 	return l, ok, nil
+}
+
+// latestLeaseLocked is mac's lease as cached, or the newer change queued
+// for the lease writer; committing: that change is one a saveLease waits
+// for. The caller holds leaseMu.
+func (r *Registry) latestLeaseLocked(mac string) (e leaseEntry, hit, committing bool) {
+	e, hit = r.leases[mac]
+	if q, queued := r.pending[mac]; queued && (!hit || q.seq > e.seq) {
+		return leaseEntry{lease: q.lease, ok: true, seq: q.seq}, true, len(q.waiters) > 0
+	}
+	return e, hit, false
 }
 
 // storedLease is mac's lease as the store holds it.
@@ -244,12 +252,9 @@ func (r *Registry) saveLease(l pxe.Lease) error {
 func (r *Registry) renewLease(l pxe.Lease) bool {
 	r.leaseMu.Lock()
 	defer r.leaseMu.Unlock()
-	e, hit := r.leases[l.MAC]
-	if q, queued := r.pending[l.MAC]; queued && (!hit || q.seq > e.seq) {
-		if len(q.waiters) > 0 {
-			return false // a bind not committed yet: the answer waits for it
-		}
-		e, hit = leaseEntry{lease: q.lease, ok: true}, true
+	e, hit, committing := r.latestLeaseLocked(l.MAC)
+	if committing {
+		return false // a bind not committed yet: the answer waits for it
 	}
 	if l.State != pxe.LeaseBound || !hit || !e.ok || e.lease.State != pxe.LeaseBound || e.lease.IP != l.IP {
 		return false

@@ -201,8 +201,7 @@ func (c *Controller) CACertPEM() []byte { return c.ca.CertPEM }
 // AdminToken returns the admin credential.
 func (c *Controller) AdminToken() string { return c.token }
 
-// Close closes the state store.
-// Close writes the leases still queued and closes the store.
+// Close writes the leases still queued and closes the state store.
 func (c *Controller) Close() error {
 	c.reg.flushLeases()
 	return c.st.Close()

@@ -470,31 +470,35 @@ func resolve(tx store.Tx, nameOrMAC string) (controllerapi.Node, error) {
 // Node returns a node by name or MAC.
 func (r *Registry) Node(nameOrMAC string) (controllerapi.Node, error) {
 	var n controllerapi.Node
+	var l pxe.Lease
+	var hasLease bool
 	err := r.st.View(func(tx store.Tx) error {
 		var err error
 		if n, err = resolve(tx, nameOrMAC); err != nil {
 			return err
 		}
-		if v, err := tx.Get(bucketLeases, n.MAC); err == nil {
-			// Stored by the boot services as a pxe.Lease; converted
-			// explicitly so the wire type does not depend on its encoding.
-			var l pxe.Lease
-			if err := json.Unmarshal(v, &l); err != nil {
-				return err
-			}
-			n.Lease = &controllerapi.Lease{State: l.State, Expires: l.Expires, Updated: l.Updated}
+		v, err := tx.Get(bucketLeases, n.MAC)
+		if err != nil {
+			return nil
 		}
-		return nil
+		hasLease = true
+		return json.Unmarshal(v, &l)
 	})
-	if err == nil {
-		// A renewal still waiting for the lease writer is newer.
-		r.leaseMu.Lock()
-		if q, ok := r.pending[n.MAC]; ok {
-			n.Lease = &controllerapi.Lease{State: q.lease.State, Expires: q.lease.Expires, Updated: q.lease.Updated}
-		}
-		r.leaseMu.Unlock()
+	if err != nil {
+		return n, err
 	}
-	return n, err
+	// A renewal still waiting for the lease writer is newer.
+	r.leaseMu.Lock()
+	if q, ok := r.pending[n.MAC]; ok {
+		l, hasLease = q.lease, true
+	}
+	r.leaseMu.Unlock()
+	if hasLease {
+		// Kept by the boot services as a pxe.Lease; converted explicitly
+		// so the wire type does not depend on its encoding.
+		n.Lease = &controllerapi.Lease{State: l.State, Expires: l.Expires, Updated: l.Updated}
+	}
+	return n, nil
 }
 
 // NodeByMAC returns the node with the given MAC.

@@ -64,12 +64,12 @@ type DHCPServer struct {
 // keep the commits full. Everything else (a DISCOVER: offers live in
 // memory; a REQUEST that renews the bound lease, Backend.Renew) is
 // answered by the goroutine that reads the socket, with no hand-over to
-// another goroutine (the
-// scheduler's part of a hand-over was about 10% of the server's profile at
-// 8000 exchanges/s; an A/B showed the same CPU and fewer lost offers,
-// docs/benchmarks.md). Long-lived workers keep their grown stacks,
-// and a flood fills the queue, not memory: a request that finds it full
-// is dropped (Stats.Overflow), and its client asks again.
+// another goroutine (the scheduler's part of a hand-over was about 10% of
+// the server's profile at 8000 exchanges/s; an A/B showed the same CPU
+// and fewer lost offers, docs/benchmarks.md). Long-lived workers keep
+// their grown stacks, and a flood fills the queue, not memory: a request
+// that finds it full is dropped (Stats.Overflow), and its client asks
+// again.
 const (
 	DHCPWorkers = 256
 	DHCPQueue   = 4096
@@ -237,12 +237,12 @@ func ListenDHCP(iface string, port int) (net.PacketConn, error) {
 // each reply. The frames bypass the host's IP output path (routing and
 // netfilter), as those of kea's raw socket mode do.
 func ListenDHCPBroadcast(iface string, src netip.Addr, port int) (net.PacketConn, error) {
-	ifi, err := net.InterfaceByName(iface)
-	if err != nil {
-		return nil, err
-	}
 	if !src.Is4() {
 		return nil, fmt.Errorf("pxe: broadcast replies need an IPv4 source address, not %v", src)
+	}
+	ifi, err := net.InterfaceByName(iface)
+	if err != nil {
+		return nil, fmt.Errorf("pxe: broadcast replies on %q: %w", iface, err)
 	}
 	drop, err := bpf.Assemble([]bpf.Instruction{bpf.RetConstant{Val: 0}})
 	if err != nil {
