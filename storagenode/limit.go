@@ -213,7 +213,7 @@ func (a *asyncReplier) Commit(n int) {
 }
 
 func (a *asyncReplier) CommitRead(n int, v *volume, off int64, size int) {
-	if err := v.readAt(a.buf[n:n+size], off); err != nil {
+	if err := v.readAt(a.buf[n:n+size], off, false); err != nil {
 		wire.SetATAStatus(a.buf, wire.ErrABRT, wire.StatusDRDY|wire.StatusERR)
 		a.h.c.ataErr.Add(1)
 		size = 0

@@ -1130,7 +1130,7 @@ func (p *Pair) apply(shelf uint16, slot uint8, lba uint64, data []byte) replicat
 	if lba >= v.sectors || n > v.sectors-lba {
 		return replication.StatusOutOfRange
 	}
-	if err := v.writeAt(data, int64(lba*wire.SectorSize)); err != nil {
+	if err := v.writeAt(data, int64(lba*wire.SectorSize), false); err != nil {
 		p.log.Warn("replicated write failed", "volume", v.Addr(), "lba", lba, "err", err)
 		return replication.StatusIOError
 	}
@@ -1282,7 +1282,7 @@ func (p *Pair) ownerWrite(v *volume, off int64, data []byte, done func(bool)) {
 		p.mu.Unlock()
 		return
 	}
-	if err := v.writeAt(data, off); err != nil {
+	if err := v.writeAt(data, off, false); err != nil {
 		p.mu.Unlock()
 		p.log.Warn("write failed", "volume", v.Addr(), "offset", off, "err", err)
 		done(false)
@@ -1431,7 +1431,7 @@ func (p *Pair) resyncTo(l *plink) {
 			off := int64(r) * RegionSize
 			size := min(int64(RegionSize), int64(v.sectors)*wire.SectorSize-off)
 			data := make([]byte, size)
-			if err := v.readAt(data, off); err != nil {
+			if err := v.readAt(data, off, false); err != nil {
 				p.mu.Unlock()
 				p.t.inflight.RUnlock()
 				p.linkDown(l, "resync read: "+err.Error())

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -132,7 +133,7 @@ func (q *txq) Commit(n int) {
 // driver (a fault per page touched for the first time; session 13).
 func (q *txq) CommitRead(n int, v *volume, off int64, size int) {
 	buf := q.b.Bufs[q.n]
-	if err := v.readAt(buf[n:n+size], off); err != nil {
+	if err := v.readAt(buf[n:n+size], off, q.h.raw); err != nil {
 		wire.SetATAStatus(buf, wire.ErrABRT, wire.StatusDRDY|wire.StatusERR)
 		q.h.c.ataErr.Add(1)
 		q.h.t.log.Warn("read failed", "shelf", v.Shelf, "slot", v.Slot, "offset", off, "err", err)
@@ -186,9 +187,14 @@ func (t *Target) Serve(ctx context.Context, p *Port) error {
 		return nil
 	})
 	size := p.bufMTU + wire.EthLen
+	// Raw volume I/O while a P stays free beside every queue (Handler.raw).
+	queues := t.nqueues.Add(int32(len(p.conns)))
+	defer t.nqueues.Add(-int32(len(p.conns)))
+	raw := int(queues) < runtime.GOMAXPROCS(0)
 	for _, c := range p.conns {
 		h := t.newHandler(p.ifi.HardwareAddr, &p.mtu, p.bufMTU)
 		h.send = c.WriteFrame
+		h.raw = raw
 		g.Go(func() error {
 			rx := rawsock.NewBatch(batchSize, size)
 			tx := &txq{c: c, b: rawsock.NewBatch(batchSize, size), h: h}

@@ -28,6 +28,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/fabric-project/fabric/aoe/wire"
 	"github.com/mdlayher/aoe"
@@ -93,7 +94,11 @@ type counters struct {
 // volume is an open export.
 type volume struct {
 	Export
-	f       *os.File // os.File, not a raw fd: its reference count makes Remove safe against a concurrent pread
+	f *os.File // os.File, not a raw fd: its reference count makes Remove safe against a concurrent pread
+	// fd is f's descriptor, for the queues' raw pread and pwrite (rawIO).
+	// They use it only while holding Target.inflight, and Remove closes
+	// f only after quiesce: the number is never another file's.
+	fd      int
 	sectors uint64
 	ident   [512]byte
 	allow   [][6]byte // MAC allow list; empty: everyone
@@ -120,21 +125,61 @@ func (v *volume) close() error {
 // rounds, at cb6b8cf), pwrite took 0.53x the mapping's CPU per GiB for
 // random 4 KiB writes at MTU 9000, 0.60x at 1500, and 0.54x for the 1 KiB
 // sequential frames of MTU 1500.
-func (v *volume) writeAt(b []byte, off int64) error {
-	n, err := v.f.WriteAt(b, off)
+//
+// raw (a queue's Handler.raw) makes the pwrite a system call that Go's
+// scheduler does not see; a volume opened with O_DSYNC, whose every write
+// waits for the disk, always writes the scheduler's way.
+func (v *volume) writeAt(b []byte, off int64, raw bool) error {
+	var n int
+	var err error
+	if raw && !v.Sync {
+		n, err = rawIO(unix.SYS_PWRITE64, v.fd, b, off)
+	} else {
+		n, err = v.f.WriteAt(b, off)
+	}
 	if err == nil && n != len(b) {
 		err = fmt.Errorf("short write: %d of %d bytes", n, len(b))
 	}
 	return err
 }
 
-// readAt reads len(b) bytes at off.
-func (v *volume) readAt(b []byte, off int64) error {
-	n, err := v.f.ReadAt(b, off)
+// readAt reads len(b) bytes at off; raw as for writeAt.
+func (v *volume) readAt(b []byte, off int64, raw bool) error {
+	var n int
+	var err error
+	if raw {
+		n, err = rawIO(unix.SYS_PREAD64, v.fd, b, off)
+	} else {
+		n, err = v.f.ReadAt(b, off)
+	}
 	if err == nil && n != len(b) {
 		err = fmt.Errorf("short read: %d of %d bytes", n, len(b))
 	}
 	return err
+}
+
+// rawIO is pread(2) or pwrite(2) (trap) as a raw system call: Go's
+// scheduler does not see it, so it does not wake the runtime's monitor
+// thread (see Handler.raw), and the goroutine keeps its P until it
+// returns.
+func rawIO(trap uintptr, fd int, b []byte, off int64) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	for {
+		r, _, e := unix.RawSyscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(off), 0, 0)
+		switch e {
+		case 0:
+			return int(r), nil
+		case unix.EINTR:
+			continue
+		}
+		name := "pread"
+		if trap == unix.SYS_PWRITE64 {
+			name = "pwrite"
+		}
+		return 0, os.NewSyscallError(name, e)
+	}
 }
 
 // sync makes written data stable: fdatasync(2).
@@ -216,9 +261,11 @@ type Target struct {
 	// until its replies are sent, since a reply reads from its volume.
 	// Remove takes it for writing to wait them out before closing.
 	inflight sync.RWMutex
-	qmu      sync.Mutex
-	queues   []*counters
-	ports    []*Port
+	// nqueues counts the queues serving now, on every port (Handler.raw).
+	nqueues atomic.Int32
+	qmu     sync.Mutex
+	queues  []*counters
+	ports   []*Port
 }
 
 // TargetConfig configures a Target.
@@ -373,7 +420,7 @@ func (t *Target) Add(e Export) error {
 		f.Close()
 		return fmt.Errorf("storagenode: export %s: %s is %d bytes, smaller than one sector", e.Addr(), e.Path, size)
 	}
-	v := &volume{Export: e, f: f, sectors: uint64(size) / wire.SectorSize}
+	v := &volume{Export: e, f: f, fd: int(f.Fd()), sectors: uint64(size) / wire.SectorSize}
 	for _, m := range e.MACs {
 		if len(m) != 6 {
 			v.close()
@@ -522,6 +569,15 @@ type Handler struct {
 	// replicated write, which leaves when the pair has it on both nodes.
 	send    func([]byte) error
 	touched map[[6]byte][2]int64 // noteSource's throttle: any request, ATA
+	// raw: the volume's pread and pwrite are raw system calls (rawIO).
+	// Serve sets it for its queues when GOMAXPROCS exceeds the number of
+	// queues, so a P stays for everything else while a queue waits on a
+	// disk. A system call the scheduler sees wakes the runtime's monitor
+	// thread (sysmon) when every P was idle, which between two frames they
+	// are: with the Linux aoe driver sending a frame at a time, that wake-up
+	// and the monitor's sleeps after it cost more than the I/O
+	// (docs/benchmarks.md).
+	raw bool
 }
 
 // NewHandler returns a handler for frames arriving on an interface with
@@ -710,7 +766,7 @@ func (h *Handler) ata(v *volume, f wire.Frame, r Replier) {
 			h.t.pair.Load().aoeWrite(h, v, f, off, want)
 			return
 		}
-		if err := v.writeAt(f.Data()[:want], off); err != nil {
+		if err := v.writeAt(f.Data()[:want], off, h.raw); err != nil {
 			h.t.log.Warn("write failed", "shelf", v.Shelf, "slot", v.Slot, "offset", off, "err", err)
 			fail(wire.ErrABRT)
 			break

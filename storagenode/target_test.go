@@ -38,7 +38,7 @@ func (r *replies) Buf() []byte {
 func (r *replies) Commit(n int) { r.frames = append(r.frames, bytes.Clone(r.buf[:n])) }
 func (r *replies) CommitRead(n int, v *volume, off int64, size int) {
 	b := append(bytes.Clone(r.buf[:n]), make([]byte, size)...)
-	if err := v.readAt(b[n:], off); err != nil {
+	if err := v.readAt(b[n:], off, false); err != nil {
 		wire.SetATAStatus(b, wire.ErrABRT, wire.StatusDRDY|wire.StatusERR)
 		b = b[:n]
 	}

@@ -11,8 +11,15 @@ import (
 // TestWritesReadBack: writes of every shape the wire brings (a
 // sequential run of 8.5 KiB frames, 1 KiB frames, random 4 KiB writes,
 // overwrites across them) read back with readAt and from the file, and a
-// read past the end fails.
+// read past the end fails; through os.File and through raw system calls
+// (a queue's Handler.raw), each checked by the other.
 func TestWritesReadBack(t *testing.T) {
+	for _, raw := range []bool{false, true} {
+		t.Run(map[bool]string{false: "file", true: "raw"}[raw], func(t *testing.T) { testWritesReadBack(t, raw) })
+	}
+}
+
+func testWritesReadBack(t *testing.T, raw bool) {
 	const size = 1 << 20
 	path := filepath.Join(t.TempDir(), "v.img")
 	if err := os.WriteFile(path, make([]byte, size), 0o644); err != nil {
@@ -22,7 +29,7 @@ func TestWritesReadBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := &volume{f: f}
+	v := &volume{f: f, fd: int(f.Fd())}
 	want := make([]byte, size)
 	r := rand.New(rand.NewPCG(1, 2))
 	write := func(off, n int) {
@@ -30,7 +37,7 @@ func TestWritesReadBack(t *testing.T) {
 		for i := range b {
 			b[i] = byte(r.Uint32())
 		}
-		if err := v.writeAt(b, int64(off)); err != nil {
+		if err := v.writeAt(b, int64(off), raw); err != nil {
 			t.Fatal(err)
 		}
 		copy(want[off:], b)
@@ -48,10 +55,14 @@ func TestWritesReadBack(t *testing.T) {
 		write(off, 8704)
 	}
 	got := make([]byte, size)
-	if err := v.readAt(got, 0); err != nil || !bytes.Equal(got, want) {
+	// Read back the other way than written.
+	if err := v.readAt(got, 0, !raw); err != nil || !bytes.Equal(got, want) {
 		t.Errorf("readAt differs from what was written (%v)", err)
 	}
-	if err := v.readAt(got[:512], size-256); err == nil {
+	if err := v.readAt(got, 0, raw); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("readAt differs from what was written (%v)", err)
+	}
+	if err := v.readAt(got[:512], size-256, raw); err == nil {
 		t.Error("a read past the end succeeded")
 	}
 	disk, err := os.ReadFile(path)

@@ -159,7 +159,11 @@ func (c *Conn) ReadBatch(b *Batch) (int, error) {
 	var n int
 	var errno syscall.Errno
 	err := c.rc.Read(func(fd uintptr) bool {
-		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[0])),
+		// Raw: with MSG_DONTWAIT it never blocks, and a system call Go's
+		// scheduler sees wakes the runtime's monitor thread when every P
+		// was idle, as they are between two frames that come one at a
+		// time (a thread wake-up per frame; docs/benchmarks.md).
+		r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[0])),
 			uintptr(len(b.hdrs)), unix.MSG_DONTWAIT, 0, 0)
 		if e == unix.EAGAIN || e == unix.EINTR {
 			return false
@@ -194,7 +198,8 @@ func (c *Conn) writeHdrs(hdrs []mmsghdr, n int) error {
 		var errno syscall.Errno
 		var r uintptr
 		err := c.rc.Write(func(fd uintptr) bool {
-			r, _, errno = unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&hdrs[sent])),
+			// Raw, as in ReadBatch: MSG_DONTWAIT never blocks.
+			r, _, errno = unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&hdrs[sent])),
 				uintptr(n-sent), unix.MSG_DONTWAIT, 0, 0)
 			return errno != unix.EAGAIN && errno != unix.EINTR
 		})
