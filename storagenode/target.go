@@ -161,8 +161,8 @@ func (v *volume) readAt(b []byte, off int64, raw bool) error {
 // rawIO is pread(2) or pwrite(2) (trap) as a raw system call: Go's
 // scheduler does not see it, so it does not wake the runtime's monitor
 // thread (see Handler.raw). The goroutine keeps its P until it returns,
-// and a garbage collector's stop-the-world waits for it: a disk's latency
-// at most, since I/O on a regular file waits for nothing else.
+// and a garbage collector's stop-the-world waits for it: for the disk, or
+// for the kernel's writeback throttle (a pause of at most 200 ms).
 func rawIO(trap uintptr, fd int, b []byte, off int64) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
