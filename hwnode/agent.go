@@ -158,7 +158,7 @@ type Agent struct {
 	retry     map[string]*stepRetry // by instance: its failing step's next try
 	lvErr     string                // why libvirtd does not answer
 	lastOK    time.Time             // the controller's last answer
-	paused    map[string]bool       // guests paused while isolated
+	paused    map[string]time.Time  // guests paused while isolated, and when
 	// consoles are the console requests of the last desired state not
 	// answered yet; answered holds the IDs answered among them.
 	consoles []controllerapi.ConsoleRequest
@@ -179,7 +179,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	cfg.defaults()
 	a := &Agent{cfg: cfg, log: cfg.Logger, disks: map[string]Disk{}, owners: map[string]string{}, diskErr: map[string]string{},
 		stopping: map[string]time.Time{}, migrating: map[string]bool{}, done: map[uint64]bool{}, kick: make(chan struct{}, 1),
-		retry: map[string]*stepRetry{}, paused: map[string]bool{}}
+		retry: map[string]*stepRetry{}, paused: map[string]time.Time{}}
 	if cfg.Node == "" {
 		return nil, errors.New("hwnode: no node name (--name)")
 	}
@@ -527,6 +527,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			wait = 0
 		}
 		a.mu.Unlock()
+		sent := time.Now()
 		ds, err := a.api.Heartbeat(hctx, hb, wait)
 		kicked := hctx.Err() != nil && ctx.Err() == nil
 		cancel()
@@ -557,7 +558,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.soon = false // set again by this reconcile if it must retry
 		a.lastOK = time.Now()
 		a.mu.Unlock()
-		a.resumeAfterIsolation(ds)
+		a.resumeAfterIsolation(ds, sent)
 		if ds.Node != "" && ds.Node != a.cfg.Node {
 			a.log.Info("node renamed by the controller", "from", a.cfg.Node, "to", ds.Node)
 			a.cfg.Node = ds.Node

@@ -62,7 +62,7 @@ func (a *Agent) watchIsolation(ctx context.Context) {
 				continue
 			}
 			a.mu.Lock()
-			a.paused[name] = true
+			a.paused[name] = time.Now()
 			a.mu.Unlock()
 			a.log.Warn("isolated: controller silent and no storage node answers; guest paused so that no stale copy runs beside its restart",
 				"instance", name, "controller_silent", time.Since(last).Round(time.Second), "storage_seen", seen)
@@ -70,13 +70,28 @@ func (a *Agent) watchIsolation(ctx context.Context) {
 	}
 }
 
-// resumeAfterIsolation resumes the guests paused while isolated that the
-// controller still wants running here; the others are left to reconcile,
-// which destroys them.
-func (a *Agent) resumeAfterIsolation(ds controllerapi.DesiredState) {
+// resumeAfterIsolation decides on the guests paused while isolated, from
+// ds, the answer to a heartbeat sent at sent: it resumes those the
+// controller still wants running here and leaves the others to reconcile,
+// which destroys them. A guest paused after sent waits for a later
+// heartbeat: the answer may predate the pause, and the controller's
+// restart of the guest elsewhere, and the next heartbeat goes without a
+// long poll. A long poll answered as the node's links went down arrives
+// once they return, and resumed a stale copy beside the guest restarted
+// elsewhere (its disk fenced, its address the same) until the next
+// heartbeat (TestLinksCut).
+func (a *Agent) resumeAfterIsolation(ds controllerapi.DesiredState, sent time.Time) {
 	a.mu.Lock()
-	paused := a.paused
-	a.paused = map[string]bool{}
+	paused := map[string]bool{}
+	for name, at := range a.paused {
+		if at.Before(sent) {
+			paused[name] = true
+			delete(a.paused, name)
+		}
+	}
+	if len(a.paused) > 0 {
+		a.soon = true // the next heartbeat asks without a long poll
+	}
 	a.mu.Unlock()
 	if len(paused) == 0 {
 		return
