@@ -274,7 +274,7 @@ func TestLinksCut(t *testing.T) {
 		t.Fatal(err)
 	}
 	restored := time.Now()
-	// 19.1-20.1 s in 7 runs (2026-11-30); one CI run failed a 20 s bound.
+	// 19.1-20.1 s in 9 runs (2026-11-30); one CI run failed a 20 s bound.
 	// What the agent waits for between the controller's first answer and
 	// the destroy is not looked into; the copy stays paused and fenced.
 	if err := waitFor(30*time.Second, func() bool {
