@@ -467,33 +467,23 @@ func resolve(tx store.Tx, nameOrMAC string) (controllerapi.Node, error) {
 	return getNode(tx, nameOrMAC)
 }
 
-// Node returns a node by name or MAC.
+// Node returns a node by name or MAC, with its lease as the boot services
+// see it (a renewal still queued for the lease writer included).
 func (r *Registry) Node(nameOrMAC string) (controllerapi.Node, error) {
 	var n controllerapi.Node
-	var l pxe.Lease
-	var hasLease bool
 	err := r.st.View(func(tx store.Tx) error {
 		var err error
-		if n, err = resolve(tx, nameOrMAC); err != nil {
-			return err
-		}
-		v, err := tx.Get(bucketLeases, n.MAC)
-		if err != nil {
-			return nil
-		}
-		hasLease = true
-		return json.Unmarshal(v, &l)
+		n, err = resolve(tx, nameOrMAC)
+		return err
 	})
 	if err != nil {
 		return n, err
 	}
-	// A renewal still waiting for the lease writer is newer.
-	r.leaseMu.Lock()
-	if q, ok := r.pending[n.MAC]; ok {
-		l, hasLease = q.lease, true
+	l, ok, err := r.lease(n.MAC)
+	if err != nil {
+		return n, err
 	}
-	r.leaseMu.Unlock()
-	if hasLease {
+	if ok {
 		// Kept by the boot services as a pxe.Lease; converted explicitly
 		// so the wire type does not depend on its encoding.
 		n.Lease = &controllerapi.Lease{State: l.State, Expires: l.Expires, Updated: l.Updated}

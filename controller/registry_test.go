@@ -279,17 +279,10 @@ func TestLeaseCache(t *testing.T) {
 	const mac = "52:54:00:00:00:07"
 	fromStore := func() (pxe.Lease, bool) {
 		t.Helper()
-		r.leaseMu.Lock()
-		saved := r.leases
-		r.leases = nil
-		r.leaseMu.Unlock()
-		l, ok, err := r.lease(mac)
+		l, ok, err := r.storedLease(mac)
 		if err != nil {
 			t.Fatal(err)
 		}
-		r.leaseMu.Lock()
-		r.leases = saved
-		r.leaseMu.Unlock()
 		return l, ok
 	}
 	check := func(what string, wantOK bool) {
