@@ -73,13 +73,14 @@ func (a *Agent) watchIsolation(ctx context.Context) {
 // resumeAfterIsolation decides on the guests paused while isolated, from
 // ds, the answer to a heartbeat sent at sent: it resumes those the
 // controller still wants running here and leaves the others to reconcile,
-// which destroys them. A guest paused after sent waits for a later
-// heartbeat: the answer may predate the pause, and the controller's
-// restart of the guest elsewhere, and the next heartbeat goes without a
-// long poll. A long poll answered as the node's links went down arrives
-// once they return, and resumed a stale copy beside the guest restarted
-// elsewhere (its disk fenced, its address the same) until the next
-// heartbeat (TestLinksCut).
+// which destroys them.
+//
+// Only a guest paused before sent is decided on. An answer to an earlier
+// heartbeat may predate the controller's restart of the guest elsewhere:
+// a long poll answered as the node's links went down arrives once they
+// return, and it resumed a stale copy beside the restarted guest (its
+// disk fenced, its address the same; TestLinksCut). A guest left paused
+// waits for the next heartbeat, which then goes without a long poll.
 func (a *Agent) resumeAfterIsolation(ds controllerapi.DesiredState, sent time.Time) {
 	a.mu.Lock()
 	paused := map[string]bool{}

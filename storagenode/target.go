@@ -94,7 +94,9 @@ type counters struct {
 // volume is an open export.
 type volume struct {
 	Export
-	f *os.File // os.File, not a raw fd: its reference count makes Remove safe against a concurrent pread
+	// f serves every read and write but the queues' raw ones; its
+	// reference count makes Remove safe against a concurrent pread.
+	f *os.File
 	// fd is f's descriptor, for the queues' raw pread and pwrite (rawIO).
 	// They use it only while holding Target.inflight, and Remove closes
 	// f only after quiesce: the number is never another file's.
