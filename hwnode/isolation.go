@@ -83,10 +83,10 @@ func (a *Agent) watchIsolation(ctx context.Context) {
 // waits for the next heartbeat, which then goes without a long poll.
 func (a *Agent) resumeAfterIsolation(ds controllerapi.DesiredState, sent time.Time) {
 	a.mu.Lock()
-	paused := map[string]bool{}
+	paused := map[string]time.Time{}
 	for name, at := range a.paused {
 		if at.Before(sent) {
-			paused[name] = true
+			paused[name] = at
 			delete(a.paused, name)
 		}
 	}
@@ -99,10 +99,25 @@ func (a *Agent) resumeAfterIsolation(ds controllerapi.DesiredState, sent time.Ti
 	}
 	doms, _, err := a.managed()
 	if err != nil {
+		// Decide again on the next answer: dropped here, a guest the
+		// controller wants running would stay paused (reconcile does not
+		// resume domains).
+		a.log.Warn("guests paused while isolated: libvirt does not answer; deciding on the next heartbeat", "err", err)
+		a.mu.Lock()
+		for name, at := range paused {
+			if _, again := a.paused[name]; !again { // paused again meanwhile: keep the newer time
+				a.paused[name] = at
+			}
+		}
+		a.soon = true
+		a.mu.Unlock()
 		return
 	}
 	for _, s := range ds.Instances {
-		if dom, ok := doms[s.Name]; ok && paused[s.Name] && s.Running && s.Migrate == nil {
+		if _, ok := paused[s.Name]; !ok {
+			continue
+		}
+		if dom, ok := doms[s.Name]; ok && s.Running && s.Migrate == nil {
 			if err := a.lv.DomainResume(dom); err != nil {
 				a.log.Warn("resuming a guest paused while isolated", "instance", s.Name, "err", err)
 				continue
