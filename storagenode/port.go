@@ -109,8 +109,9 @@ func (p *Port) Close() error {
 // handles the replies and sends the next requests. Sending the first
 // quarter as soon as it is ready lets the two overlap, for one system call
 // more per batch. With our batching client at window 16, where every
-// batch drained the socket, that was 1.37-1.59x the throughput at
-// 0.79-0.88x the target's CPU per GiB in an interleaved A/B
+// batch drained the socket, that was 1.47-1.90x the throughput at
+// 0.72-0.88x the target's CPU per GiB for reads and sequential writes,
+// random writes within the spread, in an interleaved A/B of 3 rounds
 // (docs/benchmarks.md). A full batch (more frames still queued) and a
 // batch under 4 frames, what the Linux aoe driver mostly sends, are
 // answered in one call.
