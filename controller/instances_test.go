@@ -627,7 +627,10 @@ func TestGroupsAndRestartOrder(t *testing.T) {
 // run answers with the node's error once it has lasted, not at the end
 // of the wait.
 func TestStartWaitGivesUpOnError(t *testing.T) {
-	defer func(d time.Duration) { errorPatience = d }(errorPatience)
+	// Restored by the first cleanup, which runs last: after the API's
+	// handlers that read it have ended (a defer would run before them).
+	old := errorPatience
+	t.Cleanup(func() { errorPatience = old })
 	errorPatience = 500 * time.Millisecond
 	c := newTestControllerWith(t, Config{BootSubnet: netip.MustParsePrefix("10.9.0.0/24"), ServerIP: netip.MustParseAddr("10.9.0.1"),
 		AgentTimeout: 2 * time.Second})

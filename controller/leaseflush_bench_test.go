@@ -17,10 +17,13 @@ import (
 // each: committing nothing during the run lost offers in 5 runs, every
 // 500 ms in 1, so these commits are not what fills perfdhcp's socket.
 func BenchmarkLeaseFlush(b *testing.B) {
+	// Restored by the first cleanup, which runs last: after the lease
+	// writer that reads it has ended (a defer would run before that).
+	old := leaseWriteBehind
+	b.Cleanup(func() { leaseWriteBehind = old })
+	leaseWriteBehind = time.Hour // flushed by the loop only
 	c := newTestController(b, "10.10.0.0/16")
 	r := c.Registry()
-	defer func(d time.Duration) { leaseWriteBehind = d }(leaseWriteBehind)
-	leaseWriteBehind = time.Hour // flushed by the loop only
 	var ls []pxe.Lease
 	for i := range 1000 {
 		mac := fmt.Sprintf("52:54:00:00:%02x:%02x", i>>8, i&0xff)

@@ -666,7 +666,10 @@ func TestVolumeLimits(t *testing.T) {
 // sector count (the Linux aoe driver sizes its requests from that count),
 // advertises it on Query Config, and serves jumbo frames.
 func TestMTUChangeFollowed(t *testing.T) {
-	defer func(d time.Duration) { mtuPoll = d }(mtuPoll)
+	// Restored by the first cleanup, which runs last: after the target's
+	// goroutines that read it have ended (a defer would run before them).
+	old := mtuPoll
+	t.Cleanup(func() { mtuPoll = old })
 	mtuPoll = 50 * time.Millisecond
 	l := newAoELab(t, 1500)
 	l.serveOne(t)
