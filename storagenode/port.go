@@ -29,7 +29,8 @@ const minBufMTU = 9000
 var mtuPoll = time.Second
 
 // Port is an interface the target serves on: one raw socket per queue, all
-// in one PACKET_FANOUT group so the kernel spreads frames across them.
+// in one PACKET_FANOUT group so the kernel spreads initiators across them
+// (each initiator's frames stay on one queue, in order).
 type Port struct {
 	ifi   *net.Interface
 	conns []*rawsock.Conn
@@ -45,7 +46,7 @@ type Port struct {
 }
 
 // Listen opens queues raw sockets on the named interface (0: one). More
-// queues spread frames over cores with PACKET_FANOUT; on a small machine
+// queues spread initiators over cores with PACKET_FANOUT; on a small machine
 // where the initiators share the CPUs one queue did better (measured:
 // 923 vs 706 MB/s on 2 cores, see docs/benchmarks.md).
 // Call it inside the network namespace the interface lives in; Serve can

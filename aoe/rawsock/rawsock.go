@@ -25,13 +25,41 @@ import (
 // Config tunes a socket. The zero value is a plain socket.
 type Config struct {
 	// FanoutGroup, when non-zero, joins the socket to that PACKET_FANOUT
-	// group (load balanced round-robin). All queues of one server share a
-	// group id; ids are per network namespace.
+	// group. All queues of one server share a group id; ids are per
+	// network namespace. The group spreads frames by their source address
+	// (bySource): every frame from one sender goes to the same socket, so
+	// one queue handles them in the order they arrived.
 	FanoutGroup uint16
 	// Buffer sets SO_RCVBUF and SO_SNDBUF (forced past the sysctl limits
 	// when running as root). 0 keeps the defaults.
 	Buffer int
 }
+
+// bySource is the fanout group's program (PACKET_FANOUT_CBPF): it picks
+// a frame's socket from the last four bytes of its source address, folded
+// to one byte; the kernel takes the result modulo the group's size.
+// Round-robin (PACKET_FANOUT_LB) would spread one sender's frames over
+// every queue, where they run side by side: an initiator's retransmitted
+// write could then land after the write that followed it, and put the
+// older data back. The kernel's flow hash (PACKET_FANOUT_HASH) sees
+// nothing of a non-IP frame and sends them all to one socket.
+var bySource = func() *unix.SockFprog {
+	// Loads at llOff+k read the link-layer header (SKF_LL_OFF = -0x200000
+	// as an unsigned offset), wherever the packet's data starts.
+	const llOff = 0xffe00000
+	f := []unix.SockFilter{
+		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: llOff + 8}, // A = source address bytes 2-5
+		{Code: unix.BPF_MISC | unix.BPF_TAX},                          // X = A
+		{Code: unix.BPF_ALU | unix.BPF_RSH | unix.BPF_K, K: 16},       // A >>= 16
+		{Code: unix.BPF_ALU | unix.BPF_XOR | unix.BPF_X},              // A ^= X
+		{Code: unix.BPF_MISC | unix.BPF_TAX},                          // X = A
+		{Code: unix.BPF_ALU | unix.BPF_RSH | unix.BPF_K, K: 8},        // A >>= 8
+		{Code: unix.BPF_ALU | unix.BPF_XOR | unix.BPF_X},              // A ^= X
+		{Code: unix.BPF_ALU | unix.BPF_AND | unix.BPF_K, K: 0xff},     // A &= 0xff
+		{Code: unix.BPF_RET | unix.BPF_A},
+	}
+	return &unix.SockFprog{Len: uint16(len(f)), Filter: &f[0]}
+}()
 
 // Conn is an AF_PACKET socket bound to one interface and one EtherType.
 type Conn struct {
@@ -70,9 +98,11 @@ func Listen(ifi *net.Interface, etherType uint16, cfg Config) (*Conn, error) {
 		_ = unix.SetsockoptInt(s, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1)
 		_ = unix.SetsockoptInt(s, unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS, 1)
 		if cfg.FanoutGroup != 0 {
-			v := int(cfg.FanoutGroup) | unix.PACKET_FANOUT_LB<<16
+			v := int(cfg.FanoutGroup) | unix.PACKET_FANOUT_CBPF<<16
 			if err := unix.SetsockoptInt(s, unix.SOL_PACKET, unix.PACKET_FANOUT, v); err != nil {
 				serr = fmt.Errorf("rawsock: join fanout group %d on %s: %w", cfg.FanoutGroup, ifi.Name, err)
+			} else if err := unix.SetsockoptSockFprog(s, unix.SOL_PACKET, unix.PACKET_FANOUT_DATA, bySource); err != nil {
+				serr = fmt.Errorf("rawsock: fanout program of group %d on %s: %w", cfg.FanoutGroup, ifi.Name, err)
 			}
 		}
 	})

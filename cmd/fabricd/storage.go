@@ -40,7 +40,7 @@ Or let the controller pair two members (it is then the pair's witness):
 			&cli.StringSliceFlag{Name: "iface", Usage: "serve AoE on this interface (repeatable)"},
 			dataDir,
 			&cli.StringSliceFlag{Name: "export", Usage: "SHELF.SLOT=PATH[,ro]: also serve this file or block device (repeatable)"},
-			&cli.IntFlag{Name: "queues", Value: 1, Usage: "sockets (and goroutines) per interface, spread with PACKET_FANOUT"},
+			&cli.IntFlag{Name: "queues", Value: 1, Usage: "sockets (and goroutines) per interface; PACKET_FANOUT spreads initiators over them, each initiator's frames on one"},
 			&cli.UintFlag{Name: "buffers", Value: 64, Usage: "outstanding requests advertised to initiators"},
 			&cli.StringFlag{Name: "pair", Usage: "replicate every pool volume with a peer: the pair's name", Category: "pair"},
 			&cli.StringFlag{Name: "node", Usage: "this node's name in the pair", Category: "pair"},
