@@ -122,6 +122,90 @@ type recentWrite struct {
 	seq      uint64
 }
 
+// writeID names an initiator's write: the initiator's address, the
+// frame's tag and the first sector.
+type writeID struct {
+	mac [6]byte
+	tag uint32
+	lba uint64
+}
+
+// Duplicate writes are remembered for doneWindow, at most doneMax of them.
+const (
+	doneWindow = 30 * time.Second
+	doneMax    = 1 << 17
+)
+
+// doneWrites is the owner's memory of the writes it completed lately,
+// however they came (to its own address, or forwarded by the follower).
+// Our initiator resends a timed-out frame through the other node under
+// the same tag; when the original was only held up (in a queue behind a
+// slow disk), the resend completes first, the initiator moves on to its
+// next write of the same sectors, and the original, applied last, would
+// put the older data back. An original the owner has completed is
+// answered, not applied again. It has its own lock: completions run
+// under p.mu and outside it.
+type doneWrites struct {
+	mu   sync.Mutex
+	at   map[writeID]time.Time
+	fifo []doneEntry // in completion order
+	head int
+}
+
+type doneEntry struct {
+	id writeID
+	at time.Time
+}
+
+// add records id as completed now.
+func (d *doneWrites) add(id writeID) {
+	now := time.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.at == nil {
+		d.at = map[writeID]time.Time{}
+	}
+	d.pruneLocked(now)
+	d.at[id] = now
+	d.fifo = append(d.fifo, doneEntry{id, now})
+}
+
+// has says whether id completed within doneWindow.
+func (d *doneWrites) has(id writeID) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	at, ok := d.at[id]
+	return ok && time.Since(at) < doneWindow
+}
+
+func (d *doneWrites) pruneLocked(now time.Time) {
+	for d.head < len(d.fifo) {
+		e := d.fifo[d.head]
+		if now.Sub(e.at) < doneWindow && len(d.fifo)-d.head < doneMax {
+			break
+		}
+		if d.at[e.id] == e.at { // not completed again since
+			delete(d.at, e.id)
+		}
+		d.fifo[d.head] = doneEntry{}
+		d.head++
+	}
+	if d.head > 1024 && d.head*2 > len(d.fifo) {
+		d.fifo = append(d.fifo[:0], d.fifo[d.head:]...)
+		d.head = 0
+	}
+}
+
+// completes wraps done to record id once the write is answered.
+func (d *doneWrites) completes(id writeID, done func(bool)) func(bool) {
+	return func(ok bool) {
+		if ok {
+			d.add(id)
+		}
+		done(ok)
+	}
+}
+
 type pendingWrite struct {
 	key    uint32 // volume
 	off    int64
@@ -234,13 +318,14 @@ type Pair struct {
 	fwd        map[uint64]forwarded // follower: writes forwarded to the owner, not answered yet
 	applied    uint64               // follower: the highest owner sequence number applied on this link
 	recent     []recentWrite        // owner: writes the follower may not have applied yet, by sequence
+	done       doneWrites           // owner: writes completed lately, by initiator, tag and sector
 	takeovers  []*takeover
 	resync     resyncProgress
 	events     []string // the last 20, oldest first
 	waitingFor string   // what keeps this node from owning, following or acknowledging, if anything
 
 	stats struct {
-		forwards, superseded, dropped, refused, stale, resyncBytes, replicated atomic.Uint64
+		forwards, superseded, duplicates, dropped, refused, stale, resyncBytes, replicated atomic.Uint64
 	}
 }
 
@@ -663,7 +748,8 @@ func (p *Pair) renew(epoch uint64) {
 
 // hello is this node's hello.
 func (p *Pair) hello() *replication.Hello {
-	h := &replication.Hello{Pair: p.cfg.Name, Node: p.cfg.Node, Epoch: p.st.Epoch, Generation: p.vouch(), MACs: [][6]byte{}}
+	h := &replication.Hello{Pair: p.cfg.Name, Node: p.cfg.Node, Epoch: p.st.Epoch, Generation: p.vouch(), MACs: [][6]byte{},
+		Flags: replication.HelloIdentified}
 	if p.role == roleOwner {
 		h.Flags |= replication.HelloOwner
 	}
@@ -1166,6 +1252,14 @@ func (p *Pair) onForward(l *plink, m *replication.Write) {
 		return
 	}
 	seq := m.Seq
+	id := writeID{m.Initiator, m.Tag, m.LBA}
+	identified := m.Flags&replication.FlagIdentified != 0
+	if identified && p.done.has(id) {
+		// The late original of a resend this node completed already.
+		p.stats.duplicates.Add(1)
+		l.send(&replication.Ack{Epoch: epoch, Seq: seq, Status: replication.StatusOK})
+		return
+	}
 	p.mu.Lock()
 	p.pruneRecent(m.Seen)
 	if p.superseded(key(m.Shelf, m.Slot), m.LBA, m.LBA+n, m.Seen) {
@@ -1174,17 +1268,24 @@ func (p *Pair) onForward(l *plink, m *replication.Write) {
 		// there is nothing to apply.
 		p.mu.Unlock()
 		p.stats.superseded.Add(1)
+		if identified {
+			p.done.add(id)
+		}
 		l.send(&replication.Ack{Epoch: epoch, Seq: seq, Status: replication.StatusOK})
 		return
 	}
 	p.mu.Unlock()
-	p.ownerWrite(v, int64(m.LBA*wire.SectorSize), slices.Clone(m.Data), func(ok bool) {
+	ack := func(ok bool) {
 		st := replication.StatusOK
 		if !ok {
 			st = replication.StatusIOError
 		}
 		l.send(&replication.Ack{Epoch: epoch, Seq: seq, Status: st})
-	})
+	}
+	if identified {
+		ack = p.done.completes(id, ack)
+	}
+	p.ownerWrite(v, int64(m.LBA*wire.SectorSize), slices.Clone(m.Data), ack)
 }
 
 // pruneRecent forgets writes the follower has applied; the caller holds
@@ -1356,12 +1457,20 @@ func (p *Pair) aoeWrite(h *Handler, v *volume, f wire.Frame, off int64, size int
 			_ = send(reply)
 		}
 	}
+	id := writeID{[6]byte(f.Src()), f.Tag(), uint64(off / wire.SectorSize)}
 	p.mu.Lock()
 	r, l, epoch := p.role, p.link, p.st.Epoch
 	p.mu.Unlock()
 	switch r {
 	case roleOwner:
-		p.ownerWrite(v, off, data, done)
+		if p.done.has(id) {
+			// The late original of a resend this node completed already
+			// (forwarded by the follower): answered, not applied again.
+			p.stats.duplicates.Add(1)
+			done(true)
+			return
+		}
+		p.ownerWrite(v, off, data, p.done.completes(id, done))
 	case roleFollower:
 		if l == nil {
 			return
@@ -1372,13 +1481,16 @@ func (p *Pair) aoeWrite(h *Handler, v *volume, f wire.Frame, off int64, size int
 			return
 		}
 		p.seq++
-		p.fwd[p.seq] = forwarded{key: key(v.Shelf, v.Slot), off: off, data: data, done: done}
+		p.fwd[p.seq] = forwarded{key: key(v.Shelf, v.Slot), id: id, off: off, data: data, done: done}
 		flags := uint8(replication.FlagForward)
 		if v.Sync {
 			flags |= replication.FlagSync
 		}
+		if l.peer.Flags&replication.HelloIdentified != 0 {
+			flags |= replication.FlagIdentified
+		}
 		l.send(&replication.Write{Epoch: epoch, Seq: p.seq, Shelf: v.Shelf, Slot: v.Slot, Flags: flags,
-			LBA: uint64(off / wire.SectorSize), Seen: p.applied, Data: data})
+			LBA: uint64(off / wire.SectorSize), Seen: p.applied, Initiator: id.mac, Tag: id.tag, Data: data})
 		p.mu.Unlock()
 	}
 }
@@ -1665,6 +1777,7 @@ func (p *Pair) onLeave(l *plink, m *replication.Leave) {
 // forwarded is a write a follower forwarded to the owner.
 type forwarded struct {
 	key  uint32
+	id   writeID
 	off  int64
 	data []byte
 	done func(bool)
@@ -1685,7 +1798,7 @@ func (p *Pair) replay(held map[uint64]forwarded) {
 	for _, seq := range slices.Sorted(maps.Keys(held)) {
 		fw := held[seq]
 		if v := tab.byAddr[fw.key]; v != nil && v.Replicated {
-			p.ownerWrite(v, fw.off, fw.data, fw.done)
+			p.ownerWrite(v, fw.off, fw.data, p.done.completes(fw.id, fw.done))
 		}
 	}
 	p.mu.Lock()

@@ -58,6 +58,7 @@ type ResyncStatus struct {
 type PairCounters struct {
 	Forwards        uint64 `json:"forwards"`
 	Superseded      uint64 `json:"superseded_forwards"` // late resends dropped, overtaken by a newer write
+	Duplicates      uint64 `json:"duplicate_writes"`    // late originals of a completed write, answered, not applied
 	ReplicatedBytes uint64 `json:"replicated_bytes"`
 	ResyncBytes     uint64 `json:"resync_bytes_received"`
 	Dropped         uint64 `json:"dropped_messages"`
@@ -143,7 +144,7 @@ func (p *Pair) Status() PairStatus {
 	for _, tk := range p.takeovers {
 		s.TakenOver = append(s.TakenOver, net.HardwareAddr(tk.mac[:]).String()+" on "+tk.iface)
 	}
-	s.Counters = PairCounters{Forwards: p.stats.forwards.Load(), Superseded: p.stats.superseded.Load(), ReplicatedBytes: p.stats.replicated.Load(),
+	s.Counters = PairCounters{Forwards: p.stats.forwards.Load(), Superseded: p.stats.superseded.Load(), Duplicates: p.stats.duplicates.Load(), ReplicatedBytes: p.stats.replicated.Load(),
 		ResyncBytes: p.stats.resyncBytes.Load(), Dropped: p.stats.dropped.Load(), Refused: p.stats.refused.Load(),
 		StaleEpoch: p.stats.stale.Load()}
 	return s

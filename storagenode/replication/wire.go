@@ -84,6 +84,9 @@ type VolumeInfo struct {
 // Hello flags.
 const (
 	HelloOwner = 1 << 0 // the sender holds write ownership
+	// HelloIdentified: forwards to the sender may name the initiator
+	// (FlagIdentified). A node without it takes only the older form.
+	HelloIdentified = 1 << 1
 )
 
 // Hello opens a replication connection.
@@ -127,6 +130,10 @@ const (
 	FlagForward = 1 << 0 // from the follower to the owner: apply, replicate, then acknowledge
 	FlagSync    = 1 << 1 // the volume is a sync (O_DSYNC) volume
 	FlagResync  = 1 << 2 // region copied by a resync, not an initiator's write
+	// FlagIdentified: a forward that names its initiator and tag
+	// (Write.Initiator, Write.Tag), sent only to an owner whose hello has
+	// HelloIdentified.
+	FlagIdentified = 1 << 3
 )
 
 // Write carries sectors to apply at LBA of the volume at Shelf.Slot.
@@ -143,7 +150,14 @@ type Write struct {
 	// acknowledged when the initiator sent this frame, so this frame is
 	// a late resend or concurrent with it, and the owner drops it.
 	Seen uint64
-	Data []byte // a whole number of sectors
+	// Initiator and Tag, on a forward with FlagIdentified, are the
+	// initiator's address and the frame's tag: the owner answers, and
+	// does not apply, a write it completed already, whichever node it
+	// came through (the late original of a resend: our initiator resends
+	// through the other node under the same tag).
+	Initiator [6]byte
+	Tag       uint32
+	Data      []byte // a whole number of sectors
 }
 
 // Status is the outcome of a Write.
@@ -320,7 +334,7 @@ func (w *Write) check() error {
 	if len(w.Data) == 0 || len(w.Data)%SectorSize != 0 {
 		return fmt.Errorf("%w: write of %d bytes, not a whole number of sectors", ErrMalformed, len(w.Data))
 	}
-	if w.Flags&^(FlagForward|FlagSync|FlagResync) != 0 {
+	if w.Flags&^(FlagForward|FlagSync|FlagResync|FlagIdentified) != 0 {
 		return fmt.Errorf("%w: unknown write flags %#x", ErrMalformed, w.Flags)
 	}
 	return nil
@@ -480,11 +494,18 @@ func (w *Write) appendPayload(b []byte) []byte {
 	b = append(b, w.Slot, w.Flags)
 	b = binary.BigEndian.AppendUint64(b, w.LBA)
 	b = binary.BigEndian.AppendUint64(b, w.Seen)
+	if w.Flags&FlagIdentified != 0 {
+		b = append(b, w.Initiator[:]...)
+		b = binary.BigEndian.AppendUint32(b, w.Tag)
+	}
 	return append(b, w.Data...)
 }
 
 func (w *Write) parsePayload(p []byte) error {
-	const fixed = 8 + 8 + 2 + 1 + 1 + 8 + 8
+	fixed := 8 + 8 + 2 + 1 + 1 + 8 + 8
+	if len(p) >= 20 && p[19]&FlagIdentified != 0 {
+		fixed += 6 + 4
+	}
 	if len(p) < fixed {
 		return fmt.Errorf("%w: write of %d bytes", ErrMalformed, len(p))
 	}
@@ -494,6 +515,10 @@ func (w *Write) parsePayload(p []byte) error {
 	w.Slot, w.Flags = p[18], p[19]
 	w.LBA = binary.BigEndian.Uint64(p[20:])
 	w.Seen = binary.BigEndian.Uint64(p[28:])
+	if w.Flags&FlagIdentified != 0 {
+		w.Initiator = [6]byte(p[36:42])
+		w.Tag = binary.BigEndian.Uint32(p[42:])
+	}
 	w.Data = p[fixed:]
 	return w.check()
 }

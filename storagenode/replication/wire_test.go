@@ -16,6 +16,8 @@ func samples() []Message {
 			Volumes: []VolumeInfo{{Shelf: 1, Slot: 0, Sectors: 1 << 21, Serial: "root-hn1"}, {Shelf: 2, Slot: 254, Sectors: 8, Serial: ""}}},
 		&Hello{MACs: [][6]byte{}, Volumes: []VolumeInfo{}},
 		&Write{Epoch: 7, Seq: 42, Shelf: 1, Slot: 3, Flags: FlagForward | FlagSync, LBA: 123456, Seen: 41, Data: data},
+		&Write{Epoch: 7, Seq: 43, Shelf: 1, Slot: 3, Flags: FlagForward | FlagIdentified, LBA: 8, Seen: 42,
+			Initiator: [6]byte{0x52, 0x54, 0, 1, 2, 3}, Tag: 0x1234abcd, Data: data},
 		&Ack{Epoch: 8, Seq: 42, Status: StatusStaleEpoch},
 		&Ping{Epoch: 8, ReadLeaseMS: 1000, Applied: 99},
 		&Refuse{Reason: "volume e1.0: 2048 sectors here, 4096 there"},
@@ -135,4 +137,26 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("%T re-encodes differently:\n%x\n%x", m, b[:n], again)
 		}
 	})
+}
+
+// TestWriteLayouts: a forward that does not name its initiator keeps the
+// layout nodes without FlagIdentified read (36 bytes before the data), so
+// a node can be paired with one of the release before.
+func TestWriteLayouts(t *testing.T) {
+	data := make([]byte, 512)
+	for _, tc := range []struct {
+		w     *Write
+		fixed int
+	}{
+		{&Write{Flags: FlagForward, Data: data}, 36},
+		{&Write{Flags: FlagForward | FlagIdentified, Initiator: [6]byte{1, 2, 3, 4, 5, 6}, Tag: 7, Data: data}, 46},
+	} {
+		b, err := Append(nil, tc.w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := len(b) - HeaderLen - len(data); got != tc.fixed {
+			t.Errorf("flags %#x: %d bytes before the data, want %d", tc.w.Flags, got, tc.fixed)
+		}
+	}
 }
