@@ -172,12 +172,16 @@ func TestPairLateOriginal(t *testing.T) {
 			t.Errorf("%s: %d duplicate writes counted, want %d", tc.name, d, i+1)
 		}
 	}
-	// A write that only shares the tag (another sector) is applied.
-	if !ip.write(t, ip.owner, ini, 0x101, 256, newer) {
-		t.Fatal("no reply to a write of other sectors under a tag seen before")
-	}
-	if got := ip.read(t, ip.follower, 256, 8); !bytes.Equal(got, newer) {
-		t.Errorf("a write of other sectors under a tag seen before was not applied: %#x...", got[0])
+	// A tag seen before, with other sectors or other data (tags wrap),
+	// is a new write: applied.
+	other := bytes.Repeat([]byte{0xcc}, 4096)
+	for _, lba := range []uint64{256, 64} {
+		if !ip.write(t, ip.owner, ini, 0x101, lba, other) {
+			t.Fatalf("LBA %d: no reply to a new write under a tag seen before", lba)
+		}
+		if got := ip.read(t, ip.follower, lba, 8); !bytes.Equal(got, other) {
+			t.Errorf("LBA %d: a new write under a tag seen before was not applied: %#x...", lba, got[0])
+		}
 	}
 }
 
