@@ -334,7 +334,7 @@ type Pair struct {
 	fwd        map[uint64]forwarded // follower: writes forwarded to the owner, not answered yet
 	applied    uint64               // follower: the highest owner sequence number applied on this link
 	recent     []recentWrite        // owner: writes the follower may not have applied yet, by sequence
-	done       doneWrites           // owner: writes completed lately, by initiator, tag and sector
+	done       doneWrites           // owner: writes completed lately (writeID)
 	takeovers  []*takeover
 	resync     resyncProgress
 	events     []string // the last 20, oldest first
@@ -1268,8 +1268,13 @@ func (p *Pair) onForward(l *plink, m *replication.Write) {
 		return
 	}
 	seq := m.Seq
-	id := newWriteID(key(m.Shelf, m.Slot), m.Initiator, m.Tag, m.LBA, m.Data)
+	// A forward that names its initiator can be known again; one from a
+	// node of the release before cannot.
 	identified := m.Flags&replication.FlagIdentified != 0
+	var id writeID
+	if identified {
+		id = newWriteID(key(m.Shelf, m.Slot), m.Initiator, m.Tag, m.LBA, m.Data)
+	}
 	if identified && p.done.has(id) {
 		// The late original of a resend this node completed already.
 		p.stats.duplicates.Add(1)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/fabric-project/fabric/aoe/wire"
+	"github.com/fabric-project/fabric/storagenode/replication"
 	"github.com/fabric-project/fabric/storagenode/witness"
 	"github.com/mdlayher/aoe"
 )
@@ -219,5 +220,31 @@ func BenchmarkDoneWrites(b *testing.B) {
 			b.Fatal("a new write counts as done")
 		}
 		d.add(id)
+	}
+}
+
+// TestPairForwardWithoutInitiator: a follower paired with an owner of the
+// release before (no HelloIdentified in its hello) forwards writes in the
+// older form, and they are applied on both nodes.
+func TestPairForwardWithoutInitiator(t *testing.T) {
+	ip := newInProcessPair(t)
+	f := ip.follower.pair.Load()
+	f.mu.Lock()
+	f.link.peer.Flags &^= replication.HelloIdentified
+	f.mu.Unlock()
+	ini := net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x57}
+	for i, b := range []byte{0x11, 0x22} {
+		data := bytes.Repeat([]byte{b}, 4096)
+		if !ip.write(t, ip.follower, ini, uint32(0x300+i), 512, data) {
+			t.Fatalf("write %d: no reply through the follower", i)
+		}
+		for _, tg := range []*Target{ip.owner, ip.follower} {
+			if got := ip.read(t, tg, 512, 8); !bytes.Equal(got, data) {
+				t.Errorf("write %d: a node holds %#x..., want %#x", i, got[0], b)
+			}
+		}
+	}
+	if d := ip.owner.pair.Load().Status().Counters.Duplicates; d != 0 {
+		t.Errorf("%d duplicates counted for forwards that name no initiator", d)
 	}
 }
