@@ -46,7 +46,7 @@ func newInProcessPair(t *testing.T) *inProcessPair {
 	names := []string{"sa", "sb"}
 	pairs := make([]*Pair, 2)
 	targets := make([]*Target, 2)
-	done := make(chan struct{}, 2)
+	done := make(chan error, 2)
 	ip := &inProcessPair{paths: map[*Target]string{}}
 	for i := range pairs {
 		dir := t.TempDir()
@@ -65,12 +65,15 @@ func newInProcessPair(t *testing.T) *inProcessPair {
 		}
 		targets[i], pairs[i] = tg, p
 		ip.paths[tg] = path
-		go func() { p.Run(ctx); done <- struct{}{} }()
+		go func() { done <- p.Run(ctx) }()
 	}
 	t.Cleanup(func() {
 		cancel()
-		<-done
-		<-done
+		for range pairs {
+			if err := <-done; err != nil {
+				t.Errorf("pair: %v", err)
+			}
+		}
 		for _, tg := range targets {
 			tg.Close()
 		}

@@ -48,7 +48,8 @@ type Port struct {
 // Listen opens queues raw sockets on the named interface (0: one). More
 // queues spread initiators over cores with PACKET_FANOUT; on a small machine
 // where the initiators share the CPUs one queue did better (measured:
-// 923 vs 706 MB/s on 2 cores, see docs/benchmarks.md).
+// 923 vs 706 MB/s on 2 cores, when the queues still took frames
+// round-robin: docs/benchmarks.md as of 0d1baea).
 // Call it inside the network namespace the interface lives in; Serve can
 // then run anywhere.
 func Listen(ifname string, queues int) (*Port, error) {
