@@ -86,6 +86,11 @@ func upLab(t *testing.T, cfg Config) *Lab {
 				}
 			}
 		}
+		// Last, so that it stays in a shortened output: a guest kernel
+		// that broke rebooted, and the test saw only lost pings.
+		for _, c := range l.GuestCrashes() {
+			t.Errorf("a guest's kernel broke (%s):\n%s", c.Log, c.Excerpt)
+		}
 		if err := l.Down(); err != nil {
 			t.Errorf("lab down: %v", err)
 		}
@@ -193,6 +198,9 @@ func TestLiveMigration(t *testing.T) {
 		t.Errorf("hn1 does not see the volume %s of its instance:\n%s", in.Volume, disc1)
 	}
 	t.Logf("AoE discovery from the client (not allowed): %q; from hn1:\n%s", disc, disc1)
+	if err := l.WatchFDB(); err != nil {
+		t.Fatal(err)
+	}
 
 	type row struct {
 		from, to       string
@@ -238,9 +246,12 @@ func TestLiveMigration(t *testing.T) {
 		}
 		t.Cleanup(p.Kill)
 		wait := lead()
+		probeStart := time.Now()
 		time.Sleep(wait)
 		var res controllerapi.MigrateResult
+		cmdAt := time.Now()
 		out, err := l.Fabric("instance", "migrate", "web", "--to", to, "-o", "json")
+		cmdDone := time.Now()
 		time.Sleep(1500 * time.Millisecond)
 		fast, slow, h, perr := p.Stop()
 		if perr != nil {
@@ -263,6 +274,18 @@ func TestLiveMigration(t *testing.T) {
 		t.Logf("migration %2d %s -> %s: wall %.0f ms, downtime %.0f ms; 10 Hz: %d/%d lost, longest gap %d ms (%.2f s in); 1 Hz: %d/%d lost; HTTP %d ok, %d failed, slowest %d ms; lead %.2f s",
 			i+1, from, to, r.wall, r.downtime, fast.Lost(), fast.Sent, fast.MaxGap.Milliseconds(), fast.GapFrom-fast.First, slow.Lost(), slow.Sent,
 			h.OK, h.Failed, h.MaxLatency.Milliseconds(), wait.Seconds())
+		if slow.Lost() > 0 || h.Failed > 0 || fast.Lost() > 3 {
+			// What the lab saw around it, for a failure that does not
+			// come back on demand.
+			var b strings.Builder
+			fmt.Fprintf(&b, "migration %d: probes from %s, `fabric instance migrate` %s-%s\n", i+1,
+				probeStart.Format("15:04:05.000"), cmdAt.Format("15:04:05.000"), cmdDone.Format("15:04:05.000"))
+			fmt.Fprintf(&b, "10 Hz unanswered: %s\n1 Hz unanswered: %s\n", strings.Join(fast.LostRanges(), ", "), strings.Join(slow.LostRanges(), ", "))
+			for _, e := range l.Timeline(in.MAC, probeStart.Add(-time.Second), time.Now()) {
+				fmt.Fprintf(&b, "%s\n", e)
+			}
+			t.Log(b.String())
+		}
 		// The instance runs where the controller says, and only there.
 		var got controllerapi.Instance
 		fabricJSON(t, l, &got, "instance", "show", "web")

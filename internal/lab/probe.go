@@ -31,6 +31,31 @@ type PingStats struct {
 	// First is when the first reply came, GapFrom when the reply before
 	// the longest gap came (both Unix seconds, ping's -D).
 	First, GapFrom float64
+	// Unanswered are the probes that never got a reply, by icmp_seq,
+	// with when ping noticed (-O: as it sent the next one).
+	Unanswered []Unanswered
+}
+
+// Unanswered is a probe that got no reply.
+type Unanswered struct {
+	Seq int
+	At  time.Time
+}
+
+// LostRanges describes the unanswered probes as runs of consecutive
+// sequence numbers: "icmp_seq 35-74 (04:40:12.300-04:40:16.200)".
+func (s PingStats) LostRanges() []string {
+	var out []string
+	for i := 0; i < len(s.Unanswered); {
+		j := i
+		for j+1 < len(s.Unanswered) && s.Unanswered[j+1].Seq == s.Unanswered[j].Seq+1 {
+			j++
+		}
+		a, b := s.Unanswered[i], s.Unanswered[j]
+		out = append(out, fmt.Sprintf("icmp_seq %d-%d (%s-%s)", a.Seq, b.Seq, a.At.Format("15:04:05.000"), b.At.Format("15:04:05.000")))
+		i = j + 1
+	}
+	return out
 }
 
 // Lost is the number of pings that got no reply.
@@ -99,6 +124,7 @@ func (p *Prober) Kill() { p.kill() }
 
 var (
 	replyRE = regexp.MustCompile(`^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+)`)
+	noAnsRE = regexp.MustCompile(`^\[(\d+\.\d+)\] no answer yet for icmp_seq=(\d+)`)
 	sentRE  = regexp.MustCompile(`(\d+) packets transmitted`)
 )
 
@@ -116,8 +142,14 @@ func (p *Prober) Stop() (fast, slow PingStats, h HTTPStats, err error) {
 			return s, err
 		}
 		seen := map[int]bool{}
+		var noAns []Unanswered
 		var last float64
 		for _, line := range strings.Split(string(b), "\n") {
+			if m := noAnsRE.FindStringSubmatch(line); m != nil {
+				ts, _ := strconv.ParseFloat(m[1], 64)
+				seq, _ := strconv.Atoi(m[2])
+				noAns = append(noAns, Unanswered{Seq: seq, At: time.Unix(0, int64(ts*1e9))})
+			}
 			if m := replyRE.FindStringSubmatch(line); m != nil {
 				ts, _ := strconv.ParseFloat(m[1], 64)
 				seq, _ := strconv.Atoi(m[2])
@@ -135,6 +167,11 @@ func (p *Prober) Stop() (fast, slow PingStats, h HTTPStats, err error) {
 			}
 		}
 		s.Answered = len(seen)
+		for _, u := range noAns {
+			if !seen[u.Seq] {
+				s.Unanswered = append(s.Unanswered, u)
+			}
+		}
 		if s.Sent == 0 {
 			return s, fmt.Errorf("ping summary missing in %s:\n%s", path, b)
 		}
