@@ -170,6 +170,12 @@ func demo(c *cli.Context) (err error) {
 	var l *lab.Lab
 	defer func() {
 		if l != nil {
+			// A guest kernel that broke reboots (panic=-1): the story
+			// would see only a lost ping or an empty HTTP reply.
+			for _, c := range l.GuestCrashes() {
+				fmt.Printf("\n=== a guest's kernel broke (%s):\n%s\n", c.Log, c.Excerpt)
+				err = errors.Join(err, fmt.Errorf("a guest's kernel broke: %s", c.Log))
+			}
 			fmt.Println("\n=== tearing the lab down")
 			if derr := l.Down(); derr != nil {
 				err = errors.Join(err, derr)

@@ -443,7 +443,14 @@ func nodeCommand() *cli.Command {
 						if !st.LastSeen.IsZero() {
 							cp := st.Capacity
 							fmt.Fprintf(tw, "last heartbeat:\t%s\n", st.LastSeen.Local().Format(time.RFC3339Nano))
-							fmt.Fprintf(tw, "hypervisor:\t%s (libvirt %s), migration URI %s\n", cp.Hypervisor, cp.Libvirt, cp.MigrationURI)
+							emu := ""
+							if cp.Emulator != "" {
+								emu = ", " + cp.Emulator
+							}
+							fmt.Fprintf(tw, "hypervisor:\t%s (libvirt %s%s), migration URI %s\n", cp.Hypervisor, cp.Libvirt, emu, cp.MigrationURI)
+							if cp.Warning != "" {
+								fmt.Fprintf(tw, "warning:\t%s\n", cp.Warning)
+							}
 							fmt.Fprintf(tw, "guest disks:\t%s\n", diskMode(cp.Disk))
 							fmt.Fprintf(tw, "capacity:\t%d vCPUs, %d MiB; used %d vCPUs, %d MiB\n", cp.VCPUs, cp.MemoryMiB, st.UsedVCPUs, st.UsedMiB)
 							fmt.Fprintf(tw, "instances:\t%s\n", strings.Join(st.Instances, " "))

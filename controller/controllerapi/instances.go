@@ -131,6 +131,12 @@ type Capacity struct {
 	// MigrationURI is the URI peers' libvirtd use to reach this node's.
 	MigrationURI string `json:"migration_uri"`
 	Libvirt      string `json:"libvirt"` // libvirt version
+	// Emulator is the hypervisor's version as libvirt reports it (QEMU's
+	// for kvm and qemu), "" if unknown.
+	Emulator string `json:"emulator,omitempty"`
+	// Warning is what the agent found wrong with its hypervisor, for the
+	// sysadmin ("" when nothing).
+	Warning string `json:"warning,omitempty"`
 	// HostUUID is libvirt's host UUID: nodes cloned from one image must
 	// each have their own (libvirt refuses a migration between two hosts
 	// with the same).

@@ -201,6 +201,18 @@ func TestLiveMigration(t *testing.T) {
 	if err := l.WatchFDB(); err != nil {
 		t.Fatal(err)
 	}
+	// The agent names its QEMU, and the one scripts/deps.sh installs
+	// keeps a software-emulated guest's memory across live migration (no
+	// warning; QEMU before 9.0 does not: hwnode's emulatorWarning).
+	var hn controllerapi.Node
+	fabricJSON(t, l, &hn, "node", "show", "hn1")
+	if hn.Status == nil {
+		t.Errorf("hn1 has no status")
+	} else if c := hn.Status.Capacity; !strings.HasPrefix(c.Emulator, "QEMU ") || c.Warning != "" {
+		t.Errorf("hn1 reports emulator %q, warning %q; want QEMU and no warning", c.Emulator, c.Warning)
+	} else {
+		t.Logf("hn1: hypervisor %s, %s, libvirt %s", c.Hypervisor, c.Emulator, c.Libvirt)
+	}
 
 	type row struct {
 		from, to       string

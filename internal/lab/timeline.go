@@ -111,8 +111,9 @@ func fdbEvents(path string) []Event {
 	return evs
 }
 
-// kernelTrouble marks the lines a guest kernel prints when it breaks.
-var kernelTrouble = []string{"Kernel panic", "Oops:", "BUG:", "general protection fault", "WARNING: CPU:", "soft lockup", "rcu_sched self-detected stall"}
+// kernelTrouble marks the lines a guest kernel prints when it breaks
+// (a soft lockup and a bad page are "BUG:" lines).
+var kernelTrouble = []string{"Kernel panic", "Oops:", "BUG:", "kernel BUG at", "general protection fault"}
 
 // GuestCrash is what a guest kernel printed when it broke.
 type GuestCrash struct {
@@ -121,7 +122,7 @@ type GuestCrash struct {
 }
 
 // GuestCrashes reads the serial logs of the lab's guests for a kernel that
-// broke (panic, oops, BUG, lockup). A guest kernel that panics reboots
+// broke (panic, oops, BUG, general protection fault). A guest kernel that panics reboots
 // (panic=-1) and comes back within seconds: without this, a test sees only
 // pings lost.
 func (l *Lab) GuestCrashes() []GuestCrash {
@@ -135,7 +136,7 @@ func (l *Lab) GuestCrashes() []GuestCrash {
 			}
 			lines := strings.Split(string(b), "\n")
 			for i, line := range lines {
-				if !slices.ContainsFunc(kernelTrouble, func(m string) bool { return strings.Contains(line, m) }) {
+				if !slices.ContainsFunc(kernelTrouble, func(m string) bool { return startsWord(line, m) }) {
 					continue
 				}
 				end := min(i+40, len(lines))
@@ -145,4 +146,19 @@ func (l *Lab) GuestCrashes() []GuestCrash {
 		}
 	}
 	return out
+}
+
+// startsWord reports whether m occurs in line at the start of a word
+// ("BUG:" in "[ 60.6] BUG: scheduling", not in "DEBUG:").
+func startsWord(line, m string) bool {
+	for i := 0; ; {
+		j := strings.Index(line[i:], m)
+		if j < 0 {
+			return false
+		}
+		if k := i + j; k == 0 || line[k-1] == ' ' || line[k-1] == ']' {
+			return true
+		}
+		i += j + 1
+	}
 }

@@ -3,6 +3,7 @@ package lab
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -37,5 +38,28 @@ func TestLostRanges(t *testing.T) {
 	want := []string{"icmp_seq 3-5 (04:00:00.000-04:00:00.200)", "icmp_seq 9-9 (04:00:01.000-04:00:01.000)"}
 	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
 		t.Errorf("LostRanges = %q, want %q", got, want)
+	}
+}
+
+func TestGuestCrashes(t *testing.T) {
+	dir := t.TempDir()
+	l := &Lab{Hosts: []Host{{Name: "hn1", Dir: filepath.Join(dir, "hn1")}, {Name: "hn2", Dir: filepath.Join(dir, "hn2")}}}
+	write := func(host, text string) {
+		p := filepath.Join(dir, host, "log", "qemu", "web.serial.log")
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("hn1", "FABRIC-INSTANCE data disk mounted\nFABRIC-INSTANCE-READY name=web\nDEBUG: not a crash\n")
+	if c := l.GuestCrashes(); len(c) != 0 {
+		t.Fatalf("a clean boot read as %d crashes: %v", len(c), c)
+	}
+	write("hn2", "FABRIC-INSTANCE-READY name=web\n[ 324.753420] kernel BUG at lib/list_debug.c:27!\n[ 324.759846] RIP: 0010:__list_add_valid.cold+0x4b/0x5b\n")
+	c := l.GuestCrashes()
+	if len(c) != 1 || !strings.Contains(c[0].Log, "hn2") || !strings.HasPrefix(c[0].Excerpt, "[ 324.753420] kernel BUG at") || !strings.Contains(c[0].Excerpt, "RIP:") {
+		t.Fatalf("GuestCrashes = %+v, want hn2's BUG and the lines after it", c)
 	}
 }
