@@ -134,18 +134,24 @@ func (l *Lab) GuestCrashes() []GuestCrash {
 			if err != nil {
 				continue
 			}
-			lines := strings.Split(string(b), "\n")
-			for i, line := range lines {
-				if !slices.ContainsFunc(kernelTrouble, func(m string) bool { return startsWord(line, m) }) {
-					continue
-				}
-				end := min(i+40, len(lines))
-				out = append(out, GuestCrash{Log: p, Excerpt: strings.Join(lines[i:end], "\n")})
-				break
+			if ex, ok := KernelTrouble(string(b)); ok {
+				out = append(out, GuestCrash{Log: p, Excerpt: ex})
 			}
 		}
 	}
 	return out
+}
+
+// KernelTrouble finds, in a guest's console output, the first line that
+// tells its kernel broke, and returns it with the 39 lines after it.
+func KernelTrouble(console string) (string, bool) {
+	lines := strings.Split(console, "\n")
+	for i, line := range lines {
+		if slices.ContainsFunc(kernelTrouble, func(m string) bool { return startsWord(line, m) }) {
+			return strings.Join(lines[i:min(i+40, len(lines))], "\n"), true
+		}
+	}
+	return "", false
 }
 
 // startsWord reports whether m occurs in line at the start of a word
