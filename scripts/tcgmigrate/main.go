@@ -142,7 +142,8 @@ func run(ctx context.Context, qemu []string, images string, rounds, downtime int
 			time.Sleep(50 * time.Millisecond)
 		}
 		if err != nil {
-			return side{}, fmt.Errorf("QMP of QEMU %d: %w", n, err)
+			log, _ := os.ReadFile(filepath.Join(dir, fmt.Sprintf("qemu%d.log", n)))
+			return side{}, fmt.Errorf("QMP of QEMU %d: %w\n%s", n, err, log)
 		}
 		return side{c, q}, nil
 	}
