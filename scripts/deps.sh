@@ -32,9 +32,9 @@ fi
 # without resetting the vCPU's TLB, so later stores through the TLB are
 # not marked dirty and never resent (fixed upstream by 03bfc2188f,
 # "physmem: Fix migration dirty bitmap coherency with TCG memory access",
-# in 9.0). The lab's guests run under TCG and died of it in about one
-# migration in 60 (kernel BUG, slab and list corruption): docs/benchmarks.md,
-# "Session 19".
+# in 9.0). The lab's guests run under TCG and died of it (kernel BUG, slab
+# and list corruption) in 2 of 6 CI runs: docs/benchmarks.md, "Session 19";
+# `go run ./scripts/tcgmigrate` checks a QEMU for it.
 # KVM guests are not affected: KVM tracks dirty pages in the kernel.
 qv=$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)
 if ! dpkg --compare-versions "$qv" ge 1:9.0; then
