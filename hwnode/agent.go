@@ -428,17 +428,15 @@ func (a *Agent) probe() error {
 		vcpus = a.cfg.VCPUs
 	}
 	a.cap = controllerapi.Capacity{VCPUs: vcpus, MemoryMiB: mem, Hypervisor: hv, Disk: mode, MigrationURI: a.cfg.MigrationURI,
-		Libvirt: fmt.Sprintf("%d.%d.%d", ver/1000000, ver/1000%1000, ver%1000)}
+		Libvirt: versionString(ver)}
 	if caps, err := a.lv.ConnectGetCapabilities(); err == nil {
 		a.cap.HostUUID = hostUUID(caps)
 	}
 	if hv != Xen {
 		if v, err := a.lv.ConnectGetVersion(); err == nil && v > 0 {
-			a.cap.Emulator = fmt.Sprintf("QEMU %d.%d.%d", v/1000000, v/1000%1000, v%1000)
+			a.cap.Emulator = "QEMU " + versionString(v)
 			a.cap.Warning = emulatorWarning(hv, v)
 		}
-	}
-	if hv != Xen {
 		// libvirtd probes an emulator's capabilities on first use, which
 		// took about 3 s of the first migration into a fresh node: have it
 		// done now.
@@ -466,8 +464,13 @@ func emulatorWarning(hv string, v uint64) string {
 	if hv != QEMU || v >= 9000000 {
 		return ""
 	}
-	return fmt.Sprintf("QEMU %d.%d.%d loses memory writes of software-emulated guests during live migration (fixed in QEMU 9.0); their migrations can corrupt them: install QEMU 9.0 or later (Debian 12: bookworm-backports)",
-		v/1000000, v/1000%1000, v%1000)
+	return "QEMU " + versionString(v) + " loses memory writes of software-emulated guests during live migration (fixed in QEMU 9.0); their migrations can corrupt them: install QEMU 9.0 or later (Debian 12: bookworm-backports)"
+}
+
+// versionString spells a libvirt version number (major*1e6 + minor*1e3 +
+// micro, for libvirt itself and for its hypervisor) as "7.2.0".
+func versionString(v uint64) string {
+	return fmt.Sprintf("%d.%d.%d", v/1000000, v/1000%1000, v%1000)
 }
 
 // certExpired reports whether the node's certificate has expired (the

@@ -38,14 +38,15 @@ fi
 # KVM guests are not affected: KVM tracks dirty pages in the kernel.
 qv=$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)
 if ! dpkg --compare-versions "$qv" ge 1:9.0; then
-  . /etc/os-release
-  if [ "${VERSION_CODENAME:-}" = bookworm ]; then
+  if [ "$(. /etc/os-release && echo "${VERSION_CODENAME:-}")" = bookworm ]; then
     list=/etc/apt/sources.list.d/fabric-bookworm-backports.list
     [ -f "$list" ] || echo "deb http://deb.debian.org/debian bookworm-backports main" > "$list"
     echo "deps: installing QEMU from bookworm-backports (have ${qv:-none})"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
+  else
+    echo "deps: QEMU $qv is older than 9.0: live migration of the lab's software-emulated guests can corrupt them; install QEMU 9.0 or later" >&2
   fi
 fi
 

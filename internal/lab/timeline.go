@@ -3,10 +3,10 @@ package lab
 import (
 	"bufio"
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -64,7 +64,6 @@ func (l *Lab) Timeline(mac string, from, to time.Time) []Event {
 				var rec struct {
 					Time  time.Time `json:"time"`
 					Level string    `json:"level"`
-					Msg   string    `json:"msg"`
 				}
 				if json.Unmarshal(sc.Bytes(), &rec) != nil || rec.Level == "INFO" || rec.Level == "DEBUG" || !in(rec.Time) {
 					continue
@@ -89,18 +88,14 @@ func fdbEvents(path string) []Event {
 	var at time.Time
 	for _, line := range strings.Split(string(b), "\n") {
 		if rest, ok := strings.CutPrefix(line, "Timestamp: "); ok {
-			var usec int
-			f := strings.Fields(rest)
-			if len(f) != 7 {
-				at = time.Time{}
-				continue
+			at = time.Time{}
+			if f := strings.Fields(rest); len(f) == 7 {
+				t, err := time.ParseInLocation("Mon Jan 2 15:04:05 2006", strings.Join(f[:5], " "), time.Local)
+				usec, err2 := strconv.Atoi(f[5])
+				if err == nil && err2 == nil {
+					at = t.Add(time.Duration(usec) * time.Microsecond)
+				}
 			}
-			t, err := time.ParseInLocation("Mon Jan 2 15:04:05 2006", strings.Join(f[:5], " "), time.Local)
-			if _, err2 := fmt.Sscan(f[5], &usec); err != nil || err2 != nil {
-				at = time.Time{}
-				continue
-			}
-			at = t.Add(time.Duration(usec) * time.Microsecond)
 			continue
 		}
 		if line = strings.TrimSpace(line); line != "" && !at.IsZero() {
@@ -122,9 +117,9 @@ type GuestCrash struct {
 }
 
 // GuestCrashes reads the serial logs of the lab's guests for a kernel that
-// broke (panic, oops, BUG, general protection fault). A guest kernel that panics reboots
-// (panic=-1) and comes back within seconds: without this, a test sees only
-// pings lost.
+// broke (panic, oops, BUG, general protection fault). A guest kernel that
+// panics reboots (panic=-1) and comes back within seconds: without this, a
+// test sees only pings lost.
 func (l *Lab) GuestCrashes() []GuestCrash {
 	var out []GuestCrash
 	for _, h := range l.Hosts {

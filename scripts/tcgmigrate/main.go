@@ -20,7 +20,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -32,6 +31,7 @@ import (
 	"time"
 
 	"github.com/fabric-project/fabric/internal/lab"
+	"github.com/fabric-project/fabric/storagenode"
 )
 
 const guestIP = "10.9.0.50"
@@ -82,7 +82,7 @@ func run(ctx context.Context, qemu []string, images string, rounds, downtime, ba
 			}
 		}()
 	}
-	if err := copyFile(filepath.Join(images, "instance-template.img"), filepath.Join(dir, "disk.img")); err != nil {
+	if _, err := storagenode.CopyFile(filepath.Join(images, "instance-template.img"), filepath.Join(dir, "disk.img")); err != nil {
 		return false, fmt.Errorf("the instance's disk (make images): %w", err)
 	}
 	ns := fmt.Sprintf("tcgm%d", os.Getpid())
@@ -263,23 +263,6 @@ func network(ns string) error {
 		}
 	}
 	return nil
-}
-
-func copyFile(from, to string) error {
-	in, err := os.Open(from)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.Create(to)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // qmp is a QEMU monitor connection.
